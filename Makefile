@@ -1,0 +1,37 @@
+# make run: create .venv if missing, install the pinned stack + this project, run the pipeline.
+# make test: the same install, then the whole test suite.
+SHELL := /bin/bash
+VENV ?= .venv
+ROOT ?= $(HOME)/pneumonia-runs
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+# Python 3.10: `python3.10` if it really runs (a pyenv shim may exist but fail), else pyenv's 3.10.
+PYTHON310 := $(shell \
+  if python3.10 -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then echo python3.10; \
+  else for p in $$(pyenv root 2>/dev/null)/versions/3.10.*/bin/python; do \
+    [ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; \
+  done; fi)
+
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt setup.py
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "error: Python 3.10 not found. TFX 1.16 needs it: install python3.10 (e.g. 'pyenv install 3.10' or 'apt-get install python3.10 python3.10-venv')." >&2; exit 1; fi
+	@[ -x $(VENV)/bin/python ] || $(PYTHON310) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/pneumonia run --root $(ROOT) $(RUN_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,94 @@
+"""Pusher executor: TF Serving layout, atomic versions, and no re-push of an already served model.
+
+TFX's own Pusher copies file by file into the version folder (a server polling the base path can see
+a half-written version) and pushes a cached Trainer's model again as a new version. This executor
+keeps the Pusher's interface and artifacts, but writes the version to a hidden folder beside it and
+renames it into place, and skips the push when the latest version holds the same model bytes.
+"""
+import hashlib
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types
+from tfx.components.pusher import executor as tfx_pusher
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+
+PUSH_RECORD = os.path.join("assets.extra", "push.json")  # TF Serving ignores assets.extra/
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """sha256 over the SavedModel's files (names and bytes), independent of where it lies."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(model_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            digest.update(os.path.relpath(path, model_dir).encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def served_versions(model_base: str) -> List[int]:
+    """Numeric version folders, ascending (what TF Serving would consider)."""
+    if not os.path.isdir(model_base):
+        return []
+    return sorted(int(name) for name in os.listdir(model_base)
+                  if name.isdigit() and os.path.isdir(os.path.join(model_base, name)))
+
+
+def latest_fingerprint(model_base: str) -> Optional[str]:
+    versions = served_versions(model_base)
+    if not versions:
+        return None
+    record = os.path.join(model_base, str(versions[-1]), PUSH_RECORD)
+    if not os.path.exists(record):
+        return None
+    with open(record, encoding="utf-8") as f:
+        return json.load(f).get("fingerprint")
+
+
+def push_atomically(model_dir: str, model_base: str, fingerprint: str, source_uri: str) -> str:
+    """Copies model_dir to <model_base>/<version>/ via a hidden temp folder and one rename."""
+    os.makedirs(model_base, exist_ok=True)
+    versions = served_versions(model_base)
+    version = str(max(int(time.time()), versions[-1] + 1 if versions else 0))
+    staging = os.path.join(model_base, f".staging-{version}-{os.getpid()}")
+    io_utils.copy_dir(model_dir, staging)
+    os.makedirs(os.path.join(staging, os.path.dirname(PUSH_RECORD)), exist_ok=True)
+    with open(os.path.join(staging, PUSH_RECORD), "w", encoding="utf-8") as f:
+        json.dump({"fingerprint": fingerprint, "source": source_uri, "pushed_at": time.time()}, f, indent=2)
+    os.rename(staging, os.path.join(model_base, version))  # atomic on one filesystem
+    return version
+
+
+class Executor(tfx_pusher.Executor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        if destination.WhichOneof("destination") != "filesystem":
+            raise ValueError("this Pusher supports a filesystem destination only")
+        model_base = destination.filesystem.base_directory
+        model_dir = self.GetModelPath(input_dict)
+        fingerprint = model_fingerprint(model_dir)
+        if latest_fingerprint(model_base) == fingerprint:
+            logging.info("The latest version in %s already holds this model; not pushing it again.", model_base)
+            model_push.set_string_custom_property("skipped", "already the latest served version")
+            self._MarkNotPushed(model_push)
+            return
+        version = push_atomically(model_dir, model_base, fingerprint, model_dir)
+        io_utils.copy_dir(model_dir, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=os.path.join(model_base, version), pushed_version=version)
+        logging.info("Model pushed as version %s in %s.", version, model_base)

@@ -1,0 +1,1 @@
+"""Stops the pipeline before training when ExampleValidator found anomalies."""

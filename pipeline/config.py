@@ -1,0 +1,90 @@
+"""The one run configuration: YAML file, overridden by CLI flags, handed to create_pipeline.
+
+Everything a run needs travels in `RunConfig`; the Trainer receives `trainer_config()` through
+`custom_config` (the trainer package never imports this module).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+DEFAULT_MODEL_NAME = "pneumonia"
+DEFAULT_SPLITS = ("train", "eval", "test", "external")
+# Splits the Evaluator reports on; `eval` alone decides the blessing.
+BLESSING_SPLIT = "eval"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of one pipeline run."""
+
+    root: str = os.path.join(os.path.expanduser("~"), "pneumonia-runs")
+    data: str = ""  # prepared TFRecords folder (one sub-folder per split); default <root>/data
+    serving_dir: str = ""  # TF Serving base path; default <root>/serving
+    pipeline_name: str = "pneumonia"
+    model_name: str = DEFAULT_MODEL_NAME
+    splits: List[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SPLITS))
+    # Trainer
+    architecture: str = "cnn"
+    model_config: Dict[str, Any] = dataclasses.field(default_factory=dict)  # architecture settings
+    image_size: int = 128
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 3
+    threshold_policy: str = "youden"
+    seed: int = 42
+    # Evaluator: blessing on the validation split
+    min_auc: float = 0.80
+    max_auc_drop: float = 0.01
+    # Orchestration
+    runner: str = "local"
+    beam_args: List[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = os.path.abspath(os.path.expanduser(self.root))
+        self.data = os.path.abspath(self.data) if self.data else os.path.join(self.root, "data")
+        self.serving_dir = (
+            os.path.abspath(self.serving_dir) if self.serving_dir else os.path.join(self.root, "serving")
+        )
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.root, "tfx", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.root, "metadata.sqlite")
+
+    def trainer_config(self) -> Dict[str, Any]:
+        """The Trainer's `custom_config`: plain JSON-able values only."""
+        return {
+            "architecture": self.architecture,
+            "model_config": self.model_config,
+            "image_size": self.image_size,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "early_stopping_patience": self.early_stopping_patience,
+            "threshold_policy": self.threshold_policy,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def load(cls, path: Optional[str] = None, **overrides: Any) -> "RunConfig":
+        """Reads a YAML file (if given), then applies non-None overrides (CLI flags)."""
+        values: Dict[str, Any] = {}
+        if path:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"config {path}: expected a mapping of settings, got {type(values).__name__}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)

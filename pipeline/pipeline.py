@@ -1,0 +1,106 @@
+"""The pipeline definition, independent of any runner (local, Beam and Kubeflow all call this)."""
+import importlib.util
+import os
+from typing import Any, Dict, List, Optional
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from components.pusher.component import create_pusher
+from components.validation_gate.component import DataValidationGate
+from pipeline.config import BLESSING_SPLIT, RunConfig
+from pipeline.evaluation import create_eval_config
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt")
+
+
+def trainer_module_file() -> str:
+    """Path of the Trainer's module file, found without importing the trainer package."""
+    spec = importlib.util.find_spec("trainer")
+    return os.path.join(list(spec.submodule_search_locations)[0], "task.py")
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    splits: List[str],
+    schema_path: str,
+    module_file: str,
+    trainer_config: Dict[str, Any],
+    serving_dir: str,
+    model_name: str,
+    min_auc: float,
+    max_auc_drop: float,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
+    """TFRecords -> statistics, schema gate -> Trainer -> Evaluator (vs last blessed) -> Pusher."""
+    if "train" not in splits or BLESSING_SPLIT not in splits:
+        raise ValueError(f"splits must include 'train' and '{BLESSING_SPLIT}', got {splits}")
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root,
+        input_config=tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in splits]),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    # Inferred schema: kept for comparison with the curated contract, which is what validates.
+    inferred_schema = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
+    schema = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"])
+    validation_gate = DataValidationGate(anomalies=example_validator.outputs["anomalies"])
+
+    trainer = tfx.components.Trainer(
+        module_file=module_file,
+        examples=example_gen.outputs["examples"],
+        schema=schema.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=[BLESSING_SPLIT]),
+        custom_config=trainer_config,
+    )
+    trainer.add_upstream_node(validation_gate)
+
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"],
+        example_splits=[split for split in splits if split != "train"],
+        eval_config=create_eval_config(min_auc, max_auc_drop, BLESSING_SPLIT),
+    )
+    pusher = create_pusher(trainer.outputs["model"], evaluator.outputs["blessing"], serving_dir, model_name)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, inferred_schema, schema, example_validator, validation_gate,
+                    trainer, baseline, evaluator, pusher],
+        enable_cache=True,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )
+
+
+def pipeline_from_config(config: RunConfig,
+                         metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+                         ) -> tfx.dsl.Pipeline:
+    return create_pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        data_root=config.data,
+        splits=config.splits,
+        schema_path=SCHEMA_PATH,
+        module_file=trainer_module_file(),
+        trainer_config=config.trainer_config(),
+        serving_dir=config.serving_dir,
+        model_name=config.model_name,
+        min_auc=config.min_auc,
+        max_auc_drop=config.max_auc_drop,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=config.beam_args,
+    )

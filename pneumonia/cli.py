@@ -1,0 +1,138 @@
+"""`pneumonia`: prepare data, run the TFX pipeline, and (in later subcommands) serve and predict."""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+KAGGLE_HINT = ("download the Kaggle dataset 'paultimothymooney/chest-xray-pneumonia', unzip it, and pass "
+               "--data PATH/chest_xray (the folder holding train/ and test/)")
+
+
+def shared_data_dir() -> Optional[str]:
+    """The project's sample data: $PNEUMONIA_SHARED_DATA, else ../shared/data beside the checkout."""
+    candidates = [os.environ.get("PNEUMONIA_SHARED_DATA", ""),
+                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")]
+    for candidate in candidates:
+        if candidate and os.path.isdir(os.path.join(candidate, "chest_xray")):
+            return os.path.abspath(candidate)
+    return None
+
+
+def sources_for(data_dir: str) -> List[str]:
+    """NAME=PATH sources for a raw data folder: a Kaggle layout, or chest_xray/ (+ external/) inside."""
+    if os.path.isdir(os.path.join(data_dir, "train")):
+        return [f"kermany={data_dir}"]
+    if os.path.isdir(os.path.join(data_dir, "chest_xray", "train")):
+        sources = [f"kermany={os.path.join(data_dir, 'chest_xray')}"]
+        if os.path.isdir(os.path.join(data_dir, "external")):
+            sources.append(f"external={os.path.join(data_dir, 'external')}")
+        return sources
+    raise SystemExit(f"error: {data_dir} holds neither prepared TFRecords nor train/ and test/ image folders; "
+                     f"{KAGGLE_HINT}")
+
+
+def _prepare(sources: List[str], out: str, eval_fraction: float, seed: int, overwrite: bool):
+    from pneumonia import prepare
+
+    try:
+        report = prepare.prepare([prepare.Source.parse(s) for s in sources], out, eval_fraction, seed, overwrite)
+    except prepare.PrepareError as error:
+        raise SystemExit(f"error: {error}")
+    print(report.summary())
+    print(f"prepared TFRecords and {prepare.REPORT_NAME} in {out}")
+    return report
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    _prepare(args.sources, os.path.abspath(args.out), args.eval_fraction, args.seed, args.overwrite)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pipeline.config import RunConfig
+    from pneumonia import prepare
+
+    try:
+        config = RunConfig.load(
+            args.config, root=args.root, serving_dir=args.serving_dir, architecture=args.architecture,
+            epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, runner=args.runner,
+            model_name=args.model_name, min_auc=args.min_auc, beam_args=args.beam_arg or None)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}")
+    data = args.data or shared_data_dir()
+    if data is None:
+        raise SystemExit(f"error: no --data given and no ../shared/data beside the checkout; {KAGGLE_HINT}")
+    data = os.path.abspath(data)
+    if os.path.exists(os.path.join(data, prepare.REPORT_NAME)):
+        config.data = data
+    else:
+        if not os.path.isdir(data):
+            raise SystemExit(f"error: --data {data} does not exist; {KAGGLE_HINT}")
+        _prepare(sources_for(data), config.data, eval_fraction=0.1, seed=config.seed, overwrite=False)
+    report = prepare.read_report(config.data)
+    fixed = ["train", "eval", "test"]
+    config.splits = [s for s in fixed if s in report["shards"]] + sorted(set(report["shards"]) - set(fixed))
+
+    from pneumonia import results
+    from pneumonia.runners import run_pipeline
+
+    run_pipeline(config)
+    outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
+    print()
+    print(f"model:      {outputs.model}")
+    print(f"evaluation: {outputs.evaluation}")
+    if outputs.evaluation:
+        print(results.format_table(results.slice_metrics(outputs.evaluation)))
+        for failure in results.validation_failures(outputs.evaluation):
+            print(f"not blessed: {failure}")
+    print(f"blessed:    {outputs.blessed}")
+    if outputs.pushed:
+        print(f"pushed:     {outputs.pushed_destination}")
+    else:
+        note = outputs.push_note or ("model not blessed" if outputs.blessed is False else "not pushed")
+        print(f"pushed:     no ({note}); serving directory {os.path.join(config.serving_dir, config.model_name)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pneumonia", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prep = commands.add_parser("prepare", help="convert image folders into TFRecords for the pipeline",
+                               description="Convert image folders into gzipped TFRecords, one folder per split, "
+                                           "plus prepare_report.json.")
+    prep.add_argument("sources", nargs="+", metavar="SOURCE",
+                      help="NAME=PATH: a folder with train/ [val/] test/ (Kaggle layout) keeps its splits; "
+                           "a folder with only NORMAL/ and PNEUMONIA/ becomes an evaluation-only split NAME")
+    prep.add_argument("--out", required=True, help="output folder")
+    prep.add_argument("--eval-fraction", type=float, default=0.1,
+                      help="share of train carved (by patient) as validation when val/ is too small (default 0.1)")
+    prep.add_argument("--seed", type=int, default=42, help="seed of the carve and the record order")
+    prep.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
+    prep.set_defaults(func=cmd_prepare)
+
+    run = commands.add_parser("run", help="run the TFX pipeline: validate, train, evaluate, push",
+                              description="Build and run the TFX pipeline. Flags override --config.")
+    run.add_argument("--config", help="YAML file of run settings (see pipeline/config.py)")
+    run.add_argument("--data", help="prepared TFRecords folder, or a raw image folder (Kaggle layout) to prepare "
+                                    "first; default: ../shared/data beside the checkout")
+    run.add_argument("--root", help="run root: pipeline outputs, ML Metadata, prepared data (default ~/pneumonia-runs)")
+    run.add_argument("--serving-dir", help="TF Serving base path; models go to DIR/<model-name>/<version>/")
+    run.add_argument("--model-name", help="served model name (default pneumonia)")
+    run.add_argument("--architecture", help="model architecture (default cnn)")
+    run.add_argument("--epochs", type=int, help="training epochs (default 5)")
+    run.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
+    run.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    run.add_argument("--min-auc", type=float, help="validation AUC a model needs to be blessed (default 0.80)")
+    run.add_argument("--runner", choices=["local", "beam"], help="orchestrator (default local)")
+    run.add_argument("--beam-arg", action="append", metavar="ARG",
+                     help="Beam pipeline argument for the data components, repeatable (e.g. --beam-arg=--runner=...)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Reads what the latest pipeline run produced from ML Metadata, and its TFMA metrics."""
+import dataclasses
+from typing import Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.evaluation import METRICS
+
+
+@dataclasses.dataclass
+class RunOutputs:
+    model: Optional[str] = None
+    evaluation: Optional[str] = None
+    blessed: Optional[bool] = None
+    pushed: Optional[bool] = None
+    pushed_destination: Optional[str] = None
+    push_note: str = ""
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
+    """Output artifacts of the newest pipeline run (cached executions included)."""
+    store = open_store(metadata_path)
+    outputs = RunOutputs()
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline is None:
+        return outputs
+    in_pipeline = {e.id for e in store.get_executions_by_context(pipeline.id)}
+    executions = []
+    for run in sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id, reverse=True):
+        executions = [e for e in store.get_executions_by_context(run.id) if e.id in in_pipeline]
+        if executions:
+            break
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    output_ids = [e.artifact_id for e in events if e.type in (metadata_store_pb2.Event.OUTPUT,
+                                                              metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    for artifact in store.get_artifacts_by_id(output_ids):
+        kind = types[artifact.type_id]
+        props = artifact.custom_properties
+        if kind == "Model":
+            outputs.model = artifact.uri
+        elif kind == "ModelEvaluation":
+            outputs.evaluation = artifact.uri
+        elif kind == "ModelBlessing":
+            outputs.blessed = bool(props["blessed"].int_value) if "blessed" in props else None
+        elif kind == "PushedModel":
+            outputs.pushed = bool(props["pushed"].int_value) if "pushed" in props else None
+            outputs.pushed_destination = props["pushed_destination"].string_value or None
+            outputs.push_note = props["skipped"].string_value if "skipped" in props else ""
+    return outputs
+
+
+def slice_name(slice_key) -> str:
+    parts = []
+    for item in slice_key.single_slice_keys:
+        value = item.bytes_value.decode() if item.HasField("bytes_value") else (
+            item.int64_value if item.HasField("int64_value") else item.float_value)
+        parts.append(f"{item.column}={value}")
+    return ", ".join(parts) or "overall"
+
+
+def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    """{slice name: {metric key: value}} for the candidate model (baseline and diffs left out)."""
+    wanted = {key for _, key in METRICS}
+    table: Dict[str, Dict[str, float]] = {}
+    for metrics in tfma.load_metrics(evaluation_uri):
+        row = table.setdefault(slice_name(metrics.slice_key), {})
+        for item in metrics.metric_keys_and_values:
+            key = item.key
+            if key.name in wanted and not key.is_diff and key.model_name in ("", "candidate"):
+                row[key.name] = item.value.double_value.value
+    return table
+
+
+def validation_failures(evaluation_uri: str) -> List[str]:
+    result = tfma.load_validation_result(evaluation_uri)
+    return [f"{slice_name(f.slice_key)}: {failure.message}" for f in result.metric_validations_per_slice
+            for failure in f.failures]
+
+
+def format_table(table: Dict[str, Dict[str, float]]) -> str:
+    """Per split (each split is one dataset) and pooled, with the clinical metric names."""
+    columns = (("examples", "example_count"), ("AUC", "auc"), ("accuracy", "binary_accuracy"),
+               ("sensitivity", "recall"), ("specificity", "specificity"))
+    order = sorted((name for name in table if name.startswith("dataset=") and "split=" in name))
+    order += sorted(name for name in table if name.startswith("dataset=") and "split=" not in name)
+    order += ["overall"] if "overall" in table else []
+    labels = {name: name if name != "overall" else "all evaluated splits pooled" for name in order}
+    width = max(len(label) for label in labels.values()) + 2
+    lines = ["slice".ljust(width) + "".join(title.rjust(12) for title, _ in columns)]
+    for name, label in labels.items():
+        cells = []
+        for title, key in columns:
+            value = table[name].get(key)
+            cells.append(("-" if value is None else f"{value:.0f}" if key == "example_count" else f"{value:.3f}")
+                         .rjust(12))
+        lines.append(label.ljust(width) + "".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""All serving signatures of the exported SavedModel, in one place.
+
+`serving_default` takes serialized tf.Example (TFMA, TF Serving Classify/Predict with examples);
+`predict_images` takes encoded image bytes (gRPC Predict, REST b64). Both decode inside the graph
+and return `probability`, `label` (at the tuned threshold) and `threshold`, one value per input.
+"""
+import dataclasses
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from trainer.preprocessing import decode_batch
+from trainer.threshold import Threshold
+
+THRESHOLD_ASSET = "threshold.json"
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+
+class PneumoniaModule(tf.Module):
+    def __init__(self, model: keras.Model, image_size: int, threshold: Threshold, asset_path: str):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.threshold_value = tf.constant(threshold.value, tf.float32)
+        self.threshold_asset = tf.saved_model.Asset(asset_path)
+
+    def _predict(self, encoded: tf.Tensor):
+        pixels = decode_batch(encoded, self.image_size)
+        probability = tf.reshape(self.model(pixels, training=False), [-1])
+        threshold = tf.fill(tf.shape(probability), self.threshold_value)
+        label = tf.where(probability >= threshold, CLASS_NAMES[1], CLASS_NAMES[0])
+        return {"probability": probability, "label": label, "threshold": threshold}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(self, examples):
+        features = tf.io.parse_example(examples, {"image": tf.io.FixedLenFeature([], tf.string)})
+        return self._predict(features["image"])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def predict_images(self, images):
+        return self._predict(images)
+
+
+def export(model: keras.Model, export_dir: str, image_size: int, threshold: Threshold, work_dir: str,
+           architecture: str) -> None:
+    """Writes the SavedModel with both signatures and the threshold JSON under assets/."""
+    os.makedirs(work_dir, exist_ok=True)
+    asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
+    with open(asset_path, "w", encoding="utf-8") as f:
+        json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size},
+                  f, indent=2, sort_keys=True)
+    module = PneumoniaModule(model, image_size, threshold, asset_path)
+    tf.saved_model.save(module, export_dir, signatures={
+        "serving_default": module.serve_examples,
+        "predict_images": module.predict_images,
+    })
