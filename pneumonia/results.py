@@ -3,6 +3,7 @@ import dataclasses
 from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
+from google.protobuf import text_format
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
@@ -82,9 +83,16 @@ def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
 
 
 def validation_failures(evaluation_uri: str) -> List[str]:
-    result = tfma.load_validation_result(evaluation_uri)
-    return [f"{slice_name(f.slice_key)}: {failure.message}" for f in result.metric_validations_per_slice
-            for failure in f.failures]
+    """Why the model was not blessed: one line per failed threshold."""
+    failures = []
+    for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
+        for failure in per_slice.failures:
+            key = failure.metric_key
+            metric = f"{key.name} change vs baseline" if key.is_diff else key.name
+            bound = text_format.MessageToString(failure.metric_threshold, as_one_line=True)
+            failures.append(f"{slice_name(per_slice.slice_key)}: {metric} = "
+                            f"{failure.metric_value.double_value.value:.4f} fails {bound} {failure.message}".rstrip())
+    return failures
 
 
 def format_table(table: Dict[str, Dict[str, float]]) -> str:

@@ -30,15 +30,17 @@ def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> Tuple[np.ndarra
 
 
 def choose(labels: np.ndarray, probabilities: np.ndarray, policy: str = "youden") -> Threshold:
-    """`youden` maximises sensitivity + specificity - 1; `sensitivity:X` is the highest threshold
-    reaching sensitivity X. Validation with a single class cannot rank: 0.5 is kept and said so."""
+    """`youden` maximises sensitivity + specificity - 1 (ties: the more sensitive); `sensitivity:X` is
+    the highest threshold reaching sensitivity X. Validation with a single class cannot rank: 0.5 is kept and said so."""
     labels = np.asarray(labels)
     if labels.min(initial=1) == labels.max(initial=0):
         return Threshold(0.5, f"{policy} (fallback 0.5: validation has one class)", float("nan"), float("nan"),
                          int(labels.size))
     thresholds, sensitivity, specificity = roc_points(labels, probabilities)
     if policy == "youden":
-        best = int(np.argmax(sensitivity + specificity - 1.0))
+        youden = sensitivity + specificity - 1.0
+        # Ties go to the lowest threshold, the most sensitive: missing pneumonia costs more.
+        best = int(np.flatnonzero(youden >= youden.max() - 1e-9)[-1])
     elif policy.startswith("sensitivity:"):
         target = float(policy.split(":", 1)[1])
         if not 0.0 < target <= 1.0:

@@ -1,0 +1,128 @@
+"""End to end on real X-rays: prepare, validate, train, evaluate, push; cache; blessing; data gate.
+
+Runs the whole TFX pipeline with LocalDagRunner on a small real subset, a few times in sequence.
+"""
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata.proto import metadata_store_pb2
+
+from components.validation_gate.executor import DataAnomaliesError
+from pipeline.config import RunConfig
+from pneumonia import cli, prepare, results
+from pneumonia.runners import run_pipeline
+from tests.signatures_test import serialized_examples
+from trainer import models
+
+pytestmark = pytest.mark.slow
+
+COMPONENTS = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ImportSchemaGen", "ExampleValidator",
+              "DataValidationGate", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
+DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
+
+def tiny_config(tmp_path) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\n"
+                    f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]"))
+    return str(path)
+
+
+def node_executions(metadata_path, node):
+    store = results.open_store(metadata_path)
+    context = store.get_context_by_type_and_name("node", f"pneumonia.{node}")
+    return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id) if context else []
+
+
+def versions(serving_dir):
+    folder = os.path.join(serving_dir, "pneumonia")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+@pytest.fixture(scope="module")
+def first_run(small_subset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = tiny_config(tmp)
+    root = str(tmp / "root")
+    cli.main(["run", "--data", os.path.join(small_subset), "--root", root, "--config", config])
+    return root, config
+
+
+def test_every_component_ran_and_a_version_was_pushed(first_run, capsys):
+    root, _ = first_run
+    for node in COMPONENTS:
+        assert [e for e in node_executions(os.path.join(root, "metadata.sqlite"), node)
+                if e.last_known_state in DONE], f"no finished execution of {node}"
+    assert len(versions(os.path.join(root, "serving"))) == 1
+    assert os.path.exists(os.path.join(root, "data", prepare.REPORT_NAME))  # prepared into the run root
+
+
+def test_pushed_model_serves_real_images_through_both_signatures(first_run, shared_data):
+    root, _ = first_run
+    serving = os.path.join(root, "serving", "pneumonia")
+    model = tf.saved_model.load(os.path.join(serving, versions(os.path.join(root, "serving"))[0]))
+    files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::60]
+    images = [open(f, "rb").read() for f in files]
+    by_image = model.signatures["predict_images"](images=tf.constant(images))["probability"].numpy()
+    by_example = model.signatures["serving_default"](
+        examples=tf.constant(serialized_examples(images)))["probability"].numpy()
+    assert by_image.shape == (len(files),) and np.all((by_image >= 0) & (by_image <= 1))
+    np.testing.assert_allclose(by_image, by_example, atol=1e-6)
+
+
+def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, capsys):
+    root, config = first_run
+    metadata = os.path.join(root, "metadata.sqlite")
+    trainings = len(node_executions(metadata, "Trainer"))
+    before = versions(os.path.join(root, "serving"))
+    cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", config])
+    trainer_runs = node_executions(metadata, "Trainer")
+    assert len(trainer_runs) == trainings + 1
+    assert trainer_runs[-1].last_known_state == metadata_store_pb2.Execution.CACHED
+    evaluations = node_executions(metadata, "Evaluator")
+    assert evaluations[-1].last_known_state == metadata_store_pb2.Execution.COMPLETE  # against the baseline
+    assert versions(os.path.join(root, "serving")) == before
+    printed = capsys.readouterr().out
+    assert "already the latest served version" in printed
+    assert "dataset=external, split=external" in printed and "dataset=kermany, split=test" in printed
+
+
+def test_model_below_the_auc_bound_is_not_pushed(first_run):
+    root, config_path = first_run
+    before = versions(os.path.join(root, "serving"))
+    config = RunConfig.load(config_path, root=root, epochs=1, min_auc=1.01)
+    config.splits = ["train", "eval", "test", "external"]
+    run_pipeline(config)
+    outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
+    assert outputs.blessed is False and outputs.pushed is False
+    assert any("auc" in failure for failure in results.validation_failures(outputs.evaluation))
+    assert versions(os.path.join(root, "serving")) == before
+
+
+def test_schema_anomaly_stops_the_run_before_training(first_run, tmp_path):
+    root, config_path = first_run
+    data = str(tmp_path / "data")
+    shutil.copytree(os.path.join(root, "data"), data)
+    bad = tf.train.Example()
+    bad.CopyFrom(next(iter_examples(os.path.join(data, "eval"))))
+    bad.features.feature["label"].int64_list.value[:] = [2]
+    with tf.io.TFRecordWriter(os.path.join(data, "eval", "injected.tfrecord.gz"), "GZIP") as writer:
+        writer.write(bad.SerializeToString())
+    config = RunConfig.load(config_path, root=str(tmp_path / "root"), data=data)
+    config.splits = ["train", "eval", "test", "external"]
+    with pytest.raises(Exception) as error:
+        run_pipeline(config)
+    assert isinstance(error.value, DataAnomaliesError) or "anomal" in str(error.value)
+    assert "'label'" in str(error.value)
+    assert not [e for e in node_executions(config.metadata_path, "Trainer") if e.last_known_state in DONE]
+    assert not os.path.exists(config.serving_dir)
+
+
+def iter_examples(folder):
+    files = sorted(glob.glob(os.path.join(folder, "*.tfrecord.gz")))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        yield tf.train.Example.FromString(record.numpy())

@@ -1,0 +1,39 @@
+"""Exported SavedModel: both signatures, same probabilities, threshold inside and in assets/."""
+import glob
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import models, signatures
+from trainer.threshold import Threshold
+
+
+def serialized_examples(images):
+    return [tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})).SerializeToString()
+        for image in images]
+
+
+def test_signatures_agree_on_real_images(shared_data, tmp_path):
+    files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::100]
+    files += sorted(glob.glob(f"{shared_data}/originals/*/*.jpeg"))[:2]  # full resolution input
+    images = [open(f, "rb").read() for f in files]
+    model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
+    chosen = Threshold(0.37, "youden", 0.9, 0.8, 100)
+    export_dir = str(tmp_path / "model")
+    signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn")
+
+    loaded = tf.saved_model.load(export_dir)
+    by_image = loaded.signatures["predict_images"](images=tf.constant(images))
+    by_example = loaded.signatures["serving_default"](examples=tf.constant(serialized_examples(images)))
+    probability = by_image["probability"].numpy()
+    assert probability.shape == (len(images),)
+    assert np.all((probability >= 0) & (probability <= 1))
+    np.testing.assert_allclose(probability, by_example["probability"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(by_image["threshold"].numpy(), 0.37)
+    expected = np.where(probability >= np.float32(0.37), b"PNEUMONIA", b"NORMAL")
+    assert list(by_image["label"].numpy()) == list(expected)
+    asset = json.load(open(os.path.join(export_dir, "assets", signatures.THRESHOLD_ASSET)))
+    assert asset["value"] == 0.37 and asset["architecture"] == "cnn" and asset["image_size"] == 64
