@@ -23,6 +23,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	@if [ -z "$(PYTHON310)" ]; then \
 	  echo "error: Python 3.10 not found. TFX 1.16 needs it: install python3.10 (e.g. 'pyenv install 3.10' or 'apt-get install python3.10 python3.10-venv')." >&2; exit 1; fi
 	@[ -x $(VENV)/bin/python ] || $(PYTHON310) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints.txt pip setuptools wheel
 	$(VENV)/bin/pip install -q -r requirements.txt -c constraints.txt
 	$(VENV)/bin/pip install -q --no-deps -e .
 	@touch $(STAMP)

@@ -26,6 +26,7 @@ setup(
         "kfp>=2.5,<2.6",
         "Pillow>=9",
         "PyYAML>=6",
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["pneumonia=pneumonia.cli:main"]},

@@ -35,7 +35,13 @@ class RunConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     early_stopping_patience: int = 3
-    threshold_policy: str = "youden"
+    threshold_policy: str = "youden"  # or "sensitivity:0.95"
+    loss: str = "bce"  # or "focal"
+    augment: bool = True  # training-only rotations, shifts, zoom, brightness, contrast
+    horizontal_flip: bool = False  # off by default: it moves the heart to the wrong side
+    cache: bool = False  # cache decoded training images in memory
+    weights: str = "none"  # pretrained backbone weights: "imagenet", a local .h5/.keras file, or "none"
+    warm_start: bool = False  # start from the latest trained model (same architecture only)
     seed: int = 42
     # Evaluator: blessing on the validation split
     min_auc: float = 0.80
@@ -70,6 +76,11 @@ class RunConfig:
             "learning_rate": self.learning_rate,
             "early_stopping_patience": self.early_stopping_patience,
             "threshold_policy": self.threshold_policy,
+            "loss": self.loss,
+            "augment": self.augment,
+            "horizontal_flip": self.horizontal_flip,
+            "cache": self.cache,
+            "weights": self.weights,
             "seed": self.seed,
         }
 

@@ -32,6 +32,7 @@ def create_pipeline(
     model_name: str,
     min_auc: float,
     max_auc_drop: float,
+    warm_start: bool = False,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
 ) -> tfx.dsl.Pipeline:
@@ -51,10 +52,19 @@ def create_pipeline(
         statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"])
     validation_gate = DataValidationGate(anomalies=example_validator.outputs["anomalies"])
 
+    warm_start_nodes = []
+    if warm_start:
+        # The latest trained model; run_fn refuses it when its architecture differs.
+        latest_model = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        ).with_id("latest_model_resolver")
+        warm_start_nodes.append(latest_model)
     trainer = tfx.components.Trainer(
         module_file=module_file,
         examples=example_gen.outputs["examples"],
         schema=schema.outputs["schema"],
+        base_model=latest_model.outputs["model"] if warm_start else None,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=[BLESSING_SPLIT]),
         custom_config=trainer_config,
@@ -79,7 +89,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, inferred_schema, schema, example_validator, validation_gate,
-                    trainer, baseline, evaluator, pusher],
+                    *warm_start_nodes, trainer, baseline, evaluator, pusher],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
@@ -101,6 +111,7 @@ def pipeline_from_config(config: RunConfig,
         model_name=config.model_name,
         min_auc=config.min_auc,
         max_auc_drop=config.max_auc_drop,
+        warm_start=config.warm_start,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_args,
     )

@@ -55,7 +55,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         config = RunConfig.load(
             args.config, root=args.root, serving_dir=args.serving_dir, architecture=args.architecture,
             epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, runner=args.runner,
-            model_name=args.model_name, min_auc=args.min_auc, beam_args=args.beam_arg or None)
+            model_name=args.model_name, min_auc=args.min_auc, beam_args=args.beam_arg or None,
+            weights=args.weights, warm_start=args.warm_start, threshold_policy=args.threshold_policy,
+            loss=args.loss)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     data = args.data or shared_data_dir()
@@ -118,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serving-dir", help="TF Serving base path; models go to DIR/<model-name>/<version>/")
     run.add_argument("--model-name", help="served model name (default pneumonia)")
     run.add_argument("--architecture", help="model architecture (default cnn)")
+    run.add_argument("--weights", help="pretrained backbone weights: imagenet (needs internet), a local "
+                                       ".h5/.keras file, or none (default)")
+    run.add_argument("--warm-start", action="store_true", default=None,
+                     help="initialise from the latest trained model of the same architecture")
+    run.add_argument("--threshold-policy", help="how the operating threshold is chosen on validation: youden "
+                                                "(default) or sensitivity:X, e.g. sensitivity:0.95")
+    run.add_argument("--loss", choices=["bce", "focal"], help="training loss (default bce with class weights)")
     run.add_argument("--epochs", type=int, help="training epochs (default 5)")
     run.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
     run.add_argument("--batch-size", type=int, help="batch size (default 32)")
