@@ -49,6 +49,11 @@ class RunConfig:
     # Orchestration
     runner: str = "local"
     beam_args: List[str] = dataclasses.field(default_factory=list)
+    # Kubeflow: the Trainer pod's requests (= limits); 0 leaves the cluster's default
+    trainer_cpu: float = 0.0
+    trainer_memory_gb: float = 0.0
+    trainer_gpus: int = 0
+    trainer_gpu_type: str = "nvidia.com/gpu"  # the Kubernetes resource name of the accelerator
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(os.path.expanduser(self.root))

@@ -1,7 +1,7 @@
 """The pipeline definition, independent of any runner (local, Beam and Kubeflow all call this)."""
 import importlib.util
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
@@ -23,11 +23,11 @@ def trainer_module_file() -> str:
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
-    data_root: str,
+    data_root: Union[str, tfx.dsl.experimental.RuntimeParameter],
     splits: List[str],
     schema_path: str,
-    module_file: str,
-    trainer_config: Dict[str, Any],
+    module_file: Optional[str],
+    trainer_config: Union[Dict[str, Any], tfx.dsl.experimental.RuntimeParameter],
     serving_dir: str,
     model_name: str,
     min_auc: float,
@@ -35,8 +35,14 @@ def create_pipeline(
     warm_start: bool = False,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
+    run_fn: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-    """TFRecords -> statistics, schema gate -> Trainer -> Evaluator (vs last blessed) -> Pusher."""
+    """TFRecords -> statistics, schema gate -> Trainer -> Evaluator (vs last blessed) -> Pusher.
+
+    The Trainer runs `module_file` (TFX packages it) or `run_fn`, a `module.function` already installed
+    where it runs (the Kubeflow image). `data_root` and `trainer_config` may be RuntimeParameters:
+    TFX accepts one for the whole custom_config string, not for keys inside it.
+    """
     if "train" not in splits or BLESSING_SPLIT not in splits:
         raise ValueError(f"splits must include 'train' and '{BLESSING_SPLIT}', got {splits}")
     example_gen = tfx.components.ImportExampleGen(
@@ -62,6 +68,7 @@ def create_pipeline(
         warm_start_nodes.append(latest_model)
     trainer = tfx.components.Trainer(
         module_file=module_file,
+        run_fn=run_fn,
         examples=example_gen.outputs["examples"],
         schema=schema.outputs["schema"],
         base_model=latest_model.outputs["model"] if warm_start else None,
@@ -98,8 +105,9 @@ def create_pipeline(
 
 def pipeline_from_config(config: RunConfig,
                          metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
-                         ) -> tfx.dsl.Pipeline:
-    return create_pipeline(
+                         **overrides: Any) -> tfx.dsl.Pipeline:
+    """`overrides` replace create_pipeline arguments (Kubeflow: URIs, RuntimeParameters, run_fn)."""
+    arguments = dict(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         data_root=config.data,
@@ -115,3 +123,5 @@ def pipeline_from_config(config: RunConfig,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_args,
     )
+    arguments.update(overrides)
+    return create_pipeline(**arguments)
