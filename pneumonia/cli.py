@@ -31,20 +31,22 @@ def sources_for(data_dir: str) -> List[str]:
                      f"{KAGGLE_HINT}")
 
 
-def _prepare(sources: List[str], out: str, eval_fraction: float, seed: int, overwrite: bool):
+def _prepare(sources: List[str], out: str, **options) -> dict:
     from pneumonia import prepare
 
     try:
-        report = prepare.prepare([prepare.Source.parse(s) for s in sources], out, eval_fraction, seed, overwrite)
+        report = prepare.prepare([prepare.Source.parse(s) for s in sources], out, **options)
     except prepare.PrepareError as error:
         raise SystemExit(f"error: {error}")
-    print(report.summary())
+    print(prepare.summary(report))
     print(f"prepared TFRecords and {prepare.REPORT_NAME} in {out}")
     return report
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    _prepare(args.sources, os.path.abspath(args.out), args.eval_fraction, args.seed, args.overwrite)
+    _prepare(args.sources, os.path.abspath(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
+             overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
+             beam_args=args.beam_arg)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -69,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         if not os.path.isdir(data):
             raise SystemExit(f"error: --data {data} does not exist; {KAGGLE_HINT}")
-        _prepare(sources_for(data), config.data, eval_fraction=0.1, seed=config.seed, overwrite=False)
+        _prepare(sources_for(data), config.data, seed=config.seed)
     report = prepare.read_report(config.data)
     fixed = ["train", "eval", "test"]
     config.splits = [s for s in fixed if s in report["shards"]] + sorted(set(report["shards"]) - set(fixed))
@@ -109,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of train carved (by patient) as validation when val/ is too small (default 0.1)")
     prep.add_argument("--seed", type=int, default=42, help="seed of the carve and the record order")
     prep.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
+    prep.add_argument("--max-bad-fraction", type=float, default=0.01,
+                      help="fail when more than this share of files is quarantined (default 0.01)")
+    prep.add_argument("--strict", action="store_true",
+                      help="fail on identical files across splits or a patient in both train and eval")
+    prep.add_argument("--beam-arg", action="append", metavar="ARG",
+                      help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
     prep.set_defaults(func=cmd_prepare)
 
     run = commands.add_parser("run", help="run the TFX pipeline: validate, train, evaluate, push",

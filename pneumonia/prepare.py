@@ -1,44 +1,46 @@
 """Image folders -> gzipped TFRecords of tf.train.Example, one folder per split, plus a report.
 
 A SOURCE is `NAME=PATH`. A PATH with `train/` (and optionally `val/`, `test/`) is the Kaggle layout:
-its splits are kept, and validation (`eval`) is carved from train grouped by patient when `val/` is
-too small to use. A PATH with only class folders (`NORMAL/`, `PNEUMONIA/`) becomes an evaluation-only
-split named NAME. Every file ends up written or listed in the report with the reason it was not.
+its splits are kept, and validation (`eval`) is carved from train by patient when `val/` is too small
+to select on. A PATH with only class folders (`NORMAL/`, `PNEUMONIA/`) becomes an evaluation-only
+split named NAME. Every file ends up written, quarantined with a reason, or skipped as a duplicate.
+
+The driver lists files (metadata only); reading, hashing, decoding, de-duplication, the patient carve
+and the shard writing run as an Apache Beam pipeline (DirectRunner by default; `beam_args` pass
+through, e.g. `--runner=DataflowRunner`). Output is deterministic: the same input gives byte-identical
+shards and report.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
+import shutil
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from PIL import Image
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pneumonia.images import BadImage, inspect_image, parse_patient_and_pathogen
 
 LABELS = {"NORMAL": 0, "PNEUMONIA": 1}
 LABEL_NAMES = {v: k for k, v in LABELS.items()}
 KAGGLE_SPLITS = {"train": "train", "val": "eval", "test": "test"}
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-MIN_SIDE = 32
-MAX_PIXELS = 100_000_000
 # The official Kaggle val/ holds 16 images: too few to select a model or a threshold on.
 MIN_USABLE_VAL = 100
 REPORT_NAME = "prepare_report.json"
 RECORDS_PER_SHARD = 1000
-
-_KERMANY_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
-_KERMANY_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
+FORMAT_VERSION = 2
+# Locally: the DirectRunner with one thread per core (decoding releases the GIL).
+DEFAULT_BEAM_ARGS = ["--direct_num_workers=0", "--direct_running_mode=multi_threading"]
 
 
 class PrepareError(Exception):
-    """A problem with the request as a whole (missing source, refused overwrite)."""
-
-
-class BadImage(Exception):
-    """A file that cannot be used as an X-ray; the message is the reason."""
+    """A problem with the request or the data as a whole; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,59 +62,44 @@ class Source:
         return os.path.isdir(os.path.join(self.path, "train"))
 
 
-@dataclasses.dataclass
-class Record:
-    """One image accepted into a split."""
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A file whose place in the layout gives it a label and a split; its bytes are not read yet."""
 
     dataset: str
     split: str
     label: int
-    source_path: str
+    root: str
+    source_path: str  # relative to the SOURCE root
+
+    @property
+    def shown(self) -> str:
+        return f"{self.dataset}/{self.source_path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """An accepted image: everything of its tf.train.Example but the bytes (re-read when written)."""
+
+    candidate: Candidate
+    split: str
     patient_id: str
     pathogen: str
     height: int
     width: int
     channels: int
     sha256: str
-    image: bytes = dataclasses.field(repr=False)
+
+    def order_key(self, seed: int) -> str:
+        """A stable pseudo-random key: records are written in this order, classes interleaved."""
+        return _stable_hash(str(seed), self.candidate.dataset, self.candidate.source_path)
 
 
-def parse_patient_and_pathogen(file_name: str, label: int) -> Tuple[Optional[str], str]:
-    """Kermany names encode patient and pathogen; other names give no patient (None)."""
-    stem = os.path.splitext(file_name)[0]
-    match = _KERMANY_PNEUMONIA.match(stem)
-    if match:
-        return match.group(1).lower(), match.group(2).lower()
-    match = _KERMANY_NORMAL.match(stem)
-    if match:
-        return match.group(1).upper(), "none"
-    return None, "none" if label == 0 else "unknown"
+def _stable_hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def inspect_image(data: bytes) -> Tuple[int, int, int]:
-    """Returns (height, width, channels) of a decodable JPEG/PNG X-ray, else raises BadImage."""
-    if not data:
-        raise BadImage("empty file (0 bytes)")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Exception:  # PIL raises several types for non-images
-        raise BadImage("not a JPEG or PNG image (unrecognised bytes)") from None
-    if image.format not in ("JPEG", "PNG"):
-        raise BadImage(f"unsupported image format {image.format}")
-    width, height = image.size
-    if width * height > MAX_PIXELS:  # checked from the header, before decoding
-        raise BadImage(f"declared size {width}x{height} exceeds {MAX_PIXELS // 1_000_000} megapixels")
-    if min(width, height) < MIN_SIDE:
-        raise BadImage(f"too small: {width}x{height} (minimum {MIN_SIDE} px a side)")
-    try:
-        image.load()
-    except Exception as error:
-        raise BadImage(f"cannot decode {image.format}: {error}") from None
-    channels = {"1": 1, "L": 1, "I": 1, "I;16": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4}.get(image.mode)
-    if channels is None:
-        raise BadImage(f"unsupported pixel mode {image.mode}")
-    return height, width, channels
-
+# ---------------------------------------------------------------- listing (driver, metadata only)
 
 def _walk(root: str) -> Iterable[str]:
     """Every file under root (sorted, symlinks not followed), as paths relative to root."""
@@ -124,37 +111,24 @@ def _walk(root: str) -> Iterable[str]:
             yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
-@dataclasses.dataclass
-class Report:
-    sources: Dict[str, str] = dataclasses.field(default_factory=dict)
-    files_seen: int = 0
-    written: int = 0
-    quarantined: List[Dict[str, str]] = dataclasses.field(default_factory=list)
-    duplicates: List[Dict[str, str]] = dataclasses.field(default_factory=list)
-    counts: Dict[str, Dict[str, Dict[str, int]]] = dataclasses.field(default_factory=dict)
-    patients: Dict[str, int] = dataclasses.field(default_factory=dict)
-    shards: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
-    eval_policy: str = ""
-    fingerprint: str = ""
-
-    def as_dict(self) -> dict:
-        result = dataclasses.asdict(self)
-        result["accounted"] = self.written + len(self.quarantined) + len(self.duplicates) == self.files_seen
-        return result
-
-    def summary(self) -> str:
-        lines = [f"files seen {self.files_seen}: written {self.written}, quarantined "
-                 f"{len(self.quarantined)}, duplicates skipped {len(self.duplicates)}"]
-        for split, by_dataset in sorted(self.counts.items()):
-            for dataset, by_label in sorted(by_dataset.items()):
-                labels = ", ".join(f"{name} {count}" for name, count in sorted(by_label.items()))
-                lines.append(f"  {split:<10} {dataset:<10} {labels}  (patients {self.patients.get(split, 0)})")
-        lines.append(f"  eval: {self.eval_policy}")
-        for item in self.quarantined[:10]:
-            lines.append(f"  quarantined {item['path']}: {item['reason']}")
-        if len(self.quarantined) > 10:
-            lines.append(f"  ... {len(self.quarantined) - 10} more quarantined files in {REPORT_NAME}")
-        return "\n".join(lines)
+def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optional[str]]:
+    """(candidate, None) for a file in the expected layout, else (None, reason)."""
+    parts = relpath.split(os.sep)
+    if any(part.startswith(".") for part in parts):
+        return None, "hidden file"
+    if os.path.islink(os.path.join(source.path, relpath)):
+        return None, "symbolic link (not followed)"
+    depth, layout = (3, "<split>/<class>/<file>") if source.is_kaggle_layout else (2, "<class>/<file>")
+    if len(parts) != depth:
+        return None, f"not at {layout}"
+    if source.is_kaggle_layout and parts[0] not in KAGGLE_SPLITS:
+        return None, f"unknown split folder {parts[0]!r} (expected train, val or test)"
+    if parts[-2].upper() not in LABELS:
+        return None, f"unknown class folder {parts[-2]!r} (expected NORMAL or PNEUMONIA)"
+    if not relpath.lower().endswith(IMAGE_SUFFIXES):
+        return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
+    split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.name
+    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath), None
 
 
 def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
@@ -168,82 +142,66 @@ def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
     return digest.hexdigest()
 
 
-def _stable_hash(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+# ---------------------------------------------------------------- Beam stages
+
+def _read(candidate: Candidate) -> bytes:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(candidate.root, candidate.source_path), "rb") as f:
+        return f.read()
 
 
-def carve_eval(records: List[Record], fraction: float, seed: int) -> None:
-    """Moves about `fraction` of each label's train images to `eval`, whole patients at a time."""
-    by_label: Dict[int, Dict[str, List[Record]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for record in records:
-        if record.split == "train":
-            by_label[record.label][record.patient_id].append(record)
+def inspect(candidate: Candidate):
+    """Reads, hashes and fully decodes one file: a Record, or a tagged quarantine entry."""
+    data = _read(candidate)
+    try:
+        height, width, channels = inspect_image(data)
+    except BadImage as error:
+        yield beam.pvalue.TaggedOutput("quarantined", {"path": candidate.shown, "reason": str(error)})
+        return
+    patient, pathogen = parse_patient_and_pathogen(os.path.basename(candidate.source_path), candidate.label)
+    yield Record(candidate, candidate.split, f"{candidate.dataset}:{patient or os.path.splitext(candidate.source_path)[0]}",
+                 pathogen, height, width, channels, hashlib.sha256(data).hexdigest())
+
+
+def keep_one_copy(copies: Tuple[str, Iterable[Record]]):
+    """Of identical files keep one: an evaluation split's copy wins over train (no leakage into
+    training), then the first path. The others are tagged duplicates; copies across splits are leaks."""
+    _, records = copies
+    records = sorted(records, key=lambda r: (r.split == "train", r.candidate.shown))
+    yield records[0]
+    for record in records[1:]:
+        yield beam.pvalue.TaggedOutput("duplicates", {
+            "path": record.candidate.shown, "duplicate_of": records[0].candidate.shown,
+            "splits": sorted({record.split, records[0].split})})
+
+
+def choose_eval_patients(train_patients: List[Tuple[str, str, int]], fraction: float, seed: int) -> List[str]:
+    """About `fraction` of each label's train images, whole patients at a time (stratified by label).
+
+    `train_patients` holds (dataset, patient_id, label) per train image of the sources that carve.
+    """
+    by_label: Dict[Tuple[str, int], collections.Counter] = collections.defaultdict(collections.Counter)
+    for dataset, patient, label in train_patients:
+        by_label[(dataset, label)][patient] += 1
+    chosen = []
     for patients in by_label.values():
-        target = fraction * sum(len(group) for group in patients.values())
-        taken = 0
+        target, taken = fraction * sum(patients.values()), 0
         for patient in sorted(patients, key=lambda p: _stable_hash(str(seed), p)):
             if taken >= target:
                 break
-            for record in patients[patient]:
-                record.split = "eval"
-            taken += len(patients[patient])
+            chosen.append(patient)
+            taken += patients[patient]
+    return sorted(chosen)
 
 
-def _collect(source: Source, report: Report, seen: Dict[str, str]) -> List[Record]:
-    """Reads every file of one source into records; bad files and duplicates go to the report."""
-    records = []
-    for relpath in _walk(source.path):
-        report.files_seen += 1
-        shown = f"{source.name}/{relpath}"
-        full = os.path.join(source.path, relpath)
-
-        def quarantine(reason: str) -> None:
-            report.quarantined.append({"path": shown, "reason": reason})
-
-        parts = relpath.split(os.sep)
-        if any(part.startswith(".") for part in parts):
-            quarantine("hidden file")
-            continue
-        if os.path.islink(full):
-            quarantine("symbolic link (not followed)")
-            continue
-        depth, layout = (3, "<split>/<class>/<file>") if source.is_kaggle_layout else (2, "<class>/<file>")
-        if len(parts) != depth:
-            quarantine(f"not at {layout}")
-            continue
-        if source.is_kaggle_layout and parts[0] not in KAGGLE_SPLITS:
-            quarantine(f"unknown split folder {parts[0]!r} (expected train, val or test)")
-            continue
-        class_dir = parts[-2]
-        if class_dir.upper() not in LABELS:
-            quarantine(f"unknown class folder {class_dir!r} (expected NORMAL or PNEUMONIA)")
-            continue
-        split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.name
-        if not relpath.lower().endswith(IMAGE_SUFFIXES):
-            quarantine(f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})")
-            continue
-        with open(full, "rb") as f:
-            data = f.read()
-        try:
-            height, width, channels = inspect_image(data)
-        except BadImage as error:
-            quarantine(str(error))
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            report.duplicates.append({"path": shown, "duplicate_of": seen[digest]})
-            continue
-        seen[digest] = shown
-        label = LABELS[class_dir.upper()]
-        patient, pathogen = parse_patient_and_pathogen(os.path.basename(relpath), label)
-        records.append(Record(
-            dataset=source.name, split=split, label=label, source_path=relpath,
-            patient_id=f"{source.name}:{patient or os.path.splitext(relpath)[0]}", pathogen=pathogen,
-            height=height, width=width, channels=channels, sha256=digest, image=data))
-    return records
+def assign_split(record: Record, eval_patients: List[str]) -> Record:
+    if record.split == "train" and record.patient_id in eval_patients:
+        return dataclasses.replace(record, split="eval")
+    return record
 
 
-def to_example(record: Record):
+def to_example(record: Record, image: bytes):
     import tensorflow as tf
 
     def bytes_feature(*values: bytes):
@@ -252,15 +210,16 @@ def to_example(record: Record):
     def int_feature(*values: int):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
+    candidate = record.candidate
     return tf.train.Example(features=tf.train.Features(feature={
-        "image": bytes_feature(record.image),
-        "label": int_feature(record.label),
-        "label_name": bytes_feature(LABEL_NAMES[record.label].encode()),
-        "dataset": bytes_feature(record.dataset.encode()),
+        "image": bytes_feature(image),
+        "label": int_feature(candidate.label),
+        "label_name": bytes_feature(LABEL_NAMES[candidate.label].encode()),
+        "dataset": bytes_feature(candidate.dataset.encode()),
         "split": bytes_feature(record.split.encode()),
         "patient_id": bytes_feature(record.patient_id.encode()),
         "pathogen": bytes_feature(record.pathogen.encode()),
-        "source_path": bytes_feature(record.source_path.encode()),
+        "source_path": bytes_feature(candidate.source_path.encode()),
         "height": int_feature(record.height),
         "width": int_feature(record.width),
         "channels": int_feature(record.channels),
@@ -268,85 +227,213 @@ def to_example(record: Record):
     }))
 
 
-def _write_split(out: str, split: str, records: List[Record]) -> List[str]:
+def shard_name(split: str, shard: int, num_shards: int) -> str:
+    return f"{split}/data-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"
+
+
+def num_shards(count: int) -> int:
+    return max(1, -(-count // RECORDS_PER_SHARD))
+
+
+def write_shard(keyed: Tuple[Tuple[str, int], Iterable[Record]], out: str, seed: int, shard_counts: Dict[str, int]):
+    """Writes one shard, its records in order_key order, re-reading each image's bytes."""
     import tensorflow as tf
 
-    os.makedirs(os.path.join(out, split), exist_ok=True)
-    num_shards = max(1, -(-len(records) // RECORDS_PER_SHARD))
-    names = []
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    for shard in range(num_shards):
-        name = f"{split}/data-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"
-        with tf.io.TFRecordWriter(os.path.join(out, name), options) as writer:
-            for record in records[shard::num_shards]:
-                writer.write(to_example(record).SerializeToString())
-        names.append(name)
-    return names
+    (split, shard), records = keyed
+    name = shard_name(split, shard, shard_counts[split])
+    tf.io.gfile.makedirs(os.path.join(out, split))
+    with tf.io.TFRecordWriter(os.path.join(out, name), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for record in sorted(records, key=lambda r: r.order_key(seed)):
+            writer.write(to_example(record, _read(record.candidate)).SerializeToString(deterministic=True))
+    return name
 
 
-def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, seed: int = 42,
-            overwrite: bool = False) -> Report:
-    """Writes the TFRecords and report into `out`; reuses `out` when it already holds this input."""
-    if not sources:
-        raise PrepareError("no SOURCE given: pass NAME=PATH, e.g. kermany=/data/chest_xray")
-    for source in sources:
-        if not os.path.isdir(source.path):
-            raise PrepareError(f"source {source.name}: folder {source.path} does not exist")
-    if len({s.name for s in sources}) != len(sources):
-        raise PrepareError("each SOURCE needs a distinct NAME")
-    options = {"eval_fraction": eval_fraction, "seed": seed, "format": 1}
-    fingerprint = source_fingerprint(sources, options)
+def summarise(records: List[Record], shards: List[str], quarantined: List[dict], duplicates: List[dict],
+              listing: dict) -> dict:
+    """The report: counts per split x dataset x label, patients, every file not written and why."""
+    counts: Dict[str, Dict[str, Dict[str, int]]] = {}
+    patients: Dict[str, set] = collections.defaultdict(set)
+    for record in records:
+        by_label = counts.setdefault(record.split, {}).setdefault(record.candidate.dataset, {})
+        name = LABEL_NAMES[record.candidate.label]
+        by_label[name] = by_label.get(name, 0) + 1
+        patients[record.split].add(record.patient_id)
+    quarantined = sorted(listing["quarantined"] + quarantined, key=lambda item: item["path"])
+    duplicates = sorted(duplicates, key=lambda item: item["path"])
+    shared_patients = sorted(patients["train"] & patients["eval"])
+    report = {
+        "format": FORMAT_VERSION,
+        "sources": listing["sources"],
+        "fingerprint": listing["fingerprint"],
+        "eval_policy": listing["eval_policy"],
+        "files_seen": listing["files_seen"],
+        "written": len(records),
+        "quarantined": quarantined,
+        "duplicates": duplicates,
+        "leaks": [d for d in duplicates if len(d["splits"]) > 1],
+        "patients_in_train_and_eval": shared_patients,
+        "counts": counts,
+        "patients": {split: len(ids) for split, ids in sorted(patients.items())},
+        "shards": {split: sorted(s for s in shards if s.startswith(split + "/")) for split in sorted(counts)},
+    }
+    report["accounted"] = report["written"] + len(quarantined) + len(duplicates) == report["files_seen"]
+    return report
+
+
+def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: Dict[str, bool], out: str,
+                   fraction: float, seed: int, listing: dict) -> None:
+    inspected = (pipeline | "Files" >> beam.Create(candidates, reshuffle=True)
+                 | "Inspect" >> beam.FlatMap(inspect).with_outputs("quarantined", main="ok"))
+    unique = (inspected.ok | "BySha256" >> beam.Map(lambda r: (r.sha256, r)) | "GroupCopies" >> beam.GroupByKey()
+              | "KeepOneCopy" >> beam.FlatMap(keep_one_copy).with_outputs("duplicates", main="kept"))
+    eval_patients = (
+        unique.kept
+        | "CarvingTrain" >> beam.Filter(lambda r: r.split == "train" and carve[r.candidate.dataset])
+        | "PatientLabel" >> beam.Map(lambda r: (r.candidate.dataset, r.patient_id, r.candidate.label))
+        | "AllTrain" >> beam.combiners.ToList()
+        | "EvalPatients" >> beam.Map(choose_eval_patients, fraction, seed))
+    records = unique.kept | "AssignSplit" >> beam.Map(
+        lambda r, chosen: assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients))
+    shard_counts = (records | "SplitKey" >> beam.Map(lambda r: r.split) | "CountSplits" >> beam.combiners.Count.PerElement()
+                    | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], num_shards(kv[1]))))
+    shards = (
+        records
+        | "ShardKey" >> beam.Map(lambda r, counts: ((r.split, int(r.order_key(seed), 16) % counts[r.split]), r),
+                                 beam.pvalue.AsDict(shard_counts))
+        | "GroupShards" >> beam.GroupByKey()
+        | "WriteShards" >> beam.Map(write_shard, out, seed, beam.pvalue.AsDict(shard_counts)))
+
+    def write_report(_, all_records, all_shards, quarantined, duplicates):
+        report = summarise(all_records, all_shards, quarantined, duplicates, listing)
+        with open(os.path.join(out, REPORT_NAME), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+
+    _ = (pipeline | "ReportTrigger" >> beam.Create([None])
+         | "WriteReport" >> beam.Map(write_report, beam.pvalue.AsList(records), beam.pvalue.AsList(shards),
+                                     beam.pvalue.AsList(inspected.quarantined),
+                                     beam.pvalue.AsList(unique.duplicates)))
+
+
+# ---------------------------------------------------------------- the job
+
+def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]:
+    """The existing report when `out` already holds exactly this input; raises if it holds other data."""
     report_path = os.path.join(out, REPORT_NAME)
     if os.path.exists(report_path):
-        with open(report_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        if previous.get("fingerprint") == fingerprint and not overwrite:
-            return Report(**{k: v for k, v in previous.items() if k != "accounted"})
+        previous = read_report(out)
+        if previous.get("fingerprint") == fingerprint and previous.get("format") == FORMAT_VERSION:
+            return previous
         if not overwrite:
             raise PrepareError(f"{out} already holds a different prepared dataset; pass --overwrite to replace it")
     elif os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise PrepareError(f"{out} is not empty and holds no {REPORT_NAME}; pass --overwrite or choose another --out")
+    return None
 
-    report = Report(sources={s.name: s.path for s in sources}, fingerprint=fingerprint)
-    seen: Dict[str, str] = {}
-    records: List[Record] = []
+
+def _check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
+    bad = len(report["quarantined"])
+    if report["files_seen"] and bad / report["files_seen"] > max_bad_fraction:
+        reasons = collections.Counter(item["reason"].split(":")[0] for item in report["quarantined"])
+        common = ", ".join(f"{reason} ({count})" for reason, count in reasons.most_common(3))
+        raise PrepareError(f"{bad} of {report['files_seen']} files quarantined, more than --max-bad-fraction "
+                           f"{max_bad_fraction:g}: {common}")
+    if strict and report["leaks"]:
+        first = report["leaks"][0]
+        raise PrepareError(f"--strict: {len(report['leaks'])} identical file(s) across splits, e.g. {first['path']} "
+                           f"= {first['duplicate_of']}")
+    if strict and report["patients_in_train_and_eval"]:
+        raise PrepareError(f"--strict: {len(report['patients_in_train_and_eval'])} patient(s) in both train and "
+                           f"eval, e.g. {report['patients_in_train_and_eval'][0]}")
+
+
+def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, seed: int = 42,
+            overwrite: bool = False, max_bad_fraction: float = 0.01, strict: bool = False,
+            beam_args: Optional[List[str]] = None) -> dict:
+    """Writes the TFRecords and report into `out` and returns the report (see module docstring)."""
+    if not sources:
+        raise PrepareError("no SOURCE given: pass NAME=PATH, e.g. kermany=/data/chest_xray")
+    if len({s.name for s in sources}) != len(sources):
+        raise PrepareError("each SOURCE needs a distinct NAME")
     for source in sources:
-        source_records = _collect(source, report, seen)
-        if not source_records:
-            raise PrepareError(f"source {source.name}: no usable images under {source.path}")
-        if source.is_kaggle_layout:
-            val = [r for r in source_records if r.split == "eval"]
-            if len(val) >= MIN_USABLE_VAL:
-                report.eval_policy = f"{source.name}: official val/ ({len(val)} images)"
-            else:
-                for record in val:  # too few to select on: fold back into train before the carve
-                    record.split = "train"
-                carve_eval(source_records, eval_fraction, seed)
-                report.eval_policy = (f"{source.name}: {eval_fraction:.0%} of train carved by patient, "
-                                      f"stratified by label (val/ had {len(val)} images)")
-        records.extend(source_records)
+        if not os.path.isdir(source.path):
+            raise PrepareError(f"source {source.name}: folder {source.path} does not exist")
+    if not 0.0 < eval_fraction < 1.0:
+        raise PrepareError(f"--eval-fraction {eval_fraction} must be between 0 and 1")
+    out = os.path.abspath(out)
+    fingerprint = source_fingerprint(sources, {"eval_fraction": eval_fraction, "seed": seed})
+    previous = _check_output(out, fingerprint, overwrite)
+    if previous is not None:
+        _check_report(previous, max_bad_fraction, strict)
+        return previous
 
-    if overwrite and os.path.isdir(out):
-        import shutil
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    by_split: Dict[str, List[Record]] = collections.defaultdict(list)
-    for record in records:
-        by_split[record.split].append(record)
-    for split, split_records in sorted(by_split.items()):
-        # A deterministic shuffle: classes interleave from the first record on.
-        split_records.sort(key=lambda r: _stable_hash(str(seed), r.dataset, r.source_path))
-        report.shards[split] = _write_split(out, split, split_records)
-        report.patients[split] = len({r.patient_id for r in split_records})
-        for record in split_records:
-            by_label = report.counts.setdefault(split, {}).setdefault(record.dataset, {})
-            by_label[LABEL_NAMES[record.label]] = by_label.get(LABEL_NAMES[record.label], 0) + 1
-        report.written += len(split_records)
-    with open(report_path, "w", encoding="utf-8") as f:
-        json.dump(report.as_dict(), f, indent=2, sort_keys=True)
+    listing = {"sources": {s.name: s.path for s in sources}, "fingerprint": fingerprint, "files_seen": 0,
+               "quarantined": [], "eval_policy": []}
+    candidates: List[Candidate] = []
+    carve: Dict[str, bool] = {}
+    for source in sources:
+        found = []
+        for relpath in _walk(source.path):
+            listing["files_seen"] += 1
+            candidate, reason = classify(source, relpath)
+            if candidate is None:
+                listing["quarantined"].append({"path": f"{source.name}/{relpath}", "reason": reason})
+            else:
+                found.append(candidate)
+        if not found:
+            raise PrepareError(f"source {source.name}: no images in the expected layout under {source.path}")
+        carve[source.name] = False
+        if source.is_kaggle_layout:
+            val = [c for c in found if c.split == "eval"]
+            if len(val) >= MIN_USABLE_VAL:
+                listing["eval_policy"].append(f"{source.name}: official val/ ({len(val)} files)")
+            else:  # too few to select on: they join train, and eval is carved from train by patient
+                found = [dataclasses.replace(c, split="train") if c.split == "eval" else c for c in found]
+                carve[source.name] = True
+                listing["eval_policy"].append(
+                    f"{source.name}: {eval_fraction:.0%} of train carved by patient, stratified by label "
+                    f"(val/ had {len(val)} files)")
+        candidates.extend(found)
+    listing["eval_policy"] = "; ".join(listing["eval_policy"]) or "no train/val/test source"
+
+    staging = f"{out}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
+        build_pipeline(pipeline, candidates, carve, staging, eval_fraction, seed, listing)
+    report = read_report(staging)
+    try:
+        _check_report(report, max_bad_fraction, strict)
+    except PrepareError:
+        rejected = f"{out}.rejected"
+        shutil.rmtree(rejected, ignore_errors=True)
+        os.rename(staging, rejected)
+        raise
+    shutil.rmtree(out, ignore_errors=True)  # only reached with --overwrite or an empty/absent folder
+    os.rename(staging, out)
     return report
 
 
 def read_report(folder: str) -> dict:
     with open(os.path.join(folder, REPORT_NAME), encoding="utf-8") as f:
         return json.load(f)
+
+
+def summary(report: dict) -> str:
+    """The one-screen summary printed after a prepare."""
+    lines = [f"files seen {report['files_seen']}: written {report['written']}, quarantined "
+             f"{len(report['quarantined'])}, duplicates skipped {len(report['duplicates'])} "
+             f"({'all accounted for' if report['accounted'] else 'NOT ALL ACCOUNTED FOR'})"]
+    for split, by_dataset in sorted(report["counts"].items()):
+        for dataset, by_label in sorted(by_dataset.items()):
+            labels = ", ".join(f"{name} {count}" for name, count in sorted(by_label.items()))
+            lines.append(f"  {split:<10} {dataset:<10} {labels}  (patients {report['patients'].get(split, 0)})")
+    lines.append(f"  eval: {report['eval_policy']}")
+    if report["leaks"]:
+        lines.append(f"  identical files across splits: {len(report['leaks'])} (the evaluation copy is kept)")
+    if report["patients_in_train_and_eval"]:
+        lines.append(f"  patients in both train and eval: {len(report['patients_in_train_and_eval'])}")
+    for item in report["quarantined"][:10]:
+        lines.append(f"  quarantined {item['path']}: {item['reason']}")
+    if len(report["quarantined"]) > 10:
+        lines.append(f"  ... {len(report['quarantined']) - 10} more quarantined files in {REPORT_NAME}")
+    return "\n".join(lines)

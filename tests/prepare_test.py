@@ -1,13 +1,18 @@
-"""prepare: label mapping, split handling, patient-grouped validation carve, bad files, reuse."""
+"""prepare: label mapping, splits, patient-grouped carve, bad input, leakage, determinism, reuse."""
 import glob
+import io
 import json
 import os
-import shutil
+import struct
+import zlib
 
+import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from pneumonia import prepare
+from pneumonia.images import parse_patient_and_pathogen
 from tests.conftest import copy_subset
 
 
@@ -21,6 +26,25 @@ def feature(example, name):
     return value.int64_list.value[0] if value.int64_list.value else value.bytes_list.value[0].decode()
 
 
+def encode(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_declaring(width, height, real_png):
+    """A real PNG whose header claims another size (a decompression bomb's header)."""
+    ihdr = struct.pack(">II", width, height) + real_png[24:29]
+    chunk = b"IHDR" + ihdr
+    return real_png[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + real_png[33:]
+
+
+def write(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
 @pytest.mark.parametrize("name, label, patient, pathogen", [
     ("person123_bacteria_456.jpeg", 1, "person123", "bacteria"),
     ("person45_virus_78.jpeg", 1, "person45", "virus"),
@@ -30,7 +54,7 @@ def feature(example, name):
     ("ieee8023_covid-19-pneumonia-7-PA.jpeg", 1, None, "unknown"),
 ])
 def test_file_names_give_patient_and_pathogen(name, label, patient, pathogen):
-    assert prepare.parse_patient_and_pathogen(name, label) == (patient, pathogen)
+    assert parse_patient_and_pathogen(name, label) == (patient, pathogen)
 
 
 def test_source_needs_name_and_path():
@@ -38,87 +62,169 @@ def test_source_needs_name_and_path():
         prepare.Source.parse("/data/chest_xray")
 
 
-def test_prepare_real_images(shared_data, tmp_path):
-    data = copy_subset(shared_data, str(tmp_path / "raw"), {
+@pytest.fixture(scope="module")
+def prepared(shared_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prepared")
+    data = copy_subset(shared_data, str(tmp / "raw"), {
         "chest_xray/train/NORMAL": 40, "chest_xray/train/PNEUMONIA": 40,
         "chest_xray/test/NORMAL": 5, "chest_xray/test/PNEUMONIA": 5,
         "external/NORMAL": 4, "external/PNEUMONIA": 4})
-    out = str(tmp_path / "out")
-    report = prepare.prepare([prepare.Source.parse(f"kermany={data}/chest_xray"),
-                              prepare.Source.parse(f"external={data}/external")], out)
-    assert report.files_seen == report.written == 98
-    assert sorted(report.shards) == ["eval", "external", "test", "train"]
+    sources = [prepare.Source.parse(f"kermany={data}/chest_xray"), prepare.Source.parse(f"external={data}/external")]
+    report = prepare.prepare(sources, str(tmp / "out"))
+    return data, sources, str(tmp / "out"), report
 
-    splits = {split: read_examples(os.path.join(out, split)) for split in report.shards}
-    for split, examples in splits.items():
-        for example in examples:
+
+def test_real_images_become_complete_examples(prepared):
+    data, _, out, report = prepared
+    assert report["files_seen"] == report["written"] == 98 and report["accounted"]
+    assert sorted(report["shards"]) == ["eval", "external", "test", "train"]
+    for split in report["shards"]:
+        for example in read_examples(os.path.join(out, split)):
             assert feature(example, "split") == split
             assert feature(example, "label") == (feature(example, "label_name") == "PNEUMONIA")
             assert feature(example, "label_name") in feature(example, "source_path")  # class folder -> label
             assert (feature(example, "height"), feature(example, "width"), feature(example, "channels")) == (224, 224, 1)
-            image = example.features.feature["image"].bytes_list.value[0]
-            source = os.path.join(data, "chest_xray" if split != "external" else "external",
-                                  feature(example, "source_path"))
-            assert image == open(source, "rb").read()  # encoded bytes as stored
-    assert {feature(e, "dataset") for e in splits["external"]} == {"external"}
-    assert {feature(e, "pathogen") for e in splits["external"] if feature(e, "label") == 1} == {"unknown"}
-    # Validation is carved from train by whole patients, and has both classes.
+            root = os.path.join(data, "external" if split == "external" else "chest_xray")
+            stored = open(os.path.join(root, feature(example, "source_path")), "rb").read()
+            assert example.features.feature["image"].bytes_list.value[0] == stored  # bytes as stored
+            assert feature(example, "dataset") == ("external" if split == "external" else "kermany")
+
+
+def test_validation_is_carved_by_patient_and_records_are_shuffled(prepared):
+    _, _, out, report = prepared
+    splits = {split: read_examples(os.path.join(out, split)) for split in ("train", "eval")}
     train_patients = {feature(e, "patient_id") for e in splits["train"]}
     eval_patients = {feature(e, "patient_id") for e in splits["eval"]}
     assert eval_patients and not train_patients & eval_patients
     assert {feature(e, "label") for e in splits["eval"]} == {0, 1}
-    # Records are shuffled, not class by class.
+    assert report["patients_in_train_and_eval"] == []
     train_labels = [feature(e, "label") for e in splits["train"]]
     assert train_labels != sorted(train_labels) and train_labels != sorted(train_labels, reverse=True)
 
 
-def test_bad_files_are_reported_not_lost(shared_data, tmp_path):
-    data = copy_subset(shared_data, str(tmp_path / "raw"), {"external/NORMAL": 3, "external/PNEUMONIA": 3})
-    real = sorted(glob.glob(f"{data}/external/NORMAL/*"))[0]
-    blob = open(real, "rb").read()
-    bad = {
-        "NORMAL/empty.jpeg": b"",
-        "NORMAL/truncated.jpeg": blob[: len(blob) // 3],
-        "PNEUMONIA/text.jpeg": b"this is not an image\n",
-        "PNEUMONIA/copy.jpeg": blob,  # an exact duplicate of a NORMAL image
-        "OTHER/x.jpeg": blob[:10] + b"x",
-        "loose.jpeg": blob,
+def test_output_is_deterministic_and_reused(prepared, tmp_path):
+    _, sources, out, _ = prepared
+    again = str(tmp_path / "again")
+    prepare.prepare(sources, again)
+    for name in [prepare.REPORT_NAME] + [s for shards in prepare.read_report(out)["shards"].values() for s in shards]:
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(again, name), "rb").read(), name
+    shard = os.path.join(again, prepare.read_report(again)["shards"]["test"][0])
+    before = os.stat(shard).st_mtime_ns
+    prepare.prepare(sources, again)  # same input: nothing rewritten (keeps ExampleGen's cache valid)
+    assert os.stat(shard).st_mtime_ns == before
+
+
+def test_every_bad_file_is_accounted_for_with_a_reason(shared_data, tmp_path):
+    data = copy_subset(shared_data, str(tmp_path / "raw"), {"external/NORMAL": 60, "external/PNEUMONIA": 60})
+    root = os.path.join(data, "external")
+    real_path = sorted(glob.glob(f"{root}/NORMAL/*"))[0]
+    real = open(real_path, "rb").read()
+    gray = Image.open(real_path)
+    png = encode(gray, "PNG")
+    quarantined = {
+        "NORMAL/empty.jpeg": (b"", "empty"),
+        "NORMAL/truncated.jpeg": (real[: len(real) // 3], "cannot decode JPEG"),
+        "NORMAL/random.jpeg": (np.random.default_rng(0).bytes(5000), "not a JPEG or PNG"),
+        "NORMAL/notes.jpeg": (b"patient notes, not an image\n", "not a JPEG or PNG"),
+        "PNEUMONIA/error.jpg": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML"),
+        "PNEUMONIA/cmyk.jpeg": (encode(gray.convert("CMYK"), "JPEG"), "unsupported pixel mode CMYK"),
+        "PNEUMONIA/tiny.png": (encode(gray.resize((20, 40)), "PNG"), "too small: 20x40"),
+        "PNEUMONIA/bomb.png": (png_declaring(20000, 20000, png), "exceeds 100 megapixels"),
+        "OTHER/x.jpeg": (real, "unknown class folder 'OTHER'"),
+        "loose.jpeg": (real, "not at <class>/<file>"),
+        "NORMAL/.hidden.jpeg": (real, "hidden file"),
+        "NORMAL/readme.txt": (b"x", "not an image file name"),
     }
-    for name, content in bad.items():
-        os.makedirs(os.path.dirname(os.path.join(data, "external", name)), exist_ok=True)
-        with open(os.path.join(data, "external", name), "wb") as f:
-            f.write(content)
-    report = prepare.prepare([prepare.Source.parse(f"external={data}/external")], str(tmp_path / "out"))
-    reasons = {item["path"].split("/", 1)[1]: item["reason"] for item in report.quarantined}
-    assert "empty" in reasons["NORMAL/empty.jpeg"]
-    assert "decode" in reasons["NORMAL/truncated.jpeg"]
-    assert "not a JPEG or PNG" in reasons["PNEUMONIA/text.jpeg"]
-    assert "unknown class folder" in reasons["OTHER/x.jpeg"]
-    assert "not at <class>/<file>" in reasons["loose.jpeg"]
-    assert [d["path"] for d in report.duplicates] == ["external/PNEUMONIA/copy.jpeg"]
-    assert report.written == 6
+    accepted = {  # accepted and marked by `channels`
+        "NORMAL/gray.png": (png, 1),
+        "NORMAL/gray16.png": (encode(Image.fromarray(np.asarray(gray).astype(np.uint16) * 257), "PNG"), 1),
+        "NORMAL/gray_alpha.png": (encode(gray.convert("LA"), "PNG"), 2),
+        "PNEUMONIA/rgb.jpeg": (encode(gray.convert("RGB"), "JPEG"), 3),
+        "PNEUMONIA/rgba.png": (encode(gray.convert("RGBA"), "PNG"), 4),
+    }
+    for name, (content, _) in {**quarantined, **accepted}.items():
+        write(os.path.join(root, name), content)
+    write(os.path.join(root, "PNEUMONIA", "copy.jpeg"), real)  # an exact duplicate of a NORMAL image
+    os.symlink(str(tmp_path), os.path.join(root, "NORMAL", "outside"))  # a folder link leaving the source
+    os.symlink(real_path, os.path.join(root, "PNEUMONIA", "link.jpeg"))
+
+    report = prepare.prepare([prepare.Source.parse(f"external={root}")], str(tmp_path / "out"), max_bad_fraction=0.2)
+    reasons = {item["path"].split("/", 1)[1]: item["reason"] for item in report["quarantined"]}
+    for name, (_, reason) in quarantined.items():
+        assert reason in reasons[name], (name, reasons.get(name))
+    assert "symbolic link" in reasons["NORMAL/outside"] and "symbolic link" in reasons["PNEUMONIA/link.jpeg"]
+    assert [(d["path"], d["duplicate_of"]) for d in report["duplicates"]] == [
+        ("external/PNEUMONIA/copy.jpeg", f"external/NORMAL/{os.path.basename(real_path)}")]
+    assert report["written"] == 120 + len(accepted)
+    assert report["accounted"] and report["files_seen"] == 120 + len(quarantined) + len(accepted) + 3
+    examples = {feature(e, "source_path"): e for e in read_examples(str(tmp_path / "out" / "external"))}
+    for name, (_, channels) in accepted.items():
+        assert feature(examples[name], "channels") == channels
     saved = json.load(open(tmp_path / "out" / prepare.REPORT_NAME))
-    assert saved["accounted"] and saved["files_seen"] == 12
+    assert saved["accounted"] and len(saved["quarantined"]) == len(quarantined) + 2
 
 
-def test_reuses_identical_input_and_refuses_a_different_one(shared_data, tmp_path):
+def test_too_many_bad_files_fail_with_one_line_and_publish_nothing(shared_data, tmp_path):
+    data = copy_subset(shared_data, str(tmp_path / "raw"), {"external/NORMAL": 5, "external/PNEUMONIA": 5})
+    write(os.path.join(data, "external", "NORMAL", "empty.jpeg"), b"")
+    out = str(tmp_path / "out")
+    with pytest.raises(prepare.PrepareError) as error:
+        prepare.prepare([prepare.Source.parse(f"external={data}/external")], out)
+    assert "1 of 11 files quarantined, more than --max-bad-fraction 0.01: empty file (0 bytes) (1)" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not os.path.exists(out) and os.path.exists(os.path.join(out + ".rejected", prepare.REPORT_NAME))
+
+
+def test_leaks_across_splits_are_reported_and_strict_fails(shared_data, tmp_path):
+    data = copy_subset(shared_data, str(tmp_path / "raw"), {
+        "chest_xray/train/NORMAL": 12, "chest_xray/train/PNEUMONIA": 12,
+        "chest_xray/test/NORMAL": 3, "chest_xray/test/PNEUMONIA": 3})
+    leaked = sorted(glob.glob(f"{data}/chest_xray/test/NORMAL/*"))[0]
+    write(os.path.join(data, "chest_xray", "train", "NORMAL", "leaked.jpeg"), open(leaked, "rb").read())
+    sources = [prepare.Source.parse(f"kermany={data}/chest_xray")]
+    report = prepare.prepare(sources, str(tmp_path / "out"))
+    assert [leak["path"] for leak in report["leaks"]] == ["kermany/train/NORMAL/leaked.jpeg"]  # test copy kept
+    assert report["leaks"][0]["splits"] == ["test", "train"]
+    with pytest.raises(prepare.PrepareError, match="--strict: 1 identical file"):
+        prepare.prepare(sources, str(tmp_path / "strict"), strict=True)
+
+
+def test_official_val_is_kept_and_shared_patients_are_reported(shared_data, tmp_path):
+    raw = str(tmp_path / "raw")
+    copy_subset(shared_data, raw, {"chest_xray/train/PNEUMONIA": 2 * prepare.MIN_USABLE_VAL,
+                                   "chest_xray/test/NORMAL": 2})
+    train = os.path.join(raw, "chest_xray", "train", "PNEUMONIA")
+    names = sorted(os.listdir(train))
+    val = os.path.join(raw, "chest_xray", "val", "PNEUMONIA")
+    os.makedirs(val)
+    in_val, in_train = names[::2], names[1::2]  # alternate files: some patients land on both sides
+    for name in in_val:
+        os.rename(os.path.join(train, name), os.path.join(val, name))
+    sources = [prepare.Source.parse(f"kermany={raw}/chest_xray")]
+    report = prepare.prepare(sources, str(tmp_path / "out"))
+    assert report["counts"]["eval"]["kermany"]["PNEUMONIA"] == prepare.MIN_USABLE_VAL
+    assert "official val/" in report["eval_policy"]
+    shared = {f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_val} & {
+        f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_train}
+    assert shared and report["patients_in_train_and_eval"] == sorted(shared)
+    with pytest.raises(prepare.PrepareError, match="--strict: .* patient"):
+        prepare.prepare(sources, str(tmp_path / "strict"), strict=True)
+
+
+def test_refuses_a_different_dataset_unless_overwrite(shared_data, tmp_path):
     data = copy_subset(shared_data, str(tmp_path / "raw"), {"external/NORMAL": 2, "external/PNEUMONIA": 2})
     out = str(tmp_path / "out")
     sources = [prepare.Source.parse(f"external={data}/external")]
     prepare.prepare(sources, out)
-    shard = os.path.join(out, "external", os.listdir(os.path.join(out, "external"))[0])
-    before = os.stat(shard).st_mtime_ns
-    prepare.prepare(sources, out)  # same input: nothing rewritten (keeps ExampleGen's cache valid)
-    assert os.stat(shard).st_mtime_ns == before
     os.remove(sorted(glob.glob(f"{data}/external/NORMAL/*"))[0])
     with pytest.raises(prepare.PrepareError, match="different prepared dataset"):
         prepare.prepare(sources, out)
-    assert prepare.prepare(sources, out, overwrite=True).written == 3
+    assert prepare.prepare(sources, out, overwrite=True)["written"] == 3
 
 
 def test_missing_or_empty_source_is_an_error(tmp_path):
     with pytest.raises(prepare.PrepareError, match="does not exist"):
         prepare.prepare([prepare.Source("x", str(tmp_path / "nope"))], str(tmp_path / "out"))
     (tmp_path / "empty" / "NORMAL").mkdir(parents=True)
-    with pytest.raises(prepare.PrepareError, match="no usable images"):
+    with pytest.raises(prepare.PrepareError, match="no images"):
         prepare.prepare([prepare.Source("x", str(tmp_path / "empty"))], str(tmp_path / "out"))
