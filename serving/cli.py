@@ -1,0 +1,136 @@
+"""`pneumonia serve` and `pneumonia predict`, added to the main CLI by `add_commands`."""
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Dict, List
+
+DEFAULT_SERVING_DIR = os.path.join(os.path.expanduser("~"), "pneumonia-runs", "serving")  # `pneumonia run`'s default
+TF_SERVING_BINARY = "tensorflow_model_server"
+
+
+def _labels(pairs: List[str]) -> Dict[str, int]:
+    labels = {}
+    for pair in pairs or []:
+        label, _, version = pair.partition("=")
+        if not label or not version.isdigit():
+            raise SystemExit(f"error: --label {pair!r} must be NAME=VERSION, e.g. stable=3")
+        labels[label] = int(version)
+    return labels
+
+
+def server_config(args: argparse.Namespace):
+    from serving import config
+
+    try:
+        if args.model_config_file:
+            return config.read(args.model_config_file)
+        return config.model_config(args.model_name, os.path.join(args.serving_dir, args.model_name),
+                                   args.version_policy, args.versions or (), args.num_versions, _labels(args.label))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+
+
+def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
+    """The official model server's command line for the same settings."""
+    return [TF_SERVING_BINARY, f"--port={args.grpc_port}", f"--rest_api_port={args.rest_port}",
+            f"--model_config_file={config_path}", f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
+            f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}"]
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving import config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    models = server_config(args)
+    if args.backend == "tfserving":
+        if shutil.which(TF_SERVING_BINARY) is None:
+            raise SystemExit(f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
+                             "pip-installable: use the tensorflow/serving image (serving/k8s/) or --backend python")
+        config_path = config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"), "models.config"))
+        command = tfserving_command(args, config_path)
+        print(" ".join(command), flush=True)
+        os.execvp(command[0], command)  # the official server then receives SIGTERM itself
+
+    from serving.models import State
+    from serving.server import ModelServer
+
+    try:
+        server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
+                             args.max_message_bytes, args.workers).start()
+    except OSError as error:
+        raise SystemExit(f"error: {error}")
+    for model in server.manager.models.values():
+        print(f"model {model.name!r} from {model.config.base_path}: versions "
+              f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
+    rest = f", REST on {args.host}:{server.rest_port}" if server.rest_port else ""
+    print(f"serving gRPC on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully", flush=True)
+    server.serve_until_signalled()
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from serving.client import ClientError, PredictionClient, read_image
+
+    try:
+        images = [read_image(path) for path in args.images]
+        with PredictionClient(args.server, args.model_name, args.timeout) as client:
+            predictions = []
+            for start in range(0, len(images), args.batch_size):
+                predictions += client.predict(images[start:start + args.batch_size], args.version)
+    except ClientError as error:
+        raise SystemExit(f"error: {error}")
+    for path, prediction in zip(args.images, predictions):
+        if args.json:
+            print(json.dumps({"image": path, "probability": prediction.probability, "label": prediction.label,
+                              "threshold": prediction.threshold, "model": args.model_name,
+                              "version": prediction.model_version}))
+        else:
+            print(f"{path}: {prediction.label} (probability {prediction.probability:.4f}, threshold "
+                  f"{prediction.threshold:.4f}, {args.model_name} version {prediction.model_version})")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Adds `serve` and `predict` to the `pneumonia` command."""
+    serve = commands.add_parser(
+        "serve", help="serve pushed models over TF Serving's gRPC and REST APIs",
+        description="Serve <serving-dir>/<model-name>/<version>/ with TF Serving's gRPC (PredictionService, "
+                    "ModelService) and REST APIs. New versions are picked up while serving.")
+    serve.add_argument("--serving-dir", default=DEFAULT_SERVING_DIR,
+                       help=f"TF Serving base path holding <model-name>/<version>/ (default {DEFAULT_SERVING_DIR})")
+    serve.add_argument("--model-name", default="pneumonia", help="model to serve (default pneumonia)")
+    serve.add_argument("--model-config-file",
+                       help="TF Serving ModelServerConfig text proto (several models, policies, labels); "
+                            "replaces --serving-dir, --model-name and the version flags")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
+    serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 turns REST off)")
+    serve.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest",
+                       help="which versions to serve (default latest)")
+    serve.add_argument("--num-versions", type=int, default=1, help="versions kept by --version-policy latest (default 1)")
+    serve.add_argument("--versions", type=int, nargs="+", metavar="N", help="versions for --version-policy specific")
+    serve.add_argument("--label", action="append", metavar="NAME=VERSION",
+                       help="version label, repeatable (e.g. --label stable=3 --label canary=4)")
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions (default 1)")
+    serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024,
+                       help="largest request accepted, in bytes (default 16 MiB)")
+    serve.add_argument("--workers", type=int, default=8, help="request worker threads (default 8)")
+    serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
+                       help="python: the built-in server (default); tfserving: exec the official "
+                            f"{TF_SERVING_BINARY} from PATH with a generated model config")
+    serve.set_defaults(func=cmd_serve)
+
+    predict = commands.add_parser(
+        "predict", help="classify images with a served model over gRPC",
+        description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
+                    "class at the model's threshold, the probability, the threshold and the model version.")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
+    predict.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
+    predict.add_argument("--version", type=int, help="model version (default: the latest served)")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per request (default 32)")
+    predict.add_argument("--timeout", type=float, default=30.0, help="deadline per request in seconds (default 30)")
+    predict.set_defaults(func=cmd_predict)
+

@@ -1,0 +1,117 @@
+"""A gRPC client for the served model: raw image bytes in, probability / label / threshold / version out.
+
+Talks TF Serving's PredictionService, so it works against `pneumonia serve` and the official
+`tensorflow_model_server` alike. Every failure becomes a ClientError with one line that says what
+went wrong (server down, not an image, model or version missing).
+"""
+import dataclasses
+import time
+from typing import List, Optional, Sequence
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+IMAGE_SIGNATURE = "predict_images"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what the model decodes
+
+
+class ClientError(Exception):
+    """A one-line, user-facing reason a call failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    probability: float  # of pneumonia
+    label: str  # the class at the model's threshold
+    threshold: float
+    model_version: int
+
+
+def read_image(path: str) -> bytes:
+    """The file's bytes, refused up front when it is not a JPEG, PNG, GIF or BMP."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ClientError(f"cannot read {path}: {error.strerror}") from error
+    if not data.startswith(MAGIC_NUMBERS):
+        raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF or BMP bytes)")
+    return data
+
+
+def _bytes_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, string_val=list(values),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]))
+
+
+class PredictionClient:
+    """One channel to a server; `predict` sends one batched Predict on `predict_images`.
+
+    Retries UNAVAILABLE (server starting, restarting, briefly overloaded) with backoff; every call
+    has a deadline.
+    """
+
+    def __init__(self, server: str = "127.0.0.1:8500", model_name: str = "pneumonia", timeout_seconds: float = 30.0,
+                 retries: int = 3, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.server = server
+        self.model_name = model_name
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+        self._channel = grpc.insecure_channel(server, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel).Predict
+        self._status = model_service_pb2_grpc.ModelServiceStub(self._channel).GetModelStatus
+
+    def __enter__(self) -> "PredictionClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def predict(self, images: Sequence[bytes], version: Optional[int] = None, label: str = "") -> List[Prediction]:
+        """One prediction per encoded image, in order, all from the same model version."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = IMAGE_SIGNATURE
+        if version is not None:
+            request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label  # a oneof with version: setting it clears version
+        request.inputs["images"].CopyFrom(_bytes_tensor(images))
+        response = self._call(self._predict, request)
+        outputs = {key: tf.make_ndarray(response.outputs[key]) for key in ("probability", "label", "threshold")}
+        served = response.model_spec.version.value
+        return [Prediction(float(p), name.decode("utf-8"), float(t), served)
+                for p, name, t in zip(outputs["probability"], outputs["label"], outputs["threshold"])]
+
+    def model_status(self) -> get_model_status_pb2.GetModelStatusResponse:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        return self._call(self._status, request)
+
+    def _call(self, method, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout_seconds)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(0.2 * 2 ** attempt)
+                    continue
+                raise ClientError(self._explain(error)) from error
+
+    def _explain(self, error: grpc.RpcError) -> str:
+        code, details = error.code(), (error.details() or "").split("\n")[0]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return f"server {self.server} is unavailable (is `pneumonia serve` running?): {details}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"server {self.server} did not answer within {self.timeout_seconds:g} s"
+        return f"{code.name.lower().replace('_', ' ')}: {details}"

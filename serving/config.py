@@ -1,0 +1,84 @@
+"""Model server configuration in TF Serving's own format (ModelServerConfig text proto).
+
+One format for both backends: `pneumonia serve` reads or generates it, and the official
+`tensorflow_model_server --model_config_file` reads the same file, so version policies and
+version labels mean the same thing in development and in production.
+"""
+import os
+from typing import Dict, List, Optional, Sequence
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+POLICIES = ("latest", "all", "specific")
+
+
+def model_config(name: str, base_path: str, policy: str = "latest", versions: Sequence[int] = (),
+                 num_latest: int = 1, labels: Optional[Dict[str, int]] = None) -> model_server_config_pb2.ModelServerConfig:
+    """A one-model config: `latest` keeps the newest `num_latest` versions, `all` every version,
+    `specific` exactly `versions`; `labels` maps e.g. stable/canary to versions."""
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(name=name, base_path=os.path.abspath(base_path),
+                                                model_platform="tensorflow")
+    policy_proto = model.model_version_policy
+    if policy == "latest":
+        if num_latest < 1:
+            raise ValueError(f"version policy latest needs at least 1 version, got {num_latest}")
+        policy_proto.latest.num_versions = num_latest
+    elif policy == "all":
+        policy_proto.all.SetInParent()
+    elif policy == "specific":
+        if not versions:
+            raise ValueError("version policy specific needs at least one version (--versions 1 2)")
+        policy_proto.specific.versions.extend(versions)
+    else:
+        raise ValueError(f"unknown version policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+    for label, version in (labels or {}).items():
+        model.version_labels[label] = version
+    return config
+
+
+def read(path: str) -> model_server_config_pb2.ModelServerConfig:
+    """Parses a --model_config_file; relative base paths are taken from the file's folder."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text_format.Parse(f.read(), config)
+    except OSError as error:
+        raise ValueError(f"cannot read model config {path}: {error.strerror}") from error
+    except text_format.ParseError as error:
+        raise ValueError(f"model config {path} is not a ModelServerConfig text proto: {error}") from error
+    models = config.model_config_list.config
+    if not models:
+        raise ValueError(f"model config {path} lists no model (model_config_list {{ config {{ ... }} }})")
+    for model in models:
+        if not model.name or not model.base_path:
+            raise ValueError(f"model config {path}: every model needs a name and a base_path")
+        model.base_path = os.path.join(os.path.dirname(os.path.abspath(path)), model.base_path)
+    return config
+
+
+def write(config: model_server_config_pb2.ModelServerConfig, path: str) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text_format.MessageToString(config))
+    return path
+
+
+def versions_on_disk(base_path: str) -> List[int]:
+    """Numeric version folders holding a saved_model.pb, ascending; staging folders are hidden, so skipped."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(name) for name in os.listdir(base_path)
+                  if name.isdigit() and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")))
+
+
+def wanted_versions(model: model_server_config_pb2.ModelConfig, available: Sequence[int]) -> List[int]:
+    """The versions the policy asks to serve among those on disk (TF Serving's semantics)."""
+    policy = model.model_version_policy
+    kind = policy.WhichOneof("policy_choice") or "latest"
+    if kind == "all":
+        return sorted(available)
+    if kind == "specific":
+        return sorted(set(available) & set(policy.specific.versions))
+    count = policy.latest.num_versions or 1
+    return sorted(available)[-count:]

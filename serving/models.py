@@ -1,0 +1,257 @@
+"""Served models: version discovery, policies, availability-preserving hot swap, request resolution.
+
+Mirrors TF Serving's model manager: a background poll of each base path loads the versions the
+policy wants, warms each new version up before it can be chosen, and unloads an old version only
+once a wanted one is available, so the last loaded version is never dropped. Requests hold a
+reference to the version they resolved, so an unload never cuts an in-flight request short.
+"""
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as model_config
+
+DEFAULT_SIGNATURE = "serving_default"
+State = get_model_status_pb2.ModelVersionStatus.State
+request_log = logging.getLogger("serving.requests")
+log = logging.getLogger("serving.models")
+
+
+class ServingError(Exception):
+    """A request failure with the gRPC status code TF Serving would answer (REST maps it to HTTP)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def tf_error_line(error: tf.errors.OpError) -> str:
+    """The one meaningful line of a TF runtime error (drops 'Graph execution error', node and op noise)."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+    lines = [line.strip() for line in error.message.splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith(noise)]
+    return (meaningful[0] if meaningful else lines[0]).split(" [Op:")[0]
+
+
+def _warmup_image() -> bytes:
+    return tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8)).numpy()
+
+
+def _warmup_inputs() -> Dict[str, np.ndarray]:
+    """One valid input per input key of the model contract: `images` (encoded bytes), `examples` (tf.Example)."""
+    image = _warmup_image()
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
+    return {"images": np.array([image], dtype=object),
+            "examples": np.array([example.SerializeToString()], dtype=object)}
+
+
+class LoadedVersion:
+    """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks)."""
+
+    def __init__(self, model_name: str, version: int, path: str):
+        self.model_name = model_name
+        self.version = version
+        self.path = path
+        graph = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            graph.ParseFromString(f.read())
+        self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {
+            name: definition for name, definition in graph.meta_graphs[0].signature_def.items()
+            if not name.startswith("__")}
+        self._model = tf.saved_model.load(path)
+        self._functions = {name: self._model.signatures[name] for name in self.signature_defs}
+
+    def warm_up(self) -> None:
+        """Runs every signature the model contract knows once, so the first real request is not the slow one."""
+        samples = _warmup_inputs()
+        for name, definition in self.signature_defs.items():
+            if set(definition.inputs) <= set(samples):
+                self.run(name, {key: samples[key] for key in definition.inputs})
+
+    def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signature_defs:
+            raise not_found(f"model {self.model_name!r} version {self.version} has no signature {name!r}; "
+                            f"signatures: {', '.join(sorted(self.signature_defs))}")
+        return self.signature_defs[name]
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+            output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        """Checks inputs against the SignatureDef (names, dtype, shape), runs it, returns numpy outputs."""
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        definition = self.signature(signature_name)
+        expected = set(definition.inputs)
+        if set(inputs) != expected:
+            raise invalid(f"signature {signature_name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+        unknown_outputs = set(output_filter) - set(definition.outputs)
+        if unknown_outputs:
+            raise invalid(f"output_filter names {sorted(unknown_outputs)}, not outputs of signature "
+                          f"{signature_name!r} ({sorted(definition.outputs)})")
+        tensors = {key: _checked_tensor(key, value, definition.inputs[key]) for key, value in inputs.items()}
+        try:
+            outputs = self._functions[signature_name](**tensors)
+        except tf.errors.InvalidArgumentError as error:
+            raise invalid(f"input rejected by the model (e.g. undecodable image bytes): {tf_error_line(error)}")
+        wanted = output_filter or list(outputs)
+        return {key: outputs[key].numpy() for key in wanted}
+
+
+def _checked_tensor(key: str, value: np.ndarray, info: meta_graph_pb2.TensorInfo) -> tf.Tensor:
+    dtype = tf.dtypes.as_dtype(info.dtype)
+    value = np.asarray(value)
+    given = tf.string if value.dtype.kind in "OSU" else tf.dtypes.as_dtype(value.dtype)
+    if given != dtype:
+        raise invalid(f"input {key!r} must be {dtype.name}, got {given.name}")
+    if not info.tensor_shape.unknown_rank:
+        shape = [dim.size for dim in info.tensor_shape.dim]
+        if len(shape) != value.ndim or any(want not in (-1, got) for want, got in zip(shape, value.shape)):
+            readable = [None if size == -1 else size for size in shape]
+            raise invalid(f"input {key!r} must have shape {readable}, got {list(value.shape)}")
+    return tf.constant(value, dtype=dtype)
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    state: int
+    error: str = ""  # why loading failed; empty when the version is (or was) fine
+
+
+class ServedModel:
+    """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
+
+    def __init__(self, config: model_server_config_pb2.ModelConfig):
+        self.config = config
+        self.name = config.name
+        self._loaded: Dict[int, LoadedVersion] = {}  # replaced as a whole, never mutated: readers need no lock
+        self._status: Dict[int, VersionStatus] = {}
+        self._swap = threading.Lock()  # one poll at a time
+
+    def poll(self) -> None:
+        """Loads and warms wanted versions first, then unloads the unwanted ones (keeping one loaded)."""
+        with self._swap:
+            wanted = model_config.wanted_versions(self.config, model_config.versions_on_disk(self.config.base_path))
+            for version in wanted:
+                if version not in self._loaded and version not in self._status:
+                    self._load(version)
+            keep = {v for v in wanted if v in self._loaded} or set(sorted(self._loaded)[-1:])
+            for version in sorted(set(self._loaded) - keep):
+                self._loaded = {v: loaded for v, loaded in self._loaded.items() if v != version}
+                self._status[version] = VersionStatus(State.END)
+                log.info("model %s version %d unloaded", self.name, version)
+
+    def _load(self, version: int) -> None:
+        path = os.path.join(self.config.base_path, str(version))
+        self._status[version] = VersionStatus(State.LOADING)
+        started = time.monotonic()
+        try:
+            loaded = LoadedVersion(self.name, version, path)
+            loaded.warm_up()
+        except Exception as error:  # any unloadable folder is reported, never served, never fatal
+            message = tf_error_line(error) if isinstance(error, tf.errors.OpError) else str(error).splitlines()[0]
+            self._status[version] = VersionStatus(State.END, f"failed to load {path}: {message}")
+            log.error("model %s version %d failed to load: %s", self.name, version, message)
+            return
+        self._loaded = {**self._loaded, version: loaded}
+        self._status[version] = VersionStatus(State.AVAILABLE)
+        log.info("model %s version %d available (loaded and warmed up in %.1f s)", self.name, version,
+                 time.monotonic() - started)
+
+    def resolve(self, version: Optional[int] = None, label: str = "") -> LoadedVersion:
+        """TF Serving's rules: a version, else a version label, else the latest loaded version."""
+        loaded = self._loaded
+        if label:
+            if label not in self.config.version_labels:
+                raise not_found(f"model {self.name!r} has no version label {label!r}; labels: "
+                                f"{', '.join(sorted(self.config.version_labels)) or 'none'}")
+            version = self.config.version_labels[label]
+        if version is not None:
+            if version not in loaded:
+                raise not_found(f"model {self.name!r} version {version} is not loaded; loaded versions: "
+                                f"{', '.join(map(str, sorted(loaded))) or 'none'}")
+            return loaded[version]
+        if not loaded:
+            raise not_found(f"model {self.name!r} has no loaded version (none found under {self.config.base_path})")
+        return loaded[max(loaded)]
+
+    def status(self, version: Optional[int] = None) -> List[get_model_status_pb2.ModelVersionStatus]:
+        statuses = dict(self._status)
+        if version is not None:
+            if version not in statuses:
+                raise not_found(f"model {self.name!r} has never seen version {version}")
+            statuses = {version: statuses[version]}
+        result = []
+        for number, status in sorted(statuses.items()):
+            entry = get_model_status_pb2.ModelVersionStatus(version=number, state=status.state)
+            entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0] if status.error else 0
+            entry.status.error_message = status.error
+            result.append(entry)
+        return result
+
+
+class ModelManager:
+    """All served models, polled in the background every `poll_seconds`."""
+
+    def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0):
+        self.models = {model.name: ServedModel(model) for model in server_config.model_config_list.config}
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
+
+    def start(self) -> "ModelManager":
+        """Polls once synchronously (the server starts with its models loaded), then in the background."""
+        self.poll()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def poll(self) -> None:
+        for model in self.models.values():
+            model.poll()
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # a poll failure (e.g. unreadable base path) must not stop later polls
+                log.exception("polling the model base paths failed")
+
+    def model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise not_found(f"unknown model {name!r}; served models: {', '.join(sorted(self.models))}")
+        return self.models[name]
+
+    def resolve(self, name: str, version: Optional[int] = None, label: str = "") -> LoadedVersion:
+        return self.model(name).resolve(version, label)
+
+
+def log_request(protocol: str, method: str, model: str, version: Optional[int], started: float,
+                code: grpc.StatusCode) -> None:
+    """One structured (JSON) log line per request."""
+    request_log.info(json.dumps({
+        "protocol": protocol, "method": method, "model": model, "version": version,
+        "latency_ms": round((time.monotonic() - started) * 1000, 3), "status": code.name}))

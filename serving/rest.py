@@ -1,0 +1,222 @@
+"""TF Serving's REST API on a second port: model status, metadata and :predict, same errors as gRPC.
+
+Paths: `GET /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]` and
+`POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` with `instances` (row format) or
+`inputs` (columnar); binary strings travel as `{"b64": "..."}` both ways.
+"""
+import base64
+import http.server
+import json
+import re
+import threading
+import time
+from concurrent import futures
+from typing import Any, Dict, Optional, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request, not_found
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500,
+}
+PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                  r"(?P<suffix>/metadata|:predict)?$")
+
+
+def decode_b64(value: Any) -> Any:
+    """Replaces every {"b64": "..."} in a JSON value by its bytes, and plain strings by UTF-8 bytes."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (ValueError, TypeError) as error:
+                raise invalid(f"invalid base64 in {{\"b64\": ...}}: {error}")
+        return {key: decode_b64(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_b64(item) for item in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value
+
+
+def to_json(value: Any) -> Any:
+    """numpy output -> JSON: bytes as text when UTF-8, else {"b64": ...}."""
+    if isinstance(value, np.ndarray):
+        return [to_json(item) for item in value] if value.ndim else to_json(value.item())
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _array(key: str, value: Any, dtype: tf.DType) -> np.ndarray:
+    try:
+        array = np.array(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+    except (ValueError, TypeError) as error:
+        raise invalid(f"input {key!r} cannot be read as a {dtype.name} tensor: {error}")
+    if dtype == tf.string and not all(isinstance(item, bytes) for item in array.reshape(-1)):
+        raise invalid(f"input {key!r} must be {dtype.name} (strings, or {{\"b64\": ...}} for binary)")
+    return array
+
+
+def predict_inputs(body: Dict[str, Any], loaded: LoadedVersion, signature_name: str) -> Tuple[Dict[str, np.ndarray], bool]:
+    """The request's tensors by input name, and whether it used the row (`instances`) format."""
+    definition = loaded.signature(signature_name)
+    keys = sorted(definition.inputs)
+    if ("instances" in body) == ("inputs" in body):
+        raise invalid("the request needs exactly one of 'instances' (rows) or 'inputs' (columns)")
+    row_format = "instances" in body
+    data = decode_b64(body["instances"] if row_format else body["inputs"])
+    if row_format:
+        if not isinstance(data, list):
+            raise invalid("'instances' must be a list")
+        if len(keys) == 1 and not all(isinstance(row, dict) for row in data):
+            columns = {keys[0]: data}
+        else:
+            if not all(isinstance(row, dict) for row in data):
+                raise invalid(f"each instance must be an object with the inputs {keys}")
+            columns = {key: [row.get(key) for row in data] for key in {k for row in data for k in row}}
+    else:
+        columns = data if isinstance(data, dict) else {keys[0]: data}
+    unknown = set(columns) - set(keys)
+    if unknown:
+        raise invalid(f"signature {signature_name!r} has no inputs {sorted(unknown)}; its inputs: {keys}")
+    return {key: _array(key, value, tf.dtypes.as_dtype(definition.inputs[key].dtype))
+            for key, value in columns.items()}, row_format
+
+
+def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[str, Any]:
+    if not row_format:
+        only = len(outputs) == 1
+        return {"outputs": to_json(next(iter(outputs.values()))) if only else
+                {key: to_json(value) for key, value in outputs.items()}}
+    rows = len(next(iter(outputs.values())))
+    if len(outputs) == 1:
+        return {"predictions": to_json(next(iter(outputs.values())))}
+    return {"predictions": [{key: to_json(value[row]) for key, value in outputs.items()} for row in range(rows)]}
+
+
+class RestHandler(http.server.BaseHTTPRequestHandler):
+    manager: ModelManager
+    max_body_bytes: int
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # one structured line per request is logged instead
+        pass
+
+    def do_GET(self):
+        self._respond("GET")
+
+    def do_POST(self):
+        self._respond("POST")
+
+    def _respond(self, verb: str) -> None:
+        started, model, version = time.monotonic(), "", None
+        code, payload = grpc.StatusCode.OK, {}
+        try:
+            body = self._read_body()
+            match = PATH.match(self.path)
+            if not match:
+                raise not_found(f"no such path {self.path}; use /v1/models/<name>[/versions/<v>][:predict]")
+            model, suffix = match["name"], match["suffix"] or ""
+            if (verb == "POST") != (suffix == ":predict"):
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not supported on {self.path}")
+            target = (model, int(match["version"]) if match["version"] else None, match["label"] or "")
+            payload, version = self._dispatch(suffix, target, body)
+        except ServingError as error:
+            code, payload = error.code, {"error": error.message}
+        except Exception as error:
+            code, payload = grpc.StatusCode.INTERNAL, {"error": f"internal error: {error}"}
+        encoded = json.dumps(payload).encode("utf-8")
+        self.send_response(HTTP_STATUS.get(code, 500))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(encoded)))
+        self.end_headers()
+        self.wfile.write(encoded)
+        log_request("rest", f"{verb} {suffix_name(self.path)}", model, version, started, code)
+
+    def _read_body(self) -> Optional[Dict[str, Any]]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > self.max_body_bytes:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes")
+        if not length:
+            return None
+        try:
+            body = json.loads(self.rfile.read(length))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise invalid(f"request body is not JSON: {error}")
+        if not isinstance(body, dict):
+            raise invalid("request body must be a JSON object")
+        return body
+
+    def _dispatch(self, suffix: str, target, body) -> Tuple[Dict[str, Any], Optional[int]]:
+        name, version, label = target
+        if suffix == ":predict":
+            if body is None:
+                raise invalid("a :predict request needs a JSON body with 'instances' or 'inputs'")
+            loaded = self.manager.resolve(name, version, label)
+            signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+            inputs, row_format = predict_inputs(body, loaded, signature_name)
+            return predict_response(loaded.run(signature_name, inputs), row_format), loaded.version
+        if suffix == "/metadata":
+            loaded = self.manager.resolve(name, version, label)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name, response.model_spec.version.value = loaded.model_name, loaded.version
+            signatures = get_model_metadata_pb2.SignatureDefMap(signature_def=loaded.signature_defs)
+            return {"model_spec": json_format.MessageToDict(response.model_spec),
+                    "metadata": {"signature_def": json_format.MessageToDict(signatures)}}, loaded.version
+        model = self.manager.model(name)
+        if label:
+            version = model.resolve(label=label).version
+        status = get_model_status_pb2.GetModelStatusResponse(model_version_status=model.status(version))
+        return json_format.MessageToDict(status, including_default_value_fields=True), version
+
+
+def suffix_name(path: str) -> str:
+    return "predict" if path.endswith(":predict") else "metadata" if path.endswith("/metadata") else "status"
+
+
+class _PooledHTTPServer(http.server.HTTPServer):
+    """Handles each connection on a bounded thread pool (ThreadingHTTPServer's threads are unbounded)."""
+
+    def __init__(self, address, handler, workers: int):
+        super().__init__(address, handler)
+        self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rest")
+
+    def process_request(self, request, client_address):
+        self.pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
+class RestServer:
+    def __init__(self, manager: ModelManager, host: str, port: int, max_body_bytes: int, workers: int):
+        handler = type("BoundRestHandler", (RestHandler,), {"manager": manager, "max_body_bytes": max_body_bytes})
+        self._http = _PooledHTTPServer((host, port), handler, workers)
+        self.port = self._http.server_address[1]
+        self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops accepting, then waits for the requests in progress."""
+        self._http.shutdown()
+        self._http.pool.shutdown(wait=True)
+        self._http.server_close()
