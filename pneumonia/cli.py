@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--beam-arg", action="append", metavar="ARG",
                      help="Beam pipeline argument for the data components, repeatable (e.g. --beam-arg=--runner=...)")
     run.set_defaults(func=cmd_run)
+
+    from serving.cli import add_commands as add_serving_commands
+
+    add_serving_commands(commands)
     return parser
 
 
