@@ -1,0 +1,300 @@
+"""Builds the evaluation report: figures, per-slice metrics, Grad-CAM panels and a model card, as HTML.
+
+Inputs are plain folders (examples, model and evaluation artifact URIs), so `pneumonia report`
+regenerates a run's report with the same code the pipeline component runs.
+"""
+import dataclasses
+import glob
+import html
+import logging
+import os
+from collections import Counter
+from typing import Dict, List, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components.report import gradcam, plots
+from pneumonia import results
+from trainer import models, signatures, task
+from trainer.preprocessing import decode_image
+from trainer.signatures import CLASS_NAMES
+
+SERVING_DIR = "Format-Serving"
+BLESSING_SPLIT = "eval"
+INDEX = "index.html"
+GROUPS = (  # (file stem, title, true label, predicted label)
+    ("true_positives", "most confident true positives", 1, 1),
+    ("true_negatives", "most confident true negatives", 0, 0),
+    ("false_positives", "worst false positives", 0, 1),
+    ("false_negatives", "worst false negatives", 1, 0),
+)
+_FEATURES = {name: tf.io.FixedLenFeature([], tf.string) for name in ("image", "dataset", "source_path")}
+_FEATURES["label"] = tf.io.FixedLenFeature([], tf.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    max_images_per_split: int = 200  # images scored per evaluated split for the curves and Grad-CAM
+    explained_per_group: int = 2  # images per Grad-CAM panel (TP, TN, FP, FN)
+    samples_per_class: int = 6
+
+
+@dataclasses.dataclass
+class SplitSample:
+    """The first `max_images_per_split` records of one split, and the split's full class counts."""
+    serialized: List[bytes] = dataclasses.field(default_factory=list)
+    images: List[bytes] = dataclasses.field(default_factory=list)
+    labels: List[int] = dataclasses.field(default_factory=list)
+    sources: List[str] = dataclasses.field(default_factory=list)
+    counts: Counter = dataclasses.field(default_factory=Counter)  # (dataset, label) -> images
+
+
+class ReportError(Exception):
+    """A report input is missing or does not fit the model contract."""
+
+
+def model_info(model_uri: str) -> dict:
+    """The exported model's threshold JSON: value, policy, validation figures, architecture, size, settings."""
+    return signatures.read_metadata(os.path.join(model_uri, SERVING_DIR))
+
+
+def read_split(examples_uri: str, split: str, cap: int) -> SplitSample:
+    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    if not files:
+        raise ReportError(f"no records for split {split!r} under {examples_uri}")
+    sample = SplitSample()
+    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        example = tf.io.parse_single_example(serialized, _FEATURES)
+        label = int(example["label"])
+        sample.counts[(example["dataset"].numpy().decode(), label)] += 1
+        if len(sample.labels) < cap:
+            sample.serialized.append(serialized)
+            sample.images.append(example["image"].numpy())
+            sample.labels.append(label)
+            sample.sources.append(f"{example['dataset'].numpy().decode()}:{example['source_path'].numpy().decode()}")
+    return sample
+
+
+def predict(model_uri: str, serialized: List[bytes], batch_size: int = 32) -> np.ndarray:
+    """Pneumonia probabilities from the exported `serving_default` signature, as TFMA and TF Serving see them."""
+    serve = tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures["serving_default"]
+    batches = [serve(examples=tf.constant(serialized[i:i + batch_size]))["probability"].numpy()
+               for i in range(0, len(serialized), batch_size)]
+    return np.concatenate(batches) if batches else np.zeros(0, np.float32)
+
+
+def keras_model(model_uri: str, info: dict) -> Tuple[keras.Model, str]:
+    """The trained Keras model (rebuilt from the registry plus its weights) and its Grad-CAM layer."""
+    weights = task.keras_weights_path(os.path.join(model_uri, SERVING_DIR))
+    if not os.path.exists(weights):
+        raise ReportError(f"no Keras weights at {weights}: the Trainer writes them for Grad-CAM")
+    architecture = info["architecture"]
+    model = models.build(architecture, info["image_size"], **info.get("model_config", {}))
+    model.load_weights(weights)
+    return model, models.REGISTRY[architecture].gradcam_layer
+
+
+def select(scores: plots.Scores, threshold: float, true_label: int, predicted_label: int, count: int) -> np.ndarray:
+    """Indices of the `count` most confident predictions of one kind (the worst, for errors)."""
+    predicted = (scores.probabilities >= threshold).astype(int)
+    chosen = np.flatnonzero((scores.labels == true_label) & (predicted == predicted_label))
+    # Confidence in the predicted class: high probability for PNEUMONIA, low for NORMAL.
+    confidence = scores.probabilities[chosen] if predicted_label == 1 else -scores.probabilities[chosen]
+    return chosen[np.argsort(-confidence, kind="stable")[:count]]
+
+
+def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
+            indices: np.ndarray, threshold: float) -> List[plots.Explained]:
+    pixels = np.stack([decode_image(sample.images[i], image_size).numpy() for i in indices])
+    cams, cams_plus_plus, probabilities = gradcam.heatmaps(model, layer, pixels)
+    if not np.allclose(probabilities, scores.probabilities[indices], atol=1e-4):
+        raise ReportError("the Keras weights do not reproduce the exported model's probabilities "
+                          f"({probabilities} vs {scores.probabilities[indices]}): they belong to another model")
+    return [plots.Explained(pixels[n, :, :, 0], cams[n], cams_plus_plus[n], int(scores.labels[i]),
+                            float(scores.probabilities[i]), threshold, sample.sources[i])
+            for n, i in enumerate(indices)]
+
+
+def ordered_splits(split_names: List[str]) -> List[str]:
+    fixed = ["train", BLESSING_SPLIT, "test"]
+    return [s for s in fixed if s in split_names] + sorted(set(split_names) - set(fixed))
+
+
+def sample_images(sample: SplitSample, image_size: int, per_class: int) -> Dict[str, List[np.ndarray]]:
+    grid: Dict[str, List[np.ndarray]] = {name: [] for name in CLASS_NAMES}
+    for image, label in zip(sample.images, sample.labels):
+        if len(grid[CLASS_NAMES[label]]) < per_class:
+            grid[CLASS_NAMES[label]].append(decode_image(image, image_size).numpy()[:, :, 0])
+    return {name: images for name, images in grid.items() if images}
+
+
+def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluation_uri: str, out_dir: str,
+             blessed: Optional[bool] = None, settings: Settings = Settings()) -> str:
+    """Writes index.html and its PNGs into out_dir; returns the index path."""
+    os.makedirs(out_dir, exist_ok=True)
+    info = model_info(model_uri)
+    threshold, image_size = float(info["value"]), int(info["image_size"])
+    splits = ordered_splits(split_names)
+    samples = {split: read_split(examples_uri, split, settings.max_images_per_split) for split in splits}
+    evaluated = [split for split in splits if split != "train"]
+    scores = {split: plots.Scores(np.array(samples[split].labels), predict(model_uri, samples[split].serialized))
+              for split in evaluated}
+    figures: List[Tuple[str, str]] = []  # (file name, caption), in page order
+
+    def figure(name: str, caption: str, draw, *args) -> None:
+        draw(*args, os.path.join(out_dir, name))
+        figures.append((name, caption))
+
+    counts = {(split, dataset): (sample.counts[(dataset, 0)], sample.counts[(dataset, 1)])
+              for split, sample in samples.items() for dataset in sorted({d for d, _ in sample.counts})}
+    figure("class_distribution.png", "Class distribution per split and dataset (all records)",
+           plots.class_distribution, counts)
+    figure("samples.png", f"Sample images per class ({splits[0]} split)", plots.sample_grid,
+           sample_images(samples[splits[0]], image_size, settings.samples_per_class))
+    reported = [split for split in evaluated if split != BLESSING_SPLIT] or evaluated
+    figure("roc_pr.png", "ROC and precision-recall curves", plots.roc_and_pr_curves,
+           {split: scores[split] for split in reported})
+    figure("precision_recall_threshold.png", "Precision and recall vs threshold",
+           plots.precision_recall_vs_threshold, scores, threshold)
+    figure("youden.png", f"Youden's J vs threshold; the tuned threshold is marked ({info.get('policy')} on "
+           f"{BLESSING_SPLIT})", plots.youden_vs_threshold, scores, threshold)
+    figure("confusion.png", "Confusion matrices at 0.5 and at the tuned threshold", plots.confusion_matrices,
+           scores, threshold)
+    figure("calibration.png", "Calibration (reliability) per split", plots.calibration, scores)
+
+    gradcam_notes: List[str] = []
+    try:
+        model, layer = keras_model(model_uri, info)
+    except ReportError as error:
+        logging.warning("Grad-CAM skipped: %s", error)
+        gradcam_notes.append(f"Grad-CAM not drawn: {error}")
+    else:
+        for split in reported:
+            for stem, title, true_label, predicted_label in GROUPS:
+                indices = select(scores[split], threshold, true_label, predicted_label, settings.explained_per_group)
+                if indices.size == 0:
+                    gradcam_notes.append(f"{split}: nothing to show for {title} among "
+                                         f"{scores[split].labels.size} scored images")
+                    continue
+                explained = explain(model, layer, image_size, samples[split], scores[split], indices, threshold)
+                figure(f"gradcam_{split}_{stem}.png", f"{split}: {title} (layer {layer})", plots.gradcam_panels,
+                       explained, f"{split}: {title}")
+
+    page = render(info, blessed, samples, scores, results.slice_metrics(evaluation_uri), figures, gradcam_notes,
+                  settings)
+    index = os.path.join(out_dir, INDEX)
+    with open(index, "w", encoding="utf-8") as f:
+        f.write(page)
+    return index
+
+
+METRIC_TITLES = {"example_count": "examples", "auc": "AUC", "binary_accuracy": "accuracy", "precision": "precision",
+                 "recall": "sensitivity (recall)", "specificity": "specificity"}
+POOLED = "all evaluated splits pooled"
+
+
+def _cell(value: Optional[float], key: str = "") -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "<td>-</td>"
+    return f"<td>{value:.0f}</td>" if key == "example_count" else f"<td>{value:.3f}</td>"
+
+
+def _table(header: List[str], rows: List[str]) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in header)
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def slice_table(table: Dict[str, Dict[str, float]]) -> str:
+    """TFMA's numbers per slice; the unsliced row is the pool of every evaluated split and says so."""
+    keys = [key for key in METRIC_TITLES if any(key in row for row in table.values())]
+    keys += sorted({key for row in table.values() for key in row} - set(keys))
+    with_f1 = "precision" in keys and "recall" in keys
+    rows = []
+    for name in sorted(table, key=lambda n: (n == "overall", n)):
+        row = table[name]
+        cells = "".join(_cell(row.get(key), key) for key in keys)
+        if with_f1:
+            precision, recall = row.get("precision"), row.get("recall")
+            f1 = (2 * precision * recall / (precision + recall)
+                  if precision is not None and recall is not None and precision + recall > 0 else None)
+            cells += _cell(f1)
+        label = POOLED if name == "overall" else name
+        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    header = ["slice"] + [METRIC_TITLES.get(key, key) for key in keys] + (["F1"] if with_f1 else [])
+    return _table(header, rows)
+
+
+def scored_table(scores: Dict[str, plots.Scores], threshold: float) -> str:
+    """What the report's own figures rest on: the scored images of each split."""
+    rows = []
+    for split, split_scores in scores.items():
+        ranks = split_scores.has_both_classes
+        sensitivity, specificity = plots.sensitivity_and_specificity(split_scores, threshold)
+        values = [float(split_scores.labels.size), plots.roc_auc(split_scores) if ranks else None,
+                  plots.average_precision(split_scores) if ranks else None, sensitivity, specificity,
+                  plots.brier_score(split_scores), plots.expected_calibration_error(split_scores)]
+        rows.append(f"<tr><td>{html.escape(split)}</td>{_cell(values[0], 'example_count')}"
+                    + "".join(_cell(v) for v in values[1:]) + "</tr>")
+    return _table(["split", "scored images", "AUC", "AUC-PR (AP)", "sensitivity at tuned", "specificity at tuned",
+                   "Brier", "ECE"], rows)
+
+
+def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample],
+               table: Dict[str, Dict[str, float]]) -> str:
+    training = samples.get("train")
+    trained_on = (", ".join(f"{dataset}: {training.counts[(dataset, 0)]} NORMAL / {training.counts[(dataset, 1)]} "
+                            f"PNEUMONIA" for dataset in sorted({d for d, _ in training.counts}))
+                  if training else "the examples artifact holds no train split")
+    auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row['auc']:.3f}</li>" for name, row in sorted(table.items())
+                        if name.startswith("dataset=") and "split=" in name and "auc" in row)
+    policy = info.get("policy", "?")
+    return f"""
+<h2>Model card</h2>
+<p><b>Model:</b> {html.escape(str(info.get('architecture')))} at {info.get('image_size')} px;
+blessed: {html.escape(str(blessed))}.</p>
+<p><b>Intended use:</b> decision support for reading frontal chest X-rays (NORMAL vs PNEUMONIA), to prioritise
+and double-check, always reviewed by a clinician. It is <b>not a diagnosis</b> and not a medical device.</p>
+<p><b>Training data:</b> {html.escape(trained_on)}. The Kermany images are pediatric (children aged 1 to 5,
+one hospital); validation (<code>{BLESSING_SPLIT}</code>) is carved from training by patient.</p>
+<p><b>Metrics per slice</b> (TFMA, full splits; see the table below):</p><ul>{auc_lines}</ul>
+<p><b>Limitations:</b> trained on pediatric images only, so adults, other hospitals and other devices are out
+of distribution; the external (adult) split shows how far performance falls there, and its class mix differs
+from the training data. The threshold was tuned on pediatric validation images, so sensitivity and
+specificity move on other populations. Probabilities are not calibrated risks (see the calibration plot).
+Grad-CAM maps are coarse (one feature-map cell spans many pixels) and show what the model used,
+not where disease is.</p>
+<p><b>Threshold:</b> {float(info['value']):.4f}, chosen by <code>{html.escape(str(policy))}</code> on the
+validation split ({info.get('examples', '?')} images): validation sensitivity
+{float(info.get('sensitivity', float('nan'))):.3f}, specificity {float(info.get('specificity', float('nan'))):.3f}.
+Predictions at or above it are PNEUMONIA.</p>
+"""
+
+
+def render(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample], scores: Dict[str, plots.Scores],
+           table: Dict[str, Dict[str, float]], figures: List[Tuple[str, str]], notes: List[str],
+           settings: Settings) -> str:
+    images = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
+    notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Pneumonia model report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}
+img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
+<h1>Pneumonia model report</h1>
+{model_card(info, blessed, samples, table)}
+<h2>Metrics per slice (TFMA)</h2>
+<p>Accuracy, precision, sensitivity and specificity are at 0.5. The pooled row mixes every evaluated split
+and is not any one split's figure.</p>
+{slice_table(table)}
+<h2>Scored images behind the figures</h2>
+<p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
+signature at the tuned threshold {float(info['value']):.4f}.</p>
+{scored_table(scores, float(info['value']))}
+<h2>Figures</h2>
+{images}
+<ul>{notes_html}</ul>
+</body></html>
+"""

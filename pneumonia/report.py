@@ -1,0 +1,160 @@
+"""`pneumonia report` and `pneumonia compare`: a run's HTML report again, and one table across architectures.
+
+Both read ML Metadata: the report from the inputs the pipeline's EvaluationReport node recorded
+(so it regenerates exactly that run's report, even when the node itself failed), the comparison
+from every Evaluator execution and the architecture named in its model's threshold JSON.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+from ml_metadata.proto import metadata_store_pb2
+
+from components.report import executor
+from pneumonia import results
+
+REPORT_NODE = "EvaluationReport"
+EVALUATOR_NODE = "Evaluator"
+FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"), ("accuracy", "binary_accuracy"),
+                   ("precision", "precision"), ("sensitivity", "recall"), ("specificity", "specificity"),
+                   ("F1", "f1"))
+
+
+class ReportLookupError(Exception):
+    """The metadata store holds no run to report on or compare."""
+
+
+def _node_executions(store, pipeline_name: str, node: str) -> list:
+    context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node}")
+    return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id) if context else []
+
+
+def _artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metadata_store_pb2.Artifact]:
+    """{input or output key: artifact} of one execution."""
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in event_types]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    return {e.path.steps[0].key: artifacts[e.artifact_id] for e in events if e.path.steps}
+
+
+def _blessed(blessing: Optional[metadata_store_pb2.Artifact]) -> Optional[bool]:
+    if blessing is None or "blessed" not in blessing.custom_properties:
+        return None
+    return bool(blessing.custom_properties["blessed"].int_value)
+
+
+def _run_name(store, execution_id: int) -> str:
+    runs = [c for c in store.get_contexts_by_execution(execution_id)
+            if c.type_id == store.get_context_type("pipeline_run").id]
+    return runs[0].name if runs else str(execution_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportInputs:
+    run: str
+    examples: str
+    split_names: List[str]
+    model: str
+    evaluation: str
+    blessed: Optional[bool]
+
+
+def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = None) -> ReportInputs:
+    """What the EvaluationReport node of the latest run (or the run named `run`) read."""
+    if not os.path.exists(metadata_path):
+        raise ReportLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
+    store = results.open_store(metadata_path)
+    executions = _node_executions(store, pipeline_name, REPORT_NODE)
+    if run is not None:
+        executions = [e for e in executions if _run_name(store, e.id) == run]
+    if not executions:
+        where = f"run {run!r}" if run else f"pipeline {pipeline_name!r}"
+        raise ReportLookupError(f"{where} has no {REPORT_NODE} execution in {metadata_path}")
+    execution = executions[-1]
+    inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+    missing = sorted({"examples", "model", "evaluation"} - set(inputs))
+    if missing:
+        raise ReportLookupError(f"{REPORT_NODE} execution {execution.id} recorded no {', '.join(missing)} input")
+    return ReportInputs(
+        run=_run_name(store, execution.id),
+        examples=inputs["examples"].uri,
+        split_names=json.loads(inputs["examples"].properties["split_names"].string_value),
+        model=inputs["model"].uri,
+        evaluation=inputs["evaluation"].uri,
+        blessed=_blessed(inputs.get("model_blessing")),
+    )
+
+
+def write_report(metadata_path: str, pipeline_name: str, out_dir: str, run: Optional[str] = None) -> str:
+    """Regenerates a run's report into out_dir/<run>/ and returns the index.html path."""
+    inputs = report_inputs(metadata_path, pipeline_name, run)
+    return executor.generate(inputs.examples, inputs.split_names, inputs.model, inputs.evaluation,
+                             os.path.join(out_dir, inputs.run.replace(os.sep, "_")), inputs.blessed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+    architecture: str
+    image_size: int
+    blessed: Optional[bool]
+    evaluation: str
+
+
+def latest_evaluations(metadata_path: str) -> List[Evaluated]:
+    """The newest finished evaluation of each architecture, over every pipeline in the store."""
+    if not os.path.exists(metadata_path):
+        raise ReportLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
+    store = results.open_store(metadata_path)
+    nodes = [c for c in store.get_contexts_by_type("node") if c.name.endswith(f".{EVALUATOR_NODE}")]
+    executions = sorted((e for node in nodes for e in store.get_executions_by_context(node.id)
+                         if e.last_known_state in FINISHED), key=lambda e: e.id)
+    latest: Dict[str, Evaluated] = {}
+    for execution in executions:
+        inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+        outputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.OUTPUT,
+                                                          metadata_store_pb2.Event.DECLARED_OUTPUT))
+        if "model" not in inputs or "evaluation" not in outputs:
+            continue
+        info = executor.model_info(inputs["model"].uri)
+        latest[info["architecture"]] = Evaluated(info["architecture"], int(info["image_size"]),
+                                                 _blessed(outputs.get("blessing")), outputs["evaluation"].uri)
+    if not latest:
+        raise ReportLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
+    return [latest[name] for name in sorted(latest)]
+
+
+def _with_f1(row: Dict[str, float]) -> Dict[str, float]:
+    precision, recall = row.get("precision"), row.get("recall")
+    if precision is None or recall is None or precision + recall == 0:
+        return row
+    return {**row, "f1": 2 * precision * recall / (precision + recall)}
+
+
+def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
+    """Header plus one row per architecture and split slice (each split is its own TFMA slice)."""
+    header = ["architecture", "size", "blessed", "slice"] + [title for title, _ in COMPARE_COLUMNS]
+    rows = [header]
+    for item in evaluated:
+        table = results.slice_metrics(item.evaluation)
+        for name in sorted(n for n in table if n.startswith("dataset=") and "split=" in n):
+            row = _with_f1(table[name])
+            cells = [("-" if row.get(key) is None else f"{row[key]:.0f}" if key == "example_count"
+                      else f"{row[key]:.3f}") for _, key in COMPARE_COLUMNS]
+            rows.append([item.architecture, str(item.image_size), str(item.blessed), name] + cells)
+    return rows
+
+
+def format_rows(rows: List[List[str]], markdown: bool = False) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))).rstrip() for row in rows)
+
+
+def compare(metadata_path: str, markdown: bool = False) -> str:
+    """One table of the latest evaluation of every architecture (metrics at 0.5, per split)."""
+    return format_rows(compare_rows(latest_evaluations(metadata_path)), markdown)

@@ -1,0 +1,156 @@
+"""The evaluation report on a tiny real run: every figure a valid PNG the HTML embeds, Grad-CAM panels, model card.
+
+The run is built directly: real X-rays prepared into TFRecords, a tiny exported model with its Keras
+weights where the Trainer writes them, and a real TFMA evaluation with the pipeline's own config.
+"""
+import glob
+import os
+import re
+import shutil
+
+import apache_beam as beam
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tfx_bsl.tfxio import tf_example_record
+
+from components.report import executor
+from pipeline.evaluation import create_eval_config
+from pneumonia import prepare
+from tests.conftest import copy_subset
+from trainer import models, signatures, task
+from trainer.preprocessing import decode_image
+from trainer.threshold import Threshold
+
+IMAGE_SIZE = 64
+TINY_SUBSET = {
+    "chest_xray/train/NORMAL": 12, "chest_xray/train/PNEUMONIA": 12,
+    "chest_xray/test/NORMAL": 12, "chest_xray/test/PNEUMONIA": 12,
+    "external/NORMAL": 12, "external/PNEUMONIA": 12,
+}
+EVALUATED = ("eval", "test", "external")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def prepared_examples(shared_data: str, tmp: str) -> str:
+    """An Examples artifact folder (Split-<name>/) holding real prepared records."""
+    raw = copy_subset(shared_data, os.path.join(tmp, "raw"), TINY_SUBSET)
+    data = os.path.join(tmp, "data")
+    prepare.prepare([prepare.Source.parse(f"kermany={raw}/chest_xray"), prepare.Source.parse(f"external={raw}/external")],
+                    data, eval_fraction=0.3)
+    examples = os.path.join(tmp, "examples")
+    for split in ("train",) + EVALUATED:
+        shutil.copytree(os.path.join(data, split), os.path.join(examples, f"Split-{split}"))
+    return examples
+
+
+def export_model(model_uri: str, architecture: str, examples: str, work_dir: str) -> keras.Model:
+    """A tiny untrained model, exported as the Trainer does, its threshold the median test probability
+    (so every Grad-CAM group has members)."""
+    settings = dict(models.REGISTRY[architecture].tiny)
+    model = models.build(architecture, IMAGE_SIZE, **settings)
+    sample = executor.read_split(examples, "test", cap=100)
+    pixels = np.stack([decode_image(image, IMAGE_SIZE).numpy() for image in sample.images])
+    median = float(np.median(model.predict(pixels, verbose=0)))
+    serving_dir = os.path.join(model_uri, executor.SERVING_DIR)
+    signatures.export(model, serving_dir, IMAGE_SIZE, Threshold(median, "youden", 0.8, 0.7, 7), work_dir,
+                      architecture, settings)
+    os.makedirs(os.path.dirname(task.keras_weights_path(serving_dir)))
+    model.save_weights(task.keras_weights_path(serving_dir))
+    return model
+
+
+def evaluate(model_uri: str, examples: str, output: str) -> str:
+    """TFMA with the pipeline's metrics and slices over the evaluated splits (no blessing: no baseline here)."""
+    eval_config = create_eval_config(0.0, 1.0, "eval")
+    for metrics_spec in eval_config.metrics_specs:
+        for metric in metrics_spec.metrics:
+            del metric.per_slice_thresholds[:]
+    shared_model = tfma.default_eval_shared_model(os.path.join(model_uri, executor.SERVING_DIR),
+                                                  eval_config=eval_config)
+    records = tf_example_record.TFExampleRecord(
+        file_pattern=[os.path.join(examples, f"Split-{split}", "*") for split in EVALUATED],
+        raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline
+             | records.BeamSource()
+             | tfma.ExtractEvaluateAndWriteResults(eval_config=eval_config, eval_shared_model=shared_model,
+                                                   output_path=output))
+    return output
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_data, tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("report"))
+    keras.utils.set_random_seed(1)
+    examples = prepared_examples(shared_data, tmp)
+    model_uri = os.path.join(tmp, "model")
+    export_model(model_uri, "cnn", examples, os.path.join(tmp, "work"))
+    evaluation = evaluate(model_uri, examples, os.path.join(tmp, "evaluation"))
+    return {"examples": examples, "split_names": ["train", *EVALUATED], "model": model_uri, "evaluation": evaluation,
+            "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run):
+    out = os.path.join(tiny_run["tmp"], "report")
+    index = executor.generate(tiny_run["examples"], tiny_run["split_names"], tiny_run["model"],
+                              tiny_run["evaluation"], out, blessed=True)
+    return index, open(index, encoding="utf-8").read()
+
+
+def test_every_figure_is_a_valid_png_embedded_in_the_page(report):
+    index, page = report
+    expected = {"class_distribution.png", "samples.png", "roc_pr.png", "precision_recall_threshold.png",
+                "youden.png", "confusion.png", "calibration.png"}
+    expected |= {f"gradcam_{split}_{stem}.png" for split in ("test", "external") for stem, *_ in executor.GROUPS}
+    written = {os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(index), "*.png"))}
+    assert written == expected
+    assert set(re.findall(r'<img src="([^"]+)"', page)) == expected
+    for name in expected:
+        data = open(os.path.join(os.path.dirname(index), name), "rb").read()
+        assert data.startswith(PNG_MAGIC), name
+        image = tf.io.decode_png(data).numpy()
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0, name
+
+
+def test_page_has_slice_metrics_and_model_card(report):
+    _, page = report
+    for slice_name in ("dataset=kermany, split=eval", "dataset=kermany, split=test",
+                       "dataset=external, split=external", "all evaluated splits pooled"):
+        assert slice_name in page
+    for heading in ("Intended use", "not a diagnosis", "Training data", "Limitations", "pediatric", "Threshold"):
+        assert heading in page
+    assert "blessed: True" in page and "Grad-CAM not drawn" not in page
+
+
+def test_grad_cam_panels_explain_the_exported_model(tiny_run):
+    """The rebuilt Keras model reproduces the served probabilities, or the report refuses to explain it."""
+    info = executor.model_info(tiny_run["model"])
+    model, layer = executor.keras_model(tiny_run["model"], info)
+    assert layer == models.REGISTRY["cnn"].gradcam_layer
+    sample = executor.read_split(tiny_run["examples"], "test", cap=8)
+    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(tiny_run["model"], sample.serialized))
+    explained = executor.explain(model, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
+    assert [e.grad_cam.shape for e in explained] == [(IMAGE_SIZE, IMAGE_SIZE)] * 3
+    wrong = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)  # other random weights
+    with pytest.raises(executor.ReportError, match="belong to another model"):
+        executor.explain(wrong, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
+
+
+def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path):
+    model_uri = str(tmp_path / "model")
+    shutil.copytree(os.path.join(tiny_run["model"], executor.SERVING_DIR), os.path.join(model_uri, executor.SERVING_DIR))
+    index = executor.generate(tiny_run["examples"], tiny_run["split_names"], model_uri, tiny_run["evaluation"],
+                              str(tmp_path / "report"), settings=executor.Settings(max_images_per_split=10))
+    page = open(index, encoding="utf-8").read()
+    assert "Grad-CAM not drawn: no Keras weights at" in page
+    assert not glob.glob(str(tmp_path / "report" / "gradcam_*.png"))
+
+
+def test_counts_cover_every_record_while_scoring_is_capped(tiny_run):
+    sample = executor.read_split(tiny_run["examples"], "external", cap=5)
+    assert len(sample.labels) == 5
+    assert sample.counts == {("external", 0): 12, ("external", 1): 12}
