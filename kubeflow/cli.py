@@ -1,0 +1,86 @@
+"""`pneumonia compile` and `pneumonia schedule`: the Kubeflow Pipelines subcommands."""
+import argparse
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    from pipeline.config import RunConfig
+    from kubeflow import runner
+
+    try:
+        config = RunConfig.load(
+            args.config, pipeline_name=args.pipeline_name, model_name=args.model_name,
+            architecture=args.architecture, epochs=args.epochs, image_size=args.image_size,
+            batch_size=args.batch_size, min_auc=args.min_auc, beam_args=args.beam_arg or None,
+            trainer_cpu=args.trainer_cpu, trainer_memory_gb=args.trainer_memory_gb, trainer_gpus=args.trainer_gpus,
+            trainer_gpu_type=args.trainer_gpu_type)
+        locations = runner.Locations.resolve(args.root or "", args.pipeline_root or "", args.data or "",
+                                             args.serving_dir or "", config.pipeline_name)
+        paths = runner.compile_pipeline(config, locations, args.out, args.image or runner.default_image())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}")
+    print(f"pipeline spec: {paths[0]}\npipeline job:  {paths[1]}")
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    from kubeflow.schedule import ScheduleError, ScheduleRequest, schedule
+
+    request = ScheduleRequest(
+        host=args.host, package=args.package, cron=args.cron, experiment=args.experiment,
+        job_name=args.name, pipeline_name=args.pipeline_name or "", assignments=args.param or [],
+        max_concurrency=args.max_concurrency, create_experiment=args.create_experiment, namespace=args.namespace)
+    try:
+        schedule(request, dry_run=args.dry_run)
+    except ScheduleError as error:
+        raise SystemExit(f"error: {error}")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Adds `compile` and `schedule` to the `pneumonia` parser."""
+    comp = commands.add_parser(
+        "compile", help="compile the pipeline for Kubeflow Pipelines v2 (no cluster needed)",
+        description="Compile the pipeline with KubeflowV2DagRunner: the pipeline spec as YAML (--out) and the "
+                    "PipelineJob JSON beside it (<out stem>.job.json). URIs must be reachable from the "
+                    "cluster's pods (e.g. gs://). Flags override --config.")
+    comp.add_argument("--out", required=True, help="pipeline spec to write, .yaml or .yml")
+    comp.add_argument("--config", help="YAML file of run settings (see pipeline/config.py)")
+    comp.add_argument("--image", help="container image of every task (default: pneumonia-pipeline:<version>)")
+    comp.add_argument("--root", help="run root URI: pipeline root <root>/tfx/<name>, data <root>/data, "
+                                     "serving <root>/serving unless given below")
+    comp.add_argument("--pipeline-root", help="URI where the pipeline's artifacts go")
+    comp.add_argument("--data", help="prepared TFRecords URI: default of the data_root runtime parameter")
+    comp.add_argument("--serving-dir", help="TF Serving base path URI; models go to DIR/<model-name>/<version>/")
+    comp.add_argument("--pipeline-name", help="pipeline name (default pneumonia)")
+    comp.add_argument("--model-name", help="served model name (default pneumonia)")
+    comp.add_argument("--architecture", help="default architecture in the trainer_config parameter (default cnn)")
+    comp.add_argument("--epochs", type=int, help="default epochs in the trainer_config parameter (default 5)")
+    comp.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
+    comp.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    comp.add_argument("--min-auc", type=float, help="validation AUC a model needs to be blessed (default 0.80)")
+    comp.add_argument("--beam-arg", action="append", metavar="ARG",
+                      help="Beam argument for every component, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+    comp.add_argument("--trainer-cpu", type=float, help="Trainer pod CPUs (request = limit)")
+    comp.add_argument("--trainer-memory-gb", type=float, help="Trainer pod memory in GB (request = limit)")
+    comp.add_argument("--trainer-gpus", type=int, help="Trainer pod GPUs")
+    comp.add_argument("--trainer-gpu-type", help="accelerator resource name (default nvidia.com/gpu)")
+    comp.set_defaults(func=cmd_compile)
+
+    sched = commands.add_parser(
+        "schedule", help="upload a compiled pipeline to Kubeflow Pipelines and run it on a cron schedule",
+        description="Upload the package (a new pipeline, or a version named after its content) and create a "
+                    "recurring run with kfp.Client. The cron expression and parameters are checked first.")
+    sched.add_argument("--host", required=True, help="Kubeflow Pipelines API URL, e.g. http://localhost:8080")
+    sched.add_argument("--cron", required=True,
+                       help="6-field cron: second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *'")
+    sched.add_argument("--package", default="pipeline.yaml", help="compiled pipeline spec (default pipeline.yaml)")
+    sched.add_argument("--experiment", default="pneumonia", help="experiment name (default pneumonia)")
+    sched.add_argument("--create-experiment", action="store_true", help="create the experiment if it is missing")
+    sched.add_argument("--name", default="pneumonia-scheduled", help="recurring run name (default pneumonia-scheduled)")
+    sched.add_argument("--pipeline-name", help="pipeline name on the server (default: the package's)")
+    sched.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="run parameter, repeatable: data_root=URI, trainer_config=JSON, or a trainer_config "
+                            "key such as architecture=resnet50 or epochs=10")
+    sched.add_argument("--max-concurrency", type=int, default=1, help="runs allowed at once (default 1)")
+    sched.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
+    sched.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
+    sched.set_defaults(func=cmd_schedule)
+
