@@ -30,6 +30,8 @@ def model_spec_target(spec: model_pb2.ModelSpec):
 
 
 def tensor_to_array(key: str, proto) -> np.ndarray:
+    if any(dim.size < 0 for dim in proto.tensor_shape.dim):
+        raise invalid(f"input {key!r} is not a well-formed TensorProto: negative dimension in its shape")
     try:
         return tf.make_ndarray(proto)
     except Exception as error:  # make_ndarray raises several types for inconsistent protos
