@@ -212,10 +212,9 @@ def dry_run_lines(plan: Plan) -> List[str]:
                      + json.dumps({"display_name": request.experiment, "namespace": request.namespace}))
     lines += [
         f"GET  {host}{API}/pipelines?filter={name_filter(plan.pipeline_name)}",
-        f"  pipeline absent:  POST {host}{API}/pipelines/upload?name={plan.pipeline_name}  {package}",
-        f"                    GET  {host}{API}/pipelines/<pipeline_id>/versions",
-        f"  pipeline present: GET  {host}{API}/pipelines/<pipeline_id>/versions?filter={name_filter(plan.version_name)}",
-        f"    version absent: POST {host}{API}/pipelines/upload_version?name={plan.version_name}"
+        f"  pipeline absent: POST {host}{API}/pipelines  " + json.dumps({"display_name": plan.pipeline_name}),
+        f"GET  {host}{API}/pipelines/<pipeline_id>/versions?filter={name_filter(plan.version_name)}",
+        f"  version absent: POST {host}{API}/pipelines/upload_version?name={plan.version_name}"
         f"&pipelineid=<pipeline_id>  {package}",
     ]
     lines.append(f"POST {host}{API}/recurringruns")
@@ -253,13 +252,17 @@ def _call(host: str, action: Callable[[], Any]) -> Any:
 
 
 def upload(client, plan: Plan) -> Tuple[str, str]:
-    """(pipeline_id, version_id): a new pipeline, or this package as a (reused) version of the existing one."""
+    """(pipeline_id, version_id): the package as a version named after its content, reused when present.
+
+    A missing pipeline is created empty first, so every package, the first included, is a named version.
+    """
+    import kfp_server_api
+
     host, package = plan.request.host, plan.request.package
     pipeline_id = _call(host, lambda: client.get_pipeline_id(plan.pipeline_name))
     if pipeline_id is None:
-        pipeline = _call(host, lambda: client.upload_pipeline(package, pipeline_name=plan.pipeline_name))
-        versions = _call(host, lambda: client.list_pipeline_versions(pipeline.pipeline_id)).pipeline_versions
-        return pipeline.pipeline_id, versions[0].pipeline_version_id
+        pipeline_id = _call(host, lambda: client.pipelines.create_pipeline(
+            body=kfp_server_api.V2beta1Pipeline(display_name=plan.pipeline_name))).pipeline_id
     existing = _call(host, lambda: client.list_pipeline_versions(
         pipeline_id, filter=name_filter(plan.version_name))).pipeline_versions
     if existing:
