@@ -3,14 +3,18 @@ import importlib.util
 import os
 from typing import Any, Dict, List, Optional, Union
 
+import tensorflow_data_validation as tfdv
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components.pusher.component import create_pusher
+from components.report.component import EvaluationReport
 from components.validation_gate.component import DataValidationGate
 from pipeline.config import BLESSING_SPLIT, RunConfig
 from pipeline.evaluation import create_eval_config
 
+# Splits that stand in for serving data: compared with train by the schema's skew comparators.
+SKEW_SPLITS = ("eval", "test")
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt")
 
 
@@ -50,13 +54,17 @@ def create_pipeline(
         input_config=tfx.proto.Input(splits=[
             tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in splits]),
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema.outputs["schema"],
+        stats_options=tfdv.StatsOptions(enable_semantic_domain_stats=True))  # image format/size statistics
     # Inferred schema: kept for comparison with the curated contract, which is what validates.
     inferred_schema = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
-    schema = tfx.components.ImportSchemaGen(schema_file=schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"])
-    validation_gate = DataValidationGate(anomalies=example_validator.outputs["anomalies"])
+    validation_gate = DataValidationGate(
+        anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
+        schema=schema.outputs["schema"], skew_splits=",".join(s for s in SKEW_SPLITS if s in splits))
 
     warm_start_nodes = []
     if warm_start:
@@ -91,12 +99,14 @@ def create_pipeline(
         eval_config=create_eval_config(min_auc, max_auc_drop, BLESSING_SPLIT),
     )
     pusher = create_pusher(trainer.outputs["model"], evaluator.outputs["blessing"], serving_dir, model_name)
+    report = EvaluationReport(examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+                              evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"])
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, inferred_schema, schema, example_validator, validation_gate,
-                    *warm_start_nodes, trainer, baseline, evaluator, pusher],
+                    *warm_start_nodes, trainer, baseline, evaluator, pusher, report],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

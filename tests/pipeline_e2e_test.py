@@ -103,23 +103,44 @@ def test_model_below_the_auc_bound_is_not_pushed(first_run):
     assert versions(os.path.join(root, "serving")) == before
 
 
-def test_schema_anomaly_stops_the_run_before_training(first_run, tmp_path):
+def test_data_anomalies_and_skew_stop_the_run_before_training(first_run, tmp_path):
+    """Real records broken four ways: label 2, no image, an unknown dataset, RGB-stored test images."""
     root, config_path = first_run
     data = str(tmp_path / "data")
     shutil.copytree(os.path.join(root, "data"), data)
-    bad = tf.train.Example()
-    bad.CopyFrom(next(iter_examples(os.path.join(data, "eval"))))
-    bad.features.feature["label"].int64_list.value[:] = [2]
-    with tf.io.TFRecordWriter(os.path.join(data, "eval", "injected.tfrecord.gz"), "GZIP") as writer:
-        writer.write(bad.SerializeToString())
+    eval_example = next(iter_examples(os.path.join(data, "eval")))
+    bad_label, no_image, unknown_dataset = (tf.train.Example.FromString(eval_example.SerializeToString())
+                                            for _ in range(3))
+    bad_label.features.feature["label"].int64_list.value[:] = [2]
+    del no_image.features.feature["image"]
+    unknown_dataset.features.feature["dataset"].bytes_list.value[:] = [b"hospital_x"]
+    write_records(os.path.join(data, "eval", "injected.tfrecord.gz"), [bad_label, no_image, unknown_dataset])
+    test_files = glob.glob(os.path.join(data, "test", "*.tfrecord.gz"))
+    rgb = list(iter_examples(os.path.join(data, "test")))
+    for example in rgb:
+        example.features.feature["channels"].int64_list.value[:] = [3]
+    for path in test_files:
+        os.remove(path)
+    write_records(os.path.join(data, "test", "rgb.tfrecord.gz"), rgb)
+
     config = RunConfig.load(config_path, root=str(tmp_path / "root"), data=data)
     config.splits = ["train", "eval", "test", "external"]
     with pytest.raises(Exception) as error:
         run_pipeline(config)
-    assert isinstance(error.value, DataAnomaliesError) or "anomal" in str(error.value)
-    assert "'label'" in str(error.value)
+    message = str(error.value)
+    assert "data validation failed" in message, message
+    assert "split eval: feature 'label'" in message
+    assert "split eval: feature 'image'" in message
+    assert "split eval: feature 'dataset'" in message and "hospital_x" in message
+    assert "split train vs test: feature 'channels': COMPARATOR_L_INFTY_HIGH" in message
     assert not [e for e in node_executions(config.metadata_path, "Trainer") if e.last_known_state in DONE]
     assert not os.path.exists(config.serving_dir)
+
+
+def write_records(path, examples):
+    with tf.io.TFRecordWriter(path, "GZIP") as writer:
+        for example in examples:
+            writer.write(example.SerializeToString())
 
 
 def iter_examples(folder):
