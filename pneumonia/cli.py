@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Beam pipeline argument for the data components, repeatable (e.g. --beam-arg=--runner=...)")
     run.set_defaults(func=cmd_run)
 
+    from pneumonia.report import add_commands as add_report_commands
+
+    add_report_commands(commands)
     from serving.cli import add_commands as add_serving_commands
 
     add_serving_commands(commands)

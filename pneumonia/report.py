@@ -4,6 +4,7 @@ Both read ML Metadata: the report from the inputs the pipeline's EvaluationRepor
 (so it regenerates exactly that run's report, even when the node itself failed), the comparison
 from every Evaluator execution and the architecture named in its model's threshold JSON.
 """
+import argparse
 import dataclasses
 import json
 import os
@@ -11,8 +12,7 @@ from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
-from components.report import executor
-from pneumonia import results
+# TensorFlow-heavy modules (results, the report executor) are imported where used: `pneumonia --help` stays fast.
 
 REPORT_NODE = "EvaluationReport"
 EVALUATOR_NODE = "Evaluator"
@@ -62,6 +62,8 @@ class ReportInputs:
 
 def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = None) -> ReportInputs:
     """What the EvaluationReport node of the latest run (or the run named `run`) read."""
+    from pneumonia import results
+
     if not os.path.exists(metadata_path):
         raise ReportLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
     store = results.open_store(metadata_path)
@@ -88,6 +90,8 @@ def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = N
 
 def write_report(metadata_path: str, pipeline_name: str, out_dir: str, run: Optional[str] = None) -> str:
     """Regenerates a run's report into out_dir/<run>/ and returns the index.html path."""
+    from components.report import executor
+
     inputs = report_inputs(metadata_path, pipeline_name, run)
     return executor.generate(inputs.examples, inputs.split_names, inputs.model, inputs.evaluation,
                              os.path.join(out_dir, inputs.run.replace(os.sep, "_")), inputs.blessed)
@@ -103,6 +107,9 @@ class Evaluated:
 
 def latest_evaluations(metadata_path: str) -> List[Evaluated]:
     """The newest finished evaluation of each architecture, over every pipeline in the store."""
+    from components.report import executor
+    from pneumonia import results
+
     if not os.path.exists(metadata_path):
         raise ReportLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
     store = results.open_store(metadata_path)
@@ -133,6 +140,8 @@ def _with_f1(row: Dict[str, float]) -> Dict[str, float]:
 
 def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture and split slice (each split is its own TFMA slice)."""
+    from pneumonia import results
+
     header = ["architecture", "size", "blessed", "slice"] + [title for title, _ in COMPARE_COLUMNS]
     rows = [header]
     for item in evaluated:
@@ -158,3 +167,44 @@ def format_rows(rows: List[List[str]], markdown: bool = False) -> str:
 def compare(metadata_path: str, markdown: bool = False) -> str:
     """One table of the latest evaluation of every architecture (metrics at 0.5, per split)."""
     return format_rows(compare_rows(latest_evaluations(metadata_path)), markdown)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pipeline.config import RunConfig
+
+    config = RunConfig(root=args.root) if args.root else RunConfig()
+    out = os.path.abspath(args.out) if args.out else os.path.join(config.root, "reports")
+    try:
+        print(write_report(config.metadata_path, args.pipeline_name or config.pipeline_name, out, args.run))
+    except ReportLookupError as error:
+        raise SystemExit(f"error: {error}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from pipeline.config import RunConfig
+
+    config = RunConfig(root=args.root) if args.root else RunConfig()
+    try:
+        print(compare(config.metadata_path, markdown=args.markdown))
+    except ReportLookupError as error:
+        raise SystemExit(f"error: {error}")
+
+
+def add_commands(commands) -> None:
+    """`report` and `compare` subcommands on the `pneumonia` CLI's subparsers."""
+    report = commands.add_parser("report", help="regenerate the HTML evaluation report of a run",
+                                 description="Regenerate the evaluation report (figures, per-slice metrics, "
+                                             "Grad-CAM, model card) of the latest run, or of --run, and print "
+                                             "the path of its index.html.")
+    report.add_argument("--root", help="run root (default ~/pneumonia-runs)")
+    report.add_argument("--out", help="where reports go, one folder per run (default <root>/reports)")
+    report.add_argument("--run", help="pipeline run id (default: the latest run)")
+    report.add_argument("--pipeline-name", help="pipeline name (default pneumonia)")
+    report.set_defaults(func=cmd_report)
+
+    comparison = commands.add_parser("compare", help="compare the latest evaluation of every architecture",
+                                     description="Print one table: per architecture run under --root, its latest "
+                                                 "TFMA evaluation per split (metrics at 0.5).")
+    comparison.add_argument("--root", help="run root (default ~/pneumonia-runs)")
+    comparison.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    comparison.set_defaults(func=cmd_compare)

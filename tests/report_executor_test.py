@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
 from tfx_bsl.tfxio import tf_example_record
 
 from components.report import executor
 from pipeline.evaluation import create_eval_config
-from pneumonia import prepare
+from pneumonia import cli, prepare
+from tests.compare_test import Metadata
 from tests.conftest import copy_subset
 from trainer import models, signatures, task
 from trainer.preprocessing import decode_image
@@ -38,8 +40,8 @@ def prepared_examples(shared_data: str, tmp: str) -> str:
     """An Examples artifact folder (Split-<name>/) holding real prepared records."""
     raw = copy_subset(shared_data, os.path.join(tmp, "raw"), TINY_SUBSET)
     data = os.path.join(tmp, "data")
-    prepare.prepare([prepare.Source.parse(f"kermany={raw}/chest_xray"), prepare.Source.parse(f"external={raw}/external")],
-                    data, eval_fraction=0.3)
+    sources = [prepare.Source.parse(f"kermany={raw}/chest_xray"), prepare.Source.parse(f"external={raw}/external")]
+    prepare.prepare(sources, data, eval_fraction=0.3)
     examples = os.path.join(tmp, "examples")
     for split in ("train",) + EVALUATED:
         shutil.copytree(os.path.join(data, split), os.path.join(examples, f"Split-{split}"))
@@ -142,7 +144,8 @@ def test_grad_cam_panels_explain_the_exported_model(tiny_run):
 
 def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path):
     model_uri = str(tmp_path / "model")
-    shutil.copytree(os.path.join(tiny_run["model"], executor.SERVING_DIR), os.path.join(model_uri, executor.SERVING_DIR))
+    serving = executor.SERVING_DIR
+    shutil.copytree(os.path.join(tiny_run["model"], serving), os.path.join(model_uri, serving))
     index = executor.generate(tiny_run["examples"], tiny_run["split_names"], model_uri, tiny_run["evaluation"],
                               str(tmp_path / "report"), settings=executor.Settings(max_images_per_split=10))
     page = open(index, encoding="utf-8").read()
@@ -154,3 +157,22 @@ def test_counts_cover_every_record_while_scoring_is_capped(tiny_run):
     sample = executor.read_split(tiny_run["examples"], "external", cap=5)
     assert len(sample.labels) == 5
     assert sample.counts == {("external", 0): 12, ("external", 1): 12}
+
+
+def test_cli_regenerates_the_report_of_the_latest_or_a_named_run(tiny_run, tmp_path, capsys):
+    """`pneumonia report` finds what the pipeline's EvaluationReport node read, in ML Metadata."""
+    root = str(tmp_path / "root")
+    os.makedirs(root)
+    metadata = Metadata(os.path.join(root, "metadata.sqlite"))
+    inputs = {"examples": metadata.artifact("Examples", tiny_run["examples"], split_names=tiny_run["split_names"]),
+              "model": metadata.artifact("Model", tiny_run["model"]),
+              "evaluation": metadata.artifact("ModelEvaluation", tiny_run["evaluation"]),
+              "model_blessing": metadata.artifact("ModelBlessing", "", blessed=False)}
+    metadata.execution("pneumonia", "run-1", "EvaluationReport", inputs, {"report": metadata.artifact("File", "")},
+                       state=metadata_store_pb2.Execution.FAILED)  # a failed report is regenerated too
+    cli.main(["report", "--root", root, "--out", str(tmp_path / "reports")])
+    index = capsys.readouterr().out.strip().splitlines()[-1]
+    assert index == str(tmp_path / "reports" / "run-1" / "index.html")
+    assert "blessed: False" in open(index, encoding="utf-8").read()
+    with pytest.raises(SystemExit, match="run 'run-9' has no EvaluationReport execution"):
+        cli.main(["report", "--root", root, "--run", "run-9"])

@@ -1,0 +1,146 @@
+"""`pneumonia compare`: the latest evaluation of every architecture, read from ML Metadata, in one table."""
+import json
+import os
+
+import pytest
+import tensorflow as tf
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+
+from pneumonia import cli
+from pneumonia import report as report_lib
+from trainer.signatures import THRESHOLD_ASSET
+
+ARTIFACT_TYPES = ("Examples", "Model", "ModelEvaluation", "ModelBlessing", "File")
+
+
+class Metadata:
+    """Writes executions, artifacts and events into an ML Metadata SQLite store the way TFX records them."""
+
+    def __init__(self, path: str):
+        config = metadata_store_pb2.ConnectionConfig()
+        config.sqlite.filename_uri = path
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        self.store = metadata_store.MetadataStore(config)
+        self.types = {}
+        for name in ARTIFACT_TYPES:
+            kind = metadata_store_pb2.ArtifactType(name=name)
+            if name == "Examples":
+                kind.properties["split_names"] = metadata_store_pb2.STRING
+            self.types[name] = self.store.put_artifact_type(kind)
+        for name in ("pipeline", "pipeline_run", "node"):
+            self.types[name] = self.store.put_context_type(metadata_store_pb2.ContextType(name=name))
+        self.contexts = {}
+
+    def _context(self, kind: str, name: str) -> int:
+        if (kind, name) not in self.contexts:
+            [self.contexts[(kind, name)]] = self.store.put_contexts(
+                [metadata_store_pb2.Context(type_id=self.types[kind], name=name)])
+        return self.contexts[(kind, name)]
+
+    def artifact(self, kind: str, uri: str, split_names=None, blessed=None) -> metadata_store_pb2.Artifact:
+        artifact = metadata_store_pb2.Artifact(type_id=self.types[kind], uri=uri)
+        if split_names is not None:
+            artifact.properties["split_names"].string_value = json.dumps(split_names)
+        if blessed is not None:
+            artifact.custom_properties["blessed"].int_value = int(blessed)
+        return artifact
+
+    def execution(self, pipeline: str, run: str, node: str, inputs: dict, outputs: dict,
+                  state=metadata_store_pb2.Execution.COMPLETE) -> None:
+        kind = self.types.setdefault(node, self.store.put_execution_type(metadata_store_pb2.ExecutionType(name=node)))
+        events = []
+        for event_type, artifacts in ((metadata_store_pb2.Event.INPUT, inputs),
+                                      (metadata_store_pb2.Event.OUTPUT, outputs)):
+            for key, artifact in artifacts.items():
+                event = metadata_store_pb2.Event(type=event_type)
+                event.path.steps.add().key = key
+                event.path.steps.add().index = 0
+                events.append((artifact, event))
+        contexts = [metadata_store_pb2.Context(id=self._context(kind, name), type_id=self.types[kind], name=name)
+                    for kind, name in (("pipeline", pipeline), ("pipeline_run", run), ("node", f"{pipeline}.{node}"))]
+        self.store.put_execution(metadata_store_pb2.Execution(type_id=kind, last_known_state=state), events, contexts)
+
+
+def model_folder(root: str, name: str, architecture: str, image_size: int = 64) -> str:
+    """A model artifact folder holding only what compare reads: the export's threshold JSON."""
+    assets = os.path.join(root, name, "Format-Serving", "assets")
+    os.makedirs(assets)
+    with open(os.path.join(assets, THRESHOLD_ASSET), "w", encoding="utf-8") as f:
+        json.dump({"value": 0.5, "architecture": architecture, "image_size": image_size}, f)
+    return os.path.join(root, name)
+
+
+def evaluation_folder(root: str, name: str, per_slice: dict) -> str:
+    """TFMA metrics output ({slice: {metric: value}}, slices as 'dataset=..., split=...')."""
+    folder = os.path.join(root, name)
+    os.makedirs(folder)
+    with tf.io.TFRecordWriter(os.path.join(folder, "metrics")) as writer:
+        for slice_text, metrics in per_slice.items():
+            record = metrics_for_slice_pb2.MetricsForSlice()
+            for part in slice_text.split(", "):
+                column, value = part.split("=")
+                record.slice_key.single_slice_keys.add(column=column, bytes_value=value.encode())
+            for metric, value in metrics.items():
+                item = record.metric_keys_and_values.add()
+                item.key.name = metric
+                item.value.double_value.value = value
+            writer.write(record.SerializeToString())
+    return folder
+
+
+def split_metrics(auc: float) -> dict:
+    return {"example_count": 100, "auc": auc, "binary_accuracy": 0.8, "precision": 0.75, "recall": 0.6,
+            "specificity": 0.9}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """cnn evaluated twice (the second is the latest), densenet121 once, a failed cnn evaluation last."""
+    root = str(tmp_path)
+    metadata = Metadata(os.path.join(root, "metadata.sqlite"))
+    plan = [("run-1", "cnn", 0.70, metadata_store_pb2.Execution.COMPLETE),
+            ("run-2", "densenet121", 0.85, metadata_store_pb2.Execution.COMPLETE),
+            ("run-3", "cnn", 0.90, metadata_store_pb2.Execution.CACHED),
+            ("run-4", "cnn", 0.10, metadata_store_pb2.Execution.FAILED)]
+    for run, architecture, auc, state in plan:
+        model = metadata.artifact("Model", model_folder(root, f"model-{run}", architecture))
+        evaluation = metadata.artifact("ModelEvaluation", evaluation_folder(root, f"evaluation-{run}", {
+            "dataset=kermany, split=test": split_metrics(auc), "dataset=external, split=external": split_metrics(0.6),
+            "split=test": split_metrics(auc)}))
+        metadata.execution("pneumonia", run, "Evaluator", {"model": model},
+                           {"evaluation": evaluation, "blessing": metadata.artifact("ModelBlessing", "", blessed=True)},
+                           state)
+    return root
+
+
+def test_table_lists_the_latest_finished_evaluation_of_each_architecture(runs):
+    rows = report_lib.compare_rows(report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
+    assert rows[0][:4] == ["architecture", "size", "blessed", "slice"]
+    by_key = {(row[0], row[3]): dict(zip(rows[0], row)) for row in rows[1:]}
+    assert set(by_key) == {("cnn", "dataset=kermany, split=test"), ("cnn", "dataset=external, split=external"),
+                           ("densenet121", "dataset=kermany, split=test"),
+                           ("densenet121", "dataset=external, split=external")}
+    assert by_key[("cnn", "dataset=kermany, split=test")]["AUC"] == "0.900"  # not the failed or the older run
+    assert by_key[("densenet121", "dataset=kermany, split=test")]["AUC"] == "0.850"
+    cnn = by_key[("cnn", "dataset=kermany, split=test")]
+    assert cnn["F1"] == f"{2 * 0.75 * 0.6 / 1.35:.3f}" and cnn["examples"] == "100" and cnn["blessed"] == "True"
+
+
+def test_cli_prints_plain_and_markdown_tables(runs, capsys):
+    cli.main(["compare", "--root", runs])
+    plain = capsys.readouterr().out.splitlines()
+    assert plain[0].split()[:4] == ["architecture", "size", "blessed", "slice"] and len(plain) == 5
+    cli.main(["compare", "--root", runs, "--markdown"])
+    markdown = capsys.readouterr().out.splitlines()
+    assert markdown[0].startswith("| architecture |") and set(markdown[1]) <= {"|", "-"}
+    assert sum(line.startswith("| cnn |") for line in markdown) == 2
+
+
+def test_a_root_without_evaluations_is_a_one_line_error(tmp_path):
+    Metadata(str(tmp_path / "metadata.sqlite"))
+    with pytest.raises(SystemExit, match="no finished Evaluator execution"):
+        cli.main(["compare", "--root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no ML Metadata at"):
+        cli.main(["compare", "--root", str(tmp_path / "elsewhere")])
