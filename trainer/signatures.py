@@ -7,6 +7,7 @@ and return `probability`, `label` (at the tuned threshold) and `threshold`, one 
 import dataclasses
 import json
 import os
+from typing import Any, Dict
 
 import keras
 import tensorflow as tf
@@ -44,15 +45,28 @@ class PneumoniaModule(tf.Module):
 
 
 def export(model: keras.Model, export_dir: str, image_size: int, threshold: Threshold, work_dir: str,
-           architecture: str) -> None:
-    """Writes the SavedModel with both signatures and the threshold JSON under assets/."""
+           architecture: str, model_config: Dict[str, Any]) -> None:
+    """Writes the SavedModel with both signatures and the threshold JSON under assets/.
+
+    The JSON also records what rebuilds the Keras model (`architecture`, `image_size`, `model_config`),
+    for warm start and Grad-CAM.
+    """
     os.makedirs(work_dir, exist_ok=True)
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
     with open(asset_path, "w", encoding="utf-8") as f:
-        json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size},
-                  f, indent=2, sort_keys=True)
+        json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
+                   "model_config": model_config}, f, indent=2, sort_keys=True)
     module = PneumoniaModule(model, image_size, threshold, asset_path)
     tf.saved_model.save(module, export_dir, signatures={
         "serving_default": module.serve_examples,
         "predict_images": module.predict_images,
     })
+
+
+def read_metadata(export_dir: str) -> Dict[str, Any]:
+    """The threshold JSON of an exported model (threshold, architecture, image_size, model_config)."""
+    path = os.path.join(export_dir, "assets", THRESHOLD_ASSET)
+    if not os.path.isfile(path):
+        raise ValueError(f"{export_dir} is not a model exported by this trainer: {path} is missing")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

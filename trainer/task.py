@@ -1,11 +1,27 @@
-"""The Trainer's module file: `run_fn` trains the configured architecture and exports it."""
+"""The Trainer's module file: `run_fn` trains the configured architecture and exports it.
+
+Besides the SavedModel in `serving_model_dir` (`Format-Serving/`), it writes the Keras weights to
+`<model artifact>/Keras/model.weights.h5`, beside the served folder so the Pusher does not ship them.
+`models.build(architecture, image_size, **model_config)` + `load_weights` on that file rebuilds the Keras
+model from what `Format-Serving/assets/threshold.json` records: warm start and Grad-CAM do so.
+"""
+import json
 import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import inputs, models, signatures, threshold
+
+FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
+
+
+def keras_weights_path(serving_model_dir: str) -> str:
+    return os.path.join(os.path.dirname(serving_model_dir), "Keras", "model.weights.h5")
 
 
 def class_weights(normal: int, pneumonia: int) -> dict:
@@ -14,39 +30,118 @@ def class_weights(normal: int, pneumonia: int) -> dict:
     return {0: total / (2.0 * max(normal, 1)), 1: total / (2.0 * max(pneumonia, 1))}
 
 
+def loss_and_class_weights(loss: str, normal: int, pneumonia: int) -> Tuple[keras.losses.Loss, Optional[dict]]:
+    """Imbalance handling: `bce` with inverse-frequency class weights, or `focal` loss balanced by its alpha
+    (the NORMAL share weighs PNEUMONIA), which then needs no class weights."""
+    if loss == "bce":
+        return keras.losses.BinaryCrossentropy(), class_weights(normal, pneumonia)
+    if loss == "focal":
+        alpha = normal / max(normal + pneumonia, 1)
+        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha, gamma=2.0), None
+    raise ValueError(f"unknown loss {loss!r}; use 'bce' or 'focal'")
+
+
+def _normalised(model_config: Dict[str, Any]) -> Dict[str, Any]:
+    """As the threshold JSON stores it (tuples become lists), so configurations compare equal."""
+    return json.loads(json.dumps(model_config))
+
+
+def _check_base_model(base_model: str, architecture: str, image_size: int, model_config: Dict[str, Any]) -> str:
+    """The base model's Keras weights file, after refusing a model these weights cannot initialise."""
+    recorded = signatures.read_metadata(base_model)
+    wanted = {"architecture": architecture, "image_size": image_size, "model_config": _normalised(model_config)}
+    for key, value in wanted.items():
+        if recorded.get(key) != value:
+            raise ValueError(f"warm start refused: the base model {base_model} has {key} {recorded.get(key)!r}, "
+                             f"this run has {value!r}; train without --warm-start or with the same {key}")
+    weights_path = keras_weights_path(base_model)
+    if not os.path.isfile(weights_path):
+        raise ValueError(f"warm start refused: the base model has no Keras weights at {weights_path}")
+    return weights_path
+
+
+def build_model(config: Dict[str, Any], base_model: Optional[str] = None) -> keras.Model:
+    """The configured architecture: from the base model's weights when warm-starting, else from
+    `weights` (pretrained backbones only) or a fresh initialisation."""
+    name, image_size = config["architecture"], config["image_size"]
+    model_config = dict(config.get("model_config") or {})
+    weights = config.get("weights", "none")
+    if "weights" in model_config:
+        raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
+    if weights != "none" and models.architecture(name).fine_tune_from is None:
+        raise ValueError(f"architecture {name!r} has no pretrained backbone: weights must be 'none', got {weights!r}")
+    if base_model:
+        weights_path = _check_base_model(base_model, name, image_size, model_config)
+        model = models.build(name, image_size, **model_config)
+        model.load_weights(weights_path)
+        logging.info("warm start from %s", weights_path)
+        return model
+    if weights != "none":
+        model_config["weights"] = weights
+    return models.build(name, image_size, **model_config)
+
+
+def _stages(architecture: str, epochs: int, learning_rate: float) -> List[Tuple[int, float, Optional[str]]]:
+    """(epochs, learning rate, first layer to unfreeze or None) per training stage.
+
+    A pretrained backbone trains its new head first, frozen, for half the epochs (rounded up), then
+    fine-tunes its top blocks for the rest at a lower rate; other architectures train in one stage.
+    """
+    fine_tune_from = models.architecture(architecture).fine_tune_from
+    if fine_tune_from is None or epochs < 2:
+        return [(epochs, learning_rate, None)]
+    head_epochs = math.ceil(epochs / 2)
+    return [(head_epochs, learning_rate, None),
+            (epochs - head_epochs, learning_rate * FINE_TUNE_LEARNING_RATE_FACTOR, fine_tune_from)]
+
+
+def train(model: keras.Model, config: Dict[str, Any], train_data, validation_data, counts: Tuple[int, int],
+          log_dir: str) -> float:
+    """Adam with a cosine learning-rate decay per stage, early stopping on validation AUC; leaves the model at
+    the weights with the best validation AUC over all stages, and returns that AUC."""
+    loss, weights = loss_and_class_weights(config["loss"], *counts)
+    steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
+    best_auc, best_weights, done = -math.inf, None, 0
+    for epochs, learning_rate, unfreeze_from in _stages(config["architecture"], config["epochs"],
+                                                        config["learning_rate"]):
+        if unfreeze_from:
+            models.unfreeze_top(model, unfreeze_from)
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps_per_epoch,
+                                                          alpha=0.05)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[keras.metrics.AUC(name="auc")])
+        stopper = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
+                                                patience=config["early_stopping_patience"])
+        model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
+                  class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
+        done += epochs
+        if stopper.best > best_auc:
+            best_auc, best_weights = stopper.best, model.get_weights()
+    model.set_weights(best_weights)
+    return best_auc
+
+
 def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
+    threshold.target_sensitivity(config["threshold_policy"])  # a bad policy fails now, not after training
     keras.utils.set_random_seed(config["seed"])
     image_size, batch_size = config["image_size"], config["batch_size"]
+    model = build_model(config, fn_args.base_model)
 
-    train = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=True, seed=config["seed"])
-    validation = inputs.make_dataset(fn_args.eval_files, image_size, batch_size, training=False)
-    normal, pneumonia = inputs.label_counts(fn_args.train_files)
-    logging.info("training on %d NORMAL / %d PNEUMONIA images", normal, pneumonia)
-
-    model = models.build(config["architecture"], image_size, **config.get("model_config", {}))
-    model.compile(
-        optimizer=keras.optimizers.Adam(config["learning_rate"]),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
-    model.fit(
-        train,
-        validation_data=validation,
-        epochs=config["epochs"],
-        class_weight=class_weights(normal, pneumonia),
-        callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config["early_stopping_patience"],
-                                          restore_best_weights=True),
-            keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
-        ],
-        verbose=2,
-    )
+    train_data = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=True, seed=config["seed"],
+                                     augment=config["augment"], horizontal_flip=config["horizontal_flip"],
+                                     cache=config["cache"])
+    validation = inputs.make_dataset(fn_args.eval_files, image_size, batch_size, training=False, cache=config["cache"])
+    counts = inputs.label_counts(fn_args.train_files)
+    logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)
+    best_auc = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
 
     labels = np.concatenate([y for _, y in validation.as_numpy_iterator()])
     probabilities = model.predict(validation, verbose=0).reshape(-1)
     chosen = threshold.choose(labels, probabilities, config["threshold_policy"])
-    logging.info("threshold %.4f (%s): validation sensitivity %.3f, specificity %.3f",
-                 chosen.value, chosen.policy, chosen.sensitivity, chosen.specificity)
+    logging.info("validation AUC %.4f; threshold %.4f (%s): validation sensitivity %.3f, specificity %.3f",
+                 best_auc, chosen.value, chosen.policy, chosen.sensitivity, chosen.specificity)
     signatures.export(model, fn_args.serving_model_dir, image_size, chosen, fn_args.model_run_dir,
-                      config["architecture"])
+                      config["architecture"], _normalised(config.get("model_config") or {}))
+    weights_path = keras_weights_path(fn_args.serving_model_dir)
+    os.makedirs(os.path.dirname(weights_path), exist_ok=True)
+    model.save_weights(weights_path)

@@ -1,0 +1,94 @@
+"""Trainer input pipeline on real images: decoding, caching, training-only augmentation."""
+import glob
+import os
+from typing import List
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import inputs
+from trainer.preprocessing import decode_image
+
+IMAGE_SIZE = 32
+
+
+def real_images(shared_data: str, split: str, per_class: int, skip: int = 0) -> List[tuple]:
+    """(encoded bytes, label) of the first real images of each class, NORMAL and PNEUMONIA interleaved."""
+    by_class = [sorted(glob.glob(f"{shared_data}/chest_xray/{split}/{name}/*.jpeg"))[skip:skip + per_class]
+                for name in ("NORMAL", "PNEUMONIA")]
+    return [(open(path, "rb").read(), label) for pair in zip(*by_class) for label, path in enumerate(pair)]
+
+
+def write_split(folder: str, images: List[tuple]) -> str:
+    """A gzipped TFRecord shard of (image, label) examples, as ExampleGen writes; returns its file pattern."""
+    os.makedirs(folder, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(folder, "data.gz"), options="GZIP") as writer:
+        for image, label in images:
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            })).SerializeToString())
+    return os.path.join(folder, "*")
+
+
+@pytest.fixture(scope="module")
+def split(shared_data, tmp_path_factory):
+    images = real_images(shared_data, "train", per_class=4)
+    return write_split(str(tmp_path_factory.mktemp("records")), images), images
+
+
+def pixels_of(dataset: tf.data.Dataset) -> np.ndarray:
+    return np.concatenate([pixels for pixels, _ in dataset.as_numpy_iterator()])
+
+
+def test_validation_is_the_served_preprocessing_in_file_order(split):
+    pattern, images = split
+    dataset = inputs.make_dataset([pattern], IMAGE_SIZE, batch_size=3, training=False)
+    expected = np.stack([decode_image(image, IMAGE_SIZE).numpy() for image, _ in images])
+    np.testing.assert_array_equal(pixels_of(dataset), expected)
+    labels = np.concatenate([label for _, label in dataset.as_numpy_iterator()])
+    assert list(labels) == [label for _, label in images]
+
+
+def test_cache_gives_the_same_batches(split):
+    pattern, _ = split
+    plain = inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=False)
+    cached = inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=False, cache=True)
+    np.testing.assert_array_equal(pixels_of(cached), pixels_of(plain))
+    np.testing.assert_array_equal(pixels_of(cached), pixels_of(cached))  # second pass from the cache
+
+
+def test_training_shuffles_without_changing_images_unless_augmented(split):
+    pattern, images = split
+    reference = np.sort(pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=False)).sum(axis=(1, 2, 3)))
+    shuffled = pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True))
+    np.testing.assert_allclose(np.sort(shuffled.sum(axis=(1, 2, 3))), reference, rtol=1e-6)
+
+    augmented = pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True, augment=True))
+    assert augmented.shape == (len(images), IMAGE_SIZE, IMAGE_SIZE, 1)
+    assert augmented.min() >= 0.0 and augmented.max() <= 255.0
+    assert not np.allclose(np.sort(augmented.sum(axis=(1, 2, 3))), reference, rtol=1e-3)
+
+
+def test_augmentation_is_refused_outside_training(split):
+    with pytest.raises(ValueError, match="training data only"):
+        inputs.make_dataset([split[0]], IMAGE_SIZE, 4, training=False, augment=True)
+
+
+def test_horizontal_flip_only_when_asked():
+    def layer_types(augmentation):
+        return {layer.__class__.__name__ for layer in augmentation.layers}
+
+    assert layer_types(inputs.augmentation(0)) == {
+        "RandomRotation", "RandomTranslation", "RandomZoom", "RandomBrightness", "RandomContrast"}
+    assert "RandomFlip" in layer_types(inputs.augmentation(0, horizontal_flip=True))
+
+
+def test_label_counts(split):
+    assert inputs.label_counts([split[0]]) == (4, 4)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="no TFRecord files match"):
+        inputs.make_dataset([str(tmp_path / "none*")], IMAGE_SIZE, 4, training=False)

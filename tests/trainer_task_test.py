@@ -1,0 +1,178 @@
+"""run_fn per architecture on real images: trains, exports, serves; threshold from validation; warm start."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from tests.signatures_test import serialized_examples
+from tests.trainer_inputs_test import real_images, write_split
+from trainer import models, signatures, task, threshold
+from trainer.preprocessing import decode_batch
+
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data(shared_data, tmp_path_factory):
+    """A handful of real train images, and validation images from other patients (later in file order)."""
+    root = tmp_path_factory.mktemp("records")
+    validation = real_images(shared_data, "train", per_class=6, skip=8)
+    return {"train": write_split(str(root / "train"), real_images(shared_data, "train", per_class=8)),
+            "eval": write_split(str(root / "eval"), validation),
+            "validation_images": validation}
+
+
+def config_for(architecture: str, **changes) -> dict:
+    config = {"architecture": architecture, "model_config": models.REGISTRY[architecture].tiny,
+              "image_size": IMAGE_SIZE, "epochs": 1, "batch_size": 8, "learning_rate": 1e-3,
+              "early_stopping_patience": 2, "threshold_policy": "youden", "loss": "bce", "augment": True,
+              "horizontal_flip": False, "cache": True, "weights": "none", "seed": 7}
+    return {**config, **changes}
+
+
+def run(data, folder, config, base_model=None) -> str:
+    """Runs the Trainer's run_fn as TFX would; returns the serving model folder."""
+    serving_dir = os.path.join(folder, "model", "Format-Serving")
+    task.run_fn(FnArgs(train_files=[data["train"]], eval_files=[data["eval"]], serving_model_dir=serving_dir,
+                       model_run_dir=os.path.join(folder, "model_run"), custom_config=config, base_model=base_model))
+    return serving_dir
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """run_fn's export per architecture (tiny configuration), trained once per module."""
+    exports = {}
+
+    def export_of(architecture: str) -> str:
+        if architecture not in exports:
+            exports[architecture] = run(data, str(tmp_path_factory.mktemp(architecture)), config_for(architecture))
+        return exports[architecture]
+    return export_of
+
+
+def assert_export_contract(serving_dir: str, architecture: str, validation_images) -> None:
+    """Both signatures agree and serve probabilities, the stored threshold is the one the validation split
+    gives, and the Keras weights beside the export rebuild the same model (warm start, Grad-CAM)."""
+    images = [image for image, _ in validation_images]
+    loaded = tf.saved_model.load(serving_dir)
+    by_image = loaded.signatures["predict_images"](images=tf.constant(images))
+    by_example = loaded.signatures["serving_default"](examples=tf.constant(serialized_examples(images)))
+    probability = by_image["probability"].numpy()
+    assert probability.shape == (len(images),)
+    assert np.all((probability >= 0) & (probability <= 1))
+    for key in ("probability", "threshold"):
+        np.testing.assert_allclose(by_image[key].numpy(), by_example[key].numpy(), atol=1e-6)
+    assert list(by_image["label"].numpy()) == list(by_example["label"].numpy())
+
+    metadata = signatures.read_metadata(serving_dir)
+    assert (metadata["architecture"], metadata["image_size"]) == (architecture, IMAGE_SIZE)
+    on_validation = threshold.choose(np.array([label for _, label in validation_images]), probability,
+                                     metadata["policy"])
+    assert metadata["value"] == pytest.approx(on_validation.value, abs=1e-6)
+    np.testing.assert_allclose(by_image["threshold"].numpy(), metadata["value"], atol=1e-7)
+    expected_labels = np.where(probability >= by_image["threshold"].numpy(), b"PNEUMONIA", b"NORMAL")
+    assert list(by_image["label"].numpy()) == list(expected_labels)
+
+    rebuilt = models.build(architecture, IMAGE_SIZE, **metadata["model_config"])
+    rebuilt.load_weights(task.keras_weights_path(serving_dir))
+    pixels = decode_batch(tf.constant(images), IMAGE_SIZE)
+    np.testing.assert_allclose(rebuilt.predict(pixels, verbose=0).reshape(-1), probability, atol=1e-5)
+    feature_map = rebuilt.get_layer(models.REGISTRY[architecture].gradcam_layer).output
+    assert len(feature_map.shape) == 4
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "cnn_transformer", "swin"])
+def test_architecture_trains_exports_and_serves(architecture, trained, data):
+    assert_export_contract(trained(architecture), architecture, data["validation_images"])
+
+
+def test_densenet_trains_head_then_fine_tunes_top_block_from_a_weights_file(data, tmp_path):
+    """Stage one trains only the head; stage two opens conv5 from the given weights: conv4 stays as loaded."""
+    tiny = models.REGISTRY["densenet121"].tiny
+    backbone = models.build("densenet121", IMAGE_SIZE, **tiny).get_layer(models.BACKBONE)
+    weights_file = str(tmp_path / "densenet121.weights.h5")
+    backbone.save_weights(weights_file)
+    config = config_for("densenet121", epochs=2, weights=weights_file, threshold_policy="sensitivity:0.9")
+    serving_dir = run(data, str(tmp_path), config)
+    assert_export_contract(serving_dir, "densenet121", data["validation_images"])
+
+    trained_backbone = models.build("densenet121", IMAGE_SIZE, **tiny)
+    trained_backbone.load_weights(task.keras_weights_path(serving_dir))
+    trained_backbone = trained_backbone.get_layer(models.BACKBONE)
+
+    def kernel(model, name):
+        return model.get_layer(name).get_weights()[0]
+
+    np.testing.assert_array_equal(kernel(trained_backbone, "conv4_block1_2_conv"), kernel(backbone, "conv4_block1_2_conv"))
+    assert not np.array_equal(kernel(trained_backbone, "conv5_block1_2_conv"), kernel(backbone, "conv5_block1_2_conv"))
+    assert signatures.read_metadata(serving_dir)["policy"] == "sensitivity:0.9"
+
+
+def test_stages_fine_tune_only_pretrained_backbones():
+    assert task._stages("cnn", 5, 1e-3) == [(5, 1e-3, None)]
+    assert task._stages("densenet121", 5, 1e-3) == [(3, 1e-3, None), (2, pytest.approx(1e-4), "conv5_block1_0_bn")]
+    assert task._stages("densenet121", 1, 1e-3) == [(1, 1e-3, None)]
+
+
+def test_warm_start_starts_from_the_base_model_weights(trained):
+    base = trained("cnn")
+    config = config_for("cnn")
+    warm = task.build_model(config, base_model=base)
+    fresh = task.build_model(config)
+    saved = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)
+    saved.load_weights(task.keras_weights_path(base))
+    for warm_weight, saved_weight, fresh_weight in zip(warm.get_weights(), saved.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(warm_weight, saved_weight)
+    assert not all(np.array_equal(w, f) for w, f in zip(warm.get_weights(), fresh.get_weights()))
+
+
+def test_warm_start_from_another_architecture_is_refused_before_training(trained, data, tmp_path):
+    with pytest.raises(ValueError, match="warm start refused: .* has architecture 'cnn', this run has 'swin'"):
+        run(data, str(tmp_path), config_for("swin"), base_model=trained("cnn"))
+    assert not os.path.exists(tmp_path / "model")
+
+
+def test_warm_start_with_another_model_config_is_refused(trained):
+    config = config_for("cnn", model_config={"filters": [4, 8, 32], "dense_units": 16})
+    with pytest.raises(ValueError, match="warm start refused: .* has model_config"):
+        task.build_model(config, base_model=trained("cnn"))
+
+
+def test_warm_start_needs_the_keras_weights(trained, tmp_path):
+    base = trained("cnn")
+    copy = tmp_path / "model" / "Format-Serving" / "assets"
+    copy.mkdir(parents=True)
+    (copy / signatures.THRESHOLD_ASSET).write_text(json.dumps(signatures.read_metadata(base)))
+    with pytest.raises(ValueError, match="no Keras weights at"):
+        task.build_model(config_for("cnn"), base_model=str(copy.parent))
+
+
+def test_pretrained_weights_only_for_a_pretrained_backbone():
+    with pytest.raises(ValueError, match="'cnn' has no pretrained backbone"):
+        task.build_model(config_for("cnn", weights="imagenet"))
+    with pytest.raises(ValueError, match="must not set 'weights'"):
+        task.build_model(config_for("densenet121", model_config={"weights": "imagenet"}))
+
+
+def test_bad_threshold_policy_fails_before_training(data, tmp_path):
+    with pytest.raises(ValueError, match="unknown threshold policy 'f1'"):
+        run(data, str(tmp_path), config_for("cnn", threshold_policy="f1"))
+
+
+def test_class_weights_balance_the_classes():
+    loss, weights = task.loss_and_class_weights("bce", 1341, 3875)
+    assert isinstance(loss, keras.losses.BinaryCrossentropy)
+    assert weights[0] * 1341 == pytest.approx(weights[1] * 3875)
+    assert weights[0] * 1341 + weights[1] * 3875 == pytest.approx(1341 + 3875)
+
+
+def test_focal_loss_balances_by_alpha_without_class_weights():
+    loss, weights = task.loss_and_class_weights("focal", 1000, 3000)
+    assert isinstance(loss, keras.losses.BinaryFocalCrossentropy) and weights is None
+    assert loss.get_config()["alpha"] == pytest.approx(0.25) and loss.get_config()["apply_class_balancing"]
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        task.loss_and_class_weights("hinge", 1, 1)
