@@ -10,6 +10,7 @@ import dataclasses
 import importlib.metadata
 import json
 import os
+import posixpath
 from typing import Any, Dict, List
 
 import yaml
@@ -17,14 +18,15 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from kubeflow.parameters import DATA_ROOT_PARAMETER, TRAINER_CONFIG_PARAMETER
+import pipeline as pipeline_package
+from kubeflow.parameters import DATA_ROOT_PARAMETER, IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
-from pipeline.pipeline import pipeline_from_config
+from pipeline.pipeline import SCHEMA_PATH, pipeline_from_config
 
 IMAGE_NAME = "pneumonia-pipeline"
-# Where kubeflow/Dockerfile puts the project inside the image: compiled paths point there.
-IMAGE_PROJECT_DIR = "/opt/pneumonia"
-IMAGE_SCHEMA_PATH = f"{IMAGE_PROJECT_DIR}/pipeline/schema/schema.pbtxt"
+# The curated schema at the same place relative to the project as in this checkout.
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(pipeline_package.__file__)))
+IMAGE_SCHEMA_PATH = posixpath.join(IMAGE_PROJECT_DIR, os.path.relpath(SCHEMA_PATH, PROJECT_DIR).replace(os.sep, "/"))
 # The trainer package is installed in the image, so the Trainer imports it instead of a TFX-built wheel.
 TRAINER_RUN_FN = "trainer.task.run_fn"
 JOB_SUFFIX = ".job.json"
