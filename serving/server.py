@@ -5,6 +5,7 @@ package registries, so development and CI use this one. Clients cannot tell them
 services, same model spec resolution, same status codes.
 """
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, Servi
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # the model contract: `probability` is the PNEUMONIA score
+log = logging.getLogger("serving.server")
 
 
 def model_spec_target(spec: model_pb2.ModelSpec):
@@ -201,8 +203,11 @@ class ModelServer:
 
     def serve_until_signalled(self, grace_seconds: float = 10.0) -> None:
         """Blocks until SIGTERM or SIGINT, then shuts down gracefully."""
+        received = []
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stopping.set())
+            signal.signal(signum, lambda number, _: (received.append(number), stopping.set()))
         stopping.wait()
+        log.info("%s received: finishing in-flight requests, then stopping", signal.Signals(received[0]).name)
         self.stop(grace_seconds)
+        log.info("stopped")

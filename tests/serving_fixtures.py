@@ -73,9 +73,12 @@ def served(model_base):
     server.stop(grace_seconds=1)
 
 
-def stub(server: ModelServer, **channel_options):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=list(channel_options.items()))
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+def stub_at(address: str) -> prediction_service_pb2_grpc.PredictionServiceStub:
+    return prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+
+
+def stub(server: ModelServer) -> prediction_service_pb2_grpc.PredictionServiceStub:
+    return stub_at(f"127.0.0.1:{server.grpc_port}")
 
 
 def image_request(values, signature: str = "predict_images", model: str = MODEL_NAME,
