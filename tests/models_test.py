@@ -1,4 +1,5 @@
 """Architecture registry and model builders."""
+import keras
 import numpy as np
 import pytest
 
@@ -27,3 +28,86 @@ def test_tiny_configuration_predicts_probabilities(name):
 def test_unknown_architecture_names_the_choices():
     with pytest.raises(ValueError, match="unknown architecture 'resnet'.*cnn"):
         models.build("resnet", 64)
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_every_architecture_names_its_last_spatial_feature_map(name):
+    model = models.build(name, 64, **models.REGISTRY[name].tiny)
+    feature_map = model.get_layer(models.REGISTRY[name].gradcam_layer).output
+    assert len(feature_map.shape) == 4 and feature_map.shape[1] == feature_map.shape[2] > 1
+
+
+def test_densenet_loads_a_local_weights_file_into_its_frozen_backbone(tmp_path):
+    reference = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights_file = str(tmp_path / "densenet121.weights.h5")
+    reference.save_weights(weights_file)
+    model = models.build("densenet121", 32, weights=weights_file)
+    backbone = model.get_layer(models.BACKBONE)
+    assert len(backbone.layers) == len(reference.layers) and not backbone.trainable
+    for loaded, saved in zip(backbone.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(loaded, saved)
+    rgb = model.get_layer("to_imagenet")(np.full((1, 2, 2, 1), 255.0, "float32")).numpy()
+    np.testing.assert_allclose(rgb[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("/nowhere/densenet.h5", "weights file not found"),
+    ("densenet.bin", "expected 'imagenet', 'none' or a .h5/.keras"),
+])
+def test_densenet_names_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        models.build("densenet121", 32, weights=weights)
+
+
+def test_densenet_imagenet_weights_need_densenet121_blocks():
+    with pytest.raises(ValueError, match="ImageNet weights exist only for blocks"):
+        models.build("densenet121", 32, weights="imagenet", blocks=(1, 1, 1, 1))
+
+
+def test_unfreeze_top_opens_the_last_dense_block_only():
+    model = models.build("densenet121", 32, **models.REGISTRY["densenet121"].tiny)
+    backbone = model.get_layer(models.BACKBONE)
+    assert not backbone.trainable_weights
+    models.unfreeze_top(model, models.REGISTRY["densenet121"].fine_tune_from)
+    trainable = {layer.name for layer in backbone.layers if layer.trainable and layer.weights}
+    assert trainable and all(name.startswith("conv5_") or name == "bn" for name in trainable)
+    with pytest.raises(ValueError, match="has no layer 'conv9'"):
+        models.unfreeze_top(model, "conv9")
+
+
+def test_cnn_transformer_is_the_seed_hybrid():
+    model = models.build("cnn_transformer", 64)
+    kinds = [layer.__class__.__name__ for layer in model.layers]
+    assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [32, 64, 128]
+    assert kinds.count("MaxPooling2D") == 3
+    tokens = model.get_layer("tokens").output
+    assert tokens.shape[1:] == (6 * 6, 128)  # 64 px: 3x3 valid convolutions and pooling give 62, 31, 29, 14, 12, 6
+    assert kinds.index("PositionEmbedding") < kinds.index("MultiHeadAttention") < kinds.index("GlobalAveragePooling1D")
+    assert kinds.count("LayerNormalization") == 2 and model.layers[-1].activation.__name__ == "sigmoid"
+
+
+def test_swin_t_configuration_has_swin_t_parameters():
+    model = models.build("swin", 224, **models.SWIN_T)
+    # Swin-T has 28,288,354 parameters; without its 1000-class head (769,000), with a 1-channel patch
+    # embedding (3,072 fewer) and a single sigmoid unit (769 more):
+    assert model.count_params() == 28_288_354 - 769_000 - 3_072 + 769
+    blocks = [layer for layer in model.layers if isinstance(layer, models.SwinBlock)]
+    assert [block.window for block in blocks] == [7] * 12
+    assert [block.shift for block in blocks] == [0, 3] * 5 + [0, 0]  # the 7 x 7 last stage is one window
+    assert model.get_layer(models.FEATURE_MAP).output.shape[1:] == (7, 7, 768)
+
+
+def test_shifted_window_mask_separates_regions_the_roll_joined():
+    mask = models._shifted_window_mask(size=4, window=2, shift=1)
+    assert mask.shape == (4, 4, 4)
+    np.testing.assert_array_equal(mask[0], 0)  # the top-left window holds one region only
+    # The bottom-right window gathers four regions: each token attends to itself only.
+    np.testing.assert_array_equal(mask[3] == 0, np.eye(4, dtype=bool))
+
+
+def test_swin_refuses_sizes_it_cannot_tile():
+    with pytest.raises(ValueError, match="multiple of patch_size x 2"):
+        models.build("swin", 100)
+    with pytest.raises(ValueError, match="differ in length"):
+        models.build("swin", 64, depths=(2, 2), num_heads=(2,))

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from trainer import models, signatures
@@ -23,7 +24,7 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
     model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
     chosen = Threshold(0.37, "youden", 0.9, 0.8, 100)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn")
+    signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn", models.REGISTRY["cnn"].tiny)
 
     loaded = tf.saved_model.load(export_dir)
     by_image = loaded.signatures["predict_images"](images=tf.constant(images))
@@ -37,3 +38,11 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
     assert list(by_image["label"].numpy()) == list(expected)
     asset = json.load(open(os.path.join(export_dir, "assets", signatures.THRESHOLD_ASSET)))
     assert asset["value"] == 0.37 and asset["architecture"] == "cnn" and asset["image_size"] == 64
+    assert signatures.read_metadata(export_dir) == asset
+    rebuilt = models.build(asset["architecture"], asset["image_size"], **asset["model_config"])
+    assert rebuilt.count_params() == model.count_params()
+
+
+def test_a_folder_without_the_threshold_asset_is_not_our_model(tmp_path):
+    with pytest.raises(ValueError, match="not a model exported by this trainer"):
+        signatures.read_metadata(str(tmp_path))

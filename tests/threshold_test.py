@@ -34,3 +34,10 @@ def test_single_class_validation_falls_back_and_says_so():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown threshold policy"):
         threshold.choose(np.array([0, 1]), np.array([0.2, 0.8]), "f1")
+
+
+@pytest.mark.parametrize("policy", ["sensitivity:high", "sensitivity:0", "sensitivity:1.5"])
+def test_sensitivity_target_must_be_a_fraction(policy):
+    with pytest.raises(ValueError, match="target sensitivity must be a number in"):
+        threshold.target_sensitivity(policy)
+    assert threshold.target_sensitivity("sensitivity:0.95") == 0.95 and threshold.target_sensitivity("youden") is None
