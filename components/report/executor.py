@@ -1,10 +1,10 @@
 """Builds the evaluation report: figures, per-slice metrics, Grad-CAM panels and a model card, as HTML.
 
-Inputs are plain folders (examples, model and evaluation artifact URIs), so `pneumonia report`
-regenerates a run's report with the same code the pipeline component runs.
+Inputs are plain folders (examples, model and evaluation artifact URIs, local or in a bucket: files go
+through tf.io.gfile), so `pneumonia report` regenerates a run's report with the same code the pipeline
+component runs.
 """
 import dataclasses
-import glob
 import html
 import logging
 import os
@@ -61,7 +61,7 @@ def model_info(model_uri: str) -> dict:
 
 
 def read_split(examples_uri: str, split: str, cap: int) -> SplitSample:
-    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
     if not files:
         raise ReportError(f"no records for split {split!r} under {examples_uri}")
     sample = SplitSample()
@@ -88,7 +88,7 @@ def predict(model_uri: str, serialized: List[bytes], batch_size: int = 32) -> np
 def keras_model(model_uri: str, info: dict) -> Tuple[keras.Model, str]:
     """The trained Keras model (rebuilt from the registry plus its weights) and its Grad-CAM layer."""
     weights = task.keras_weights_path(os.path.join(model_uri, SERVING_DIR))
-    if not os.path.exists(weights):
+    if not tf.io.gfile.exists(weights):
         raise ReportError(f"no Keras weights at {weights}: the Trainer writes them for Grad-CAM")
     architecture = info["architecture"]
     model = models.build(architecture, info["image_size"], **info.get("model_config", {}))
@@ -133,7 +133,7 @@ def sample_images(sample: SplitSample, image_size: int, per_class: int) -> Dict[
 def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluation_uri: str, out_dir: str,
              blessed: Optional[bool] = None, settings: Settings = Settings()) -> str:
     """Writes index.html and its PNGs into out_dir; returns the index path."""
-    os.makedirs(out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(out_dir)
     info = model_info(model_uri)
     threshold, image_size = float(info["value"]), int(info["image_size"])
     splits = ordered_splits(split_names)
@@ -185,7 +185,7 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     page = render(info, blessed, samples, scores, results.slice_metrics(evaluation_uri), figures, gradcam_notes,
                   settings)
     index = os.path.join(out_dir, INDEX)
-    with open(index, "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(index, "w") as f:
         f.write(page)
     return index
 

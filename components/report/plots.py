@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from trainer.signatures import CLASS_NAMES  # noqa: E402
 from trainer.threshold import roc_points  # noqa: E402
@@ -93,8 +94,10 @@ def expected_calibration_error(scores: Scores, bins: int = 10) -> float:
 
 
 def _save(figure, path: str) -> None:
+    """Writes through tf.io.gfile, so a report can live in a bucket (Kubeflow) as well as on disk."""
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=DPI)
     plt.close(figure)
 
 
