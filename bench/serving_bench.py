@@ -1,0 +1,150 @@
+"""Serving overhead: gRPC `Predict` through `pneumonia serve` vs calling the SavedModel in-process (the floor).
+
+Per architecture (untrained weights; speed does not depend on them) it exports a SavedModel, starts
+`pneumonia serve` on it in a child process, and measures, on the same encoded X-ray:
+  - in-process `predict_images` latency with batch 1 (the floor) and throughput with batch 1 and 32;
+  - gRPC p50/p99 latency at concurrency 1, batch 1, as a ratio to the in-process p50;
+  - gRPC throughput (images/s) at concurrency 8 with batch 1 and batch 32, as a ratio to in-process
+    throughput at the same batch size (one caller).
+Measurements run one after the other, so the server and the floor never compete for the cores.
+Usage: .venv/bin/python bench/serving_bench.py [--architectures cnn densenet121] [--image-size 128] [--seconds 5]
+"""
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import portpicker
+import tensorflow as tf
+
+from pneumonia.cli import shared_data_dir
+from serving.client import PredictionClient
+from trainer import models, signatures
+from trainer.threshold import Threshold
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sample_image() -> bytes:
+    """A real chest X-ray when ../shared/data is there (decode cost matters), else a synthetic one."""
+    data = shared_data_dir()
+    if data:
+        return open(sorted(glob.glob(f"{data}/chest_xray/test/PNEUMONIA/*.jpeg"))[0], "rb").read()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(1200, 1500, 1), dtype=np.uint8)
+    return tf.io.encode_jpeg(pixels).numpy()
+
+
+def export(architecture: str, image_size: int, serving_dir: str) -> str:
+    model = models.build(architecture, image_size)
+    version_dir = os.path.join(serving_dir, architecture, "1")
+    signatures.export(model, version_dir, image_size, Threshold(0.5, "youden", 1.0, 1.0, 0),
+                      os.path.join(serving_dir, f".work-{architecture}"), architecture, {})
+    return version_dir
+
+
+def timed_calls(call, seconds: float, minimum: int = 5) -> np.ndarray:
+    """Latencies (s) of repeated calls for about `seconds`, at least `minimum` calls."""
+    latencies, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline or len(latencies) < minimum:
+        started = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - started)
+    return np.array(latencies)
+
+
+def in_process(version_dir: str, image: bytes, seconds: float):
+    """(batch-1 latencies, {batch: images/s}) calling the SavedModel signature directly."""
+    predict = tf.saved_model.load(version_dir).signatures["predict_images"]
+    batches = {size: tf.constant([image] * size) for size in (1, 32)}
+    for batch in batches.values():
+        predict(images=batch)  # warm up
+    latency = timed_calls(lambda: predict(images=batches[1]), seconds)
+    batch32 = timed_calls(lambda: predict(images=batches[32]), seconds, minimum=3)
+    return latency, {1: 1 / np.median(latency), 32: 32 / np.median(batch32)}
+
+
+def grpc_throughput(server: str, model_name: str, image: bytes, batch: int, concurrency: int, seconds: float) -> float:
+    """Images/s with `concurrency` clients each sending `batch` images per request for about `seconds`."""
+    counts = [0] * concurrency
+    stop = threading.Event()
+
+    def client(index: int):
+        with PredictionClient(server, model_name) as connection:
+            images = [image] * batch
+            connection.predict(images)  # connect and warm up outside the timed window
+            barrier.wait()
+            while not stop.is_set():
+                connection.predict(images)
+                counts[index] += batch
+
+    barrier = threading.Barrier(concurrency + 1)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.monotonic()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+def start_server(serving_dir: str, model_name: str):
+    port = portpicker.pick_unused_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pneumonia.cli", "serve", "--serving-dir", serving_dir, "--model-name", model_name,
+         "--grpc-port", str(port), "--rest-port", "0"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, f"127.0.0.1:{port}"
+
+
+def bench(architecture: str, image_size: int, image: bytes, seconds: float, serving_dir: str) -> dict:
+    version_dir = export(architecture, image_size, serving_dir)
+    floor_latency, floor_throughput = in_process(version_dir, image, seconds)
+    process, server = start_server(serving_dir, architecture)
+    try:
+        with PredictionClient(server, architecture, retries=8) as client:
+            client.predict([image])  # waits for the server (retries UNAVAILABLE), warms the channel
+            latency = timed_calls(lambda: client.predict([image]), seconds)
+        throughput = {batch: grpc_throughput(server, architecture, image, batch, 8, seconds) for batch in (1, 32)}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    floor = np.median(floor_latency)
+    return {
+        "floor_ms": floor * 1000, "p50_ms": np.median(latency) * 1000, "p99_ms": np.percentile(latency, 99) * 1000,
+        "p50_ratio": np.median(latency) / floor,
+        **{f"c8_b{b}": throughput[b] for b in (1, 32)},
+        **{f"c8_b{b}_ratio": throughput[b] / floor_throughput[b] for b in (1, 32)},
+        **{f"floor_b{b}": floor_throughput[b] for b in (1, 32)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architectures", nargs="+", default=["cnn", "densenet121"])
+    parser.add_argument("--image-size", type=int, default=128, help="model input size (default 128, the pipeline's)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement (default 5)")
+    args = parser.parse_args()
+    image = sample_image()
+    print(f"{os.cpu_count()} CPU cores, image {len(image)} bytes, model input {args.image_size} px, "
+          f"{args.seconds:g} s per measurement")
+    header = (f"{'architecture':<13}{'floor ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50/floor':>10}"
+              f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}")
+    print(header)
+    with tempfile.TemporaryDirectory() as serving_dir:
+        for architecture in args.architectures:
+            r = bench(architecture, args.image_size, image, args.seconds, serving_dir)
+            print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['p50_ratio']:>10.2f}"
+                  f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
+                  f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
