@@ -61,12 +61,14 @@ class Locations:
         return cls(**values)
 
 
-def trainer_resources(config: RunConfig) -> pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec:
+ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+
+
+def trainer_resources(config: RunConfig) -> ResourceSpec:
     """The Trainer pod's CPU, memory (GB) and GPUs: requests equal limits, so the pod is not throttled."""
-    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
     if min(config.trainer_cpu, config.trainer_memory_gb, config.trainer_gpus) < 0:
         raise ValueError("trainer_cpu, trainer_memory_gb and trainer_gpus must not be negative")
-    resources = spec(cpu_limit=config.trainer_cpu, cpu_request=config.trainer_cpu,
+    resources = ResourceSpec(cpu_limit=config.trainer_cpu, cpu_request=config.trainer_cpu,
                      memory_limit=config.trainer_memory_gb, memory_request=config.trainer_memory_gb)
     if config.trainer_gpus:
         resources.accelerator.type = config.trainer_gpu_type

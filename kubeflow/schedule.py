@@ -58,7 +58,8 @@ def _cron_item_problem(item: str, name: str, low: int, high: int) -> Optional[st
     if match["step"] is not None and int(match["step"]) == 0:
         return "a step must be at least 1"
     if match["range"] == "?":
-        return None if name in ("day-of-month", "day-of-week") else "'?' is only allowed for day-of-month or day-of-week"
+        allowed = name in ("day-of-month", "day-of-week")
+        return None if allowed else "'?' is only allowed for day-of-month or day-of-week"
     if match["range"] == "*":
         return None
     names = CRON_NAMES.get(name, {})

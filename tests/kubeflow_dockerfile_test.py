@@ -16,7 +16,8 @@ def read(*path: str) -> str:
 
 def instructions(dockerfile: str):
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")))
+    lines = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
     return [tuple(line.strip().split(None, 1)) for line in joined.splitlines() if line.strip()]
 
 

@@ -65,7 +65,8 @@ class FakeKfp(http.server.ThreadingHTTPServer):
             return 200, {"pipeline_id": pipeline_id, "display_name": self.pipelines[pipeline_id]["display_name"]}
         if method == "POST" and path == f"{API}/pipelines/upload_version":
             self.uploads.append((one, uploaded_file(body, content_type)))
-            version = {"pipeline_id": one["pipelineid"], "pipeline_version_id": next(self.ids), "display_name": one["name"]}
+            version = {"pipeline_id": one["pipelineid"], "pipeline_version_id": next(self.ids),
+                       "display_name": one["name"]}
             self.pipelines[one["pipelineid"]]["versions"].append(version)
             return 200, version
         if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
