@@ -69,7 +69,7 @@ def trainer_resources(config: RunConfig) -> ResourceSpec:
     if min(config.trainer_cpu, config.trainer_memory_gb, config.trainer_gpus) < 0:
         raise ValueError("trainer_cpu, trainer_memory_gb and trainer_gpus must not be negative")
     resources = ResourceSpec(cpu_limit=config.trainer_cpu, cpu_request=config.trainer_cpu,
-                     memory_limit=config.trainer_memory_gb, memory_request=config.trainer_memory_gb)
+                             memory_limit=config.trainer_memory_gb, memory_request=config.trainer_memory_gb)
     if config.trainer_gpus:
         resources.accelerator.type = config.trainer_gpu_type
         resources.accelerator.count = config.trainer_gpus
@@ -77,6 +77,7 @@ def trainer_resources(config: RunConfig) -> ResourceSpec:
 
 
 def runtime_parameter_defaults(config: RunConfig, locations: Locations) -> Dict[str, str]:
+    """What a run gets when the scheduler passes no value: the compile-time settings."""
     return {DATA_ROOT_PARAMETER: locations.data,
             TRAINER_CONFIG_PARAMETER: json.dumps(config.trainer_config(), sort_keys=True)}
 

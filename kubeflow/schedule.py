@@ -136,6 +136,8 @@ def _typed_like(key: str, text: str, default: Any) -> Any:
 
 @dataclasses.dataclass
 class ScheduleRequest:
+    """One `pneumonia schedule` invocation, as given."""
+
     host: str
     package: str
     cron: str
@@ -157,6 +159,7 @@ class Plan:
     """What a schedule sends, all checked before the first request."""
 
     request: ScheduleRequest
+    cron: str
     pipeline_name: str
     version_name: str
     parameters: Dict[str, Any]
@@ -165,12 +168,12 @@ class Plan:
 
 def make_plan(request: ScheduleRequest) -> Plan:
     """Checks everything checkable without the server; raises ScheduleError on the first problem."""
-    validate_cron(request.cron)
+    cron = validate_cron(request.cron)
     if request.max_concurrency < 1:
         raise ScheduleError(f"--max-concurrency {request.max_concurrency}: must be at least 1")
     spec = read_package(request.package)
     pipeline_name = request.pipeline_name or spec["pipelineInfo"]["name"]
-    return Plan(request, pipeline_name, f"{pipeline_name}-{request.package_digest()[:12]}",
+    return Plan(request, cron, pipeline_name, f"{pipeline_name}-{request.package_digest()[:12]}",
                 pipeline_parameters(spec, request.assignments), spec.get("defaultPipelineRoot"))
 
 
@@ -193,7 +196,7 @@ def recurring_run_body(plan: Plan, experiment_id: str, pipeline_id: str, version
                                                            parameters=plan.parameters),
         display_name=request.job_name,
         no_catchup=True,
-        trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(cron=request.cron)),
+        trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(cron=plan.cron)),
         max_concurrency=request.max_concurrency,
     )
     return kfp_server_api.ApiClient().sanitize_for_serialization(body)
@@ -300,9 +303,9 @@ def schedule(request: ScheduleRequest, dry_run: bool = False, out: Callable[[str
     experiment = find_experiment(client, plan)  # first: an unknown experiment uploads nothing
     pipeline_id, version_id = upload(client, plan)
     run = _call(request.host, lambda: client.create_recurring_run(
-        experiment_id=experiment, job_name=request.job_name, cron_expression=request.cron,
+        experiment_id=experiment, job_name=request.job_name, cron_expression=plan.cron,
         max_concurrency=request.max_concurrency, no_catchup=True, params=plan.parameters,
         pipeline_id=pipeline_id, version_id=version_id, pipeline_root=plan.pipeline_root, enabled=True))
-    out(f"recurring run {run.recurring_run_id} ({request.job_name!r}, cron {request.cron!r}) of pipeline "
+    out(f"recurring run {run.recurring_run_id} ({request.job_name!r}, cron {plan.cron!r}) of pipeline "
         f"{plan.pipeline_name!r} version {version_id} in experiment {request.experiment!r}")
     return plan
