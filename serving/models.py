@@ -152,7 +152,8 @@ class ServedModel:
         with self._swap:
             wanted = model_config.wanted_versions(self.config, model_config.versions_on_disk(self.config.base_path))
             for version in wanted:
-                if version not in self._loaded and version not in self._status:
+                failed = version in self._status and self._status[version].error
+                if version not in self._loaded and not failed:  # an unloaded version may be wanted again
                     self._load(version)
             keep = {v for v in wanted if v in self._loaded} or set(sorted(self._loaded)[-1:])
             for version in sorted(set(self._loaded) - keep):

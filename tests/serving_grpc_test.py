@@ -1,5 +1,6 @@
 """gRPC contract, with the official TF Serving stubs: every RPC, version resolution, every error code."""
 import os
+import shutil
 import time
 
 import grpc
@@ -222,3 +223,9 @@ def test_new_version_is_swapped_in_and_a_broken_one_is_reported_not_served(serve
     assert "failed to load" in error and os.path.join(model_base, "3") in error
     assert status_of(served)[2] == (State.AVAILABLE, "")
     assert stub(served).Predict(image_request([png()]), timeout=10).model_spec.version.value == 2
+
+    for version in (3, 2):  # a rollback: the newest versions disappear, version 1 is served again
+        shutil.rmtree(os.path.join(model_base, str(version)))
+    wait_for(lambda: status_of(served)[2][0] == State.END)
+    assert status_of(served)[1] == (State.AVAILABLE, "")
+    assert stub(served).Predict(image_request([png()]), timeout=10).model_spec.version.value == 1
