@@ -1,21 +1,34 @@
 """TFMA configuration: clinical metrics per split and dataset, and the blessing rule.
 
 TFX's Evaluator pools every example split into one set, so each split is its own slice (the `split`
-feature), and the blessing thresholds apply to the validation slice only: test and external splits
-are reported, never used to decide.
+feature) and every other slice is also crossed with `split`. The blessing thresholds apply to the
+validation slice only: test and external splits are reported, never used to decide.
 """
+import json
+from typing import Dict, Optional
+
 import tensorflow_model_analysis as tfma
 
-# (TFMA class name, the metric key TFMA emits for it): the key is what results are read back by.
+# (TFMA class name, the metric key TFMA emits for it, extra config): results are read back by key, and a
+# test checks each key against what TFMA emits, so a threshold can never name a metric that isn't there.
 METRICS = (
-    ("ExampleCount", "example_count"),
-    ("AUC", "auc"),
-    ("BinaryAccuracy", "binary_accuracy"),
-    ("Recall", "recall"),  # sensitivity
-    ("Specificity", "specificity"),
-    ("Precision", "precision"),
+    ("ExampleCount", "example_count", None),
+    ("AUC", "auc", None),
+    ("AUCPrecisionRecall", "auc_precision_recall", None),
+    ("BinaryAccuracy", "binary_accuracy", None),
+    ("Recall", "recall", None),  # sensitivity
+    ("Specificity", "specificity", None),
+    ("Precision", "precision", None),
+    ("F1Score", "f1_score", None),
+    ("MeanSquaredError", "brier_score", {"name": "brier_score"}),  # Brier score on probabilities
+    ("Calibration", "calibration", None),  # mean prediction / mean label
+    ("ConfusionMatrixAtThresholds", "confusion_matrix_at_thresholds", {"thresholds": [0.5]}),
 )
-SLICE_FEATURES = (("split",), ("dataset",), ("dataset", "split"))
+# Every figure is per split; the uncrossed slices exist for the pooled view TFX gives, and say so.
+SLICE_FEATURES = (
+    ("split",), ("split", "dataset"), ("split", "label"), ("split", "pathogen"), ("split", "dataset", "label"),
+    ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
+)
 
 
 def blessing_threshold(min_auc: float, max_auc_drop: float, blessing_split: str) -> tfma.PerSliceMetricThreshold:
@@ -30,10 +43,17 @@ def blessing_threshold(min_auc: float, max_auc_drop: float, blessing_split: str)
     )
 
 
+def _metric_config(class_name: str, extra: Optional[Dict]) -> tfma.MetricConfig:
+    config = tfma.MetricConfig(class_name=class_name)
+    if extra:
+        config.config = json.dumps(extra)[1:-1]  # TFMA takes the JSON object's members
+    return config
+
+
 def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str) -> tfma.EvalConfig:
     metrics = []
-    for class_name, _ in METRICS:
-        config = tfma.MetricConfig(class_name=class_name)
+    for class_name, _, extra in METRICS:
+        config = _metric_config(class_name, extra)
         if class_name == "AUC":
             config.per_slice_thresholds.append(blessing_threshold(min_auc, max_auc_drop, blessing_split))
         metrics.append(config)

@@ -71,7 +71,7 @@ def slice_name(slice_key) -> str:
 
 def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
     """{slice name: {metric key: value}} for the candidate model (baseline and diffs left out)."""
-    wanted = {key for _, key in METRICS}
+    wanted = {key for _, key, _ in METRICS}
     table: Dict[str, Dict[str, float]] = {}
     for metrics in tfma.load_metrics(evaluation_uri):
         row = table.setdefault(slice_name(metrics.slice_key), {})

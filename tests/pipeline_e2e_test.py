@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 
 from components.validation_gate.executor import DataAnomaliesError
@@ -88,19 +89,24 @@ def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, c
     assert versions(os.path.join(root, "serving")) == before
     printed = capsys.readouterr().out
     assert "already the latest served version" in printed
+    compared = [m for m in tfma.load_metrics(results.latest_run_outputs(metadata, "pneumonia").evaluation)
+                if any(item.key.is_diff for item in m.metric_keys_and_values)]
+    assert compared  # the Evaluator compared the cached model with the latest blessed one (the baseline)
     assert "dataset=external, split=external" in printed and "dataset=kermany, split=test" in printed
 
 
-def test_model_below_the_auc_bound_is_not_pushed(first_run):
+def test_an_untrained_model_is_not_blessed_on_a_first_run(first_run, tmp_path):
+    """Zero training epochs, a fresh root (no baseline): the validation AUC bound alone rejects it."""
     root, config_path = first_run
-    before = versions(os.path.join(root, "serving"))
-    config = RunConfig.load(config_path, root=root, epochs=1, min_auc=1.01)
+    config = RunConfig.load(config_path, root=str(tmp_path / "root"), data=os.path.join(root, "data"),
+                            epochs=0, min_auc=0.8)
     config.splits = ["train", "eval", "test", "external"]
     run_pipeline(config)
     outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
     assert outputs.blessed is False and outputs.pushed is False
-    assert any("auc" in failure for failure in results.validation_failures(outputs.evaluation))
-    assert versions(os.path.join(root, "serving")) == before
+    failures = results.validation_failures(outputs.evaluation)
+    assert failures and all(f.startswith("split=eval: auc = ") and "lower_bound" in f for f in failures)
+    assert not os.path.exists(config.serving_dir)
 
 
 def test_data_anomalies_and_skew_stop_the_run_before_training(first_run, tmp_path):
