@@ -6,8 +6,10 @@ Per architecture (untrained weights; speed does not depend on them) it exports a
   - gRPC p50/p99 latency at concurrency 1, batch 1, as a ratio to the in-process p50;
   - gRPC throughput (images/s) at concurrency 8 with batch 1 and batch 32, as a ratio to in-process
     throughput at the same batch size (one caller).
-Measurements run one after the other, so the server and the floor never compete for the cores.
-Usage: .venv/bin/python bench/serving_bench.py [--architectures cnn densenet121] [--image-size 128] [--seconds 5]
+Measurements run one after the other, so the server and the floor never compete for the cores; each
+ratio pairs a floor and a gRPC measurement taken back to back, and the medians over rounds are printed.
+Usage: .venv/bin/python bench/serving_bench.py [--architectures cnn densenet121] [--image-size 128]
+       [--seconds 3] [--rounds 3]
 """
 import argparse
 import glob
@@ -57,15 +59,9 @@ def timed_calls(call, seconds: float, minimum: int = 5) -> np.ndarray:
     return np.array(latencies)
 
 
-def in_process(version_dir: str, image: bytes, seconds: float):
-    """(batch-1 latencies, {batch: images/s}) calling the SavedModel signature directly."""
-    predict = tf.saved_model.load(version_dir).signatures["predict_images"]
-    batches = {size: tf.constant([image] * size) for size in (1, 32)}
-    for batch in batches.values():
-        predict(images=batch)  # warm up
-    latency = timed_calls(lambda: predict(images=batches[1]), seconds)
-    batch32 = timed_calls(lambda: predict(images=batches[32]), seconds, minimum=3)
-    return latency, {1: 1 / np.median(latency), 32: 32 / np.median(batch32)}
+def throughput(call, batch: int, seconds: float) -> float:
+    """Images/s of one caller repeating a batch call."""
+    return batch / np.median(timed_calls(call, seconds, minimum=3))
 
 
 def grpc_throughput(server: str, model_name: str, image: bytes, batch: int, concurrency: int, seconds: float) -> float:
@@ -104,44 +100,56 @@ def start_server(serving_dir: str, model_name: str):
     return process, f"127.0.0.1:{port}"
 
 
-def bench(architecture: str, image_size: int, image: bytes, seconds: float, serving_dir: str) -> dict:
+def bench(architecture: str, image_size: int, image: bytes, seconds: float, rounds: int, serving_dir: str) -> dict:
+    """Medians over `rounds` of (floor, gRPC) pairs measured back to back, so load from other processes
+    on the machine hits both sides of each ratio alike."""
     version_dir = export(architecture, image_size, serving_dir)
-    floor_latency, floor_throughput = in_process(version_dir, image, seconds)
+    predict = tf.saved_model.load(version_dir).signatures["predict_images"]
+    batches = {size: tf.constant([image] * size) for size in (1, 32)}
+    for batch in batches.values():
+        predict(images=batch)  # warm up
     process, server = start_server(serving_dir, architecture)
+    figures = []
     try:
         with PredictionClient(server, architecture, retries=8) as client:
             client.predict([image])  # waits for the server (retries UNAVAILABLE), warms the channel
-            latency = timed_calls(lambda: client.predict([image]), seconds)
-        throughput = {batch: grpc_throughput(server, architecture, image, batch, 8, seconds) for batch in (1, 32)}
+            for _ in range(rounds):
+                floor = np.median(timed_calls(lambda: predict(images=batches[1]), seconds))
+                latency = timed_calls(lambda: client.predict([image]), seconds)
+                round_figures = {"floor_ms": floor * 1000, "p50_ms": np.median(latency) * 1000,
+                                 "p99_ms": np.percentile(latency, 99) * 1000, "p50_ratio": np.median(latency) / floor}
+                for size in (1, 32):
+                    floor_rate = throughput(lambda: predict(images=batches[size]), size, seconds)
+                    rate = grpc_throughput(server, architecture, image, size, 8, seconds)
+                    round_figures.update({f"floor_b{size}": floor_rate, f"c8_b{size}": rate,
+                                          f"c8_b{size}_ratio": rate / floor_rate})
+                figures.append(round_figures)
     finally:
         process.terminate()
         process.wait(timeout=60)
-    floor = np.median(floor_latency)
-    return {
-        "floor_ms": floor * 1000, "p50_ms": np.median(latency) * 1000, "p99_ms": np.percentile(latency, 99) * 1000,
-        "p50_ratio": np.median(latency) / floor,
-        **{f"c8_b{b}": throughput[b] for b in (1, 32)},
-        **{f"c8_b{b}_ratio": throughput[b] / floor_throughput[b] for b in (1, 32)},
-        **{f"floor_b{b}": floor_throughput[b] for b in (1, 32)},
-    }
+    return {key: float(np.median([f[key] for f in figures])) for key in figures[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architectures", nargs="+", default=["cnn", "densenet121"])
     parser.add_argument("--image-size", type=int, default=128, help="model input size (default 128, the pipeline's)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement (default 5)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="floor/gRPC pairs per figure; medians are printed (default 3)")
     args = parser.parse_args()
     image = sample_image()
     print(f"{os.cpu_count()} CPU cores, image {len(image)} bytes, model input {args.image_size} px, "
-          f"{args.seconds:g} s per measurement")
+          f"{args.seconds:g} s per measurement, medians of {args.rounds} rounds")
     header = (f"{'architecture':<13}{'floor ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50/floor':>10}"
-              f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}")
+              f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}"
+              f"{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}")
     print(header)
     with tempfile.TemporaryDirectory() as serving_dir:
         for architecture in args.architectures:
-            r = bench(architecture, args.image_size, image, args.seconds, serving_dir)
-            print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['p50_ratio']:>10.2f}"
+            r = bench(architecture, args.image_size, image, args.seconds, args.rounds, serving_dir)
+            print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+                  f"{r['p50_ratio']:>10.2f}"
                   f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
                   f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)
 

@@ -108,7 +108,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 turns REST off)")
     serve.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest",
                        help="which versions to serve (default latest)")
-    serve.add_argument("--num-versions", type=int, default=1, help="versions kept by --version-policy latest (default 1)")
+    serve.add_argument("--num-versions", type=int, default=1,
+                       help="versions kept by --version-policy latest (default 1)")
     serve.add_argument("--versions", type=int, nargs="+", metavar="N", help="versions for --version-policy specific")
     serve.add_argument("--label", action="append", metavar="NAME=VERSION",
                        help="version label, repeatable (e.g. --label stable=3 --label canary=4)")
@@ -126,7 +127,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
                     "class at the model's threshold, the probability, the threshold and the model version.")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
-    predict.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
+    predict.add_argument("--server", default="127.0.0.1:8500",
+                         help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
     predict.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
     predict.add_argument("--version", type=int, help="model version (default: the latest served)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")

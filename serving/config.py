@@ -13,8 +13,8 @@ from tensorflow_serving.config import model_server_config_pb2
 POLICIES = ("latest", "all", "specific")
 
 
-def model_config(name: str, base_path: str, policy: str = "latest", versions: Sequence[int] = (),
-                 num_latest: int = 1, labels: Optional[Dict[str, int]] = None) -> model_server_config_pb2.ModelServerConfig:
+def model_config(name: str, base_path: str, policy: str = "latest", versions: Sequence[int] = (), num_latest: int = 1,
+                 labels: Optional[Dict[str, int]] = None) -> model_server_config_pb2.ModelServerConfig:
     """A one-model config: `latest` keeps the newest `num_latest` versions, `all` every version,
     `specific` exactly `versions`; `labels` maps e.g. stable/canary to versions."""
     config = model_server_config_pb2.ModelServerConfig()

@@ -169,7 +169,8 @@ class ServedModel:
             loaded = LoadedVersion(self.name, version, path)
             loaded.warm_up()
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
-            message = tf_error_line(error) if isinstance(error, tf.errors.OpError) else str(error).splitlines()[0]
+            message = (tf_error_line(error) if isinstance(error, tf.errors.OpError)
+                       else (str(error) or type(error).__name__).splitlines()[0])
             self._status[version] = VersionStatus(State.END, f"failed to load {path}: {message}")
             log.error("model %s version %d failed to load: %s", self.name, version, message)
             return

@@ -19,7 +19,8 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request, not_found
+from serving.models import (DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request,
+                            not_found)
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
@@ -67,7 +68,8 @@ def _array(key: str, value: Any, dtype: tf.DType) -> np.ndarray:
     return array
 
 
-def predict_inputs(body: Dict[str, Any], loaded: LoadedVersion, signature_name: str) -> Tuple[Dict[str, np.ndarray], bool]:
+def predict_inputs(body: Dict[str, Any], loaded: LoadedVersion,
+                   signature_name: str) -> Tuple[Dict[str, np.ndarray], bool]:
     """The request's tensors by input name, and whether it used the row (`instances`) format."""
     definition = loaded.signature(signature_name)
     keys = sorted(definition.inputs)

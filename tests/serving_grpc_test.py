@@ -13,8 +13,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import config
 from serving.models import State
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, place_version, png,  # noqa: F401
-                                    served, start_server, stub)
+from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base,  # noqa: F401
+                                    place_version, png, served, start_server, stub)
 
 
 def example(image: bytes) -> tf.train.Example:
@@ -134,8 +134,9 @@ def malformed_requests():
     wrong_shape = image_request([png()])
     wrong_shape.inputs["images"].CopyFrom(tf.make_tensor_proto([[png()]], dtype=tf.string))
     truncated_content = image_request([png()])
-    truncated_content.inputs["images"].CopyFrom(tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT, tensor_content=b"1234567", tensor_shape=truncated_content.inputs["images"].tensor_shape))
+    truncated_content.inputs["images"].CopyFrom(tensor_pb2.TensorProto(  # 7 bytes cannot hold float32 values
+        dtype=types_pb2.DT_FLOAT, tensor_content=b"1234567",
+        tensor_shape=truncated_content.inputs["images"].tensor_shape))
     negative_dim = image_request([png()])
     negative_dim.inputs["images"].tensor_shape.dim[0].size = -4
     no_dtype = image_request([png()])

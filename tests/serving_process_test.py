@@ -40,6 +40,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(model_base):
     process, server, lines = start(model_base)
     try:
         service = stub_at(server)
+        service.Predict(image_request([png()]), timeout=30)  # connected, so the big request starts at once
         blank = tf.io.encode_png(np.zeros((1024, 1024, 1), np.uint8)).numpy()  # slow to decode, small to send
         answer = {}
         caller = threading.Thread(target=lambda: answer.update(
@@ -72,7 +73,8 @@ def test_tfserving_backend_without_the_binary_says_what_to_do(model_base):
 
 
 @pytest.mark.skipif(shutil.which(TF_SERVING_BINARY) is None,
-                    reason=f"{TF_SERVING_BINARY} is not on PATH (not pip-installable; use the tensorflow/serving image)")
+                    reason=f"{TF_SERVING_BINARY} is not on PATH (not pip-installable; "
+                           "use the tensorflow/serving image)")
 def test_client_contract_against_the_official_server(model_base):
     process, server, _ = start(model_base, "--backend", "tfserving", ready="Running gRPC ModelServer")
     try:
