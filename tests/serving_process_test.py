@@ -58,7 +58,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(model_base):
     requests = [json.loads(line.split("serving.requests ", 1)[1]) for line in lines if "serving.requests " in line]
     assert requests[-1] == {**requests[-1], "protocol": "grpc", "method": "Predict", "model": MODEL_NAME,
                             "version": 1, "status": "OK"} and requests[-1]["latency_ms"] > 0
-    assert output.index("SIGTERM received") < output.index('"method": "Predict"'), "the request ended before SIGTERM"
+    assert output.index("SIGTERM received") < output.rindex('"method": "Predict"'), "the request ended before SIGTERM"
     assert output.rstrip().endswith("stopped")
 
 
