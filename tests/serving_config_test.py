@@ -1,4 +1,5 @@
 """Model server config: TF Serving's version policies, version discovery, config files, k8s manifests."""
+import argparse
 import os
 
 import pytest
@@ -6,7 +7,7 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config
+from serving import cli, config
 
 K8S = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "k8s")
 
@@ -90,3 +91,15 @@ def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config():
     text_format.Parse(files["models.config"], models)
     assert only_model(models).model_version_policy.WhichOneof("policy_choice") is not None
     assert "num_batch_threads" in files["batching.config"] and "batch_timeout_micros" in files["batching.config"]
+
+
+def test_tfserving_backend_gets_the_same_settings(tmp_path):
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--serving-dir", str(tmp_path), "--grpc-port", "9500", "--rest-port", "9501",
+                              "--max-message-bytes", "1024", "--poll-seconds", "3", "--backend", "tfserving"])
+    config_path = config.write(cli.server_config(args), str(tmp_path / "models.config"))
+    assert cli.tfserving_command(args, config_path) == [
+        "tensorflow_model_server", "--port=9500", "--rest_api_port=9501", f"--model_config_file={config_path}",
+        "--file_system_poll_wait_seconds=3", "--grpc_channel_arguments=grpc.max_receive_message_length=1024"]
+    assert only_model(config.read(config_path)).base_path == str(tmp_path / "pneumonia")
