@@ -35,8 +35,9 @@ MIN_USABLE_VAL = 100
 REPORT_NAME = "prepare_report.json"
 RECORDS_PER_SHARD = 1000
 FORMAT_VERSION = 2
-# Locally: the DirectRunner with one thread per core (decoding releases the GIL).
-DEFAULT_BEAM_ARGS = ["--direct_num_workers=0", "--direct_running_mode=multi_threading"]
+# Locally: the DirectRunner in one process. Its multi_threading mode corrupted bundles on the full data
+# here (Beam 2.74: "Invalid PaneInfoEncoding"), and multi_processing pays a TensorFlow import per worker.
+DEFAULT_BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
 
 class PrepareError(Exception):
