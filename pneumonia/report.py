@@ -19,7 +19,7 @@ EVALUATOR_NODE = "Evaluator"
 FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"), ("accuracy", "binary_accuracy"),
                    ("precision", "precision"), ("sensitivity", "recall"), ("specificity", "specificity"),
-                   ("F1", "f1"))
+                   ("F1", "f1_score"))
 
 
 class ReportLookupError(Exception):
@@ -131,23 +131,17 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
     return [latest[name] for name in sorted(latest)]
 
 
-def _with_f1(row: Dict[str, float]) -> Dict[str, float]:
-    precision, recall = row.get("precision"), row.get("recall")
-    if precision is None or recall is None or precision + recall == 0:
-        return row
-    return {**row, "f1": 2 * precision * recall / (precision + recall)}
-
-
 def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture and split slice (each split is its own TFMA slice)."""
+    from components.report.executor import is_split_slice
     from pneumonia import results
 
     header = ["architecture", "size", "blessed", "slice"] + [title for title, _ in COMPARE_COLUMNS]
     rows = [header]
     for item in evaluated:
         table = results.slice_metrics(item.evaluation)
-        for name in sorted(n for n in table if n.startswith("dataset=") and "split=" in n):
-            row = _with_f1(table[name])
+        for name in sorted(filter(is_split_slice, table)):
+            row = table[name]
             cells = [("-" if row.get(key) is None else f"{row[key]:.0f}" if key == "example_count"
                       else f"{row[key]:.3f}") for _, key in COMPARE_COLUMNS]
             rows.append([item.architecture, str(item.image_size), str(item.blessed), name] + cells)

@@ -92,12 +92,13 @@ def evaluation_folder(root: str, name: str, per_slice: dict) -> str:
 
 def split_metrics(auc: float) -> dict:
     return {"example_count": 100, "auc": auc, "binary_accuracy": 0.8, "precision": 0.75, "recall": 0.6,
-            "specificity": 0.9}
+            "specificity": 0.9, "f1_score": 0.667}
 
 
 @pytest.fixture
 def runs(tmp_path):
-    """cnn evaluated twice (the second is the latest), densenet121 once, a failed cnn evaluation last."""
+    """cnn evaluated twice (the second is the latest), densenet121 once, a failed cnn evaluation last; each
+    evaluation has whole-split slices plus a label crossing and a split-only slice that the table leaves out."""
     root = str(tmp_path)
     metadata = Metadata(os.path.join(root, "metadata.sqlite"))
     plan = [("run-1", "cnn", 0.70, metadata_store_pb2.Execution.COMPLETE),
@@ -108,7 +109,7 @@ def runs(tmp_path):
         model = metadata.artifact("Model", model_folder(root, f"model-{run}", architecture))
         evaluation = metadata.artifact("ModelEvaluation", evaluation_folder(root, f"evaluation-{run}", {
             "dataset=kermany, split=test": split_metrics(auc), "dataset=external, split=external": split_metrics(0.6),
-            "split=test": split_metrics(auc)}))
+            "dataset=kermany, label=0, split=test": split_metrics(0.0), "split=test": split_metrics(auc)}))
         metadata.execution("pneumonia", run, "Evaluator", {"model": model},
                            {"evaluation": evaluation, "blessing": metadata.artifact("ModelBlessing", "", blessed=True)},
                            state)
@@ -125,7 +126,7 @@ def test_table_lists_the_latest_finished_evaluation_of_each_architecture(runs):
     assert by_key[("cnn", "dataset=kermany, split=test")]["AUC"] == "0.900"  # not the failed or the older run
     assert by_key[("densenet121", "dataset=kermany, split=test")]["AUC"] == "0.850"
     cnn = by_key[("cnn", "dataset=kermany, split=test")]
-    assert cnn["F1"] == f"{2 * 0.75 * 0.6 / 1.35:.3f}" and cnn["examples"] == "100" and cnn["blessed"] == "True"
+    assert cnn["F1"] == "0.667" and cnn["examples"] == "100" and cnn["blessed"] == "True"
 
 
 def test_cli_prints_plain_and_markdown_tables(runs, capsys):

@@ -190,9 +190,17 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     return index
 
 
-METRIC_TITLES = {"example_count": "examples", "auc": "AUC", "binary_accuracy": "accuracy", "precision": "precision",
-                 "recall": "sensitivity (recall)", "specificity": "specificity"}
+# TFMA's scalar metric keys (pipeline/evaluation.py), in table order, with the clinical names.
+METRIC_TITLES = {"example_count": "examples", "auc": "AUC", "auc_precision_recall": "AUC-PR",
+                 "binary_accuracy": "accuracy", "precision": "precision", "recall": "sensitivity (recall)",
+                 "specificity": "specificity", "f1_score": "F1", "brier_score": "Brier",
+                 "calibration": "mean prediction / mean label"}
 POOLED = "all evaluated splits pooled"
+
+
+def is_split_slice(name: str) -> bool:
+    """`dataset=..., split=...`: one whole split (each split is one dataset), not a crossing with label."""
+    return sorted(part.split("=", 1)[0] for part in name.split(", ")) == ["dataset", "split"]
 
 
 def _cell(value: Optional[float], key: str = "") -> str:
@@ -209,21 +217,11 @@ def _table(header: List[str], rows: List[str]) -> str:
 def slice_table(table: Dict[str, Dict[str, float]]) -> str:
     """TFMA's numbers per slice; the unsliced row is the pool of every evaluated split and says so."""
     keys = [key for key in METRIC_TITLES if any(key in row for row in table.values())]
-    keys += sorted({key for row in table.values() for key in row} - set(keys))
-    with_f1 = "precision" in keys and "recall" in keys
     rows = []
-    for name in sorted(table, key=lambda n: (n == "overall", n)):
-        row = table[name]
-        cells = "".join(_cell(row.get(key), key) for key in keys)
-        if with_f1:
-            precision, recall = row.get("precision"), row.get("recall")
-            f1 = (2 * precision * recall / (precision + recall)
-                  if precision is not None and recall is not None and precision + recall > 0 else None)
-            cells += _cell(f1)
-        label = POOLED if name == "overall" else name
-        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-    header = ["slice"] + [METRIC_TITLES.get(key, key) for key in keys] + (["F1"] if with_f1 else [])
-    return _table(header, rows)
+    for name in sorted(table, key=lambda n: (n == "overall", not is_split_slice(n), n)):
+        cells = "".join(_cell(table[name].get(key), key) for key in keys)
+        rows.append(f"<tr><td>{html.escape(POOLED if name == 'overall' else name)}</td>{cells}</tr>")
+    return _table(["slice"] + [METRIC_TITLES[key] for key in keys], rows)
 
 
 def scored_table(scores: Dict[str, plots.Scores], threshold: float) -> str:
@@ -248,7 +246,7 @@ def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSamp
                             f"PNEUMONIA" for dataset in sorted({d for d, _ in training.counts}))
                   if training else "the examples artifact holds no train split")
     auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row['auc']:.3f}</li>" for name, row in sorted(table.items())
-                        if name.startswith("dataset=") and "split=" in name and "auc" in row)
+                        if is_split_slice(name) and "auc" in row)
     policy = info.get("policy", "?")
     return f"""
 <h2>Model card</h2>
@@ -286,8 +284,9 @@ img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>Pneumonia model report</h1>
 {model_card(info, blessed, samples, table)}
 <h2>Metrics per slice (TFMA)</h2>
-<p>Accuracy, precision, sensitivity and specificity are at 0.5. The pooled row mixes every evaluated split
-and is not any one split's figure.</p>
+<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5; whole splits come first. Metrics that need
+both classes are not defined on a one-class slice (e.g. AUC on <code>label=0</code>). The pooled row mixes
+every evaluated split and is not any one split's figure.</p>
 {slice_table(table)}
 <h2>Scored images behind the figures</h2>
 <p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
