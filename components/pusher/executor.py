@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
+from tfx.dsl.io import fileio
 from tfx.components.pusher import executor as tfx_pusher
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -24,12 +25,11 @@ PUSH_RECORD = os.path.join("assets.extra", "push.json")  # TF Serving ignores as
 def model_fingerprint(model_dir: str) -> str:
     """sha256 over the SavedModel's files (names and bytes), independent of where it lies."""
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(model_dir):
-        dirnames.sort()
+    for dirpath, _, filenames in sorted(fileio.walk(model_dir)):
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             digest.update(os.path.relpath(path, model_dir).encode() + b"\0")
-            with open(path, "rb") as f:
+            with fileio.open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
@@ -37,10 +37,10 @@ def model_fingerprint(model_dir: str) -> str:
 
 def served_versions(model_base: str) -> List[int]:
     """Numeric version folders, ascending (what TF Serving would consider)."""
-    if not os.path.isdir(model_base):
+    if not fileio.isdir(model_base):
         return []
-    return sorted(int(name) for name in os.listdir(model_base)
-                  if name.isdigit() and os.path.isdir(os.path.join(model_base, name)))
+    names = [name.rstrip("/") for name in fileio.listdir(model_base)]
+    return sorted(int(name) for name in names if name.isdigit() and fileio.isdir(os.path.join(model_base, name)))
 
 
 def latest_fingerprint(model_base: str) -> Optional[str]:
@@ -48,23 +48,38 @@ def latest_fingerprint(model_base: str) -> Optional[str]:
     if not versions:
         return None
     record = os.path.join(model_base, str(versions[-1]), PUSH_RECORD)
-    if not os.path.exists(record):
+    if not fileio.exists(record):
         return None
-    with open(record, encoding="utf-8") as f:
+    with fileio.open(record, "r") as f:
         return json.load(f).get("fingerprint")
 
 
+def _write_record(version_dir: str, fingerprint: str, source_uri: str) -> None:
+    fileio.makedirs(os.path.join(version_dir, os.path.dirname(PUSH_RECORD)))
+    with fileio.open(os.path.join(version_dir, PUSH_RECORD), "w") as f:
+        f.write(json.dumps({"fingerprint": fingerprint, "source": source_uri, "pushed_at": time.time()}, indent=2))
+
+
 def push_atomically(model_dir: str, model_base: str, fingerprint: str, source_uri: str) -> str:
-    """Copies model_dir to <model_base>/<version>/ via a hidden temp folder and one rename."""
-    os.makedirs(model_base, exist_ok=True)
+    """Copies model_dir to <model_base>/<version>/ so that no reader sees half a version.
+
+    Local paths: a hidden staging folder renamed into place (atomic on one filesystem). Object stores
+    (gs://, s3://) cannot rename folders: there, as TFX does, saved_model.pb is copied last, the file
+    TF Serving waits for.
+    """
+    fileio.makedirs(model_base)
     versions = served_versions(model_base)
     version = str(max(int(time.time()), versions[-1] + 1 if versions else 0))
+    target = os.path.join(model_base, version)
+    if "://" in model_base:
+        io_utils.copy_dir(model_dir, target, deny_regex_patterns=[r"saved_model\.pb"])
+        _write_record(target, fingerprint, source_uri)
+        io_utils.copy_file(os.path.join(model_dir, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
+        return version
     staging = os.path.join(model_base, f".staging-{version}-{os.getpid()}")
     io_utils.copy_dir(model_dir, staging)
-    os.makedirs(os.path.join(staging, os.path.dirname(PUSH_RECORD)), exist_ok=True)
-    with open(os.path.join(staging, PUSH_RECORD), "w", encoding="utf-8") as f:
-        json.dump({"fingerprint": fingerprint, "source": source_uri, "pushed_at": time.time()}, f, indent=2)
-    os.rename(staging, os.path.join(model_base, version))  # atomic on one filesystem
+    _write_record(staging, fingerprint, source_uri)
+    os.rename(staging, target)
     return version
 
 
