@@ -102,8 +102,8 @@ def _save(figure, path: str) -> None:
 
 
 def class_distribution(counts: Dict[Tuple[str, str], Sequence[int]], path: str) -> None:
-    """Grouped bars: NORMAL and PNEUMONIA count for each (split, dataset)."""
-    groups = sorted(counts)
+    """Grouped bars: NORMAL and PNEUMONIA count for each (split, dataset), in the given order."""
+    groups = list(counts)
     figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(groups)), 3.5))
     positions = np.arange(len(groups))
     for offset, (index, name) in zip((-0.2, 0.2), enumerate(CLASS_NAMES)):
@@ -192,7 +192,8 @@ def confusion_matrices(scores: Dict[str, Scores], threshold: float, path: str) -
                           color="white" if count > matrix.max() / 2 else "black")
             axis.set_xticks([0, 1], CLASS_NAMES, fontsize=8)
             axis.set_yticks([0, 1], CLASS_NAMES, fontsize=8)
-            axis.set(xlabel="predicted", ylabel="true", title=f"{split} at {name} ({value:.3f})")
+            axis.set(xlabel="predicted", title=f"{split} at {name} ({value:.3f})")
+        axes[row, 0].set_ylabel("true")
     _save(figure, path)
 
 
