@@ -40,4 +40,7 @@ def test_unknown_policy_is_refused():
 def test_sensitivity_target_must_be_a_fraction(policy):
     with pytest.raises(ValueError, match="target sensitivity must be a number in"):
         threshold.target_sensitivity(policy)
+
+
+def test_policies_parse_to_their_target():
     assert threshold.target_sensitivity("sensitivity:0.95") == 0.95 and threshold.target_sensitivity("youden") is None

@@ -114,13 +114,14 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
         model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
                   class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
         done += epochs
-        if stopper.best > best_auc:
+        if stopper.best >= best_auc:  # equal: a stage whose AUC never registered (NaN) keeps its weights
             best_auc, best_weights = stopper.best, model.get_weights()
     model.set_weights(best_weights)
     return best_auc
 
 
 def run_fn(fn_args: FnArgs) -> None:
+    """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
     config = fn_args.custom_config
     threshold.target_sensitivity(config["threshold_policy"])  # a bad policy fails now, not after training
     keras.utils.set_random_seed(config["seed"])
