@@ -1,4 +1,5 @@
 """run_fn per architecture on real images: trains, exports, serves; threshold from validation; warm start."""
+import glob
 import json
 import os
 
@@ -14,6 +15,8 @@ from trainer import models, signatures, task, threshold
 from trainer.preprocessing import decode_batch
 
 IMAGE_SIZE = 32
+# Each architecture's run also covers one training option: the options need no run of their own.
+VARIANTS = {"cnn": {}, "cnn_transformer": {"loss": "focal"}, "swin": {"horizontal_flip": True, "cache": False}}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,8 @@ def trained(data, tmp_path_factory):
 
     def export_of(architecture: str) -> str:
         if architecture not in exports:
-            exports[architecture] = run(data, str(tmp_path_factory.mktemp(architecture)), config_for(architecture))
+            exports[architecture] = run(data, str(tmp_path_factory.mktemp(architecture)),
+                                        config_for(architecture, **VARIANTS[architecture]))
         return exports[architecture]
     return export_of
 
@@ -85,9 +89,12 @@ def assert_export_contract(serving_dir: str, architecture: str, validation_image
     assert len(feature_map.shape) == 4
 
 
-@pytest.mark.parametrize("architecture", ["cnn", "cnn_transformer", "swin"])
+@pytest.mark.parametrize("architecture", sorted(VARIANTS))
 def test_architecture_trains_exports_and_serves(architecture, trained, data):
-    assert_export_contract(trained(architecture), architecture, data["validation_images"])
+    serving_dir = trained(architecture)
+    assert_export_contract(serving_dir, architecture, data["validation_images"])
+    model_run_dir = os.path.join(os.path.dirname(os.path.dirname(serving_dir)), "model_run")
+    assert glob.glob(os.path.join(model_run_dir, "**", "events.out.tfevents.*"), recursive=True)  # TensorBoard
 
 
 def test_densenet_trains_head_then_fine_tunes_top_block_from_a_weights_file(data, tmp_path):
