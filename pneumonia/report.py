@@ -32,10 +32,14 @@ def _node_executions(store, pipeline_name: str, node: str) -> list:
 
 
 def _artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metadata_store_pb2.Artifact]:
-    """{input or output key: artifact} of one execution."""
+    """{input or output key: artifact} of one execution.
+
+    One event lists every key an artifact fills (an Evaluator whose model is also its baseline records
+    `baseline_model` and `model` in one path), so each keyed step counts.
+    """
     events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in event_types]
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    return {e.path.steps[0].key: artifacts[e.artifact_id] for e in events if e.path.steps}
+    return {step.key: artifacts[e.artifact_id] for e in events for step in e.path.steps if step.HasField("key")}
 
 
 def _blessed(blessing: Optional[metadata_store_pb2.Artifact]) -> Optional[bool]:

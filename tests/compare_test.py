@@ -53,10 +53,11 @@ class Metadata:
         events = []
         for event_type, artifacts in ((metadata_store_pb2.Event.INPUT, inputs),
                                       (metadata_store_pb2.Event.OUTPUT, outputs)):
-            for key, artifact in artifacts.items():
+            for keys, artifact in artifacts.items():
                 event = metadata_store_pb2.Event(type=event_type)
-                event.path.steps.add().key = key
-                event.path.steps.add().index = 0
+                for key in keys.split(","):  # "baseline_model,model": one artifact in two inputs, one event
+                    event.path.steps.add().key = key
+                    event.path.steps.add().index = 0
                 events.append((artifact, event))
         contexts = [metadata_store_pb2.Context(id=self._context(kind, name), type_id=self.types[kind], name=name)
                     for kind, name in (("pipeline", pipeline), ("pipeline_run", run), ("node", f"{pipeline}.{node}"))]
@@ -110,7 +111,9 @@ def runs(tmp_path):
         evaluation = metadata.artifact("ModelEvaluation", evaluation_folder(root, f"evaluation-{run}", {
             "dataset=kermany, split=test": split_metrics(auc), "dataset=external, split=external": split_metrics(0.6),
             "dataset=kermany, label=0, split=test": split_metrics(0.0), "split=test": split_metrics(auc)}))
-        metadata.execution("pneumonia", run, "Evaluator", {"model": model},
+        # From the second run on, the model under evaluation can be its own baseline (a cached Trainer).
+        inputs = {"model": model} if run == "run-1" else {"baseline_model,model": model}
+        metadata.execution("pneumonia", run, "Evaluator", inputs,
                            {"evaluation": evaluation, "blessing": metadata.artifact("ModelBlessing", "", blessed=True)},
                            state)
     return root
