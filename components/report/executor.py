@@ -16,13 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from components.report import gradcam, plots
+from pipeline.config import BLESSING_SPLIT
 from pneumonia import results
 from trainer import models, signatures, task
 from trainer.preprocessing import decode_image
 from trainer.signatures import CLASS_NAMES
 
 SERVING_DIR = "Format-Serving"
-BLESSING_SPLIT = "eval"
 INDEX = "index.html"
 GROUPS = (  # (file stem, title, true label, predicted label)
     ("true_positives", "most confident true positives", 1, 1),
