@@ -208,6 +208,7 @@ def test_version_labels_specific_policy_and_latest_default(model_base, exported_
         server.stop(1)
 
 
+@pytest.mark.filterwarnings("ignore:Unexpected end-group tag")  # protobuf on the deliberately broken graph
 def test_new_version_is_swapped_in_and_a_broken_one_is_reported_not_served(served, model_base, exported_models):
     place_version(model_base, 2, exported_models[1])
     wait_for(lambda: status_of(served).get(1, (None,))[0] == State.END)
