@@ -99,10 +99,15 @@ def format_table(table: Dict[str, Dict[str, float]]) -> str:
     """Per split (each split is one dataset) and pooled, with the clinical metric names."""
     columns = (("examples", "example_count"), ("AUC", "auc"), ("accuracy", "binary_accuracy"),
                ("sensitivity", "recall"), ("specificity", "specificity"))
-    order = sorted((name for name in table if name.startswith("dataset=") and "split=" in name))
-    order += sorted(name for name in table if name.startswith("dataset=") and "split=" not in name)
-    order += ["overall"] if "overall" in table else []
-    labels = {name: name if name != "overall" else "all evaluated splits pooled" for name in order}
+    def columns_of(name):
+        return {part.split("=")[0] for part in name.split(", ")}
+
+    per_split = sorted(name for name in table if columns_of(name) == {"dataset", "split"})
+    pooled = sorted(name for name in table if columns_of(name) == {"dataset"})
+    labels = {name: name for name in per_split}
+    labels.update({name: f"{name} (splits pooled)" for name in pooled})
+    if "overall" in table:
+        labels["overall"] = "all evaluated splits pooled"
     width = max(len(label) for label in labels.values()) + 2
     lines = ["slice".ljust(width) + "".join(title.rjust(12) for title, _ in columns)]
     for name, label in labels.items():
