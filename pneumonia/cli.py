@@ -88,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(results.format_table(results.slice_metrics(outputs.evaluation)))
         for failure in results.validation_failures(outputs.evaluation):
             print(f"not blessed: {failure}")
+    print(f"report:     {outputs.report}")
     print(f"blessed:    {outputs.blessed}")
     if outputs.pushed:
         print(f"pushed:     {outputs.pushed_destination}")

@@ -1,5 +1,6 @@
 """Reads what the latest pipeline run produced from ML Metadata, and its TFMA metrics."""
 import dataclasses
+import os
 from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
@@ -18,6 +19,7 @@ class RunOutputs:
     pushed: Optional[bool] = None
     pushed_destination: Optional[str] = None
     push_note: str = ""
+    report: Optional[str] = None
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -51,6 +53,8 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
             outputs.model = artifact.uri
         elif kind == "ModelEvaluation":
             outputs.evaluation = artifact.uri
+        elif kind == "File":  # the EvaluationReport component's folder
+            outputs.report = os.path.join(artifact.uri, "index.html")
         elif kind == "ModelBlessing":
             outputs.blessed = bool(props["blessed"].int_value) if "blessed" in props else None
         elif kind == "PushedModel":
@@ -77,7 +81,8 @@ def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
         row = table.setdefault(slice_name(metrics.slice_key), {})
         for item in metrics.metric_keys_and_values:
             key = item.key
-            if key.name in wanted and not key.is_diff and key.model_name in ("", "candidate"):
+            if (key.name in wanted and not key.is_diff and key.model_name in ("", "candidate")
+                    and item.value.HasField("double_value")):  # confusion matrices are structured values
                 row[key.name] = item.value.double_value.value
     return table
 

@@ -22,7 +22,8 @@ from trainer import models
 pytestmark = pytest.mark.slow
 
 COMPONENTS = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ImportSchemaGen", "ExampleValidator",
-              "DataValidationGate", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
+              "DataValidationGate", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
+              "EvaluationReport"]
 DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
 
@@ -93,6 +94,8 @@ def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, c
                 if any(item.key.is_diff for item in m.metric_keys_and_values)]
     assert compared  # the Evaluator compared the cached model with the latest blessed one (the baseline)
     assert "dataset=external, split=external" in printed and "dataset=kermany, split=test" in printed
+    report = next(line.split()[-1] for line in printed.splitlines() if line.startswith("report:"))
+    assert report.endswith("index.html") and os.path.getsize(report) > 0
 
 
 def test_an_untrained_model_is_not_blessed_on_a_first_run(first_run, tmp_path):
