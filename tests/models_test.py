@@ -111,3 +111,16 @@ def test_swin_refuses_sizes_it_cannot_tile():
         models.build("swin", 100)
     with pytest.raises(ValueError, match="differ in length"):
         models.build("swin", 64, depths=(2, 2), num_heads=(2,))
+
+
+def test_swin_learns_a_darker_centre():
+    """Swin once could not: its per-patch norm cancelled the brightness scaling of uncentred pixels."""
+    keras.utils.set_random_seed(0)
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(160, 32, 32, 1)).astype("float32")
+    labels = (np.arange(160) % 2).astype("float32")
+    pixels[labels == 1, 8:24, 8:24] *= 0.5
+    model = models.build("swin", 32, **models.REGISTRY["swin"].tiny)
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    model.fit(pixels[:128], labels[:128], epochs=3, batch_size=32, verbose=0)
+    probability = model.predict(pixels[128:], verbose=0).reshape(-1)
+    assert probability[labels[128:] == 1].min() > probability[labels[128:] == 0].max()

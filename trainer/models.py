@@ -312,7 +312,8 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
     if image_size % reduction:
         raise ValueError(f"swin: image_size {image_size} must be a multiple of patch_size x 2^(stages - 1) = {reduction}")
     inputs = _pixels(image_size)
-    x = layers.Rescaling(1.0 / 255)(inputs)
+    # Centred to [-1, 1]: the per-patch norm after the embedding would otherwise cancel any brightness scaling.
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
     x = layers.Conv2D(embed_dim, patch_size, strides=patch_size, name="patch_embed")(x)
     x = layers.LayerNormalization(epsilon=1e-5, name="patch_norm")(x)
     size, dim = image_size // patch_size, embed_dim
