@@ -65,8 +65,17 @@ def test_densenet_imagenet_weights_need_densenet121_blocks():
         models.build("densenet121", 32, weights="imagenet", blocks=(1, 1, 1, 1))
 
 
-def test_unfreeze_top_opens_the_last_dense_block_only():
+def test_densenet_from_scratch_trains_its_whole_backbone():
     model = models.build("densenet121", 32, **models.REGISTRY["densenet121"].tiny)
+    backbone = model.get_layer(models.BACKBONE)
+    assert backbone.trainable and len(backbone.trainable_weights) > len(model.trainable_weights) // 2
+
+
+def test_unfreeze_top_opens_the_last_dense_block_only(tmp_path):
+    tiny = models.REGISTRY["densenet121"].tiny
+    weights_file = str(tmp_path / "backbone.weights.h5")
+    models.build("densenet121", 32, **tiny).get_layer(models.BACKBONE).save_weights(weights_file)
+    model = models.build("densenet121", 32, weights=weights_file, **tiny)
     backbone = model.get_layer(models.BACKBONE)
     assert not backbone.trainable_weights
     models.unfreeze_top(model, models.REGISTRY["densenet121"].fine_tune_from)

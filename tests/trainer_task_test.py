@@ -119,10 +119,18 @@ def test_densenet_trains_head_then_fine_tunes_top_block_from_a_weights_file(data
     assert signatures.read_metadata(serving_dir)["policy"] == "sensitivity:0.9"
 
 
-def test_stages_fine_tune_only_pretrained_backbones():
-    assert task._stages("cnn", 5, 1e-3) == [(5, 1e-3, None)]
-    assert task._stages("densenet121", 5, 1e-3) == [(3, 1e-3, None), (2, pytest.approx(1e-4), "conv5_block1_0_bn")]
-    assert task._stages("densenet121", 1, 1e-3) == [(1, 1e-3, None)]
+def test_stages_fine_tune_only_pretrained_backbones(tmp_path):
+    tiny = models.REGISTRY["densenet121"].tiny
+    from_scratch = models.build("densenet121", IMAGE_SIZE, **tiny)
+    weights_file = str(tmp_path / "backbone.weights.h5")
+    from_scratch.get_layer(models.BACKBONE).save_weights(weights_file)
+    pretrained = models.build("densenet121", IMAGE_SIZE, weights=weights_file, **tiny)
+    assert task._stages(pretrained, "densenet121", 5, 1e-3) == [
+        (3, 1e-3, None), (2, pytest.approx(1e-4), "conv5_block1_0_bn")]
+    assert task._stages(pretrained, "densenet121", 1, 1e-3) == [(1, 1e-3, None)]
+    assert task._stages(from_scratch, "densenet121", 5, 1e-3) == [(5, 1e-3, None)]
+    assert task._stages(models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny), "cnn", 5, 1e-3) == [
+        (5, 1e-3, None)]
 
 
 def test_warm_start_starts_from_the_base_model_weights(trained):

@@ -25,8 +25,8 @@ class Architecture:
     build: Callable[..., keras.Model]
     tiny: Dict[str, Any]  # settings that build a model in seconds, for tests
     gradcam_layer: str = FEATURE_MAP
-    # Pretrained architectures accept `weights` and train in two stages: the head on the frozen
-    # backbone, then the backbone from this layer on at a lower learning rate.
+    # Architectures with a pretrained backbone accept `weights`; when it starts frozen they train in two
+    # stages: the head on the frozen backbone, then the backbone from this layer on at a lower rate.
     fine_tune_from: Optional[str] = None
 
 
@@ -133,8 +133,10 @@ DENSENET121_BLOCKS = (6, 12, 24, 16)
 @register("densenet121", tiny={"blocks": (1, 1, 1, 1), "dense_units": 8}, fine_tune_from="conv5_block1_0_bn")
 def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCKS, dense_units: int = 128,
                 dropout: float = 0.3) -> keras.Model:
-    """Keras DenseNet121 (frozen; `unfreeze_top` opens its last dense block) with a new head.
+    """Keras DenseNet121 with a new head.
 
+    With pretrained `weights` the backbone starts frozen with BatchNorm in inference mode, for two-stage
+    fine-tuning (`unfreeze_top` later opens its last dense block); from scratch (`none`) all of it trains.
     The backbone is nested as one layer, so a DenseNet121 weights file loads into it unchanged. `blocks`
     (layers per dense block) exists for the tiny test configuration; ImageNet weights need DenseNet121's.
     """
@@ -145,8 +147,9 @@ def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCK
     # The function behind keras.applications.DenseNet121, which also takes the block counts.
     backbone = keras_densenet.DenseNet(blocks, include_top=False, weights=_backbone_weights(weights),
                                        input_shape=(image_size, image_size, 3), name=BACKBONE)
-    backbone.trainable = False
-    x = backbone(GrayscaleToImageNet(name="to_imagenet")(inputs), training=False)
+    pretrained = weights != "none"
+    backbone.trainable = not pretrained
+    x = backbone(GrayscaleToImageNet(name="to_imagenet")(inputs), training=False if pretrained else None)
     x = layers.Identity(name=FEATURE_MAP)(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, _probability(x, dense_units, dropout), name="densenet121")

@@ -81,14 +81,15 @@ def build_model(config: Dict[str, Any], base_model: Optional[str] = None) -> ker
     return models.build(name, image_size, **model_config)
 
 
-def _stages(architecture: str, epochs: int, learning_rate: float) -> List[Tuple[int, float, Optional[str]]]:
+def _stages(model: keras.Model, architecture: str, epochs: int,
+            learning_rate: float) -> List[Tuple[int, float, Optional[str]]]:
     """(epochs, learning rate, first layer to unfreeze or None) per training stage.
 
-    A pretrained backbone trains its new head first, frozen, for half the epochs (rounded up), then
-    fine-tunes its top blocks for the rest at a lower rate; other architectures train in one stage.
+    A backbone that starts frozen (pretrained) first trains the new head for half the epochs (rounded up),
+    then fine-tunes its top blocks for the rest at a lower rate; any other model trains in one stage.
     """
     fine_tune_from = models.architecture(architecture).fine_tune_from
-    if fine_tune_from is None or epochs < 2:
+    if fine_tune_from is None or model.get_layer(models.BACKBONE).trainable or epochs < 2:
         return [(epochs, learning_rate, None)]
     head_epochs = math.ceil(epochs / 2)
     return [(head_epochs, learning_rate, None),
@@ -102,7 +103,7 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
     loss, weights = loss_and_class_weights(config["loss"], *counts)
     steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
     best_auc, best_weights, done = -math.inf, None, 0
-    for epochs, learning_rate, unfreeze_from in _stages(config["architecture"], config["epochs"],
+    for epochs, learning_rate, unfreeze_from in _stages(model, config["architecture"], config["epochs"],
                                                         config["learning_rate"]):
         if unfreeze_from:
             models.unfreeze_top(model, unfreeze_from)
