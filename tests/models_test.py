@@ -78,7 +78,9 @@ def test_unfreeze_top_opens_the_last_dense_block_only(tmp_path):
     model = models.build("densenet121", 32, weights=weights_file, **tiny)
     backbone = model.get_layer(models.BACKBONE)
     assert not backbone.trainable_weights
+    order = [weight.path for weight in model.weights]
     models.unfreeze_top(model, models.REGISTRY["densenet121"].fine_tune_from)
+    assert [weight.path for weight in model.weights] == order  # the best stage's weights can be set back
     trainable = {layer.name for layer in backbone.layers if layer.trainable and layer.weights}
     assert trainable and all(name.startswith("conv5_") or name == "bn" for name in trainable)
     with pytest.raises(ValueError, match="has no layer 'conv9'"):
