@@ -3,9 +3,10 @@
 For each architecture at its default configuration (not the tiny test one): parameter count, SavedModel
 size, training images/s (model.fit on one batch of decoded real images, repeated: the input pipeline is
 the same for every architecture; timed between the ends of the first and the last batch, so tracing is left
-out; DenseNet121 as built, i.e. its head stage with the backbone frozen), and the median latency of the exported `predict_images` signature (decoding included)
-for one image and for a batch of 32. Few batches are measured: the figures are rough, and their ratios
-between architectures measured in one run are what matter on a shared machine.
+out; DenseNet121 from scratch, i.e. its whole backbone training), and the median latency of the exported
+`predict_images` signature (decoding included) for one image and for a batch of 32. Few batches are
+measured: the figures are rough, and their ratios between architectures measured in one run are what
+matter on a shared machine.
 
 Usage: .venv/bin/python bench/trainer_bench.py [--data DIR] [--image-size 224] [--batch-size 16]
        [--train-batches 4] [--architectures cnn,densenet121,cnn_transformer,swin]

@@ -114,8 +114,9 @@ def test_densenet_trains_head_then_fine_tunes_top_block_from_a_weights_file(data
     def kernel(model, name):
         return model.get_layer(name).get_weights()[0]
 
-    np.testing.assert_array_equal(kernel(trained_backbone, "conv4_block1_2_conv"), kernel(backbone, "conv4_block1_2_conv"))
-    assert not np.array_equal(kernel(trained_backbone, "conv5_block1_2_conv"), kernel(backbone, "conv5_block1_2_conv"))
+    frozen, fine_tuned = "conv4_block1_2_conv", "conv5_block1_2_conv"
+    np.testing.assert_array_equal(kernel(trained_backbone, frozen), kernel(backbone, frozen))
+    assert not np.array_equal(kernel(trained_backbone, fine_tuned), kernel(backbone, fine_tuned))
     assert signatures.read_metadata(serving_dir)["policy"] == "sensitivity:0.9"
 
 

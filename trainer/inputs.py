@@ -63,8 +63,9 @@ def make_dataset(file_patterns: List[str], image_size: int, batch_size: int, tra
     dataset = dataset.batch(batch_size)
     if augment:
         jitter = augmentation(seed, horizontal_flip)
-        dataset = dataset.map(lambda pixels, label: (tf.clip_by_value(jitter(pixels, training=True), 0.0, 255.0), label),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            lambda pixels, label: (tf.clip_by_value(jitter(pixels, training=True), 0.0, 255.0), label),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

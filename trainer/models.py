@@ -142,7 +142,8 @@ def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCK
     """
     blocks = list(blocks)  # Keras matches the ImageNet weights on the list [6, 12, 24, 16]
     if weights == "imagenet" and blocks != list(DENSENET121_BLOCKS):
-        raise ValueError(f"densenet121: ImageNet weights exist only for blocks {DENSENET121_BLOCKS}, not {tuple(blocks)}")
+        raise ValueError(f"densenet121: ImageNet weights exist only for blocks {DENSENET121_BLOCKS}, "
+                         f"not {tuple(blocks)}")
     inputs = _pixels(image_size)
     # The function behind keras.applications.DenseNet121, which also takes the block counts.
     backbone = keras_densenet.DenseNet(blocks, include_top=False, weights=_backbone_weights(weights),
@@ -313,7 +314,8 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
         raise ValueError(f"swin: depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
     reduction = patch_size * 2 ** (len(depths) - 1)
     if image_size % reduction:
-        raise ValueError(f"swin: image_size {image_size} must be a multiple of patch_size x 2^(stages - 1) = {reduction}")
+        raise ValueError(f"swin: image_size {image_size} must be a multiple of "
+                         f"patch_size x 2^(stages - 1) = {reduction}")
     inputs = _pixels(image_size)
     # Centred to [-1, 1]: the per-patch norm after the embedding would otherwise cancel any brightness scaling.
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
