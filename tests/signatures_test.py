@@ -3,6 +3,7 @@ import glob
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -46,3 +47,15 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
 def test_a_folder_without_the_threshold_asset_is_not_our_model(tmp_path):
     with pytest.raises(ValueError, match="not a model exported by this trainer"):
         signatures.read_metadata(str(tmp_path))
+
+
+def test_export_leaves_the_optimizer_state_out(tmp_path):
+    """A trained model carries Adam's two moments per weight; the served model needs the weights only."""
+    model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
+    model.compile(keras.optimizers.Adam(), "binary_crossentropy", metrics=[keras.metrics.AUC()])
+    model.fit(np.zeros((4, 64, 64, 1), "float32"), np.zeros(4, "float32"), verbose=0)
+    export_dir = str(tmp_path / "model")
+    signatures.export(model, export_dir, 64, Threshold(0.5, "youden", 1.0, 1.0, 4), str(tmp_path / "work"), "cnn", {})
+    variables = os.path.join(export_dir, "variables")
+    size = sum(os.path.getsize(os.path.join(variables, name)) for name in os.listdir(variables))
+    assert size < 1.5 * 4 * model.count_params()

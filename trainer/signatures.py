@@ -56,7 +56,10 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
     with open(asset_path, "w", encoding="utf-8") as f:
         json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
                    "model_config": model_config}, f, indent=2, sort_keys=True)
-    module = PneumoniaModule(model, image_size, threshold, asset_path)
+    # The same layers and weights, without what compile() attached (optimizer slots, metric state): the
+    # served model would otherwise carry the Adam moments, three times its weights.
+    inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
+    module = PneumoniaModule(inference_model, image_size, threshold, asset_path)
     tf.saved_model.save(module, export_dir, signatures={
         "serving_default": module.serve_examples,
         "predict_images": module.predict_images,
