@@ -135,3 +135,8 @@ def test_swin_learns_a_darker_centre():
     model.fit(pixels[:128], labels[:128], epochs=3, batch_size=32, verbose=0)
     probability = model.predict(pixels[128:], verbose=0).reshape(-1)
     assert probability[labels[128:] == 1].min() > probability[labels[128:] == 0].max()
+
+
+def test_settings_of_another_architecture_are_named():
+    with pytest.raises(ValueError, match="swin: unknown model_config setting.* filters; known: embed_dim"):
+        models.build("swin", 64, filters=(4, 8, 16))

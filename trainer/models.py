@@ -8,6 +8,7 @@ Every model names its last spatial feature map [N, H, W, C] `feature_map` (an id
 layer Grad-CAM differentiates against; `REGISTRY[name].gradcam_layer` says so.
 """
 import dataclasses
+import inspect
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -47,7 +48,12 @@ def architecture(name: str) -> Architecture:
 
 
 def build(name: str, image_size: int, **settings: Any) -> keras.Model:
-    return architecture(name).build(image_size, **settings)
+    builder = architecture(name).build
+    known = [parameter for parameter in inspect.signature(builder).parameters if parameter != "image_size"]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown model_config setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return builder(image_size, **settings)
 
 
 def unfreeze_top(model: keras.Model, first_layer: str) -> None:
