@@ -3,6 +3,10 @@
 TFX's Evaluator pools every example split into one set, so each split is its own slice (the `split`
 feature) and every other slice is also crossed with `split`. The blessing thresholds apply to the
 validation slice only: test and external splits are reported, never used to decide.
+
+Metrics at 0.5 are computed on the model's `probability`; the threshold-dependent ones are computed
+again on its `decision_score`, which puts the model's tuned threshold at 0.5, so TFMA also reports them
+at the operating point the model actually serves (keys suffixed `@threshold` when read back).
 """
 import json
 from typing import Dict, Optional
@@ -24,6 +28,9 @@ METRICS = (
     ("Calibration", "calibration", None),  # mean prediction / mean label
     ("ConfusionMatrixAtThresholds", "confusion_matrix_at_thresholds", {"thresholds": [0.5]}),
 )
+PROBABILITY_OUTPUT = "probability"
+DECISION_OUTPUT = "decision_score"
+AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score", "ConfusionMatrixAtThresholds")
 # Every figure is per split; the uncrossed slices exist for the pooled view TFX gives, and say so.
 SLICE_FEATURES = (
     ("split",), ("split", "dataset"), ("split", "label"), ("split", "pathogen"), ("split", "dataset", "label"),
@@ -51,15 +58,19 @@ def _metric_config(class_name: str, extra: Optional[Dict]) -> tfma.MetricConfig:
 
 
 def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str) -> tfma.EvalConfig:
-    metrics = []
+    at_half, at_threshold = [], []
     for class_name, _, extra in METRICS:
         config = _metric_config(class_name, extra)
         if class_name == "AUC":
             config.per_slice_thresholds.append(blessing_threshold(min_auc, max_auc_drop, blessing_split))
-        metrics.append(config)
+        at_half.append(config)
+        if class_name in AT_THRESHOLD:
+            at_threshold.append(_metric_config(class_name, extra))
+    outputs = (PROBABILITY_OUTPUT, DECISION_OUTPUT)
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
-                                    prediction_key="probability")],
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: "label" for o in outputs},
+                                    prediction_keys={o: o for o in outputs})],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys)) for keys in SLICE_FEATURES],
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+        metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
+                       tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
     )

@@ -17,9 +17,10 @@ from ml_metadata.proto import metadata_store_pb2
 REPORT_NODE = "EvaluationReport"
 EVALUATOR_NODE = "Evaluator"
 FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"), ("accuracy", "binary_accuracy"),
-                   ("precision", "precision"), ("sensitivity", "recall"), ("specificity", "specificity"),
-                   ("F1", "f1_score"))
+COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"), ("acc@0.5", "binary_accuracy"),
+                   ("sens@0.5", "recall"), ("spec@0.5", "specificity"), ("F1@0.5", "f1_score"),
+                   ("acc@thr", "binary_accuracy@threshold"), ("sens@thr", "recall@threshold"),
+                   ("spec@thr", "specificity@threshold"), ("F1@thr", "f1_score@threshold"))
 
 
 class ReportLookupError(Exception):
@@ -163,7 +164,8 @@ def format_rows(rows: List[List[str]], markdown: bool = False) -> str:
 
 
 def compare(metadata_path: str, markdown: bool = False) -> str:
-    """One table of the latest evaluation of every architecture (metrics at 0.5, per split)."""
+    """One table of the latest evaluation of every architecture, per split: metrics at 0.5 and at the tuned
+    threshold."""
     return format_rows(compare_rows(latest_evaluations(metadata_path)), markdown)
 
 
@@ -202,7 +204,8 @@ def add_commands(commands) -> None:
 
     comparison = commands.add_parser("compare", help="compare the latest evaluation of every architecture",
                                      description="Print one table: per architecture run under --root, its latest "
-                                                 "TFMA evaluation per split (metrics at 0.5).")
+                                                 "TFMA evaluation per split (metrics at 0.5 and at the tuned "
+                                                 "threshold).")
     comparison.add_argument("--root", help="run root (default ~/pneumonia-runs)")
     comparison.add_argument("--markdown", action="store_true", help="print a Markdown table")
     comparison.set_defaults(func=cmd_compare)

@@ -8,7 +8,9 @@ from google.protobuf import text_format
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.evaluation import METRICS
+from pipeline.evaluation import DECISION_OUTPUT, METRICS
+
+AT_THRESHOLD_SUFFIX = "@threshold"
 
 
 @dataclasses.dataclass
@@ -74,7 +76,10 @@ def slice_name(slice_key) -> str:
 
 
 def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-    """{slice name: {metric key: value}} for the candidate model (baseline and diffs left out)."""
+    """{slice name: {metric key: value}} for the candidate model (baseline and diffs left out).
+
+    Metrics of the `decision_score` output are those at the model's tuned threshold: `<key>@threshold`.
+    """
     wanted = {key for _, key, _ in METRICS}
     table: Dict[str, Dict[str, float]] = {}
     for metrics in tfma.load_metrics(evaluation_uri):
@@ -83,7 +88,8 @@ def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
             key = item.key
             if (key.name in wanted and not key.is_diff and key.model_name in ("", "candidate")
                     and item.value.HasField("double_value")):  # confusion matrices are structured values
-                row[key.name] = item.value.double_value.value
+                row[key.name + (AT_THRESHOLD_SUFFIX if key.output_name == DECISION_OUTPUT else "")] = (
+                    item.value.double_value.value)
     return table
 
 
@@ -101,9 +107,11 @@ def validation_failures(evaluation_uri: str) -> List[str]:
 
 
 def format_table(table: Dict[str, Dict[str, float]]) -> str:
-    """Per split (each split is one dataset) and pooled, with the clinical metric names."""
-    columns = (("examples", "example_count"), ("AUC", "auc"), ("accuracy", "binary_accuracy"),
-               ("sensitivity", "recall"), ("specificity", "specificity"))
+    """Per split (each split is one dataset) and pooled, with the clinical metric names; `@thr` is at the
+    model's tuned threshold (chosen on validation), `@0.5` at 0.5."""
+    columns = (("examples", "example_count"), ("AUC", "auc"), ("acc@0.5", "binary_accuracy"),
+               ("sens@0.5", "recall"), ("spec@0.5", "specificity"), ("acc@thr", "binary_accuracy@threshold"),
+               ("sens@thr", "recall@threshold"), ("spec@thr", "specificity@threshold"))
     def columns_of(name):
         return {part.split("=")[0] for part in name.split(", ")}
 
@@ -114,12 +122,12 @@ def format_table(table: Dict[str, Dict[str, float]]) -> str:
     if "overall" in table:
         labels["overall"] = "all evaluated splits pooled"
     width = max(len(label) for label in labels.values()) + 2
-    lines = ["slice".ljust(width) + "".join(title.rjust(12) for title, _ in columns)]
+    lines = ["slice".ljust(width) + "".join(title.rjust(10) for title, _ in columns)]
     for name, label in labels.items():
         cells = []
         for title, key in columns:
             value = table[name].get(key)
             cells.append(("-" if value is None else f"{value:.0f}" if key == "example_count" else f"{value:.3f}")
-                         .rjust(12))
+                         .rjust(10))
         lines.append(label.ljust(width) + "".join(cells))
     return "\n".join(lines)

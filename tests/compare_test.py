@@ -85,7 +85,8 @@ def evaluation_folder(root: str, name: str, per_slice: dict) -> str:
                 record.slice_key.single_slice_keys.add(column=column, bytes_value=value.encode())
             for metric, value in metrics.items():
                 item = record.metric_keys_and_values.add()
-                item.key.name = metric
+                item.key.name, at_threshold, _ = metric.partition("@threshold")
+                item.key.output_name = "decision_score" if at_threshold else "probability"
                 item.value.double_value.value = value
             writer.write(record.SerializeToString())
     return folder
@@ -93,7 +94,8 @@ def evaluation_folder(root: str, name: str, per_slice: dict) -> str:
 
 def split_metrics(auc: float) -> dict:
     return {"example_count": 100, "auc": auc, "binary_accuracy": 0.8, "precision": 0.75, "recall": 0.6,
-            "specificity": 0.9, "f1_score": 0.667}
+            "specificity": 0.9, "f1_score": 0.667, "recall@threshold": 0.95, "specificity@threshold": 0.7,
+            "f1_score@threshold": 0.8}
 
 
 @pytest.fixture
@@ -129,7 +131,8 @@ def test_table_lists_the_latest_finished_evaluation_of_each_architecture(runs):
     assert by_key[("cnn", "dataset=kermany, split=test")]["AUC"] == "0.900"  # not the failed or the older run
     assert by_key[("densenet121", "dataset=kermany, split=test")]["AUC"] == "0.850"
     cnn = by_key[("cnn", "dataset=kermany, split=test")]
-    assert cnn["F1"] == "0.667" and cnn["examples"] == "100" and cnn["blessed"] == "True"
+    assert cnn["F1@0.5"] == "0.667" and cnn["examples"] == "100" and cnn["blessed"] == "True"
+    assert (cnn["sens@thr"], cnn["spec@thr"], cnn["F1@thr"]) == ("0.950", "0.700", "0.800")
 
 
 def test_cli_prints_plain_and_markdown_tables(runs, capsys):

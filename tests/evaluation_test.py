@@ -21,9 +21,12 @@ def tfx_view(has_baseline):
 
 
 def validate(config, split, metrics, model_name="", auc_change=None):
-    keyed = {tfma.metrics.MetricKey(name=name, model_name=model_name): value for name, value in metrics.items()}
+    def key(name, **kwargs):
+        return tfma.metrics.MetricKey(name=name, model_name=model_name, output_name="probability", **kwargs)
+
+    keyed = {key(name): value for name, value in metrics.items()}
     if auc_change is not None:
-        keyed[tfma.metrics.MetricKey(name="auc", model_name=model_name, is_diff=True)] = auc_change
+        keyed[key("auc", is_diff=True)] = auc_change
     return metrics_validator.validate_metrics(((("split", split),), keyed), config)
 
 
@@ -55,3 +58,11 @@ def test_every_slice_is_crossed_with_split_or_reported_as_pooled():
     assert () in keys and ("split",) in keys and ("split", "dataset", "label") in keys
     extra = {m.class_name: json.loads("{" + m.config + "}") for m in config.metrics_specs[0].metrics if m.config}
     assert extra["ConfusionMatrixAtThresholds"] == {"thresholds": [0.5]}
+
+
+def test_threshold_dependent_metrics_are_also_computed_at_the_tuned_threshold():
+    config = evaluation.create_eval_config(min_auc=0.9, max_auc_drop=0.01, blessing_split="eval")
+    by_output = {tuple(spec.output_names): [m.class_name for m in spec.metrics] for spec in config.metrics_specs}
+    assert set(by_output[("decision_score",)]) == set(evaluation.AT_THRESHOLD)
+    assert "AUC" in by_output[("probability",)]
+    assert dict(config.model_specs[0].label_keys) == {"probability": "label", "decision_score": "label"}

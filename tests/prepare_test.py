@@ -228,3 +228,15 @@ def test_missing_or_empty_source_is_an_error(tmp_path):
     (tmp_path / "empty" / "NORMAL").mkdir(parents=True)
     with pytest.raises(prepare.PrepareError, match="no images"):
         prepare.prepare([prepare.Source("x", str(tmp_path / "empty"))], str(tmp_path / "out"))
+
+
+def test_full_resolution_originals_are_written_as_stored(shared_data, tmp_path):
+    """The untouched full-size Kermany files: accepted with their real geometry, bytes unchanged."""
+    report = prepare.prepare([prepare.Source.parse(f"originals={shared_data}/originals")], str(tmp_path / "out"))
+    assert report["written"] == report["files_seen"] == 24
+    for example in read_examples(str(tmp_path / "out" / "originals")):
+        stored = open(os.path.join(shared_data, "originals", feature(example, "source_path")), "rb").read()
+        assert example.features.feature["image"].bytes_list.value[0] == stored
+        with Image.open(io.BytesIO(stored)) as image:
+            assert (feature(example, "width"), feature(example, "height")) == image.size
+        assert min(image.size) > 224

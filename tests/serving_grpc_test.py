@@ -60,7 +60,7 @@ def test_predict_on_both_signatures_agrees_and_reports_the_version(served):
                                  timeout=10)
     assert by_image.model_spec.name == MODEL_NAME and by_image.model_spec.version.value == 1
     assert by_image.model_spec.signature_name == "predict_images"
-    assert set(by_image.outputs) == {"probability", "label", "threshold"}
+    assert set(by_image.outputs) == {"probability", "label", "threshold", "decision_score"}
     probability = tf.make_ndarray(by_image.outputs["probability"])
     assert probability.shape == (2,) and np.all((probability >= 0) & (probability <= 1))
     np.testing.assert_allclose(probability, tf.make_ndarray(by_example.outputs["probability"]), atol=1e-6)
@@ -103,7 +103,8 @@ def test_model_metadata_lists_the_signature_defs(served):
     assert set(signatures.signature_def) == {"serving_default", "predict_images"}
     images = signatures.signature_def["predict_images"].inputs["images"]
     assert images.dtype == tf.string.as_datatype_enum and [d.size for d in images.tensor_shape.dim] == [-1]
-    assert set(signatures.signature_def["serving_default"].outputs) == {"probability", "label", "threshold"}
+    assert set(signatures.signature_def["serving_default"].outputs) == {
+        "probability", "label", "threshold", "decision_score"}
 
     request.metadata_field[:] = ["something_else"]
     assert rpc_error(stub(served).GetModelMetadata, request).code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -33,7 +33,7 @@ def test_predict_matches_grpc_in_both_formats(served):
     status, rows = rest(served, "POST", f"/v1/models/{MODEL_NAME}:predict",
                         {"signature_name": "predict_images", "instances": [b64(i) for i in images]})
     assert status == 200
-    assert [set(row) for row in rows["predictions"]] == [{"probability", "label", "threshold"}] * 2
+    assert [set(row) for row in rows["predictions"]] == [{"probability", "label", "threshold", "decision_score"}] * 2
     np.testing.assert_allclose([row["probability"] for row in rows["predictions"]], grpc_probability, atol=1e-6)
     assert rows["predictions"][0]["label"] in ("NORMAL", "PNEUMONIA")
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import models, signatures
+from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
 
@@ -59,3 +60,22 @@ def test_export_leaves_the_optimizer_state_out(tmp_path):
     variables = os.path.join(export_dir, "variables")
     size = sum(os.path.getsize(os.path.join(variables, name)) for name in os.listdir(variables))
     assert size < 1.5 * 4 * model.count_params()
+
+
+def test_decision_score_puts_the_tuned_threshold_at_one_half(shared_data, tmp_path):
+    """TFMA counts `decision_score` > 0.5 (+1e-7) as positive: exactly the examples labelled PNEUMONIA."""
+    files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::40]
+    images = tf.constant([open(f, "rb").read() for f in files])
+    brightness = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.GlobalAveragePooling2D(),
+                                   keras.layers.Rescaling(1.0 / 255)])  # probability = mean brightness
+    probabilities = brightness.predict(decode_batch(images, 64), verbose=0).reshape(-1)
+    threshold = float(np.sort(probabilities)[len(probabilities) // 2])  # one example sits exactly on it
+    export_dir = str(tmp_path / "model")
+    signatures.export(brightness, export_dir, 64, Threshold(threshold, "youden", 0.9, 0.8, 10),
+                      str(tmp_path / "work"), "brightness", {})
+    out = tf.saved_model.load(export_dir).signatures["predict_images"](images=images)
+    score, probability = out["decision_score"].numpy(), out["probability"].numpy()
+    assert list((score > 0.5 + 1e-7)) == list(out["label"].numpy() == b"PNEUMONIA")
+    assert 0 < (score > 0.5).sum() < len(files)
+    order = np.argsort(probability)
+    assert np.all(np.diff(score[order]) >= 0) and np.all((score >= 0) & (score <= 1))  # monotonic, in [0, 1]

@@ -2,7 +2,10 @@
 
 `serving_default` takes serialized tf.Example (TFMA, TF Serving Classify/Predict with examples);
 `predict_images` takes encoded image bytes (gRPC Predict, REST b64). Both decode inside the graph
-and return `probability`, `label` (at the tuned threshold) and `threshold`, one value per input.
+and return `probability`, `label` (at the tuned threshold) and `threshold`, one value per input, plus
+`decision_score`: the probability mapped monotonically so that the tuned threshold lands on 0.5, which
+lets TFMA (whose thresholds are fixed when the pipeline is defined) report every metric at the model's
+own threshold too.
 """
 import dataclasses
 import json
@@ -17,6 +20,7 @@ from trainer.threshold import Threshold
 
 THRESHOLD_ASSET = "threshold.json"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+DECISION_MARGIN = 1e-6  # `decision_score` keeps this far from 0.5, beyond TFMA's 1e-7 comparison slack
 
 
 class PneumoniaModule(tf.Module):
@@ -31,8 +35,14 @@ class PneumoniaModule(tf.Module):
         pixels = decode_batch(encoded, self.image_size)
         probability = tf.reshape(self.model(pixels, training=False), [-1])
         threshold = tf.fill(tf.shape(probability), self.threshold_value)
-        label = tf.where(probability >= threshold, CLASS_NAMES[1], CLASS_NAMES[0])
-        return {"probability": probability, "label": label, "threshold": threshold}
+        positive = probability >= threshold
+        label = tf.where(positive, CLASS_NAMES[1], CLASS_NAMES[0])
+        above = tf.math.divide_no_nan(probability - threshold, 1.0 - threshold)
+        below = tf.math.divide_no_nan(probability, threshold)
+        decision_score = tf.where(positive, 0.5 + DECISION_MARGIN + (0.5 - DECISION_MARGIN) * above,
+                                  0.5 * tf.minimum(below, 1.0 - DECISION_MARGIN))
+        return {"probability": probability, "label": label, "threshold": threshold,
+                "decision_score": tf.clip_by_value(decision_score, 0.0, 1.0)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):

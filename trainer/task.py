@@ -107,7 +107,7 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
                                                         config["learning_rate"]):
         if unfreeze_from:
             models.unfreeze_top(model, unfreeze_from)
-        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps_per_epoch,
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(epochs * steps_per_epoch, 1),
                                                           alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[keras.metrics.AUC(name="auc")])
         stopper = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
@@ -115,8 +115,9 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
         model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
                   class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
         done += epochs
-        if stopper.best >= best_auc:  # equal: a stage whose AUC never registered (NaN) keeps its weights
-            best_auc, best_weights = stopper.best, model.get_weights()
+        stage_auc = -math.inf if stopper.best is None else stopper.best  # None: a stage of zero epochs
+        if stage_auc >= best_auc:  # equal: a stage whose AUC never registered (NaN) keeps its weights
+            best_auc, best_weights = stage_auc, model.get_weights()
     model.set_weights(best_weights)
     return best_auc
 

@@ -194,7 +194,10 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
 METRIC_TITLES = {"example_count": "examples", "auc": "AUC", "auc_precision_recall": "AUC-PR",
                  "binary_accuracy": "accuracy", "precision": "precision", "recall": "sensitivity (recall)",
                  "specificity": "specificity", "f1_score": "F1", "brier_score": "Brier",
-                 "calibration": "mean prediction / mean label"}
+                 "calibration": "mean prediction / mean label",
+                 "binary_accuracy@threshold": "accuracy at tuned", "precision@threshold": "precision at tuned",
+                 "recall@threshold": "sensitivity at tuned", "specificity@threshold": "specificity at tuned",
+                 "f1_score@threshold": "F1 at tuned"}
 POOLED = "all evaluated splits pooled"
 
 
