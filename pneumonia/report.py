@@ -27,11 +27,6 @@ class ReportLookupError(Exception):
     """The metadata store holds no run to report on or compare."""
 
 
-def _node_executions(store, pipeline_name: str, node: str) -> list:
-    context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node}")
-    return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id) if context else []
-
-
 def _artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metadata_store_pb2.Artifact]:
     """{input or output key: artifact} of one execution.
 
@@ -41,12 +36,6 @@ def _artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metada
     events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in event_types]
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     return {step.key: artifacts[e.artifact_id] for e in events for step in e.path.steps if step.HasField("key")}
-
-
-def _blessed(blessing: Optional[metadata_store_pb2.Artifact]) -> Optional[bool]:
-    if blessing is None or "blessed" not in blessing.custom_properties:
-        return None
-    return bool(blessing.custom_properties["blessed"].int_value)
 
 
 def _run_name(store, execution_id: int) -> str:
@@ -72,7 +61,7 @@ def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = N
     if not os.path.exists(metadata_path):
         raise ReportLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
     store = results.open_store(metadata_path)
-    executions = _node_executions(store, pipeline_name, REPORT_NODE)
+    executions = results.node_executions(store, pipeline_name, REPORT_NODE)
     if run is not None:
         executions = [e for e in executions if _run_name(store, e.id) == run]
     if not executions:
@@ -89,7 +78,7 @@ def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = N
         split_names=json.loads(inputs["examples"].properties["split_names"].string_value),
         model=inputs["model"].uri,
         evaluation=inputs["evaluation"].uri,
-        blessed=_blessed(inputs.get("model_blessing")),
+        blessed=results.is_blessed(inputs.get("model_blessing")),
     )
 
 
@@ -130,7 +119,8 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
             continue
         info = executor.model_info(inputs["model"].uri)
         latest[info["architecture"]] = Evaluated(info["architecture"], int(info["image_size"]),
-                                                 _blessed(outputs.get("blessing")), outputs["evaluation"].uri)
+                                                 results.is_blessed(outputs.get("blessing")),
+                                                 outputs["evaluation"].uri)
     if not latest:
         raise ReportLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
     return [latest[name] for name in sorted(latest)]

@@ -31,6 +31,19 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
     return metadata_store.MetadataStore(config)
 
 
+def node_executions(store: metadata_store.MetadataStore, pipeline_name: str, node: str) -> list:
+    """Every execution of one pipeline node, oldest first."""
+    context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node}")
+    return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id) if context else []
+
+
+def is_blessed(blessing: Optional[metadata_store_pb2.Artifact]) -> Optional[bool]:
+    """A ModelBlessing artifact's verdict; None when there is none yet."""
+    if blessing is None or "blessed" not in blessing.custom_properties:
+        return None
+    return bool(blessing.custom_properties["blessed"].int_value)
+
+
 def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
     """Output artifacts of the newest pipeline run (cached executions included)."""
     store = open_store(metadata_path)
@@ -58,7 +71,7 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
         elif kind == "File":  # the EvaluationReport component's folder
             outputs.report = os.path.join(artifact.uri, "index.html")
         elif kind == "ModelBlessing":
-            outputs.blessed = bool(props["blessed"].int_value) if "blessed" in props else None
+            outputs.blessed = is_blessed(artifact)
         elif kind == "PushedModel":
             outputs.pushed = bool(props["pushed"].int_value) if "pushed" in props else None
             outputs.pushed_destination = props["pushed_destination"].string_value or None

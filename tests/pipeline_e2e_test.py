@@ -6,17 +6,15 @@ import glob
 import os
 import shutil
 
-import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 
-from components.validation_gate.executor import DataAnomaliesError
 from pipeline.config import RunConfig
 from pneumonia import cli, prepare, results
 from pneumonia.runners import run_pipeline
-from tests.signatures_test import serialized_examples
+from tests.signatures_test import serve_both
 from trainer import models
 
 pytestmark = pytest.mark.slow
@@ -35,9 +33,7 @@ def tiny_config(tmp_path) -> str:
 
 
 def node_executions(metadata_path, node):
-    store = results.open_store(metadata_path)
-    context = store.get_context_by_type_and_name("node", f"pneumonia.{node}")
-    return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id) if context else []
+    return results.node_executions(results.open_store(metadata_path), "pneumonia", node)
 
 
 def versions(serving_dir):
@@ -66,14 +62,9 @@ def test_every_component_ran_and_a_version_was_pushed(first_run, capsys):
 def test_pushed_model_serves_real_images_through_both_signatures(first_run, shared_data):
     root, _ = first_run
     serving = os.path.join(root, "serving", "pneumonia")
-    model = tf.saved_model.load(os.path.join(serving, versions(os.path.join(root, "serving"))[0]))
     files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::60]
-    images = [open(f, "rb").read() for f in files]
-    by_image = model.signatures["predict_images"](images=tf.constant(images))["probability"].numpy()
-    by_example = model.signatures["serving_default"](
-        examples=tf.constant(serialized_examples(images)))["probability"].numpy()
-    assert by_image.shape == (len(files),) and np.all((by_image >= 0) & (by_image <= 1))
-    np.testing.assert_allclose(by_image, by_example, atol=1e-6)
+    serve_both(os.path.join(serving, versions(os.path.join(root, "serving"))[0]),
+               [open(f, "rb").read() for f in files])
 
 
 def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, capsys):

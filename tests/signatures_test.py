@@ -19,6 +19,25 @@ def serialized_examples(images):
         for image in images]
 
 
+def serve_both(export_dir: str, images) -> dict:
+    """Runs both signatures on the same encoded images, checks they agree and give probabilities in
+    [0, 1] with labels at the threshold, and returns the `predict_images` outputs as numpy arrays."""
+    loaded = tf.saved_model.load(export_dir)
+    by_image = loaded.signatures["predict_images"](images=tf.constant(images))
+    by_example = loaded.signatures["serving_default"](examples=tf.constant(serialized_examples(images)))
+    outputs = {key: value.numpy() for key, value in by_image.items()}
+    for key, value in outputs.items():
+        if value.dtype == object:
+            assert list(value) == list(by_example[key].numpy()), key
+        else:
+            np.testing.assert_allclose(value, by_example[key].numpy(), atol=1e-6, err_msg=key)
+    probability = outputs["probability"]
+    assert probability.shape == (len(images),) and np.all((probability >= 0) & (probability <= 1))
+    expected = np.where(probability >= outputs["threshold"], b"PNEUMONIA", b"NORMAL")
+    assert list(outputs["label"]) == list(expected)
+    return outputs
+
+
 def test_signatures_agree_on_real_images(shared_data, tmp_path):
     files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::100]
     files += sorted(glob.glob(f"{shared_data}/originals/*/*.jpeg"))[:2]  # full resolution input
@@ -28,16 +47,8 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
     export_dir = str(tmp_path / "model")
     signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn", models.REGISTRY["cnn"].tiny)
 
-    loaded = tf.saved_model.load(export_dir)
-    by_image = loaded.signatures["predict_images"](images=tf.constant(images))
-    by_example = loaded.signatures["serving_default"](examples=tf.constant(serialized_examples(images)))
-    probability = by_image["probability"].numpy()
-    assert probability.shape == (len(images),)
-    assert np.all((probability >= 0) & (probability <= 1))
-    np.testing.assert_allclose(probability, by_example["probability"].numpy(), atol=1e-6)
-    np.testing.assert_allclose(by_image["threshold"].numpy(), 0.37)
-    expected = np.where(probability >= np.float32(0.37), b"PNEUMONIA", b"NORMAL")
-    assert list(by_image["label"].numpy()) == list(expected)
+    outputs = serve_both(export_dir, images)
+    np.testing.assert_allclose(outputs["threshold"], 0.37)
     asset = json.load(open(os.path.join(export_dir, "assets", signatures.THRESHOLD_ASSET)))
     assert asset["value"] == 0.37 and asset["architecture"] == "cnn" and asset["image_size"] == 64
     assert signatures.read_metadata(export_dir) == asset

@@ -79,7 +79,7 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
 def read_metadata(export_dir: str) -> Dict[str, Any]:
     """The threshold JSON of an exported model (threshold, architecture, image_size, model_config)."""
     path = os.path.join(export_dir, "assets", THRESHOLD_ASSET)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):  # gfile: models may live in a bucket (Kubeflow)
         raise ValueError(f"{export_dir} is not a model exported by this trainer: {path} is missing")
-    with open(path, encoding="utf-8") as f:
+    with tf.io.gfile.GFile(path) as f:
         return json.load(f)

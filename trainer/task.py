@@ -138,8 +138,8 @@ def run_fn(fn_args: FnArgs) -> None:
     logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)
     best_auc = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
 
-    labels = np.concatenate([y for _, y in validation.as_numpy_iterator()])
-    probabilities = model.predict(validation, verbose=0).reshape(-1)
+    scored = [(model.predict_on_batch(pixels).reshape(-1), y.numpy()) for pixels, y in validation]  # one pass
+    probabilities, labels = (np.concatenate(column) for column in zip(*scored))
     chosen = threshold.choose(labels, probabilities, config["threshold_policy"])
     logging.info("validation AUC %.4f; threshold %.4f (%s): validation sensitivity %.3f, specificity %.3f",
                  best_auc, chosen.value, chosen.policy, chosen.sensitivity, chosen.specificity)
