@@ -35,8 +35,10 @@ class RunConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     early_stopping_patience: int = 3
+    early_stopping_metric: str = "auc"  # or "loss": what picks the best epoch on validation
     threshold_policy: str = "youden"  # or "sensitivity:0.95"
     loss: str = "bce"  # or "focal"
+    label_smoothing: float = 0.0  # targets pulled towards 0.5 by this much: graded, less saturated scores
     augment: bool = True  # training-only rotations, shifts, zoom, brightness, contrast
     horizontal_flip: bool = False  # off by default: it moves the heart to the wrong side
     cache: bool = False  # cache decoded training images in memory
@@ -80,8 +82,10 @@ class RunConfig:
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "early_stopping_patience": self.early_stopping_patience,
+            "early_stopping_metric": self.early_stopping_metric,
             "threshold_policy": self.threshold_policy,
             "loss": self.loss,
+            "label_smoothing": self.label_smoothing,
             "augment": self.augment,
             "horizontal_flip": self.horizontal_flip,
             "cache": self.cache,

@@ -33,7 +33,8 @@ DECISION_OUTPUT = "decision_score"
 AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score", "ConfusionMatrixAtThresholds")
 # Every figure is per split; the uncrossed slices exist for the pooled view TFX gives, and say so.
 SLICE_FEATURES = (
-    ("split",), ("split", "dataset"), ("split", "label"), ("split", "pathogen"), ("split", "dataset", "label"),
+    ("split",), ("split", "dataset"), ("split", "source"), ("split", "label"), ("split", "pathogen"),
+    ("split", "dataset", "label"),
     ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
 )
 

@@ -34,7 +34,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 MIN_USABLE_VAL = 100
 REPORT_NAME = "prepare_report.json"
 RECORDS_PER_SHARD = 1000
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Locally: the DirectRunner in one process. Its multi_threading mode corrupted bundles on the full data
 # here (Beam 2.74: "Invalid PaneInfoEncoding"), and multi_processing pays a TensorFlow import per worker.
 DEFAULT_BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -76,6 +76,16 @@ class Candidate:
     @property
     def shown(self) -> str:
         return f"{self.dataset}/{self.source_path}"
+
+    @property
+    def origin(self) -> str:
+        """Where the image comes from within its dataset (the `source` feature). An evaluation-only folder that
+        pools sources names each file `<source>_...` (`rsna_`, `ieee8023_`); any other image has its dataset's."""
+        if self.split == self.dataset:
+            prefix, sep, _ = os.path.basename(self.source_path).partition("_")
+            if sep and re.fullmatch(r"[a-z0-9]+", prefix.lower()):
+                return prefix.lower()
+        return self.dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +227,7 @@ def to_example(record: Record, image: bytes):
         "label": int_feature(candidate.label),
         "label_name": bytes_feature(LABEL_NAMES[candidate.label].encode()),
         "dataset": bytes_feature(candidate.dataset.encode()),
+        "source": bytes_feature(candidate.origin.encode()),
         "split": bytes_feature(record.split.encode()),
         "patient_id": bytes_feature(record.patient_id.encode()),
         "pathogen": bytes_feature(record.pathogen.encode()),

@@ -88,6 +88,9 @@ def test_real_images_become_complete_examples(prepared):
             stored = open(os.path.join(root, feature(example, "source_path")), "rb").read()
             assert example.features.feature["image"].bytes_list.value[0] == stored  # bytes as stored
             assert feature(example, "dataset") == ("external" if split == "external" else "kermany")
+            # The external folder pools sources, named by file-name prefix; Kermany's names carry none.
+            expected_source = os.path.basename(feature(example, "source_path")).split("_")[0]
+            assert feature(example, "source") == (expected_source if split == "external" else "kermany")
 
 
 def test_validation_is_carved_by_patient_and_records_are_shuffled(prepared):

@@ -10,7 +10,7 @@ own threshold too.
 import dataclasses
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
@@ -55,17 +55,18 @@ class PneumoniaModule(tf.Module):
 
 
 def export(model: keras.Model, export_dir: str, image_size: int, threshold: Threshold, work_dir: str,
-           architecture: str, model_config: Dict[str, Any]) -> None:
+           architecture: str, model_config: Dict[str, Any], training: Optional[Dict[str, Any]] = None) -> None:
     """Writes the SavedModel with both signatures and the threshold JSON under assets/.
 
     The JSON also records what rebuilds the Keras model (`architecture`, `image_size`, `model_config`),
-    for warm start and Grad-CAM.
+    for warm start and Grad-CAM, and what training cost and chose (`training`: parameters, wall time,
+    images/s, best epoch), for the results table.
     """
     os.makedirs(work_dir, exist_ok=True)
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
     with open(asset_path, "w", encoding="utf-8") as f:
         json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
-                   "model_config": model_config}, f, indent=2, sort_keys=True)
+                   "model_config": model_config, "training": training or {}}, f, indent=2, sort_keys=True)
     # The same layers and weights, without what compile() attached (optimizer slots, metric state): the
     # served model would otherwise carry the Adam moments, three times its weights.
     inference_model = keras.Model(model.inputs, model.outputs, name=model.name)

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import keras
@@ -30,15 +31,30 @@ def class_weights(normal: int, pneumonia: int) -> dict:
     return {0: total / (2.0 * max(normal, 1)), 1: total / (2.0 * max(pneumonia, 1))}
 
 
-def loss_and_class_weights(loss: str, normal: int, pneumonia: int) -> Tuple[keras.losses.Loss, Optional[dict]]:
+def loss_and_class_weights(loss: str, normal: int, pneumonia: int,
+                           label_smoothing: float = 0.0) -> Tuple[keras.losses.Loss, Optional[dict]]:
     """Imbalance handling: `bce` with inverse-frequency class weights, or `focal` loss balanced by its alpha
-    (the NORMAL share weighs PNEUMONIA), which then needs no class weights."""
+    (the NORMAL share weighs PNEUMONIA), which then needs no class weights. Label smoothing pulls the targets
+    towards 0.5, so scores stay graded instead of saturating at 0 and 1."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if loss == "bce":
-        return keras.losses.BinaryCrossentropy(), class_weights(normal, pneumonia)
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), class_weights(normal, pneumonia)
     if loss == "focal":
         alpha = normal / max(normal + pneumonia, 1)
-        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha, gamma=2.0), None
+        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha, gamma=2.0,
+                                                    label_smoothing=label_smoothing), None
     raise ValueError(f"unknown loss {loss!r}; use 'bce' or 'focal'")
+
+
+# What early stopping and the best-epoch choice monitor on the validation split: (Keras key, mode).
+EARLY_STOPPING_MONITORS = {"auc": ("val_auc", "max"), "loss": ("val_loss", "min")}
+
+
+def early_stopping_monitor(name: str) -> Tuple[str, str]:
+    if name not in EARLY_STOPPING_MONITORS:
+        raise ValueError(f"unknown early_stopping_metric {name!r}; use one of: {', '.join(EARLY_STOPPING_MONITORS)}")
+    return EARLY_STOPPING_MONITORS[name]
 
 
 def _normalised(model_config: Dict[str, Any]) -> Dict[str, Any]:
@@ -97,12 +113,17 @@ def _stages(model: keras.Model, architecture: str, epochs: int,
 
 
 def train(model: keras.Model, config: Dict[str, Any], train_data, validation_data, counts: Tuple[int, int],
-          log_dir: str) -> float:
-    """Adam with a cosine learning-rate decay per stage, early stopping on validation AUC; leaves the model at
-    the weights with the best validation AUC over all stages, and returns that AUC."""
-    loss, weights = loss_and_class_weights(config["loss"], *counts)
+          log_dir: str) -> Dict[str, Any]:
+    """Adam with a cosine learning-rate decay per stage, early stopping on the validation metric
+    (`early_stopping_metric`: AUC, or loss once AUC saturates); leaves the model at the weights with the best
+    validation value over all stages. Returns what the run cost and chose, for the model's metadata."""
+    loss, weights = loss_and_class_weights(config["loss"], *counts, config.get("label_smoothing", 0.0))
+    metric_name = config.get("early_stopping_metric", "auc")
+    monitor, mode = early_stopping_monitor(metric_name)
+    sign = 1.0 if mode == "max" else -1.0  # compare as "higher is better"
     steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
-    best_auc, best_weights, done = -math.inf, None, 0
+    best_value, best_weights, done, best_epoch, epochs_run = -math.inf, None, 0, 0, 0
+    started = time.monotonic()
     for epochs, learning_rate, unfreeze_from in _stages(model, config["architecture"], config["epochs"],
                                                         config["learning_rate"]):
         if unfreeze_from:
@@ -110,22 +131,30 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(epochs * steps_per_epoch, 1),
                                                           alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[keras.metrics.AUC(name="auc")])
-        stopper = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
+        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                 patience=config["early_stopping_patience"])
-        model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
-                  class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
+        history = model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
+                            class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)],
+                            verbose=2)
+        epochs_run += len(history.epoch)
         done += epochs
-        stage_auc = -math.inf if stopper.best is None else stopper.best  # None: a stage of zero epochs
-        if stage_auc >= best_auc:  # equal: a stage whose AUC never registered (NaN) keeps its weights
-            best_auc, best_weights = stage_auc, model.get_weights()
+        stage_value = -math.inf if stopper.best is None else sign * stopper.best  # None: a stage of zero epochs
+        if stage_value >= best_value:  # equal: a stage whose metric never registered (NaN) keeps its weights
+            best_value, best_weights = stage_value, model.get_weights()
+            best_epoch = stopper.best_epoch + 1 if stopper.best is not None else best_epoch  # 1-based, absolute
     model.set_weights(best_weights)
-    return best_auc
+    seconds = time.monotonic() - started
+    return {"early_stopping_metric": metric_name, "best_validation_value": sign * best_value,
+            "best_epoch": best_epoch, "epochs_run": epochs_run, "train_seconds": round(seconds, 1),
+            "train_images_per_second": round(epochs_run * sum(counts) / seconds, 2) if seconds > 0 else 0.0,
+            "train_examples": sum(counts), "parameters": int(model.count_params())}
 
 
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
     config = fn_args.custom_config
-    threshold.target_sensitivity(config["threshold_policy"])  # a bad policy fails now, not after training
+    threshold.target_sensitivity(config["threshold_policy"])  # a bad setting fails now, not after training
+    early_stopping_monitor(config.get("early_stopping_metric", "auc"))
     keras.utils.set_random_seed(config["seed"])
     image_size, batch_size = config["image_size"], config["batch_size"]
     model = build_model(config, fn_args.base_model)
@@ -136,15 +165,16 @@ def run_fn(fn_args: FnArgs) -> None:
     validation = inputs.make_dataset(fn_args.eval_files, image_size, batch_size, training=False, cache=config["cache"])
     counts = inputs.label_counts(fn_args.train_files)
     logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)
-    best_auc = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
+    training = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
 
     scored = [(model.predict_on_batch(pixels).reshape(-1), y.numpy()) for pixels, y in validation]  # one pass
     probabilities, labels = (np.concatenate(column) for column in zip(*scored))
     chosen = threshold.choose(labels, probabilities, config["threshold_policy"])
-    logging.info("validation AUC %.4f; threshold %.4f (%s): validation sensitivity %.3f, specificity %.3f",
-                 best_auc, chosen.value, chosen.policy, chosen.sensitivity, chosen.specificity)
+    logging.info("best validation %s %.4f at epoch %d; threshold %.4f (%s): validation sensitivity %.3f, "
+                 "specificity %.3f", training["early_stopping_metric"], training["best_validation_value"],
+                 training["best_epoch"], chosen.value, chosen.policy, chosen.sensitivity, chosen.specificity)
     signatures.export(model, fn_args.serving_model_dir, image_size, chosen, fn_args.model_run_dir,
-                      config["architecture"], _normalised(config.get("model_config") or {}))
+                      config["architecture"], _normalised(config.get("model_config") or {}), training)
     weights_path = keras_weights_path(fn_args.serving_model_dir)
     os.makedirs(os.path.dirname(weights_path), exist_ok=True)
     model.save_weights(weights_path)
