@@ -36,7 +36,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     early_stopping_patience: int = 3
     early_stopping_metric: str = "auc"  # or "loss": what picks the best epoch on validation
-    threshold_policy: str = "youden"  # or "sensitivity:0.95"
+    threshold_policy: str = "youden"  # or "sensitivity:0.95", "fixed:0.5", "median-midpoint"
     loss: str = "bce"  # or "focal"
     label_smoothing: float = 0.0  # targets pulled towards 0.5 by this much: graded, less saturated scores
     augment: bool = True  # training-only rotations, shifts, zoom, brightness, contrast

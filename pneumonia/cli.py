@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-start", action="store_true", default=None,
                      help="initialise from the latest trained model of the same architecture")
     run.add_argument("--threshold-policy", help="how the operating threshold is chosen on validation: youden "
-                                                "(default) or sensitivity:X, e.g. sensitivity:0.95")
+                                                "(default), sensitivity:X (e.g. sensitivity:0.98), fixed:X or "
+                                                "median-midpoint")
     run.add_argument("--loss", choices=["bce", "focal"], help="training loss (default bce with class weights)")
     run.add_argument("--epochs", type=int, help="training epochs (default 5)")
     run.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ml_metadata.proto import metadata_store_pb2
 
@@ -17,10 +17,14 @@ from ml_metadata.proto import metadata_store_pb2
 REPORT_NODE = "EvaluationReport"
 EVALUATOR_NODE = "Evaluator"
 FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"), ("acc@0.5", "binary_accuracy"),
-                   ("sens@0.5", "recall"), ("spec@0.5", "specificity"), ("F1@0.5", "f1_score"),
+COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"),
                    ("acc@thr", "binary_accuracy@threshold"), ("sens@thr", "recall@threshold"),
-                   ("spec@thr", "specificity@threshold"), ("F1@thr", "f1_score@threshold"))
+                   ("spec@thr", "specificity@threshold"), ("F1@thr", "f1_score@threshold"),
+                   ("acc@0.5", "binary_accuracy"), ("sens@0.5", "recall"), ("spec@0.5", "specificity"),
+                   ("F1@0.5", "f1_score"))
+# `compare --into FILE` rewrites only what lies between these lines.
+GENERATED_BEGIN = "<!-- BEGIN pneumonia compare: generated, do not edit -->"
+GENERATED_END = "<!-- END pneumonia compare -->"
 
 
 class ReportLookupError(Exception):
@@ -97,6 +101,20 @@ class Evaluated:
     image_size: int
     blessed: Optional[bool]
     evaluation: str
+    model: dict  # the export's threshold JSON: threshold, policy, validation figures, training cost
+    recipe: dict  # the producing Trainer's custom_config (empty when the store does not record it)
+    model_uri: str
+    examples_uri: str  # what the Evaluator read
+
+
+def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
+    """The custom_config of the Trainer execution that produced `model`: the run's whole training recipe."""
+    producers = [e.execution_id for e in store.get_events_by_artifact_ids([model.id])
+                 if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    for execution in store.get_executions_by_id(producers):
+        if "custom_config" in execution.custom_properties:
+            return json.loads(execution.custom_properties["custom_config"].string_value or "{}") or {}
+    return {}
 
 
 def latest_evaluations(metadata_path: str) -> List[Evaluated]:
@@ -115,48 +133,113 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
         inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
         outputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.OUTPUT,
                                                           metadata_store_pb2.Event.DECLARED_OUTPUT))
-        if "model" not in inputs or "evaluation" not in outputs:
+        if "model" not in inputs or "examples" not in inputs or "evaluation" not in outputs:
             continue
         info = executor.model_info(inputs["model"].uri)
         latest[info["architecture"]] = Evaluated(info["architecture"], int(info["image_size"]),
                                                  results.is_blessed(outputs.get("blessing")),
-                                                 outputs["evaluation"].uri)
+                                                 outputs["evaluation"].uri, info,
+                                                 _trainer_config(store, inputs["model"]), inputs["model"].uri,
+                                                 inputs["examples"].uri)
     if not latest:
         raise ReportLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
     return [latest[name] for name in sorted(latest)]
 
 
-def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
-    """Header plus one row per architecture and split slice (each split is its own TFMA slice)."""
-    from components.report.executor import is_split_slice
-    from pneumonia import results
+def _slice_parts(name: str) -> Dict[str, str]:
+    return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
 
-    header = ["architecture", "size", "blessed", "slice"] + [title for title, _ in COMPARE_COLUMNS]
+
+def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]:
+    """(TFMA slice name, shown name): each whole split, then each source of a split that pools several
+    (the external set: rsna and ieee8023), in split order."""
+    from components.report.executor import ordered_splits
+
+    splits = {_slice_parts(name)["split"]: name for name in table if set(_slice_parts(name)) == {"dataset", "split"}}
+    sources: Dict[str, Dict[str, str]] = {}
+    for name in table:
+        parts = _slice_parts(name)
+        if set(parts) == {"source", "split"}:
+            sources.setdefault(parts["split"], {})[parts["source"]] = name
+    chosen = []
+    for split in ordered_splits(list(splits)):
+        chosen.append((splits[split], split))
+        if len(sources.get(split, {})) > 1:
+            chosen += [(name, f"{split}: {source}") for source, name in sorted(sources[split].items())]
+    return chosen
+
+
+def _number(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
+    """Header plus one row per architecture: how it was trained, what it cost, the threshold it chose."""
+    header = ["architecture", "size", "weights", "parameters", "best epoch / run", "train min", "train img/s",
+              "threshold (policy)", "val sens@thr", "val spec@thr", "blessed"]
     rows = [header]
     for item in evaluated:
-        table = results.slice_metrics(item.evaluation)
-        for name in sorted(filter(is_split_slice, table)):
-            row = table[name]
-            cells = [("-" if row.get(key) is None else f"{row[key]:.0f}" if key == "example_count"
-                      else f"{row[key]:.3f}") for _, key in COMPARE_COLUMNS]
-            rows.append([item.architecture, str(item.image_size), str(item.blessed), name] + cells)
+        training, model = item.model.get("training", {}), item.model
+        epochs = (f"{training['best_epoch']} / {training['epochs_run']}" if "epochs_run" in training else "-")
+        minutes = training.get("train_seconds")
+        rows.append([item.architecture, str(item.image_size), str(item.recipe.get("weights", "-")),
+                     f"{training['parameters']:,}" if "parameters" in training else "-", epochs,
+                     _number(minutes / 60 if minutes is not None else None, 1),
+                     _number(training.get("train_images_per_second"), 1),
+                     f"{_number(model.get('value'))} ({model.get('policy', '-')})",
+                     _number(model.get("sensitivity")), _number(model.get("specificity")), str(item.blessed)])
     return rows
 
 
-def format_rows(rows: List[List[str]], markdown: bool = False) -> str:
+def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
+    """Header plus one row per architecture and reported slice (whole splits, and sources within them)."""
+    from pneumonia import results
+
+    header = ["architecture", "slice"] + [title for title, _ in COMPARE_COLUMNS]
+    rows = [header]
+    for item in evaluated:
+        table = results.slice_metrics(item.evaluation)
+        for name, shown in reported_slices(table):
+            row = table[name]
+            cells = [_number(row.get(key), 0 if key == "example_count" else 3) for _, key in COMPARE_COLUMNS]
+            rows.append([item.architecture, shown] + cells)
+    return rows
+
+
+def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: int = 2) -> str:
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in rows]
         lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in
+    return "\n".join("  ".join(cell.ljust(w) if i < label_columns else cell.rjust(w) for i, (cell, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
-def compare(metadata_path: str, markdown: bool = False) -> str:
-    """One table of the latest evaluation of every architecture, per split: metrics at 0.5 and at the tuned
-    threshold."""
-    return format_rows(compare_rows(latest_evaluations(metadata_path)), markdown)
+def compare(metadata_path: str, markdown: bool = False, policies: bool = False) -> str:
+    """Tables over the latest evaluation of every architecture: how each model was trained (cost, threshold
+    chosen on validation), its metrics per split at the tuned threshold and at 0.5, and (`policies`) what
+    each threshold policy would have given, which scores every model again."""
+    evaluated = latest_evaluations(metadata_path)
+    tables = [format_rows(model_rows(evaluated), markdown, label_columns=1),
+              format_rows(compare_rows(evaluated), markdown)]
+    if policies:
+        from pneumonia.policies import policy_rows
+
+        tables.append(format_rows(policy_rows(evaluated), markdown))
+    return "\n\n".join(tables)
+
+
+def replace_generated(path: str, text: str) -> None:
+    """Puts `text` between the file's BEGIN/END markers, keeping everything written around them."""
+    with open(path, encoding="utf-8") as f:
+        document = f.read()
+    begin, end = document.find(GENERATED_BEGIN), document.find(GENERATED_END)
+    if begin < 0 or end < begin:
+        raise ReportLookupError(f"{path} has no {GENERATED_BEGIN} ... {GENERATED_END} section to fill")
+    document = document[:begin + len(GENERATED_BEGIN)] + "\n" + text + "\n" + document[end:]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(document)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -175,8 +258,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     config = RunConfig(root=args.root) if args.root else RunConfig()
     try:
-        print(compare(config.metadata_path, markdown=args.markdown))
-    except ReportLookupError as error:
+        table = compare(config.metadata_path, markdown=args.markdown or bool(args.into), policies=args.policies)
+        if args.into:
+            replace_generated(args.into, table)
+            print(f"updated {args.into}")
+        else:
+            print(table)
+    except (ReportLookupError, OSError) as error:
         raise SystemExit(f"error: {error}")
 
 
@@ -193,9 +281,16 @@ def add_commands(commands) -> None:
     report.set_defaults(func=cmd_report)
 
     comparison = commands.add_parser("compare", help="compare the latest evaluation of every architecture",
-                                     description="Print one table: per architecture run under --root, its latest "
-                                                 "TFMA evaluation per split (metrics at 0.5 and at the tuned "
-                                                 "threshold).")
+                                     description="Print two tables: per architecture run under --root, how its "
+                                                 "latest evaluated model was trained (cost, threshold chosen on "
+                                                 "validation), then its TFMA metrics per split and per source "
+                                                 "(at the tuned threshold and at 0.5).")
     comparison.add_argument("--root", help="run root (default ~/pneumonia-runs)")
-    comparison.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    comparison.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    comparison.add_argument("--policies", action="store_true",
+                            help="add the threshold-policy table: every policy chosen on validation, applied to "
+                                 "test and external (scores each model again: a minute or more per model)")
+    comparison.add_argument("--into", metavar="FILE",
+                            help="write the Markdown tables into FILE between its generated-section markers "
+                                 "(e.g. docs/RESULTS.md), leaving the rest of FILE as it is")
     comparison.set_defaults(func=cmd_compare)

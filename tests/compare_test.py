@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from ml_metadata import metadata_store
@@ -48,7 +49,7 @@ class Metadata:
         return artifact
 
     def execution(self, pipeline: str, run: str, node: str, inputs: dict, outputs: dict,
-                  state=metadata_store_pb2.Execution.COMPLETE) -> None:
+                  state=metadata_store_pb2.Execution.COMPLETE, custom_config=None) -> None:
         kind = self.types.setdefault(node, self.store.put_execution_type(metadata_store_pb2.ExecutionType(name=node)))
         events = []
         for event_type, artifacts in ((metadata_store_pb2.Event.INPUT, inputs),
@@ -61,7 +62,14 @@ class Metadata:
                 events.append((artifact, event))
         contexts = [metadata_store_pb2.Context(id=self._context(kind, name), type_id=self.types[kind], name=name)
                     for kind, name in (("pipeline", pipeline), ("pipeline_run", run), ("node", f"{pipeline}.{node}"))]
-        self.store.put_execution(metadata_store_pb2.Execution(type_id=kind, last_known_state=state), events, contexts)
+        execution = metadata_store_pb2.Execution(type_id=kind, last_known_state=state)
+        if custom_config is not None:  # as TFX records a Trainer's custom_config
+            execution.custom_properties["custom_config"].string_value = json.dumps(custom_config)
+        self.store.put_execution(execution, events, contexts)
+
+
+TRAINING = {"best_epoch": 3, "epochs_run": 7, "train_seconds": 630.0, "train_images_per_second": 44.4,
+            "parameters": 1234567}
 
 
 def model_folder(root: str, name: str, architecture: str, image_size: int = 64) -> str:
@@ -69,7 +77,8 @@ def model_folder(root: str, name: str, architecture: str, image_size: int = 64) 
     assets = os.path.join(root, name, "Format-Serving", "assets")
     os.makedirs(assets)
     with open(os.path.join(assets, THRESHOLD_ASSET), "w", encoding="utf-8") as f:
-        json.dump({"value": 0.5, "architecture": architecture, "image_size": image_size}, f)
+        json.dump({"value": 0.25, "policy": "sensitivity:0.98", "sensitivity": 0.98, "specificity": 0.9,
+                   "architecture": architecture, "image_size": image_size, "training": TRAINING}, f)
     return os.path.join(root, name)
 
 
@@ -110,11 +119,16 @@ def runs(tmp_path):
             ("run-4", "cnn", 0.10, metadata_store_pb2.Execution.FAILED)]
     for run, architecture, auc, state in plan:
         model = metadata.artifact("Model", model_folder(root, f"model-{run}", architecture))
+        [model.id] = metadata.store.put_artifacts([model])  # one artifact: the Trainer's output, the Evaluator's input
+        metadata.execution("pneumonia", run, "Trainer", {}, {"model": model}, custom_config={"weights": "none"})
         evaluation = metadata.artifact("ModelEvaluation", evaluation_folder(root, f"evaluation-{run}", {
             "dataset=kermany, split=test": split_metrics(auc), "dataset=external, split=external": split_metrics(0.6),
-            "dataset=kermany, label=0, split=test": split_metrics(0.0), "split=test": split_metrics(auc)}))
+            "dataset=kermany, label=0, split=test": split_metrics(0.0), "split=test": split_metrics(auc),
+            "source=kermany, split=test": split_metrics(auc), "source=rsna, split=external": split_metrics(0.5),
+            "source=ieee8023, split=external": split_metrics(0.7)}))
         # From the second run on, the model under evaluation can be its own baseline (a cached Trainer).
         inputs = {"model": model} if run == "run-1" else {"baseline_model,model": model}
+        inputs["examples"] = metadata.artifact("Examples", os.path.join(root, "examples"), split_names=["test"])
         metadata.execution("pneumonia", run, "Evaluator", inputs,
                            {"evaluation": evaluation, "blessing": metadata.artifact("ModelBlessing", "", blessed=True)},
                            state)
@@ -123,26 +137,50 @@ def runs(tmp_path):
 
 def test_table_lists_the_latest_finished_evaluation_of_each_architecture(runs):
     rows = report_lib.compare_rows(report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
-    assert rows[0][:4] == ["architecture", "size", "blessed", "slice"]
-    by_key = {(row[0], row[3]): dict(zip(rows[0], row)) for row in rows[1:]}
-    assert set(by_key) == {("cnn", "dataset=kermany, split=test"), ("cnn", "dataset=external, split=external"),
-                           ("densenet121", "dataset=kermany, split=test"),
-                           ("densenet121", "dataset=external, split=external")}
-    assert by_key[("cnn", "dataset=kermany, split=test")]["AUC"] == "0.900"  # not the failed or the older run
-    assert by_key[("densenet121", "dataset=kermany, split=test")]["AUC"] == "0.850"
-    cnn = by_key[("cnn", "dataset=kermany, split=test")]
-    assert cnn["F1@0.5"] == "0.667" and cnn["examples"] == "100" and cnn["blessed"] == "True"
+    assert rows[0][:2] == ["architecture", "slice"]
+    # Whole splits in split order, then the sources of the split that pools several; test has only one.
+    assert [row[1] for row in rows[1:] if row[0] == "cnn"] == ["test", "external", "external: ieee8023",
+                                                                "external: rsna"]
+    by_key = {(row[0], row[1]): dict(zip(rows[0], row)) for row in rows[1:]}
+    assert by_key[("cnn", "test")]["AUC"] == "0.900"  # not the failed or the older run
+    assert by_key[("densenet121", "test")]["AUC"] == "0.850"
+    assert by_key[("cnn", "external: rsna")]["AUC"] == "0.500"
+    cnn = by_key[("cnn", "test")]
+    assert cnn["F1@0.5"] == "0.667" and cnn["examples"] == "100"
     assert (cnn["sens@thr"], cnn["spec@thr"], cnn["F1@thr"]) == ("0.950", "0.700", "0.800")
+
+
+def test_model_table_shows_the_recipe_cost_and_threshold(runs):
+    rows = report_lib.model_rows(report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
+    cnn = dict(zip(rows[0], rows[1]))
+    assert [row[0] for row in rows[1:]] == ["cnn", "densenet121"]
+    assert cnn["weights"] == "none" and cnn["parameters"] == "1,234,567" and cnn["best epoch / run"] == "3 / 7"
+    assert (cnn["train min"], cnn["train img/s"]) == ("10.5", "44.4")
+    assert cnn["threshold (policy)"] == "0.250 (sensitivity:0.98)" and cnn["blessed"] == "True"
 
 
 def test_cli_prints_plain_and_markdown_tables(runs, capsys):
     cli.main(["compare", "--root", runs])
     plain = capsys.readouterr().out.splitlines()
-    assert plain[0].split()[:4] == ["architecture", "size", "blessed", "slice"] and len(plain) == 5
+    assert plain[0].split()[:2] == ["architecture", "size"] and len(plain) == 3 + 1 + 9
+    assert plain[4].split()[:2] == ["architecture", "slice"]
     cli.main(["compare", "--root", runs, "--markdown"])
     markdown = capsys.readouterr().out.splitlines()
     assert markdown[0].startswith("| architecture |") and set(markdown[1]) <= {"|", "-"}
-    assert sum(line.startswith("| cnn |") for line in markdown) == 2
+    assert sum(line.startswith("| cnn |") for line in markdown) == 1 + 4
+
+
+def test_into_rewrites_only_the_generated_section(runs, tmp_path):
+    document = tmp_path / "RESULTS.md"
+    before, after = "# Results\n\nwritten by hand\n", "\n## Discussion\nalso by hand\n"
+    document.write_text(f"{before}{report_lib.GENERATED_BEGIN}\nstale\n{report_lib.GENERATED_END}{after}")
+    cli.main(["compare", "--root", runs, "--into", str(document)])
+    text = document.read_text()
+    assert text.startswith(before) and text.endswith(report_lib.GENERATED_END + after) and "stale" not in text
+    assert "| cnn | test |" in text
+    document.write_text("no markers")
+    with pytest.raises(SystemExit, match="no .*BEGIN pneumonia compare.* section"):
+        cli.main(["compare", "--root", runs, "--into", str(document)])
 
 
 def test_a_root_without_evaluations_is_a_one_line_error(tmp_path):
@@ -151,3 +189,24 @@ def test_a_root_without_evaluations_is_a_one_line_error(tmp_path):
         cli.main(["compare", "--root", str(tmp_path)])
     with pytest.raises(SystemExit, match="no ML Metadata at"):
         cli.main(["compare", "--root", str(tmp_path / "elsewhere")])
+
+
+def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(runs, monkeypatch):
+    from pneumonia import policies
+
+    # Validation separates perfectly; test NORMAL images score higher than validation's (the shift).
+    scores = {"eval": ([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.15, 0.2, 0.6, 0.8, 0.9, 0.95]),
+              "test": ([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.3, 0.5, 0.7, 0.55, 0.8, 0.9, 0.95]),
+              "external": ([1, 1], [0.4, 0.9])}
+    monkeypatch.setattr(policies, "split_scores",
+                        lambda examples, split, model: tuple(map(np.array, scores[split])))
+    evaluated = report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
+    rows = policies.policy_rows(evaluated[:1])
+    table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert list(table) == ["youden", "sensitivity:0.95", "**sensitivity:0.98** (recipe)", "sensitivity:0.99",
+                           "median-midpoint", "fixed:0.5"]
+    youden = table["youden"]  # the lowest PNEUMONIA validation score
+    assert (youden["threshold"], youden["val sens"], youden["val spec"]) == ("0.600", "1.000", "1.000")
+    assert (youden["test acc"], youden["test sens"], youden["test spec"]) == ("0.750", "0.750", "0.750")
+    assert (table["fixed:0.5"]["test sens"], table["fixed:0.5"]["test spec"]) == ("1.000", "0.500")
+    assert (table["fixed:0.5"]["external sens"], table["fixed:0.5"]["external spec"]) == ("0.500", "-")

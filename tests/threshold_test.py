@@ -39,8 +39,36 @@ def test_unknown_policy_is_refused():
 @pytest.mark.parametrize("policy", ["sensitivity:high", "sensitivity:0", "sensitivity:1.5"])
 def test_sensitivity_target_must_be_a_fraction(policy):
     with pytest.raises(ValueError, match="target sensitivity must be a number in"):
-        threshold.target_sensitivity(policy)
+        threshold.parse(policy)
 
 
-def test_policies_parse_to_their_target():
-    assert threshold.target_sensitivity("sensitivity:0.95") == 0.95 and threshold.target_sensitivity("youden") is None
+@pytest.mark.parametrize("policy", ["fixed:0", "fixed:1", "fixed:x"])
+def test_fixed_threshold_must_be_inside_the_unit_interval(policy):
+    with pytest.raises(ValueError, match="a fixed threshold must be a number in"):
+        threshold.parse(policy)
+
+
+@pytest.mark.parametrize("policy", ["youden:0.5", "fixed", "median-midpoint:1"])
+def test_malformed_policies_are_refused(policy):
+    with pytest.raises(ValueError, match="unknown threshold policy"):
+        threshold.parse(policy)
+
+
+def test_policies_parse_to_their_number():
+    assert threshold.parse("sensitivity:0.95") == ("sensitivity", 0.95)
+    assert threshold.parse("youden") == ("youden", None) and threshold.parse("fixed:0.5") == ("fixed", 0.5)
+
+
+def test_fixed_policy_keeps_its_value_and_reports_validation_figures():
+    chosen = threshold.choose(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), "fixed:0.5")
+    assert (chosen.value, chosen.sensitivity, chosen.specificity) == (0.5, 0.5, 0.5)
+
+
+def test_median_midpoint_is_halfway_between_the_class_medians_in_logits():
+    # Perfectly separated: Youden's threshold is the lowest PNEUMONIA score, the gap's edge; the midpoint of
+    # the medians (logits -2 and +2) is 0.5, the middle of the gap.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = 1 / (1 + np.exp(-np.array([-3.0, -2.0, -1.4, 1.4, 2.0, 3.0])))
+    assert threshold.choose(labels, probabilities, "youden").value == pytest.approx(probabilities[3])
+    chosen = threshold.choose(labels, probabilities, "median-midpoint")
+    assert chosen.value == pytest.approx(0.5) and (chosen.sensitivity, chosen.specificity) == (1.0, 1.0)

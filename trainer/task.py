@@ -153,7 +153,7 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
     config = fn_args.custom_config
-    threshold.target_sensitivity(config["threshold_policy"])  # a bad setting fails now, not after training
+    threshold.parse(config["threshold_policy"])  # a bad setting fails now, not after training
     early_stopping_monitor(config.get("early_stopping_metric", "auc"))
     keras.utils.set_random_seed(config["seed"])
     image_size, batch_size = config["image_size"], config["batch_size"]
