@@ -22,9 +22,9 @@ COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"),
                    ("spec@thr", "specificity@threshold"), ("F1@thr", "f1_score@threshold"),
                    ("acc@0.5", "binary_accuracy"), ("sens@0.5", "recall"), ("spec@0.5", "specificity"),
                    ("F1@0.5", "f1_score"))
-# `compare --into FILE` rewrites only what lies between these lines.
-GENERATED_BEGIN = "<!-- BEGIN pneumonia compare: generated, do not edit -->"
-GENERATED_END = "<!-- END pneumonia compare -->"
+# `compare --into FILE [--section NAME]` rewrites only what lies between these lines.
+GENERATED_BEGIN = "<!-- BEGIN pneumonia compare{section}: generated, do not edit -->"
+GENERATED_END = "<!-- END pneumonia compare{section} -->"
 
 
 class ReportLookupError(Exception):
@@ -175,14 +175,15 @@ def _number(value: Optional[float], digits: int = 3) -> str:
 
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture: how it was trained, what it cost, the threshold it chose."""
-    header = ["architecture", "size", "weights", "parameters", "best epoch / run", "train min", "train img/s",
-              "threshold (policy)", "val sens@thr", "val spec@thr", "blessed"]
+    header = ["architecture", "size", "weights", "label smoothing", "best epoch by", "parameters", "best epoch / run",
+              "train min", "train img/s", "threshold (policy)", "val sens@thr", "val spec@thr", "blessed"]
     rows = [header]
     for item in evaluated:
         training, model = item.model.get("training", {}), item.model
         epochs = (f"{training['best_epoch']} / {training['epochs_run']}" if "epochs_run" in training else "-")
         minutes = training.get("train_seconds")
         rows.append([item.architecture, str(item.image_size), str(item.recipe.get("weights", "-")),
+                     str(item.recipe.get("label_smoothing", "-")), str(item.recipe.get("early_stopping_metric", "-")),
                      f"{training['parameters']:,}" if "parameters" in training else "-", epochs,
                      _number(minutes / 60 if minutes is not None else None, 1),
                      _number(training.get("train_images_per_second"), 1),
@@ -230,14 +231,21 @@ def compare(metadata_path: str, markdown: bool = False, policies: bool = False) 
     return "\n\n".join(tables)
 
 
-def replace_generated(path: str, text: str) -> None:
-    """Puts `text` between the file's BEGIN/END markers, keeping everything written around them."""
+def generated_markers(section: str = "") -> Tuple[str, str]:
+    suffix = f" {section}" if section else ""
+    return GENERATED_BEGIN.format(section=suffix), GENERATED_END.format(section=suffix)
+
+
+def replace_generated(path: str, text: str, section: str = "") -> None:
+    """Puts `text` between the file's BEGIN/END markers (of `section`, when a file has several), keeping
+    everything written around them."""
     with open(path, encoding="utf-8") as f:
         document = f.read()
-    begin, end = document.find(GENERATED_BEGIN), document.find(GENERATED_END)
+    begin_marker, end_marker = generated_markers(section)
+    begin, end = document.find(begin_marker), document.find(end_marker)
     if begin < 0 or end < begin:
-        raise ReportLookupError(f"{path} has no {GENERATED_BEGIN} ... {GENERATED_END} section to fill")
-    document = document[:begin + len(GENERATED_BEGIN)] + "\n" + text + "\n" + document[end:]
+        raise ReportLookupError(f"{path} has no {begin_marker} ... {end_marker} section to fill")
+    document = document[:begin + len(begin_marker)] + "\n" + text + "\n" + document[end:]
     with open(path, "w", encoding="utf-8") as f:
         f.write(document)
 
@@ -260,7 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     try:
         table = compare(config.metadata_path, markdown=args.markdown or bool(args.into), policies=args.policies)
         if args.into:
-            replace_generated(args.into, table)
+            replace_generated(args.into, table, args.section)
             print(f"updated {args.into}")
         else:
             print(table)
@@ -293,4 +301,6 @@ def add_commands(commands) -> None:
     comparison.add_argument("--into", metavar="FILE",
                             help="write the Markdown tables into FILE between its generated-section markers "
                                  "(e.g. docs/RESULTS.md), leaving the rest of FILE as it is")
+    comparison.add_argument("--section", default="",
+                            help="with --into: fill the markers named SECTION (a file with several generated tables)")
     comparison.set_defaults(func=cmd_compare)

@@ -120,7 +120,8 @@ def runs(tmp_path):
     for run, architecture, auc, state in plan:
         model = metadata.artifact("Model", model_folder(root, f"model-{run}", architecture))
         [model.id] = metadata.store.put_artifacts([model])  # one artifact: the Trainer's output, the Evaluator's input
-        metadata.execution("pneumonia", run, "Trainer", {}, {"model": model}, custom_config={"weights": "none"})
+        metadata.execution("pneumonia", run, "Trainer", {}, {"model": model}, custom_config={"weights": "none", "label_smoothing": 0.1,
+                                                                                  "early_stopping_metric": "loss"})
         evaluation = metadata.artifact("ModelEvaluation", evaluation_folder(root, f"evaluation-{run}", {
             "dataset=kermany, split=test": split_metrics(auc), "dataset=external, split=external": split_metrics(0.6),
             "dataset=kermany, label=0, split=test": split_metrics(0.0), "split=test": split_metrics(auc),
@@ -155,6 +156,7 @@ def test_model_table_shows_the_recipe_cost_and_threshold(runs):
     cnn = dict(zip(rows[0], rows[1]))
     assert [row[0] for row in rows[1:]] == ["cnn", "densenet121"]
     assert cnn["weights"] == "none" and cnn["parameters"] == "1,234,567" and cnn["best epoch / run"] == "3 / 7"
+    assert (cnn["label smoothing"], cnn["best epoch by"]) == ("0.1", "loss")
     assert (cnn["train min"], cnn["train img/s"]) == ("10.5", "44.4")
     assert cnn["threshold (policy)"] == "0.250 (sensitivity:0.98)" and cnn["blessed"] == "True"
 
@@ -172,12 +174,16 @@ def test_cli_prints_plain_and_markdown_tables(runs, capsys):
 
 def test_into_rewrites_only_the_generated_section(runs, tmp_path):
     document = tmp_path / "RESULTS.md"
-    before, after = "# Results\n\nwritten by hand\n", "\n## Discussion\nalso by hand\n"
-    document.write_text(f"{before}{report_lib.GENERATED_BEGIN}\nstale\n{report_lib.GENERATED_END}{after}")
+    begin, end = report_lib.generated_markers()
+    other_begin, other_end = report_lib.generated_markers("ablation")
+    before, after = "# Results\n\nwritten by hand\n", f"\n## Ablation\n{other_begin}\nkept\n{other_end}\n"
+    document.write_text(f"{before}{begin}\nstale\n{end}{after}")
     cli.main(["compare", "--root", runs, "--into", str(document)])
     text = document.read_text()
-    assert text.startswith(before) and text.endswith(report_lib.GENERATED_END + after) and "stale" not in text
+    assert text.startswith(before) and text.endswith(end + after) and "stale" not in text
     assert "| cnn | test |" in text
+    cli.main(["compare", "--root", runs, "--into", str(document), "--section", "ablation"])
+    assert "kept" not in document.read_text() and document.read_text().count("| cnn | test |") == 2
     document.write_text("no markers")
     with pytest.raises(SystemExit, match="no .*BEGIN pneumonia compare.* section"):
         cli.main(["compare", "--root", runs, "--into", str(document)])
