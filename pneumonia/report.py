@@ -86,13 +86,16 @@ def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = N
     )
 
 
-def write_report(metadata_path: str, pipeline_name: str, out_dir: str, run: Optional[str] = None) -> str:
-    """Regenerates a run's report into out_dir/<run>/ and returns the index.html path."""
+def write_report(metadata_path: str, pipeline_name: str, out_dir: str, run: Optional[str] = None,
+                 max_images: Optional[int] = None) -> str:
+    """Regenerates a run's report into out_dir/<run>/ and returns the index.html path; `max_images` overrides
+    how many images per split the curves and panels score."""
     from components.report import executor
 
     inputs = report_inputs(metadata_path, pipeline_name, run)
+    settings = executor.Settings(max_images_per_split=max_images) if max_images else executor.Settings()
     return executor.generate(inputs.examples, inputs.split_names, inputs.model, inputs.evaluation,
-                             os.path.join(out_dir, inputs.run.replace(os.sep, "_")), inputs.blessed)
+                             os.path.join(out_dir, inputs.run.replace(os.sep, "_")), inputs.blessed, settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +259,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     config = RunConfig(root=args.root) if args.root else RunConfig()
     out = os.path.abspath(args.out) if args.out else os.path.join(config.root, "reports")
     try:
-        print(write_report(config.metadata_path, args.pipeline_name or config.pipeline_name, out, args.run))
+        print(write_report(config.metadata_path, args.pipeline_name or config.pipeline_name, out, args.run,
+                           args.max_images))
     except ReportLookupError as error:
         raise SystemExit(f"error: {error}")
 
@@ -286,6 +290,9 @@ def add_commands(commands) -> None:
     report.add_argument("--out", help="where reports go, one folder per run (default <root>/reports)")
     report.add_argument("--run", help="pipeline run id (default: the latest run)")
     report.add_argument("--pipeline-name", help="pipeline name (default pneumonia)")
+    report.add_argument("--max-images", type=int, metavar="N",
+                        help="images scored per split for the curves and Grad-CAM panels (default 200; "
+                             "larger covers whole splits)")
     report.set_defaults(func=cmd_report)
 
     comparison = commands.add_parser("compare", help="compare the latest evaluation of every architecture",

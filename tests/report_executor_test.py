@@ -174,5 +174,7 @@ def test_cli_regenerates_the_report_of_the_latest_or_a_named_run(tiny_run, tmp_p
     index = capsys.readouterr().out.strip().splitlines()[-1]
     assert index == str(tmp_path / "reports" / "run-1" / "index.html")
     assert "blessed: False" in open(index, encoding="utf-8").read()
+    cli.main(["report", "--root", root, "--out", str(tmp_path / "reports"), "--run", "run-1", "--max-images", "3"])
+    assert "Up to 3 images per split" in open(index, encoding="utf-8").read()
     with pytest.raises(SystemExit, match="run 'run-9' has no EvaluationReport execution"):
         cli.main(["report", "--root", root, "--run", "run-9"])
