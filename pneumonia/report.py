@@ -176,6 +176,14 @@ def _number(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+TWO_CLASS_METRICS = ("auc", "f1_score", "f1_score@threshold")
+
+
+def one_class(row: Dict[str, float]) -> bool:
+    """No PNEUMONIA (recall undefined) or no NORMAL (specificity undefined) in the slice."""
+    return any(row.get(key) is None or row[key] != row[key] for key in ("recall", "specificity"))
+
+
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture: how it was trained, what it cost, the threshold it chose."""
     header = ["architecture", "size", "weights", "label smoothing", "best epoch by", "parameters", "best epoch / run",
@@ -205,7 +213,11 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
         table = results.slice_metrics(item.evaluation)
         for name, shown in reported_slices(table):
             row = table[name]
-            cells = [_number(row.get(key), 0 if key == "example_count" else 3) for _, key in COMPARE_COLUMNS]
+            # A slice of one class (the external set's RSNA images are all NORMAL) has no AUC and no F1:
+            # TFMA reports 0 for them, which would read as a failure.
+            undefined = TWO_CLASS_METRICS if one_class(row) else ()
+            cells = [_number(None if key in undefined else row.get(key), 0 if key == "example_count" else 3)
+                     for _, key in COMPARE_COLUMNS]
             rows.append([item.architecture, shown] + cells)
     return rows
 
