@@ -282,14 +282,58 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     config = RunConfig(root=args.root) if args.root else RunConfig()
     try:
-        table = compare(config.metadata_path, markdown=args.markdown or bool(args.into), policies=args.policies)
-        if args.into:
-            replace_generated(args.into, table, args.section)
-            print(f"updated {args.into}")
-        else:
-            print(table)
+        _print_or_fill(compare(config.metadata_path, markdown=args.markdown or bool(args.into),
+                               policies=args.policies), args.into, args.section)
     except (ReportLookupError, OSError) as error:
         raise SystemExit(f"error: {error}")
+
+
+def errors_report(metadata_path: str, split: str, architecture: Optional[str], top: int,
+                  markdown: bool) -> str:
+    """Per architecture (its latest evaluated model): error rates by file-name family on `split` at the model's
+    own threshold, then its most confident mistakes."""
+    from pneumonia import errors
+
+    evaluated = [item for item in latest_evaluations(metadata_path)
+                 if architecture in (None, item.architecture)]
+    if not evaluated:
+        raise ReportLookupError(f"no evaluated {architecture} model in {metadata_path}")
+    parts = []
+    for item in evaluated:
+        value = float(item.model["value"])
+        labels, probabilities, paths = errors.scored_split(item.examples_uri, split, item.model_uri)
+        title = f"{item.architecture} on {split}, at its threshold {value:.3f}"
+        parts += [f"**{title}**" if markdown else title,
+                  format_rows(errors.family_rows(labels, probabilities, paths, value), markdown),
+                  format_rows(errors.worst_rows(labels, probabilities, paths, value, top), markdown)]
+    return "\n\n".join(parts)
+
+
+def _print_or_fill(text: str, into: Optional[str], section: str) -> None:
+    if into:
+        replace_generated(into, text, section)
+        print(f"updated {into}")
+    else:
+        print(text)
+
+
+def cmd_errors(args: argparse.Namespace) -> None:
+    from pipeline.config import RunConfig
+
+    config = RunConfig(root=args.root) if args.root else RunConfig()
+    try:
+        _print_or_fill(errors_report(config.metadata_path, args.split, args.architecture, args.top,
+                                     args.markdown or bool(args.into)), args.into, args.section)
+    except (ReportLookupError, OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}")
+
+
+def _add_into(parser, default_section: str = "") -> None:
+    parser.add_argument("--into", metavar="FILE",
+                        help="write Markdown into FILE between its generated-section markers (e.g. "
+                             "docs/RESULTS.md), leaving the rest of FILE as it is")
+    parser.add_argument("--section", default=default_section,
+                        help=f"with --into: the markers' name (default {default_section or 'none'})")
 
 
 def add_commands(commands) -> None:
@@ -317,9 +361,18 @@ def add_commands(commands) -> None:
     comparison.add_argument("--policies", action="store_true",
                             help="add the threshold-policy table: every policy chosen on validation, applied to "
                                  "test and external (scores each model again: a minute or more per model)")
-    comparison.add_argument("--into", metavar="FILE",
-                            help="write the Markdown tables into FILE between its generated-section markers "
-                                 "(e.g. docs/RESULTS.md), leaving the rest of FILE as it is")
-    comparison.add_argument("--section", default="",
-                            help="with --into: fill the markers named SECTION (a file with several generated tables)")
+    _add_into(comparison)
     comparison.set_defaults(func=cmd_compare)
+
+    mistakes = commands.add_parser("errors", help="a model's mistakes at its threshold, by file-name family",
+                                   description="Score a split with the latest evaluated model of each architecture "
+                                               "(or --architecture) and print its error rate per file-name family "
+                                               "(NORMAL#-IM, IM, person#_virus, rsna_Normal, ...) and class at "
+                                               "the model's own threshold, then its most confident mistakes.")
+    mistakes.add_argument("--root", help="run root (default ~/pneumonia-runs)")
+    mistakes.add_argument("--architecture", help="only this architecture")
+    mistakes.add_argument("--split", default="test", help="split to analyse (default test)")
+    mistakes.add_argument("--top", type=int, default=10, help="most confident mistakes listed (default 10)")
+    mistakes.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    _add_into(mistakes, default_section="errors")
+    mistakes.set_defaults(func=cmd_errors)
