@@ -186,8 +186,9 @@ def one_class(row: Dict[str, float]) -> bool:
 
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture: how it was trained, what it cost, the threshold it chose."""
-    header = ["architecture", "size", "weights", "label smoothing", "best epoch by", "parameters", "best epoch / run",
-              "train min", "train img/s", "threshold (policy)", "val sens@thr", "val spec@thr", "blessed"]
+    header = ["architecture", "size", "weights", "label smoothing", "best epoch by", "best val value", "parameters",
+              "best epoch / run", "train min", "train img/s", "threshold (policy)", "val sens@thr", "val spec@thr",
+              "blessed"]
     rows = [header]
     for item in evaluated:
         training, model = item.model.get("training", {}), item.model
@@ -195,6 +196,7 @@ def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
         minutes = training.get("train_seconds")
         rows.append([item.architecture, str(item.image_size), str(item.recipe.get("weights", "-")),
                      str(item.recipe.get("label_smoothing", "-")), str(item.recipe.get("early_stopping_metric", "-")),
+                     _number(training.get("best_validation_value"), 4),
                      f"{training['parameters']:,}" if "parameters" in training else "-", epochs,
                      _number(minutes / 60 if minutes is not None else None, 1),
                      _number(training.get("train_images_per_second"), 1),

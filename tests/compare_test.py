@@ -68,7 +68,7 @@ class Metadata:
         self.store.put_execution(execution, events, contexts)
 
 
-TRAINING = {"best_epoch": 3, "epochs_run": 7, "train_seconds": 630.0, "train_images_per_second": 44.4,
+TRAINING = {"best_validation_value": 0.25123, "best_epoch": 3, "epochs_run": 7, "train_seconds": 630.0, "train_images_per_second": 44.4,
             "parameters": 1234567}
 
 
@@ -158,7 +158,7 @@ def test_model_table_shows_the_recipe_cost_and_threshold(runs):
     cnn = dict(zip(rows[0], rows[1]))
     assert [row[0] for row in rows[1:]] == ["cnn", "densenet121"]
     assert cnn["weights"] == "none" and cnn["parameters"] == "1,234,567" and cnn["best epoch / run"] == "3 / 7"
-    assert (cnn["label smoothing"], cnn["best epoch by"]) == ("0.1", "loss")
+    assert (cnn["label smoothing"], cnn["best epoch by"], cnn["best val value"]) == ("0.1", "loss", "0.2512")
     assert (cnn["train min"], cnn["train img/s"]) == ("10.5", "44.4")
     assert cnn["threshold (policy)"] == "0.250 (sensitivity:0.98)" and cnn["blessed"] == "True"
 
