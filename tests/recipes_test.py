@@ -34,6 +34,6 @@ def test_results_document_reproduces_every_recipe():
         text = f.read()
     for path in RECIPES + ABLATIONS:
         assert f"--config {os.path.relpath(path, ROOT)}" in text
-    for section in ("", "ablation"):
+    for section in ("", "ablation", "errors"):
         begin, end = report.generated_markers(section)
         assert text.index(begin) < text.index(end)
