@@ -339,7 +339,7 @@ def _add_into(parser, default_section: str = "") -> None:
 
 
 def add_commands(commands) -> None:
-    """`report` and `compare` subcommands on the `pneumonia` CLI's subparsers."""
+    """`report`, `compare` and `errors` subcommands on the `pneumonia` CLI's subparsers."""
     report = commands.add_parser("report", help="regenerate the HTML evaluation report of a run",
                                  description="Regenerate the evaluation report (figures, per-slice metrics, "
                                              "Grad-CAM, model card) of the latest run, or of --run, and print "
