@@ -7,13 +7,11 @@ on one acquisition batch rather than at random.
 import collections
 import os
 import re
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 
 from trainer.signatures import CLASS_NAMES
-
-ALL_IMAGES = 10 ** 9
 
 
 def name_family(source_path: str) -> str:
@@ -22,15 +20,6 @@ def name_family(source_path: str) -> str:
     `rsna_Normal-10151.jpeg` -> `rsna_Normal`, `ieee8023_5acb8ac5.jpeg` -> `ieee#`."""
     masked = re.sub(r"\d+", "#", os.path.splitext(os.path.basename(source_path))[0])
     return re.split(r"[-_.]#", masked, maxsplit=1)[0]
-
-
-def scored_split(examples_uri: str, split: str, model_uri: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """(labels, probabilities, source paths) of every example of a split."""
-    from components.report import executor
-
-    sample = executor.read_split(examples_uri, split, ALL_IMAGES)
-    return (np.array(sample.labels), executor.predict(model_uri, sample.serialized),
-            [source.split(":", 1)[1] for source in sample.sources])
 
 
 def family_rows(labels: np.ndarray, probabilities: np.ndarray, paths: List[str], value: float) -> List[List[str]]:

@@ -10,18 +10,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from pipeline.config import BLESSING_SPLIT
+from pneumonia import results
 from trainer import threshold
 
 POLICIES = ("youden", "sensitivity:0.95", "sensitivity:0.98", "sensitivity:0.99", "median-midpoint", "fixed:0.5")
-ALL_IMAGES = 10 ** 9
-
-
-def split_scores(examples_uri: str, split: str, model_uri: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(labels, pneumonia probabilities) of every example of one split."""
-    from components.report import executor
-
-    sample = executor.read_split(examples_uri, split, ALL_IMAGES)
-    return np.array(sample.labels), executor.predict(model_uri, sample.serialized)
 
 
 def rates(labels: np.ndarray, probabilities: np.ndarray, value: float) -> Dict[str, float]:
@@ -35,21 +27,21 @@ def rates(labels: np.ndarray, probabilities: np.ndarray, value: float) -> Dict[s
 
 def policy_rows(evaluated, splits: Tuple[str, ...] = ("test", "external")) -> List[List[str]]:
     """Header plus one row per architecture and policy; the recipe's own policy is marked."""
-    from pneumonia.report import _number
+    from pneumonia.report import format_number
 
     header = ["architecture", "policy", "threshold", "val sens", "val spec"]
     header += [f"{split} {measure}" for split in splits for measure in ("acc", "sens", "spec")]
     rows = [header]
     for item in evaluated:
-        validation = split_scores(item.examples_uri, BLESSING_SPLIT, item.model_uri)
-        reported = {split: split_scores(item.examples_uri, split, item.model_uri) for split in splits}
+        scored = results.score_splits(item.examples_uri, [BLESSING_SPLIT, *splits], item.model_uri)
+        validation = scored[BLESSING_SPLIT][:2]
         for policy in POLICIES:
             chosen = threshold.choose(*validation, policy)
             shown = f"**{policy}** (recipe)" if policy == item.model.get("policy") else policy
-            row = [item.architecture, shown, _number(chosen.value), _number(chosen.sensitivity),
-                   _number(chosen.specificity)]
+            row = [item.architecture, shown, format_number(chosen.value), format_number(chosen.sensitivity),
+                   format_number(chosen.specificity)]
             for split in splits:
-                figures = rates(*reported[split], chosen.value)
-                row += [_number(figures[key]) for key in ("accuracy", "sensitivity", "specificity")]
+                figures = rates(*scored[split][:2], chosen.value)
+                row += [format_number(figures[key]) for key in ("accuracy", "sensitivity", "specificity")]
             rows.append(row)
     return rows

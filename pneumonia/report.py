@@ -172,7 +172,7 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
     return chosen
 
 
-def _number(value: Optional[float], digits: int = 3) -> str:
+def format_number(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
@@ -196,12 +196,12 @@ def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
         minutes = training.get("train_seconds")
         rows.append([item.architecture, str(item.image_size), str(item.recipe.get("weights", "-")),
                      str(item.recipe.get("label_smoothing", "-")), str(item.recipe.get("early_stopping_metric", "-")),
-                     _number(training.get("best_validation_value"), 4),
+                     format_number(training.get("best_validation_value"), 4),
                      f"{training['parameters']:,}" if "parameters" in training else "-", epochs,
-                     _number(minutes / 60 if minutes is not None else None, 1),
-                     _number(training.get("train_images_per_second"), 1),
-                     f"{_number(model.get('value'))} ({model.get('policy', '-')})",
-                     _number(model.get("sensitivity")), _number(model.get("specificity")), str(item.blessed)])
+                     format_number(minutes / 60 if minutes is not None else None, 1),
+                     format_number(training.get("train_images_per_second"), 1),
+                     f"{format_number(model.get('value'))} ({model.get('policy', '-')})",
+                     format_number(model.get("sensitivity")), format_number(model.get("specificity")), str(item.blessed)])
     return rows
 
 
@@ -218,7 +218,7 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
             # A slice of one class (the external set's RSNA images are all NORMAL) has no AUC and no F1:
             # TFMA reports 0 for them, which would read as a failure.
             undefined = TWO_CLASS_METRICS if one_class(row) else ()
-            cells = [_number(None if key in undefined else row.get(key), 0 if key == "example_count" else 3)
+            cells = [format_number(None if key in undefined else row.get(key), 0 if key == "example_count" else 3)
                      for _, key in COMPARE_COLUMNS]
             rows.append([item.architecture, shown] + cells)
     return rows
@@ -294,7 +294,7 @@ def errors_report(metadata_path: str, split: str, architecture: Optional[str], t
                   markdown: bool) -> str:
     """Per architecture (its latest evaluated model): error rates by file-name family on `split` at the model's
     own threshold, then its most confident mistakes."""
-    from pneumonia import errors
+    from pneumonia import errors, results
 
     evaluated = [item for item in latest_evaluations(metadata_path)
                  if architecture in (None, item.architecture)]
@@ -303,7 +303,7 @@ def errors_report(metadata_path: str, split: str, architecture: Optional[str], t
     parts = []
     for item in evaluated:
         value = float(item.model["value"])
-        labels, probabilities, paths = errors.scored_split(item.examples_uri, split, item.model_uri)
+        labels, probabilities, paths = results.score_splits(item.examples_uri, [split], item.model_uri)[split]
         title = f"{item.architecture} on {split}, at its threshold {value:.3f}"
         parts += [f"**{title}**" if markdown else title,
                   format_rows(errors.family_rows(labels, probabilities, paths, value), markdown),

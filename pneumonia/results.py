@@ -1,7 +1,9 @@
 """Reads what the latest pipeline run produced from ML Metadata, and its TFMA metrics."""
 import dataclasses
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
 
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
@@ -77,6 +79,21 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
             outputs.pushed_destination = props["pushed_destination"].string_value or None
             outputs.push_note = props["skipped"].string_value if "skipped" in props else ""
     return outputs
+
+
+def score_splits(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, Tuple[np.ndarray, np.ndarray,
+                                                                                         List[str]]]:
+    """{split: (labels, pneumonia probabilities, source paths)} over every example of each split, scored by the
+    exported model's serving signature (loaded once)."""
+    from components.report import executor
+
+    serve = executor.serving_function(model_uri)
+    scored = {}
+    for split in splits:
+        sample = executor.read_split(examples_uri, split, cap=10 ** 9)
+        scored[split] = (np.array(sample.labels), executor.predict(serve, sample.serialized),
+                         [source.split(":", 1)[1] for source in sample.sources])
+    return scored
 
 
 def slice_name(slice_key) -> str:

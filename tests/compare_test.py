@@ -200,14 +200,14 @@ def test_a_root_without_evaluations_is_a_one_line_error(tmp_path):
 
 
 def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(runs, monkeypatch):
-    from pneumonia import policies
+    from pneumonia import policies, results
 
     # Validation separates perfectly; test NORMAL images score higher than validation's (the shift).
     scores = {"eval": ([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.15, 0.2, 0.6, 0.8, 0.9, 0.95]),
               "test": ([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.3, 0.5, 0.7, 0.55, 0.8, 0.9, 0.95]),
               "external": ([1, 1], [0.4, 0.9])}
-    monkeypatch.setattr(policies, "split_scores",
-                        lambda examples, split, model: tuple(map(np.array, scores[split])))
+    monkeypatch.setattr(results, "score_splits", lambda examples, splits, model: {
+        split: (np.array(scores[split][0]), np.array(scores[split][1]), []) for split in splits})
     evaluated = report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
     rows = policies.policy_rows(evaluated[:1])
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}

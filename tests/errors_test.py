@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pneumonia import cli, errors
+from pneumonia import cli, errors, results
 from tests.compare_test import runs  # noqa: F401 (fixture: two evaluated architectures in ML Metadata)
 
 
@@ -33,7 +33,8 @@ def test_worst_rows_list_the_most_confident_mistakes_first():
 
 
 def test_cli_scores_each_architecture_or_the_one_asked(runs, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setattr(errors, "scored_split", lambda examples, split, model: (LABELS, PROBABILITIES, PATHS))
+    monkeypatch.setattr(results, "score_splits",
+                        lambda examples, splits, model: {split: (LABELS, PROBABILITIES, PATHS) for split in splits})
     cli.main(["errors", "--root", runs])
     out = capsys.readouterr().out
     assert "cnn on test, at its threshold 0.250" in out and "densenet121 on test" in out

@@ -134,7 +134,8 @@ def test_grad_cam_panels_explain_the_exported_model(tiny_run):
     model, layer = executor.keras_model(tiny_run["model"], info)
     assert layer == models.REGISTRY["cnn"].gradcam_layer
     sample = executor.read_split(tiny_run["examples"], "test", cap=8)
-    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(tiny_run["model"], sample.serialized))
+    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
+                                                                       sample.serialized))
     explained = executor.explain(model, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
     assert [e.grad_cam.shape for e in explained] == [(IMAGE_SIZE, IMAGE_SIZE)] * 3
     wrong = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)  # other random weights

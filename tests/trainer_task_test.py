@@ -183,3 +183,20 @@ def test_focal_loss_balances_by_alpha_without_class_weights():
     assert loss.get_config()["alpha"] == pytest.approx(0.25) and loss.get_config()["apply_class_balancing"]
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         task.loss_and_class_weights("hinge", 1, 1)
+
+
+def test_training_by_validation_loss_records_its_cost_and_choice(data, tmp_path):
+    config = config_for("cnn", epochs=2, early_stopping_metric="loss", label_smoothing=0.1)
+    training = signatures.read_metadata(run(data, str(tmp_path), config))["training"]
+    assert training["early_stopping_metric"] == "loss" and training["epochs_run"] == 2
+    assert 1 <= training["best_epoch"] <= 2 and 0 < training["best_validation_value"] < 5
+    assert training["parameters"] == models.build("cnn", IMAGE_SIZE, **config["model_config"]).count_params()
+    assert training["train_examples"] == sum(task.inputs.label_counts([data["train"]]))
+    assert training["train_seconds"] > 0 and training["train_images_per_second"] > 0
+
+
+@pytest.mark.parametrize("setting, message", [({"early_stopping_metric": "f1"}, "unknown early_stopping_metric"),
+                                              ({"label_smoothing": 1.0}, "label_smoothing must be in")])
+def test_bad_training_settings_are_refused(data, tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        run(data, str(tmp_path), config_for("cnn", **setting))

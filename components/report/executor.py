@@ -77,9 +77,13 @@ def read_split(examples_uri: str, split: str, cap: int) -> SplitSample:
     return sample
 
 
-def predict(model_uri: str, serialized: List[bytes], batch_size: int = 32) -> np.ndarray:
-    """Pneumonia probabilities from the exported `serving_default` signature, as TFMA and TF Serving see them."""
-    serve = tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures["serving_default"]
+def serving_function(model_uri: str):
+    """The exported `serving_default` signature, as TFMA and TF Serving see it: load once, score many splits."""
+    return tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures["serving_default"]
+
+
+def predict(serve, serialized: List[bytes], batch_size: int = 32) -> np.ndarray:
+    """Pneumonia probabilities of serialized tf.Examples from a `serving_function`."""
     batches = [serve(examples=tf.constant(serialized[i:i + batch_size]))["probability"].numpy()
                for i in range(0, len(serialized), batch_size)]
     return np.concatenate(batches) if batches else np.zeros(0, np.float32)
@@ -139,7 +143,8 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     splits = ordered_splits(split_names)
     samples = {split: read_split(examples_uri, split, settings.max_images_per_split) for split in splits}
     evaluated = [split for split in splits if split != "train"]
-    scores = {split: plots.Scores(np.array(samples[split].labels), predict(model_uri, samples[split].serialized))
+    serve = serving_function(model_uri)
+    scores = {split: plots.Scores(np.array(samples[split].labels), predict(serve, samples[split].serialized))
               for split in evaluated}
     figures: List[Tuple[str, str]] = []  # (file name, caption), in page order
 
