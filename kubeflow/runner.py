@@ -21,7 +21,7 @@ from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 import pipeline as pipeline_package
 from kubeflow.parameters import DATA_ROOT_PARAMETER, IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
-from pipeline.pipeline import SCHEMA_PATH, pipeline_from_config
+from pipeline.pipeline import SCHEMA_PATH, SERVED_BASELINE_ID, pipeline_from_config
 
 IMAGE_NAME = "pneumonia-pipeline"
 # The curated schema at the same place relative to the project as in this checkout.
@@ -96,6 +96,7 @@ def kubeflow_pipeline(config: RunConfig, locations: Locations) -> tfx.dsl.Pipeli
         schema_path=IMAGE_SCHEMA_PATH,
         module_file=None,
         run_fn=TRAINER_RUN_FN,
+        served_baseline=True,  # open-source KFP cannot run TFX's Resolver: see components/served_baseline/
     )
     resources = trainer_resources(config)
     if resources.ByteSize():
@@ -108,7 +109,9 @@ def kubeflow_pipeline(config: RunConfig, locations: Locations) -> tfx.dsl.Pipeli
 def pipeline_job(pipeline: tfx.dsl.Pipeline, image: str, parameter_defaults: Dict[str, Any]) -> Dict[str, Any]:
     """The PipelineJob dict, its pipelineSpec carrying the parameter defaults and the pipeline root.
 
-    TFX puts defaults only in the job's runtimeConfig; the uploaded spec needs them itself.
+    TFX puts defaults only in the job's runtimeConfig; the uploaded spec needs them itself. TFX enables
+    the cache of every task alike; the served-baseline task reads the serving directory, which its cache
+    key does not cover, so a cached one would hand the Evaluator a stale baseline: its cache is off.
     """
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True))
@@ -118,6 +121,7 @@ def pipeline_job(pipeline: tfx.dsl.Pipeline, image: str, parameter_defaults: Dic
     for name, parameter in spec["root"]["inputDefinitions"]["parameters"].items():
         parameter["defaultValue"] = parameter_defaults[name]
         parameter["isOptional"] = True
+    spec["root"]["dag"]["tasks"][SERVED_BASELINE_ID]["cachingOptions"] = {"enableCache": False}
     return job
 
 
