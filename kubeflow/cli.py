@@ -4,7 +4,7 @@ import argparse
 
 def cmd_compile(args: argparse.Namespace) -> None:
     from pipeline.config import RunConfig
-    from kubeflow import runner
+    from kubeflow import image, runner
 
     try:
         config = RunConfig.load(
@@ -15,7 +15,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
             trainer_gpu_type=args.trainer_gpu_type)
         locations = runner.Locations.resolve(args.root or "", args.pipeline_root or "", args.data or "",
                                              args.serving_dir or "", config.pipeline_name)
-        paths = runner.compile_pipeline(config, locations, args.out, args.image or runner.default_image())
+        paths = runner.compile_pipeline(config, locations, args.out, args.image or image.default_image())
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     print(f"pipeline spec: {paths[0]}\npipeline job:  {paths[1]}")
@@ -34,8 +34,14 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}")
 
 
+def cmd_image_tag(args: argparse.Namespace) -> None:
+    from kubeflow import image
+
+    print(image.pinned_tag())
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Adds `compile` and `schedule` to the `pneumonia` parser."""
+    """Adds `compile`, `image-tag` and `schedule` to the `pneumonia` parser."""
     comp = commands.add_parser(
         "compile", help="compile the pipeline for Kubeflow Pipelines v2 (no cluster needed)",
         description="Compile the pipeline with KubeflowV2DagRunner: the pipeline spec as YAML (--out) and the "
@@ -43,7 +49,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "cluster's pods (e.g. gs://). Flags override --config.")
     comp.add_argument("--out", required=True, help="pipeline spec to write, .yaml or .yml")
     comp.add_argument("--config", help="YAML file of run settings (see pipeline/config.py)")
-    comp.add_argument("--image", help="container image of every task (default: pneumonia-pipeline:<version>)")
+    comp.add_argument("--image", help="container image of every task; its tag must be `pneumonia image-tag` "
+                                      "(default: pneumonia-pipeline:<that tag>)")
     comp.add_argument("--root", help="run root URI: pipeline root <root>/tfx/<name>, data <root>/data, "
                                      "serving <root>/serving unless given below")
     comp.add_argument("--pipeline-root", help="URI where the pipeline's artifacts go")
@@ -63,6 +70,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     comp.add_argument("--trainer-gpus", type=int, help="Trainer pod GPUs")
     comp.add_argument("--trainer-gpu-type", help="accelerator resource name (default nvidia.com/gpu)")
     comp.set_defaults(func=cmd_compile)
+
+    tag = commands.add_parser(
+        "image-tag", help="print the Kubeflow image tag that pins this working tree's code",
+        description="Print <version>-<digest of the code the image runs>: build and push the image under this "
+                    "tag; `pneumonia compile` refuses any other.")
+    tag.set_defaults(func=cmd_image_tag)
 
     sched = commands.add_parser(
         "schedule", help="upload a compiled pipeline to Kubeflow Pipelines and run it on a cron schedule",
