@@ -19,6 +19,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import warmup
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -71,6 +72,44 @@ def handled(method: str, model: str, context: grpc.ServicerContext) -> Iterator[
         log_request("grpc", method, model, call.version, started, code)
 
 
+def predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    """A Predict request on a resolved version (gRPC, and warm-up replay)."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    inputs = {key: tensor_to_array(key, proto) for key, proto in request.inputs.items()}
+    outputs = loaded.run(signature_name, inputs, list(request.output_filter))
+    response = predict_pb2.PredictResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return response
+
+
+def classify(loaded: LoadedVersion,
+             request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
+    """tf.Example in; per example the two classes of the model contract, scored by `probability`."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    definition = loaded.signature(signature_name)
+    string_inputs = [key for key, info in definition.inputs.items() if info.dtype == tf.string.as_datatype_enum]
+    if len(definition.inputs) != 1 or not string_inputs:
+        raise invalid(f"signature {signature_name!r} does not take one batch of serialized tf.Example")
+    if "probability" not in definition.outputs:
+        raise invalid(f"signature {signature_name!r} has no 'probability' output to classify with")
+    examples = serialized_examples(request.input)
+    outputs = loaded.run(signature_name, {string_inputs[0]: examples}, ["probability"])
+    response = classification_pb2.ClassificationResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    for probability in outputs["probability"]:
+        classification = response.result.classifications.add()
+        classification.classes.add(label=CLASS_NAMES[1], score=float(probability))
+        classification.classes.add(label=CLASS_NAMES[0], score=float(1.0 - probability))
+    return response
+
+
+def replay_warmup(loaded: LoadedVersion) -> int:
+    """TF Serving's warm-up: the version's recorded requests, each through the code that answers its kind."""
+    return warmup.replay(loaded, {"predict_log": predict, "classify_log": classify})
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -82,36 +121,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request: predict_pb2.PredictRequest, context):
         with handled("Predict", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {key: tensor_to_array(key, proto) for key, proto in request.inputs.items()}
-            outputs = loaded.run(signature_name, inputs, list(request.output_filter))
-            response = predict_pb2.PredictResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
-            return response
+            return predict(self._resolve(request.model_spec, call), request)
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
-        """tf.Example in; per example the two classes of the model contract, scored by `probability`."""
         with handled("Classify", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            definition = loaded.signature(signature_name)
-            string_inputs = [key for key, info in definition.inputs.items() if info.dtype == tf.string.as_datatype_enum]
-            if len(definition.inputs) != 1 or not string_inputs:
-                raise invalid(f"signature {signature_name!r} does not take one batch of serialized tf.Example")
-            if "probability" not in definition.outputs:
-                raise invalid(f"signature {signature_name!r} has no 'probability' output to classify with")
-            examples = serialized_examples(request.input)
-            outputs = loaded.run(signature_name, {string_inputs[0]: examples}, ["probability"])
-            response = classification_pb2.ClassificationResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            for probability in outputs["probability"]:
-                classification = response.result.classifications.add()
-                classification.classes.add(label=CLASS_NAMES[1], score=float(probability))
-                classification.classes.add(label=CLASS_NAMES[0], score=float(1.0 - probability))
-            return response
+            return classify(self._resolve(request.model_spec, call), request)
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         with handled("GetModelMetadata", request.model_spec.name, context) as call:
@@ -168,7 +182,7 @@ class ModelServer:
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64):
-        self.manager = ModelManager(server_config, poll_seconds)
+        self.manager = ModelManager(server_config, poll_seconds, warm_up=replay_warmup)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
