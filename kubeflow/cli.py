@@ -34,6 +34,26 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}")
 
 
+def cmd_run_compiled(args: argparse.Namespace) -> None:
+    from kubeflow import image
+    from kubeflow.local_executor import Container, LocalPipelineRun, TaskFailed
+    from kubeflow.parameters import IMAGE_PROJECT_DIR
+    from kubeflow.schedule import ScheduleError, pipeline_parameters, read_package
+
+    try:
+        spec = read_package(args.package)
+        container = Container(image.PROJECT_DIR, IMAGE_PROJECT_DIR, image.pinned_tag())
+        run = LocalPipelineRun(spec, container, args.pipeline_root or "", pipeline_parameters(spec, args.param or []),
+                               args.parallel)
+        print(f"run {run.run_id}: {len(run.order)} tasks under {run.run_root}", flush=True)
+        executions = run.run()
+    except (ScheduleError, ValueError, TaskFailed) as error:  # SpecNotSupported is a ValueError
+        raise SystemExit(f"error: {error}")
+    for name in run.order:
+        execution = executions[name]
+        print(f"{name:<30} {'cached' if execution.cached else f'ran in {execution.seconds:.0f} s'}")
+
+
 def cmd_image_tag(args: argparse.Namespace) -> None:
     from kubeflow import image
 
@@ -41,7 +61,7 @@ def cmd_image_tag(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Adds `compile`, `image-tag` and `schedule` to the `pneumonia` parser."""
+    """Adds `compile`, `image-tag`, `run-compiled` and `schedule` to the `pneumonia` parser."""
     comp = commands.add_parser(
         "compile", help="compile the pipeline for Kubeflow Pipelines v2 (no cluster needed)",
         description="Compile the pipeline with KubeflowV2DagRunner: the pipeline spec as YAML (--out) and the "
@@ -76,6 +96,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Print <version>-<digest of the code the image runs>: build and push the image under this "
                     "tag; `pneumonia compile` refuses any other.")
     tag.set_defaults(func=cmd_image_tag)
+
+    local = commands.add_parser(
+        "run-compiled", help="run a compiled pipeline spec here, each task as Kubeflow's launcher would",
+        description="Execute every task of a compiled spec in dependency order: ExecutorInput, placeholders and "
+                    "the container's own command as KFP's driver and launcher build them, with this checkout "
+                    "standing in for the image (its tag must be `pneumonia image-tag`) and KFP's cache under the "
+                    "pipeline root. Refuses what it cannot run as KFP would (see kubeflow/README.md).")
+    local.add_argument("package", help="compiled pipeline spec (pneumonia compile --out)")
+    local.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="run parameter, repeatable, as for `pneumonia schedule` (e.g. epochs=2)")
+    local.add_argument("--pipeline-root", help="local directory (default: the spec's pipeline root)")
+    local.add_argument("--parallel", type=int, default=2, help="tasks run at once (default 2)")
+    local.set_defaults(func=cmd_run_compiled)
 
     sched = commands.add_parser(
         "schedule", help="upload a compiled pipeline to Kubeflow Pipelines and run it on a cron schedule",

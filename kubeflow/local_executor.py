@@ -42,7 +42,6 @@ import uuid
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy
-import yaml
 
 PLACEHOLDER = re.compile(r"\{\{\$[^}]*\}\}")
 EXECUTOR_INPUT_PLACEHOLDER = "{{$}}"
@@ -77,7 +76,12 @@ class Container:
 
     project_dir: str  # the checkout standing in for the image's copy of it
     image_project_dir: str  # where the image has it (kubeflow/Dockerfile WORKDIR)
+    image_tag: str  # the tag of the image the checkout stands in for (its code: kubeflow/image.py)
     python: str = sys.executable
+
+    def stands_in_for(self, image: str) -> bool:
+        name, _, tag = image.rpartition(":")
+        return bool(name) and "/" not in tag and tag == self.image_tag
 
     def host_path(self, value: str) -> str:
         """A path the image holds (under its WORKDIR) as found in the checkout; other values unchanged."""
@@ -89,14 +93,6 @@ class Container:
         """The image installs the project editable (`pip install -e .`): its packages import from WORKDIR."""
         paths = [self.project_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
-
-
-def load_spec(path: str) -> Dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        spec = yaml.safe_load(f)
-    if not isinstance(spec, dict) or "root" not in spec or "deploymentSpec" not in spec:
-        raise SpecNotSupported(f"{path}: not a compiled KFP v2 pipeline spec (no root DAG or deploymentSpec)")
-    return spec
 
 
 def refusal(spec: Dict[str, Any]) -> Optional[str]:
@@ -285,6 +281,10 @@ class LocalPipelineRun:
         reason = refusal(spec)
         if reason:
             raise SpecNotSupported(reason)
+        for label, executor in spec["deploymentSpec"]["executors"].items():
+            if not container.stands_in_for(executor["container"].get("image", "")):
+                raise SpecNotSupported(f"{label} runs image {executor['container'].get('image')!r}; this checkout "
+                                       f"stands in for tag {container.image_tag} only (`pneumonia image-tag`)")
         self.spec = spec
         self.container = container
         self.pipeline_root = (pipeline_root or spec.get("defaultPipelineRoot", "")).rstrip("/")
@@ -421,9 +421,3 @@ def _last_line(log_path: str) -> str:
     with open(log_path, "rb") as f:
         lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
-
-
-def run_compiled(spec_path: str, container: Container, pipeline_root: str = "",
-                 parameters: Optional[Mapping[str, Any]] = None, parallelism: int = 2) -> Dict[str, TaskExecution]:
-    """Loads a compiled spec and runs it; raises SpecNotSupported (before any task) or TaskFailed."""
-    return LocalPipelineRun(load_spec(spec_path), container, pipeline_root, parameters, parallelism).run()

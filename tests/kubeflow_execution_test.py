@@ -8,8 +8,9 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
 from kubeflow import image
-from kubeflow.local_executor import Container, LocalPipelineRun, load_spec
+from kubeflow.local_executor import Container, LocalPipelineRun
 from kubeflow.parameters import IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
+from kubeflow.schedule import read_package
 from pneumonia import cli
 from serving import config as serving_config
 from tests.conftest import copy_subset
@@ -37,8 +38,9 @@ def executed(shared_data, tmp_path_factory):
     cli.main(["prepare", "--out", str(root / "data"), f"kermany={raw}/chest_xray", f"external={raw}/external"])
     spec_path = str(tmp / "deploy" / "pipeline.yaml")
     cli.main(["compile", "--out", spec_path, "--root", str(root), "--config", tiny_config(tmp), "--epochs", "1"])
-    spec = load_spec(spec_path)
-    container = Container(project_dir=image.PROJECT_DIR, image_project_dir=IMAGE_PROJECT_DIR)
+    spec = read_package(spec_path)
+    container = Container(project_dir=image.PROJECT_DIR, image_project_dir=IMAGE_PROJECT_DIR,
+                          image_tag=image.pinned_tag())
     first = LocalPipelineRun(spec, container).run()
     trainer_config = json.loads(spec["root"]["inputDefinitions"]["parameters"][TRAINER_CONFIG_PARAMETER][
         "defaultValue"])

@@ -6,6 +6,7 @@ import re
 import sys
 
 import pytest
+import yaml
 
 from kubeflow import local_executor
 from kubeflow.local_executor import Container, LocalPipelineRun, SpecNotSupported, TaskFailed
@@ -74,7 +75,8 @@ def make_spec():
 
 
 def run(spec, root, **parameters):
-    container = Container(project_dir=os.getcwd(), image_project_dir="/opt/pneumonia", python=sys.executable)
+    container = Container(project_dir=os.getcwd(), image_project_dir="/opt/pneumonia", image_tag="1",
+                          python=sys.executable)
     return LocalPipelineRun(spec, container, str(root), parameters).run()
 
 
@@ -136,6 +138,8 @@ REFUSED = {
     "loops": lambda s: s["root"]["dag"]["tasks"]["read"].update({"parameterIterator": {}}),
     "nested DAGs": lambda s: s["components"]["reader"].update({"dag": {"tasks": {}}}),
     r"runs \['sh'\], not Python": lambda s: executor(s, "reader_executor")["container"].update({"command": ["sh"]}),
+    r"reader_executor runs image 'example:2'; this checkout stands in for tag 1 only": lambda s: executor(
+        s, "reader_executor")["container"].update({"image": "example:2"}),
     r"placeholder \{\{\$.pipeline_job_name\}\}": lambda s: executor(s, "reader_executor")["container"]["args"].append(
         "{{$.pipeline_job_name}}"),
     "comes from .'componentInputArtifact'.": lambda s: s["root"]["dag"]["tasks"]["read"]["inputs"]["artifacts"][
@@ -185,3 +189,23 @@ def test_tfx_latest_blessed_model_resolver_is_refused():
     reason = local_executor.refusal(compiler.run(pipeline, write_out=False)["pipelineSpec"])
     assert reason.startswith("task latest_blessed_model_resolver-model-")
     assert "resolver executors (TFX Resolver) are not run by open-source KFP" in reason
+
+
+def test_run_compiled_command_runs_a_package_with_params(tmp_path, capsys):
+    from kubeflow import image
+    from pneumonia.cli import main
+
+    spec = make_spec()
+    for executor_spec in spec["deploymentSpec"]["executors"].values():
+        executor_spec["container"]["image"] = f"registry.example/pneumonia-pipeline:{image.pinned_tag()}"
+    package = tmp_path / "pipeline.yaml"
+    package.write_text(yaml.safe_dump(spec))
+    main(["run-compiled", str(package), "--pipeline-root", str(tmp_path / "root"), "--param", "greeting=yo"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("run ") and printed[0].endswith(f"2 tasks under {tmp_path}/root/toy/" +
+                                                                  printed[0].split()[1].rstrip(":"))
+    assert [line.split()[0] for line in printed[1:]] == ["write", "read"] and "ran in" in printed[1]
+    with pytest.raises(SystemExit, match="error: --param greting: unknown parameter; the package takes greeting"):
+        main(["run-compiled", str(package), "--pipeline-root", str(tmp_path / "root"), "--param", "greting=x"])
+    with pytest.raises(SystemExit, match=r"error: pipeline root 'gs://b': this executor needs a local directory"):
+        main(["run-compiled", str(package), "--pipeline-root", "gs://b"])
