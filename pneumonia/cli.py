@@ -46,7 +46,7 @@ def _prepare(sources: List[str], out: str, **options) -> dict:
 def cmd_prepare(args: argparse.Namespace) -> None:
     _prepare(args.sources, os.path.abspath(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
              overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
-             beam_args=args.beam_arg)
+             beam_args=args.beam_arg, patient_salt=args.patient_salt or None, allow_lateral=args.allow_lateral)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fail on identical files across splits or a patient in both train and eval")
     prep.add_argument("--beam-arg", action="append", metavar="ARG",
                       help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+    prep.add_argument("--patient-salt", default=os.environ.get("PNEUMONIA_PATIENT_SALT"),
+                      help="key of the hash DICOM PatientIDs are stored as (default $PNEUMONIA_PATIENT_SALT, else "
+                           "the public built-in salt, which only hides IDs from a casual reader: set a secret one)")
+    prep.add_argument("--allow-lateral", action="store_true",
+                      help="keep lateral DICOM views (refused by default: the model reads frontal films)")
     prep.set_defaults(func=cmd_prepare)
 
     run = commands.add_parser("run", help="run the TFX pipeline: validate, train, evaluate, push",

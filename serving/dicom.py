@@ -40,6 +40,9 @@ PERCENTILE_WINDOW = (0.5, 99.5)  # without a VOI in the file: clip the extreme 0
 AGE_BANDS = ((5, "0-4"), (18, "5-17"), (40, "18-39"), (65, "40-64"), (80, "65-79"))
 OLDEST_BAND = "80+"
 UNKNOWN = "unknown"
+# The key of `pseudonym` when none is given. Public, so it hides identifiers only from a casual reader:
+# a hospital sets its own secret (prepare --patient-salt, dicom-node --uid-salt, or the environment).
+DEFAULT_SALT = "pneumonia-pipeline"
 # Attributes that identify a person or a study; none of them may leave this module in clear.
 IDENTIFYING_KEYWORDS = (
     "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
@@ -163,9 +166,11 @@ def dicom_to_png(data: bytes, allow_lateral: bool = False) -> bytes:
 def _to_8_bits(values: np.ndarray, dataset: Dataset):
     """The VOI LUT, else the first window, else the percentile window, mapped onto 0..255."""
     if "VOILUTSequence" in dataset:
-        lut_output = pydicom.pixels.apply_voi(values, dataset).astype(np.float64)
-        table = np.asarray(dataset.VOILUTSequence[0].LUTData, dtype=np.float64)
-        return _scale(lut_output, table.min(), table.max()), "voi lut"
+        entries, first = (int(v) for v in dataset.VOILUTSequence[0].LUTDescriptor[:2])
+        # the table's own output range (its bit depth is often misdeclared), read through pydicom
+        table = pydicom.pixels.apply_voi(np.arange(first, first + (entries or 65536)), dataset)
+        lut_output = pydicom.pixels.apply_voi(np.rint(values).astype(np.int64), dataset)  # a LUT is indexed
+        return _scale(lut_output.astype(np.float64), float(table.min()), float(table.max())), "voi lut"
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         centre, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
         if width >= 1:
