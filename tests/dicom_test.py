@@ -105,3 +105,134 @@ def test_lateral_is_scored_when_allowed_and_slice_attributes_are_read(xray):
 def test_pseudonyms_are_keyed_and_stable():
     assert dicom.pseudonym("PAT-1", "a") == dicom.pseudonym("PAT-1", "a") != dicom.pseudonym("PAT-1", "b")
     assert "PAT-1" not in dicom.pseudonym("PAT-1", "a") and len(dicom.pseudonym("PAT-1", "a")) == 16
+
+
+# ---------------------------------------------------------------- prepare
+
+@pytest.fixture(scope="module")
+def hospital(shared_data, tmp_path_factory):
+    """A class-folder source of DICOM files (several encodings, some to refuse) beside plain JPEGs.
+
+    Returns (folder, {file: dataset}) for the DICOM files written."""
+    root = tmp_path_factory.mktemp("hospital")
+    films = {label: sorted(glob.glob(os.path.join(shared_data, "chest_xray", "test", label, "*.jpeg")))[:8]
+             for label in ("NORMAL", "PNEUMONIA")}
+    pixels = {path: make.xray_pixels(path) for paths in films.values() for path in paths}
+    normal, pneumonia = ([pixels[p] for p in films[label]] for label in ("NORMAL", "PNEUMONIA"))
+    with open(films["PNEUMONIA"][5], "rb") as f:
+        jpeg = f.read()
+    files = {
+        "NORMAL/film1.dcm": make.xray_dicom(normal[0], patient="PAT-1001", name="SMITH^ANNA"),
+        "NORMAL/film2": make.monochrome1(normal[1], patient="PAT-1001", name="SMITH^ANNA", ViewPosition="AP"),
+        "NORMAL/1.3.6.1.4.1.9590": make.twelve_bit(normal[2], patient="PAT-1002", name="JONES^BOB",
+                                                   PatientSex="M", PatientAge="034Y"),
+        "NORMAL/ct.dcm": make.ct_slice(normal[3]),
+        "NORMAL/lateral.dcm": make.xray_dicom(normal[4], patient="PAT-1001", name="SMITH^ANNA", ViewPosition="LL"),
+        "PNEUMONIA/film3.dcm": make.jpeg_lossless(pneumonia[0], patient="PAT-1003", name="BROWN^CAROL"),
+        "PNEUMONIA/film4.dcm": make.jpeg_2000(pneumonia[1], patient="PAT-1004", name="GREEN^DAN",
+                                              PatientAge="007Y"),
+        "PNEUMONIA/film5.dcm": make.jpeg_baseline(jpeg, pneumonia[5], patient="PAT-1005", name="WHITE^EVE"),
+        "PNEUMONIA/cine.dcm": make.multi_frame(pneumonia[2]),
+        "PNEUMONIA/report.dcm": make.without_pixels(pneumonia[3]),
+        "PNEUMONIA/video.dcm": make.mpeg2(pneumonia[4]),
+    }
+    for name, dataset in files.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(make.to_bytes(dataset))
+    for label, paths in films.items():  # JPEGs beside the DICOM files
+        for path in paths[6:]:
+            with open(path, "rb") as source:
+                (root / label / os.path.basename(path)).write_bytes(source.read())
+    (root / "NORMAL" / "notes").write_text("not a DICOM file")
+    return str(root), files
+
+
+class _Captured(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="module")
+def prepared_hospital(hospital, tmp_path_factory):
+    """`pneumonia prepare` of the hospital folder: (output folder, everything it printed and logged)."""
+    import contextlib
+
+    out = str(tmp_path_factory.mktemp("prepared") / "out")
+    captured, printed = _Captured(), io.StringIO()
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(captured)
+    root_logger.setLevel(logging.DEBUG)
+    try:
+        with contextlib.redirect_stdout(printed):
+            main(["prepare", f"hospital={hospital[0]}", "--out", out, "--max-bad-fraction", "1",
+                  "--patient-salt", SALT])
+    finally:
+        root_logger.removeHandler(captured)
+        root_logger.setLevel(level)
+    return out, printed.getvalue() + "\n".join(captured.lines)
+
+
+def read_examples(out: str):
+    records = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "*.tfrecord.gz"))):
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            example = tf.train.Example.FromString(raw.numpy())
+            records.append({key: (value.bytes_list.value or value.int64_list.value)[0]
+                            for key, value in example.features.feature.items()})
+    return {record["source_path"].decode(): record for record in records}
+
+
+def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_hospital, hospital):
+    out, printed = prepared_hospital
+    _, files = hospital
+    report = prepare.read_report(out)
+    reasons = {item["path"]: item["reason"] for item in report["quarantined"]}
+    assert reasons == {
+        "hospital/NORMAL/ct.dcm": "modality CT is not a radiograph (CR, DX, DR)",
+        "hospital/NORMAL/lateral.dcm": "lateral view (LL): the model reads frontal films (--allow-lateral to "
+                                       "score it anyway)",
+        "hospital/NORMAL/notes": "not a DICOM file (no 'DICM' after the 128-byte preamble)",
+        "hospital/PNEUMONIA/cine.dcm": "multi-frame image (2 frames): one radiograph per file expected",
+        "hospital/PNEUMONIA/report.dcm": "no PixelData (not an image)",
+        "hospital/PNEUMONIA/video.dcm": "unsupported transfer syntax 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile "
+                                        "/ Main Level)",
+    }
+    assert report["accounted"] and report["files_seen"] == 16 and report["written"] == 10
+    assert report["formats"] == {"dicom": 6, "jpeg": 4}
+    assert "written from DICOM: 6" in printed
+    examples = read_examples(out)
+    written = {name: dataset for name, dataset in files.items() if name in examples}
+    assert len(written) == 6
+    for name, dataset in written.items():
+        example, expected = examples[name], dicom.to_model_input(dataset)
+        assert example["image"] == expected.png and example["channels"] == 1
+        assert example["patient_id"].decode() == f"hospital:{dicom.pseudonym(dataset.PatientID, SALT)}"
+        assert (example["view_position"], example["sex"], example["age_band"]) == (
+            expected.view_position.encode(), expected.sex.encode(), expected.age_band.encode())
+    assert examples["NORMAL/film1.dcm"]["patient_id"] == examples["NORMAL/film2"]["patient_id"]  # one patient
+    assert examples["NORMAL/film2"]["view_position"] == b"AP"
+    assert examples["NORMAL/1.3.6.1.4.1.9590"]["age_band"] == b"18-39"
+    jpeg_example = next(e for name, e in examples.items() if name.endswith(".jpeg"))
+    assert (jpeg_example["view_position"], jpeg_example["sex"], jpeg_example["age_band"]) == (b"unknown",) * 3
+
+
+def test_no_identifying_value_reaches_records_report_or_logs(prepared_hospital, hospital):
+    out, printed = prepared_hospital
+    _, files = hospital
+    identifying = {value for dataset in files.values() for value in dicom.identifying_values(dataset)}
+    assert {"SMITH^ANNA", "PAT-1001", "19580314", "ACC100177"} <= identifying  # the test files hold them all
+    written = [printed]
+    for path in glob.glob(os.path.join(out, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                data = f.read()
+            written.append((gzip.decompress(data) if path.endswith(".gz") else data).decode("latin-1"))
+    everything = "\n".join(written)
+    for value in identifying:
+        for form in {value, value.replace("^", " ")}:
+            assert form not in everything, f"identifying value {form!r} was written"
