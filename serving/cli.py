@@ -74,7 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from serving.client import ClientError, PredictionClient, read_image
 
     try:
-        images = [read_image(path) for path in args.images]
+        images = [read_image(path, args.allow_lateral) for path in args.images]
         with PredictionClient(args.server, args.model_name, args.timeout) as client:
             predictions = []
             for start in range(0, len(images), args.batch_size):
@@ -126,7 +126,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "predict", help="classify images with a served model over gRPC",
         description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
                     "class at the model's threshold, the probability, the threshold and the model version.")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="JPEG or PNG files, or DICOM files (sent as the PNG serving/dicom.py makes of them)")
+    predict.add_argument("--allow-lateral", action="store_true",
+                         help="score lateral DICOM views too (refused by default: the model reads frontal films)")
     predict.add_argument("--server", default="127.0.0.1:8500",
                          help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
     predict.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")

@@ -31,16 +31,24 @@ class Prediction:
     model_version: int
 
 
-def read_image(path: str) -> bytes:
-    """The file's bytes, refused up front when it is not a JPEG, PNG, GIF or BMP."""
+def read_image(path: str, allow_lateral: bool = False) -> bytes:
+    """The bytes the model takes: the file itself for a JPEG, PNG, GIF or BMP, or the PNG that serving/dicom.py
+    makes of a DICOM file (the same bytes prepare stores); anything else is refused up front."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
         raise ClientError(f"cannot read {path}: {error.strerror}") from error
-    if not data.startswith(MAGIC_NUMBERS):
-        raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF or BMP bytes)")
-    return data
+    if data.startswith(MAGIC_NUMBERS):
+        return data
+    from serving import dicom  # pydicom is imported only when a DICOM file comes
+
+    if dicom.is_dicom(data):
+        try:
+            return dicom.dicom_to_png(data, allow_lateral)
+        except dicom.DicomRefused as error:
+            raise ClientError(f"{path}: {error}") from error
+    raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF, BMP or DICOM bytes)")
 
 
 def _bytes_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:

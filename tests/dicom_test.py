@@ -17,6 +17,7 @@ from pneumonia.cli import main
 from serving import dicom
 from tests import dicom_fixtures as make
 from tests.dicom_fixtures import IDENTITY_WINDOW
+from tests.serving_fixtures import exported_models, model_base, served  # noqa: F401
 
 SALT = "test-salt"
 
@@ -236,3 +237,28 @@ def test_no_identifying_value_reaches_records_report_or_logs(prepared_hospital, 
     for value in identifying:
         for form in {value, value.replace("^", " ")}:
             assert form not in everything, f"identifying value {form!r} was written"
+
+
+# ---------------------------------------------------------------- predict
+
+def test_predict_scores_dicom_exactly_as_the_png_the_module_makes(served, xray, tmp_path, capsys):
+    _, pixels = xray
+    paths = []
+    for name, dataset in {"mono1.dcm": make.monochrome1(pixels), "twelve": make.twelve_bit(pixels),
+                          "j2k.dcm": make.jpeg_2000(pixels)}.items():
+        (tmp_path / name).write_bytes(make.to_bytes(dataset))
+        (tmp_path / f"{name}.png").write_bytes(dicom.dicom_to_png(make.to_bytes(dataset)))
+        paths += [str(tmp_path / name), str(tmp_path / f"{name}.png")]
+    main(["predict", *paths, "--server", f"127.0.0.1:{served.grpc_port}", "--json"])
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["image"] for a in answers] == paths
+    for from_dicom, from_png in zip(answers[::2], answers[1::2]):
+        assert {**from_dicom, "image": ""} == {**from_png, "image": ""}
+
+    (tmp_path / "lateral.dcm").write_bytes(make.to_bytes(make.xray_dicom(pixels, ViewPosition="LL")))
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", str(tmp_path / "lateral.dcm"), "--server", f"127.0.0.1:{served.grpc_port}"])
+    assert str(refused.value.code) == (f"error: {tmp_path / 'lateral.dcm'}: lateral view (LL): the model reads "
+                                       "frontal films (--allow-lateral to score it anyway)")
+    main(["predict", str(tmp_path / "lateral.dcm"), "--server", f"127.0.0.1:{served.grpc_port}", "--allow-lateral"])
+    assert "lateral.dcm: " in capsys.readouterr().out
