@@ -20,7 +20,11 @@ MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"
 
 
 class ClientError(Exception):
-    """A one-line, user-facing reason a call failed."""
+    """A one-line, user-facing reason a call failed; `retryable` when the server was unavailable."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +33,8 @@ class Prediction:
     label: str  # the class at the model's threshold
     threshold: float
     model_version: int
+    ood_score: Optional[float] = None  # when the served model has the out-of-distribution outputs
+    in_distribution: Optional[bool] = None
 
 
 def read_image(path: str, allow_lateral: bool = False) -> bytes:
@@ -96,10 +102,14 @@ class PredictionClient:
             request.model_spec.version_label = label  # a oneof with version: setting it clears version
         request.inputs["images"].CopyFrom(_bytes_tensor(images))
         response = self._call(self._predict, request)
-        outputs = {key: tf.make_ndarray(response.outputs[key]) for key in ("probability", "label", "threshold")}
+        outputs = {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
         served = response.model_spec.version.value
-        return [Prediction(float(p), name.decode("utf-8"), float(t), served)
-                for p, name, t in zip(outputs["probability"], outputs["label"], outputs["threshold"])]
+        ood_scores = outputs.get("ood_score", [None] * len(images))
+        in_distribution = outputs.get("in_distribution", [None] * len(images))
+        return [Prediction(float(p), name.decode("utf-8"), float(t), served,
+                           None if score is None else float(score), None if inside is None else bool(inside))
+                for p, name, t, score, inside in zip(outputs["probability"], outputs["label"], outputs["threshold"],
+                                                     ood_scores, in_distribution)]
 
     def model_status(self) -> get_model_status_pb2.GetModelStatusResponse:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -114,7 +124,7 @@ class PredictionClient:
                 if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     time.sleep(0.2 * 2 ** attempt)
                     continue
-                raise ClientError(self._explain(error)) from error
+                raise ClientError(self._explain(error), error.code() == grpc.StatusCode.UNAVAILABLE) from error
 
     def _explain(self, error: grpc.RpcError) -> str:
         code, details = error.code(), (error.details() or "").split("\n")[0]

@@ -38,7 +38,7 @@ def xray_dicom(pixels: np.ndarray, patient: str = "PAT-0001", name: str = "DOE^J
     dataset.PatientBirthDate, dataset.PatientSex, dataset.PatientAge = "19580314", "F", "066Y"
     dataset.AccessionNumber, dataset.StudyID = f"ACC{patient[-4:]}77", "STUDY9"
     dataset.InstitutionName, dataset.ReferringPhysicianName = "General Hospital Ward 7", "HOUSE^GREGORY"
-    dataset.StudyDate, dataset.Modality = "20240105", "DX"
+    dataset.StudyDate, dataset.StudyTime, dataset.Modality = "20240105", "093000", "DX"
     dataset.BodyPartExamined, dataset.ViewPosition = "CHEST", "PA"
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.Rows, dataset.Columns = pixels.shape[:2]
