@@ -7,7 +7,9 @@ Paths: `GET /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]` and
 import base64
 import http.server
 import json
+import logging
 import re
+import ssl
 import threading
 import time
 from concurrent import futures
@@ -26,6 +28,7 @@ HTTP_STATUS = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500,
 }
+log = logging.getLogger("serving.rest")
 PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                   r"(?P<suffix>/metadata|:predict)?$")
 
@@ -201,6 +204,8 @@ class _PooledHTTPServer(http.server.HTTPServer):
     def _handle(self, request, client_address):
         try:
             self.finish_request(request, client_address)
+        except (ssl.SSLError, ConnectionError) as error:  # a refused TLS handshake or a dropped client
+            log.info("REST connection from %s ended: %s", client_address[0], error)
         except Exception:
             self.handle_error(request, client_address)
         finally:
@@ -208,9 +213,16 @@ class _PooledHTTPServer(http.server.HTTPServer):
 
 
 class RestServer:
-    def __init__(self, manager: ModelManager, host: str, port: int, max_body_bytes: int, workers: int):
+    """REST on a bounded pool; HTTPS when given an SSL context (the TLS handshake runs on the pool's
+    thread, so a client that stalls it cannot hold up accepting other connections)."""
+
+    def __init__(self, manager: ModelManager, host: str, port: int, max_body_bytes: int, workers: int,
+                 ssl_context: Optional[ssl.SSLContext] = None):
         handler = type("BoundRestHandler", (RestHandler,), {"manager": manager, "max_body_bytes": max_body_bytes})
         self._http = _PooledHTTPServer((host, port), handler, workers)
+        if ssl_context:
+            self._http.socket = ssl_context.wrap_socket(self._http.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
 
