@@ -59,13 +59,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
-                             args.max_message_bytes, args.workers).start()
+                             args.max_message_bytes, args.workers, web_page=not args.no_ui).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
         print(f"model {model.name!r} from {model.config.base_path}: versions "
               f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
     rest = f", REST on {args.host}:{server.rest_port}" if server.rest_port else ""
+    if server.rest_port and not args.no_ui:
+        rest += f" (web page: http://{args.host}:{server.rest_port}/)"
     print(f"serving gRPC on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully", flush=True)
     server.serve_until_signalled()
 
@@ -117,6 +119,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024,
                        help="largest request accepted, in bytes (default 16 MiB)")
     serve.add_argument("--workers", type=int, default=8, help="request worker threads (default 8)")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="do not serve the web page at / on the REST port (the REST API stays)")
     serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
                        help="python: the built-in server (default); tfserving: exec the official "
                             f"{TF_SERVING_BINARY} from PATH with a generated model config")
