@@ -79,13 +79,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
-                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config).start()
+                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
+                             web_page=not args.no_ui).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
         print(f"model {model.name!r} from {model.config.base_path}: versions "
               f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
+    scheme = "https" if ssl_config else "http"
     rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
+    if server.rest_port and not args.no_ui:
+        rest += f" (web page: {scheme}://{args.host}:{server.rest_port}/)"
     grpc_name = "gRPC+TLS" if ssl_config else "gRPC"
     print(f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
           flush=True)
@@ -169,6 +173,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--ssl-config-file",
                        help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
                             "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="do not serve the web page at / on the REST port (the REST API stays)")
     serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
                        help="python: the built-in server (default); tfserving: exec the official "
                             f"{TF_SERVING_BINARY} from PATH with a generated model config")
