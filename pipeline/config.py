@@ -17,6 +17,12 @@ DEFAULT_SPLITS = ("train", "eval", "test", "external")
 BLESSING_SPLIT = "eval"
 
 
+def absolute_uri(path: str) -> str:
+    """A local path made absolute; a URI (gs://bucket/...) as given, for the readers and writers that go
+    through tf.io.gfile."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Every setting of one pipeline run."""
@@ -62,10 +68,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(os.path.expanduser(self.root))
-        self.data = os.path.abspath(self.data) if self.data else os.path.join(self.root, "data")
-        self.serving_dir = (
-            os.path.abspath(self.serving_dir) if self.serving_dir else os.path.join(self.root, "serving")
-        )
+        self.data = absolute_uri(self.data) if self.data else os.path.join(self.root, "data")
+        self.serving_dir = absolute_uri(self.serving_dir) if self.serving_dir else os.path.join(self.root, "serving")
 
     @property
     def pipeline_root(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import inputs, models, signatures, threshold
@@ -71,7 +72,7 @@ def _check_base_model(base_model: str, architecture: str, image_size: int, model
             raise ValueError(f"warm start refused: the base model {base_model} has {key} {recorded.get(key)!r}, "
                              f"this run has {value!r}; train without --warm-start or with the same {key}")
     weights_path = keras_weights_path(base_model)
-    if not os.path.isfile(weights_path):
+    if not tf.io.gfile.exists(weights_path):  # gfile: the base model may be in a bucket (Kubeflow)
         raise ValueError(f"warm start refused: the base model has no Keras weights at {weights_path}")
     return weights_path
 
@@ -196,5 +197,5 @@ def run_fn(fn_args: FnArgs) -> None:
     signatures.export(model, fn_args.serving_model_dir, image_size, chosen, fn_args.model_run_dir,
                       config["architecture"], _normalised(config.get("model_config") or {}), training)
     weights_path = keras_weights_path(fn_args.serving_model_dir)
-    os.makedirs(os.path.dirname(weights_path), exist_ok=True)
-    model.save_weights(weights_path)
+    tf.io.gfile.makedirs(os.path.dirname(weights_path))
+    model.save_weights(weights_path)  # Keras stages a remote path (gs://) in a local file and copies it
