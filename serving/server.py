@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import tls
+from serving import tensors, tls
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 from serving.pixels import PixelBudget
 
@@ -31,15 +31,6 @@ log = logging.getLogger("serving.server")
 def model_spec_target(spec: model_pb2.ModelSpec):
     """(name, version or None, label) of a ModelSpec (version and label are a oneof)."""
     return spec.name, (spec.version.value if spec.HasField("version") else None), spec.version_label
-
-
-def tensor_to_array(key: str, proto) -> np.ndarray:
-    if any(dim.size < 0 for dim in proto.tensor_shape.dim):
-        raise invalid(f"input {key!r} is not a well-formed TensorProto: negative dimension in its shape")
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # make_ndarray raises several types for inconsistent protos
-        raise invalid(f"input {key!r} is not a well-formed TensorProto: {str(error).splitlines()[0]}")
 
 
 def _answer_spec(spec: model_pb2.ModelSpec, loaded: LoadedVersion, signature_name: str) -> None:
@@ -86,12 +77,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with handled("Predict", request.model_spec.name, context) as call:
             loaded = self._resolve(request.model_spec, call)
             signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {key: tensor_to_array(key, proto) for key, proto in request.inputs.items()}
+            inputs = {key: tensors.to_array(key, proto) for key, proto in request.inputs.items()}
             outputs = loaded.run(signature_name, inputs, list(request.output_filter), context.time_remaining())
             response = predict_pb2.PredictResponse()
             _answer_spec(response.model_spec, loaded, signature_name)
             for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+                tensors.fill_proto(value, response.outputs[key])
             return response
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
