@@ -79,13 +79,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
-                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config).start()
+                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
+                             web_page=not args.no_ui).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
         print(f"model {model.name!r} from {model.config.base_path}: versions "
               f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
+    scheme = "https" if ssl_config else "http"
     rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
+    if server.rest_port and not args.no_ui:
+        rest += f" (web page: {scheme}://{args.host}:{server.rest_port}/)"
     grpc_name = "gRPC+TLS" if ssl_config else "gRPC"
     print(f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
           flush=True)
@@ -96,7 +100,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from serving.client import ClientError, PredictionClient, read_image
 
     try:
-        images = [read_image(path) for path in args.images]
+        images = [read_image(path, args.allow_lateral) for path in args.images]
         with PredictionClient(args.server, args.model_name, args.timeout, ca_cert=args.ca_cert,
                               client_cert=args.client_cert, client_key=args.client_key) as client:
             predictions = []
@@ -114,8 +118,27 @@ def cmd_predict(args: argparse.Namespace) -> None:
                   f"{prediction.threshold:.4f}, {args.model_name} version {prediction.model_version})")
 
 
+def cmd_dicom_node(args: argparse.Namespace) -> None:
+    from serving.dicom_node import DicomNode, NodeConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = NodeConfig(args.ae_title, args.host, args.port, args.server, args.model_name, os.path.abspath(args.log),
+                        args.uid_salt or NodeConfig.salt, args.allow_lateral, args.retry_seconds, args.timeout,
+                        args.sr_dir and os.path.abspath(args.sr_dir))
+    if not 1 <= len(config.ae_title) <= 16:
+        raise SystemExit(f"error: --ae-title {config.ae_title!r} must be 1 to 16 characters")
+    try:
+        node = DicomNode(config).start()
+    except OSError as error:
+        raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    print(f"DICOM node {config.ae_title} listening on {args.host}:{node.port}, scoring through {args.server} "
+          f"({args.model_name}); results to {config.log_path}; SIGTERM or Ctrl-C stops it", flush=True)
+    node.serve_until_signalled()
+    print("stopped", flush=True)
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Adds `serve` and `predict` to the `pneumonia` command."""
+    """Adds `serve`, `predict` and `dicom-node` to the `pneumonia` command."""
     serve = commands.add_parser(
         "serve", help="serve pushed models over TF Serving's gRPC and REST APIs",
         description="Serve <serving-dir>/<model-name>/<version>/ with TF Serving's gRPC (PredictionService, "
@@ -150,6 +173,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--ssl-config-file",
                        help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
                             "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="do not serve the web page at / on the REST port (the REST API stays)")
     serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
                        help="python: the built-in server (default); tfserving: exec the official "
                             f"{TF_SERVING_BINARY} from PATH with a generated model config")
@@ -159,7 +184,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "predict", help="classify images with a served model over gRPC",
         description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
                     "class at the model's threshold, the probability, the threshold and the model version.")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="JPEG or PNG files, or DICOM files (sent as the PNG serving/dicom.py makes of them)")
+    predict.add_argument("--allow-lateral", action="store_true",
+                         help="score lateral DICOM views too (refused by default: the model reads frontal films)")
     predict.add_argument("--server", default="127.0.0.1:8500",
                          help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
     predict.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
@@ -172,3 +200,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--client-key", help="PEM private key of --client-cert")
     predict.set_defaults(func=cmd_predict)
 
+    node = commands.add_parser(
+        "dicom-node", help="a DICOM C-STORE SCP that scores the chest X-rays a PACS sends it",
+        description="Receive DICOM instances (C-STORE), score each chest X-ray through the served model over gRPC, "
+                    "answer with a DICOM status and append one JSON line per instance to --log.")
+    node.add_argument("--ae-title", default="PNEUMONIA", help="this node's AE title (default PNEUMONIA)")
+    node.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    node.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112; 0 picks a free one)")
+    node.add_argument("--server", default="127.0.0.1:8500",
+                      help="HOST:PORT of the model server's gRPC API (default 127.0.0.1:8500)")
+    node.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
+    node.add_argument("--log", default="dicom-node.jsonl", help="JSON-lines result log, appended (default "
+                                                                 "dicom-node.jsonl)")
+    node.add_argument("--uid-salt", default=os.environ.get("PNEUMONIA_SALT"),
+                      help="key of the hash SOP Instance UIDs are logged as (default $PNEUMONIA_SALT, else the "
+                           "public built-in salt: set a secret one)")
+    node.add_argument("--allow-lateral", action="store_true", help="score lateral views too (refused by default)")
+    node.add_argument("--retry-seconds", type=float, default=20.0,
+                      help="how long an unavailable model server is retried before answering 0xA700 so the sender "
+                           "re-sends (default 20, below a typical 30 s DIMSE timeout)")
+    node.add_argument("--timeout", type=float, default=10.0, help="deadline per scoring request in seconds (default 10)")
+    node.add_argument("--sr-dir", help="also write a DICOM Comprehensive SR with each result into this folder")
+    node.set_defaults(func=cmd_dicom_node)

@@ -22,7 +22,11 @@ MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"
 
 
 class ClientError(Exception):
-    """A one-line, user-facing reason a call failed."""
+    """A one-line, user-facing reason a call failed; `retryable` when the server was unavailable."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,18 +35,28 @@ class Prediction:
     label: str  # the class at the model's threshold
     threshold: float
     model_version: int
+    ood_score: Optional[float] = None  # when the served model has the out-of-distribution outputs
+    in_distribution: Optional[bool] = None
 
 
-def read_image(path: str) -> bytes:
-    """The file's bytes, refused up front when it is not a JPEG, PNG, GIF or BMP."""
+def read_image(path: str, allow_lateral: bool = False) -> bytes:
+    """The bytes the model takes: the file itself for a JPEG, PNG, GIF or BMP, or the PNG that serving/dicom.py
+    makes of a DICOM file (the same bytes prepare stores); anything else is refused up front."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
         raise ClientError(f"cannot read {path}: {error.strerror}") from error
-    if not data.startswith(MAGIC_NUMBERS):
-        raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF or BMP bytes)")
-    return data
+    if data.startswith(MAGIC_NUMBERS):
+        return data
+    from serving import dicom  # pydicom is imported only when a DICOM file comes
+
+    if dicom.is_dicom(data):
+        try:
+            return dicom.dicom_to_png(data, allow_lateral)
+        except dicom.DicomRefused as error:
+            raise ClientError(f"{path}: {error}") from error
+    raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF, BMP or DICOM bytes)")
 
 
 def _bytes_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
@@ -97,10 +111,14 @@ class PredictionClient:
             request.model_spec.version_label = label  # a oneof with version: setting it clears version
         request.inputs["images"].CopyFrom(_bytes_tensor(images))
         response = self._call(self._predict, request)
-        outputs = {key: to_array(key, response.outputs[key]) for key in ("probability", "label", "threshold")}
+        outputs = {key: to_array(key, value) for key, value in response.outputs.items()}
         served = response.model_spec.version.value
-        return [Prediction(float(p), name.decode("utf-8"), float(t), served)
-                for p, name, t in zip(outputs["probability"], outputs["label"], outputs["threshold"])]
+        ood_scores = outputs.get("ood_score", [None] * len(images))
+        in_distribution = outputs.get("in_distribution", [None] * len(images))
+        return [Prediction(float(p), name.decode("utf-8"), float(t), served,
+                           None if score is None else float(score), None if inside is None else bool(inside))
+                for p, name, t, score, inside in zip(outputs["probability"], outputs["label"], outputs["threshold"],
+                                                     ood_scores, in_distribution)]
 
     def model_status(self) -> get_model_status_pb2.GetModelStatusResponse:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -115,7 +133,7 @@ class PredictionClient:
                 if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     time.sleep(0.2 * 2 ** attempt)
                     continue
-                raise ClientError(self._explain(error)) from error
+                raise ClientError(self._explain(error), error.code() == grpc.StatusCode.UNAVAILABLE) from error
 
     def _explain(self, error: grpc.RpcError) -> str:
         code, details = error.code(), (error.details() or "").split("\n")[0]

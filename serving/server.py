@@ -156,7 +156,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class ModelServer:
-    """The gRPC server (and optionally REST) over one ModelManager; ports 0 pick free ports.
+    """The gRPC server (and optionally REST, with the web page at `/` unless `web_page` is off) over one
+    ModelManager; ports 0 pick free ports.
 
     `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
     see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
@@ -165,7 +166,7 @@ class ModelServer:
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
-                 budget: Optional[PixelBudget] = None, ssl_config=None):
+                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True):
         self.manager = ModelManager(server_config, poll_seconds, budget)
         self.host = host
         self._grpc = grpc.server(
@@ -182,9 +183,10 @@ class ModelServer:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port} (in use?)")
         self.rest = None
         if rest_port is not None:
-            from serving.rest import RestServer
+            from serving.rest import WEB_DIR, RestServer
             self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers,
-                                   tls.rest_ssl_context(ssl_config) if ssl_config else None)
+                                   tls.rest_ssl_context(ssl_config) if ssl_config else None,
+                                   WEB_DIR if web_page else None)
         self.rest_port = self.rest.port if self.rest else None
 
     def start(self) -> "ModelServer":
