@@ -35,6 +35,8 @@ ACCEPTED_MODALITIES = ("CR", "DX", "DR")  # DR is not a DICOM term, but some dig
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL")  # ViewPosition defined terms LL/RL, plus vendors' spellings
 FRONTAL_VIEWS = ("PA", "AP")
+# zlib level 1: about 4x faster than PIL's default 6 for about 15% larger files (measured on the 224 px films)
+PNG_COMPRESS_LEVEL = 1
 PERCENTILE_WINDOW = (0.5, 99.5)  # without a VOI in the file: clip the extreme 0.5% at each end
 # Upper edges (in years) of the age bands a review board slices on; the last band is open.
 AGE_BANDS = ((5, "0-4"), (18, "5-17"), (40, "18-39"), (65, "40-64"), (80, "65-79"))
@@ -153,7 +155,7 @@ def to_model_input(dataset: Dataset, allow_lateral: bool = False) -> ModelInput:
     if photometric == "MONOCHROME1":  # lowest value is white
         pixels = 255 - pixels
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return ModelInput(buffer.getvalue(), pixels.shape[0], pixels.shape[1], int(dataset.get("BitsStored") or 8),
                       photometric, view_position(dataset), sex(dataset), age_band(dataset), windowing)
 

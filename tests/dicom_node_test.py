@@ -163,13 +163,15 @@ def test_command_listens_answers_and_stops_on_sigterm(served, films, tmp_path):
         association = echo.associate("127.0.0.1", port, ae_title="PNEUMONIA")
         assert int(association.send_c_echo().Status) == 0
         association.release()
-        assert send(port, [make.xray_dicom(films[0])]) == [0x0000]
+        sent = make.xray_dicom(films[0])
+        assert send(port, [sent]) == [0x0000]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()
     assert "".join(lines).rstrip().endswith("stopped")
+    assert not [value for value in dicom.identifying_values(sent) if value in "".join(lines) + log.read_text()]
     assert json.loads(log.read_text())["outcome"] == "scored"
 
 
