@@ -163,6 +163,21 @@ def mpeg2(pixels: np.ndarray) -> Dataset:
     return dataset
 
 
+def corrupt_jpeg_2000(pixels: np.ndarray) -> Dataset:
+    """A JPEG 2000 file whose codestream was cut off in transit."""
+    dataset = jpeg_2000(pixels)
+    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(40)])
+    return dataset
+
+
+def resent(dataset: Dataset) -> Dataset:
+    """The same film sent again: new instance UIDs, same pixels."""
+    copy = dataset.copy()
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    copy.SeriesInstanceUID = generate_uid()
+    return copy
+
+
 def to_bytes(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)

@@ -136,7 +136,9 @@ def hospital(shared_data, tmp_path_factory):
         "PNEUMONIA/cine.dcm": make.multi_frame(pneumonia[2]),
         "PNEUMONIA/report.dcm": make.without_pixels(pneumonia[3]),
         "PNEUMONIA/video.dcm": make.mpeg2(pneumonia[4]),
+        "PNEUMONIA/broken.dcm": make.corrupt_jpeg_2000(pneumonia[4]),
     }
+    files["PNEUMONIA/film4-resent.dcm"] = make.resent(files["PNEUMONIA/film4.dcm"])
     for name, dataset in files.items():
         (root / name).parent.mkdir(exist_ok=True)
         (root / name).write_bytes(make.to_bytes(dataset))
@@ -198,12 +200,17 @@ def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_h
         "hospital/NORMAL/lateral.dcm": "lateral view (LL): the model reads frontal films (--allow-lateral to "
                                        "score it anyway)",
         "hospital/NORMAL/notes": "not a DICOM file (no 'DICM' after the 128-byte preamble)",
+        "hospital/PNEUMONIA/broken.dcm": reasons["hospital/PNEUMONIA/broken.dcm"],
         "hospital/PNEUMONIA/cine.dcm": "multi-frame image (2 frames): one radiograph per file expected",
         "hospital/PNEUMONIA/report.dcm": "no PixelData (not an image)",
         "hospital/PNEUMONIA/video.dcm": "unsupported transfer syntax 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile "
                                         "/ Main Level)",
     }
-    assert report["accounted"] and report["files_seen"] == 16 and report["written"] == 10
+    assert reasons["hospital/PNEUMONIA/broken.dcm"].startswith(
+        "cannot decode the pixel data (JPEG 2000 Image Compression (Lossless Only)): ")
+    assert [(d["path"], d["duplicate_of"]) for d in report["duplicates"]] == [
+        ("hospital/PNEUMONIA/film4.dcm", "hospital/PNEUMONIA/film4-resent.dcm")]  # the first path is kept
+    assert report["accounted"] and report["files_seen"] == 18 and report["written"] == 10
     assert report["formats"] == {"dicom": 6, "jpeg": 4}
     assert "written from DICOM: 6" in printed
     examples = read_examples(out)
