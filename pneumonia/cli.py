@@ -44,13 +44,15 @@ def _prepare(sources: List[str], out: str, **options) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    _prepare(args.sources, os.path.abspath(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
+    from pipeline.config import absolute_uri
+
+    _prepare(args.sources, absolute_uri(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
              overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
              beam_args=args.beam_arg, patient_salt=args.patient_salt or None, allow_lateral=args.allow_lateral)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from pipeline.config import RunConfig
+    from pipeline.config import RunConfig, absolute_uri
     from pneumonia import prepare
 
     try:
@@ -65,8 +67,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     data = args.data or shared_data_dir()
     if data is None:
         raise SystemExit(f"error: no --data given and no ../shared/data beside the checkout; {KAGGLE_HINT}")
-    data = os.path.abspath(data)
-    if os.path.exists(os.path.join(data, prepare.REPORT_NAME)):
+    data = absolute_uri(data)
+    if prepare.is_prepared(data):
         config.data = data
     else:
         if not os.path.isdir(data):

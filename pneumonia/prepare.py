@@ -23,12 +23,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.config import absolute_uri
 from pneumonia.images import BadImage, inspect_image, parse_patient_and_pathogen
 from serving import dicom
 
@@ -166,9 +166,7 @@ def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
 # ---------------------------------------------------------------- Beam stages
 
 def _read(candidate: Candidate) -> bytes:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(os.path.join(candidate.root, candidate.source_path), "rb") as f:
+    with _gfile().GFile(os.path.join(candidate.root, candidate.source_path), "rb") as f:
         return f.read()
 
 
@@ -356,7 +354,7 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
 
     def write_report(_, all_records, all_shards, quarantined, duplicates):
         report = summarise(all_records, all_shards, quarantined, duplicates, listing)
-        with open(os.path.join(out, REPORT_NAME), "w", encoding="utf-8") as f:
+        with _gfile().GFile(os.path.join(out, REPORT_NAME), "w") as f:
             json.dump(report, f, indent=2, sort_keys=True)
 
     _ = (pipeline | "ReportTrigger" >> beam.Create([None])
@@ -367,16 +365,46 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
 
 # ---------------------------------------------------------------- the job
 
+def _gfile():
+    """tf.io.gfile, imported when first needed (`pneumonia --help` stays fast): every read and write under
+    the output folder goes through it, so `--out` may be a bucket (gs://) as well as a local folder."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _remove(folder: str) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.rmtree(folder)
+    except tf.errors.NotFoundError:
+        pass
+
+
+def _move_folder(source: str, target: str) -> None:
+    """Locally one atomic rename. An object store has no folders to rename: each file moves on its own, the
+    report last, so a reader (which looks for the report first) never takes half the shards for a dataset."""
+    if "://" not in source:
+        os.rename(source, target)
+        return
+    files = [os.path.join(folder, name) for folder, _, names in _gfile().walk(source) for name in names]
+    for path in sorted(files, key=lambda p: os.path.basename(p) == REPORT_NAME):
+        destination = os.path.join(target, os.path.relpath(path, source))
+        _gfile().makedirs(os.path.dirname(destination))
+        _gfile().rename(path, destination, overwrite=True)
+    _remove(source)
+
+
 def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]:
     """The existing report when `out` already holds exactly this input; raises if it holds other data."""
-    report_path = os.path.join(out, REPORT_NAME)
-    if os.path.exists(report_path):
+    if is_prepared(out):
         previous = read_report(out)
         if previous.get("fingerprint") == fingerprint and previous.get("format") == FORMAT_VERSION:
             return previous
         if not overwrite:
             raise PrepareError(f"{out} already holds a different prepared dataset; pass --overwrite to replace it")
-    elif os.path.isdir(out) and os.listdir(out) and not overwrite:
+    elif _gfile().isdir(out) and _gfile().listdir(out) and not overwrite:
         raise PrepareError(f"{out} is not empty and holds no {REPORT_NAME}; pass --overwrite or choose another --out")
     return None
 
@@ -412,7 +440,7 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
     if not 0.0 < eval_fraction < 1.0:
         raise PrepareError(f"--eval-fraction {eval_fraction} must be between 0 and 1")
     patient_salt = patient_salt or dicom.DEFAULT_SALT
-    out = os.path.abspath(out)
+    out = absolute_uri(out)
     fingerprint = source_fingerprint(sources, {"eval_fraction": eval_fraction, "seed": seed,
                                                "patient_salt": patient_salt, "allow_lateral": allow_lateral})
     previous = _check_output(out, fingerprint, overwrite)
@@ -450,8 +478,8 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
     listing["eval_policy"] = "; ".join(listing["eval_policy"]) or "no train/val/test source"
 
     staging = f"{out}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    _remove(staging)
+    _gfile().makedirs(staging)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
         build_pipeline(pipeline, candidates, carve, staging, eval_fraction, seed, listing, patient_salt,
                        allow_lateral)
@@ -460,16 +488,20 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
         _check_report(report, max_bad_fraction, strict)
     except PrepareError:
         rejected = f"{out}.rejected"
-        shutil.rmtree(rejected, ignore_errors=True)
-        os.rename(staging, rejected)
+        _remove(rejected)
+        _move_folder(staging, rejected)
         raise
-    shutil.rmtree(out, ignore_errors=True)  # only reached with --overwrite or an empty/absent folder
-    os.rename(staging, out)
+    _remove(out)  # only reached with --overwrite or an empty/absent folder
+    _move_folder(staging, out)
     return report
 
 
+def is_prepared(folder: str) -> bool:
+    return _gfile().exists(os.path.join(folder, REPORT_NAME))
+
+
 def read_report(folder: str) -> dict:
-    with open(os.path.join(folder, REPORT_NAME), encoding="utf-8") as f:
+    with _gfile().GFile(os.path.join(folder, REPORT_NAME)) as f:
         return json.load(f)
 
 

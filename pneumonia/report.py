@@ -218,8 +218,10 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
             # A slice of one class (the external set's RSNA images are all NORMAL) has no AUC and no F1:
             # TFMA reports 0 for them, which would read as a failure.
             undefined = TWO_CLASS_METRICS if one_class(row) else ()
-            cells = [format_number(None if key in undefined else row.get(key), 0 if key == "example_count" else 3)
-                     for _, key in COMPARE_COLUMNS]
+            cells = [format_number(row.get(key), 0) if key == "example_count" else
+                     "-" if key in undefined else
+                     results.interval_cell(row, key) if key.split("@")[0] in results.INTERVAL_CASES else
+                     format_number(row.get(key)) for _, key in COMPARE_COLUMNS]
             rows.append([item.architecture, shown] + cells)
     return rows
 

@@ -4,8 +4,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Dict, List
+
+from serving.pixels import DEFAULT_MAX_DECODED_PIXELS, DEFAULT_MAX_WAIT_SECONDS
 
 DEFAULT_SERVING_DIR = os.path.join(os.path.expanduser("~"), "pneumonia-runs", "serving")  # `pneumonia run`'s default
 TF_SERVING_BINARY = "tensorflow_model_server"
@@ -37,7 +40,23 @@ def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
     """The official model server's command line for the same settings."""
     return [TF_SERVING_BINARY, f"--port={args.grpc_port}", f"--rest_api_port={args.rest_port}",
             f"--model_config_file={config_path}", f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
-            f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}"]
+            f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
+            *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else [])]
+
+
+def serving_security(args: argparse.Namespace):
+    """(SSLConfig or None, PixelBudget) from the flags; warns when plaintext leaves this machine."""
+    from serving import pixels, tls
+
+    try:
+        ssl_config = tls.read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
+        budget = pixels.PixelBudget(args.max_decoded_pixels, args.max_decode_wait_seconds)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    if ssl_config is None and not tls.is_loopback(args.host):
+        print(f"warning: serving {args.host} in plaintext: anyone on the network can read the images and "
+              "answers; pass --ssl-config-file (TLS) or bind 127.0.0.1", file=sys.stderr, flush=True)
+    return ssl_config, budget
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -45,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     models = server_config(args)
+    ssl_config, budget = serving_security(args)
     if args.backend == "tfserving":
         if shutil.which(TF_SERVING_BINARY) is None:
             raise SystemExit(f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
@@ -59,14 +79,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
-                             args.max_message_bytes, args.workers).start()
+                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
+                             web_page=not args.no_ui).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
         print(f"model {model.name!r} from {model.config.base_path}: versions "
               f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
-    rest = f", REST on {args.host}:{server.rest_port}" if server.rest_port else ""
-    print(f"serving gRPC on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully", flush=True)
+    scheme = "https" if ssl_config else "http"
+    rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
+    if server.rest_port and not args.no_ui:
+        rest += f" (web page: {scheme}://{args.host}:{server.rest_port}/)"
+    grpc_name = "gRPC+TLS" if ssl_config else "gRPC"
+    print(f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
+          flush=True)
     server.serve_until_signalled()
 
 
@@ -75,7 +101,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     try:
         images = [read_image(path, args.allow_lateral) for path in args.images]
-        with PredictionClient(args.server, args.model_name, args.timeout) as client:
+        with PredictionClient(args.server, args.model_name, args.timeout, ca_cert=args.ca_cert,
+                              client_cert=args.client_cert, client_key=args.client_key) as client:
             predictions = []
             for start in range(0, len(images), args.batch_size):
                 predictions += client.predict(images[start:start + args.batch_size], args.version)
@@ -136,6 +163,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024,
                        help="largest request accepted, in bytes (default 16 MiB)")
     serve.add_argument("--workers", type=int, default=8, help="request worker threads (default 8)")
+    serve.add_argument("--max-decoded-pixels", type=int, default=DEFAULT_MAX_DECODED_PIXELS,
+                       help="memory budget: image pixels (declared by their headers) decoded at once across all "
+                            f"requests (default {DEFAULT_MAX_DECODED_PIXELS:,}); a request over the whole "
+                            "budget is refused, others wait for room")
+    serve.add_argument("--max-decode-wait-seconds", type=float, default=DEFAULT_MAX_WAIT_SECONDS,
+                       help="longest a request waits for room in the pixel budget before RESOURCE_EXHAUSTED "
+                            f"(default {DEFAULT_MAX_WAIT_SECONDS:g})")
+    serve.add_argument("--ssl-config-file",
+                       help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
+                            "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="do not serve the web page at / on the REST port (the REST API stays)")
     serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
                        help="python: the built-in server (default); tfserving: exec the official "
                             f"{TF_SERVING_BINARY} from PATH with a generated model config")
@@ -156,6 +195,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--batch-size", type=int, default=32, help="images per request (default 32)")
     predict.add_argument("--timeout", type=float, default=30.0, help="deadline per request in seconds (default 30)")
+    predict.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
+    predict.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
+    predict.add_argument("--client-key", help="PEM private key of --client-cert")
     predict.set_defaults(func=cmd_predict)
 
     node = commands.add_parser(

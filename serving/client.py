@@ -14,6 +14,8 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from serving.tls import channel_credentials
+
 IMAGE_SIGNATURE = "predict_images"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what the model decodes
@@ -67,18 +69,25 @@ class PredictionClient:
     """One channel to a server; `predict` sends one batched Predict on `predict_images`.
 
     Retries UNAVAILABLE (server starting, restarting, briefly overloaded) with backoff; every call
-    has a deadline.
+    has a deadline. With `ca_cert` (PEM file of the CA that signed the server) or a `client_cert` and
+    `client_key` pair (for mutual TLS), the channel is TLS.
     """
 
     def __init__(self, server: str = "127.0.0.1:8500", model_name: str = "pneumonia", timeout_seconds: float = 30.0,
-                 retries: int = 3, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 retries: int = 3, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, ca_cert: Optional[str] = None,
+                 client_cert: Optional[str] = None, client_key: Optional[str] = None):
         self.server = server
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
         self.retries = retries
-        self._channel = grpc.insecure_channel(server, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        try:
+            credentials = channel_credentials(ca_cert, client_cert, client_key)
+        except ValueError as error:
+            raise ClientError(str(error)) from error
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self._channel = (grpc.secure_channel(server, credentials, options) if credentials
+                         else grpc.insecure_channel(server, options))
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel).Predict
         self._status = model_service_pb2_grpc.ModelServiceStub(self._channel).GetModelStatus
 
@@ -128,6 +137,9 @@ class PredictionClient:
 
     def _explain(self, error: grpc.RpcError) -> str:
         code, details = error.code(), (error.details() or "").split("\n")[0]
+        if code == grpc.StatusCode.UNAVAILABLE and any(word in details.lower() for word in ("ssl", "handshake")):
+            return (f"TLS with server {self.server} failed (check --ca-cert, and --client-cert/--client-key "
+                    f"for a server that verifies clients): {details}")
         if code == grpc.StatusCode.UNAVAILABLE:
             return f"server {self.server} is unavailable (is `pneumonia serve` running?): {details}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:

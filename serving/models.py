@@ -21,6 +21,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as model_config
+from serving.pixels import PixelBudget, PixelBudgetExhausted, request_pixels
 
 DEFAULT_SIGNATURE = "serving_default"
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -69,10 +70,11 @@ def _warmup_inputs() -> Dict[str, np.ndarray]:
 class LoadedVersion:
     """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks)."""
 
-    def __init__(self, model_name: str, version: int, path: str):
+    def __init__(self, model_name: str, version: int, path: str, budget: PixelBudget):
         self.model_name = model_name
         self.version = version
         self.path = path
+        self.budget = budget
         graph = saved_model_pb2.SavedModel()
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             graph.ParseFromString(f.read())
@@ -96,9 +98,10 @@ class LoadedVersion:
                             f"signatures: {', '.join(sorted(self.signature_defs))}")
         return self.signature_defs[name]
 
-    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        """Checks inputs against the SignatureDef (names, dtype, shape), runs it, returns numpy outputs."""
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = (),
+            wait_seconds: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """Checks inputs against the SignatureDef (names, dtype, shape), waits (up to `wait_seconds`) for
+        room in the decoded-pixel budget, runs it, returns numpy outputs."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         definition = self.signature(signature_name)
         expected = set(definition.inputs)
@@ -110,11 +113,14 @@ class LoadedVersion:
                           f"{signature_name!r} ({sorted(definition.outputs)})")
         tensors = {key: _checked_tensor(key, value, definition.inputs[key]) for key, value in inputs.items()}
         try:
-            outputs = self._functions[signature_name](**tensors)
+            with self.budget.reserve(request_pixels(inputs), wait_seconds):
+                outputs = self._functions[signature_name](**tensors)
+                wanted = output_filter or list(outputs)
+                return {key: outputs[key].numpy() for key in wanted}
+        except PixelBudgetExhausted as error:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except tf.errors.InvalidArgumentError as error:
             raise invalid(f"input rejected by the model (e.g. undecodable image bytes): {tf_error_line(error)}")
-        wanted = output_filter or list(outputs)
-        return {key: outputs[key].numpy() for key in wanted}
 
 
 def _checked_tensor(key: str, value: np.ndarray, info: meta_graph_pb2.TensorInfo) -> tf.Tensor:
@@ -140,8 +146,9 @@ class VersionStatus:
 class ServedModel:
     """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
 
-    def __init__(self, config: model_server_config_pb2.ModelConfig):
+    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget):
         self.config = config
+        self.budget = budget
         self.name = config.name
         self._loaded: Dict[int, LoadedVersion] = {}  # replaced as a whole, never mutated: readers need no lock
         self._status: Dict[int, VersionStatus] = {}
@@ -166,7 +173,7 @@ class ServedModel:
         self._status[version] = VersionStatus(State.LOADING)
         started = time.monotonic()
         try:
-            loaded = LoadedVersion(self.name, version, path)
+            loaded = LoadedVersion(self.name, version, path, self.budget)
             loaded.warm_up()
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
             message = (tf_error_line(error) if isinstance(error, tf.errors.OpError)
@@ -212,10 +219,12 @@ class ServedModel:
 
 
 class ModelManager:
-    """All served models, polled in the background every `poll_seconds`."""
+    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget."""
 
-    def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0):
-        self.models = {model.name: ServedModel(model) for model in server_config.model_config_list.config}
+    def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0,
+                 budget: Optional[PixelBudget] = None):
+        self.budget = budget or PixelBudget()
+        self.models = {model.name: ServedModel(model, self.budget) for model in server_config.model_config_list.config}
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)

@@ -19,7 +19,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import tls
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
+from serving.pixels import PixelBudget
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # the model contract: `probability` is the PNEUMONIA score
@@ -85,7 +87,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             loaded = self._resolve(request.model_spec, call)
             signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
             inputs = {key: tensor_to_array(key, proto) for key, proto in request.inputs.items()}
-            outputs = loaded.run(signature_name, inputs, list(request.output_filter))
+            outputs = loaded.run(signature_name, inputs, list(request.output_filter), context.time_remaining())
             response = predict_pb2.PredictResponse()
             _answer_spec(response.model_spec, loaded, signature_name)
             for key, value in outputs.items():
@@ -104,7 +106,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if "probability" not in definition.outputs:
                 raise invalid(f"signature {signature_name!r} has no 'probability' output to classify with")
             examples = serialized_examples(request.input)
-            outputs = loaded.run(signature_name, {string_inputs[0]: examples}, ["probability"])
+            outputs = loaded.run(signature_name, {string_inputs[0]: examples}, ["probability"], context.time_remaining())
             response = classification_pb2.ClassificationResponse()
             _answer_spec(response.model_spec, loaded, signature_name)
             for probability in outputs["probability"]:
@@ -163,12 +165,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class ModelServer:
-    """The gRPC server (and optionally REST) over one ModelManager; ports 0 pick free ports."""
+    """The gRPC server (and optionally REST, with the web page at `/` unless `web_page` is off) over one
+    ModelManager; ports 0 pick free ports.
+
+    `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
+    see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
+    """
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64):
-        self.manager = ModelManager(server_config, poll_seconds)
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
+                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True):
+        self.manager = ModelManager(server_config, poll_seconds, budget)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -177,13 +185,17 @@ class ModelServer:
             maximum_concurrent_rpcs=workers + max_queued)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        address = f"{host}:{grpc_port}"
+        self.grpc_port = (self._grpc.add_secure_port(address, tls.grpc_server_credentials(ssl_config)) if ssl_config
+                          else self._grpc.add_insecure_port(address))
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port} (in use?)")
         self.rest = None
         if rest_port is not None:
-            from serving.rest import RestServer
-            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers)
+            from serving.rest import WEB_DIR, RestServer
+            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers,
+                                   tls.rest_ssl_context(ssl_config) if ssl_config else None,
+                                   WEB_DIR if web_page else None)
         self.rest_port = self.rest.port if self.rest else None
 
     def start(self) -> "ModelServer":

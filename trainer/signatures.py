@@ -62,9 +62,9 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
     for warm start and Grad-CAM, and what training cost and chose (`training`: parameters, wall time,
     images/s, best epoch), for the results table.
     """
-    os.makedirs(work_dir, exist_ok=True)
+    tf.io.gfile.makedirs(work_dir)  # gfile: the run folder may be in a bucket (Kubeflow)
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
-    with open(asset_path, "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(asset_path, "w") as f:
         json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
                    "model_config": model_config, "training": training or {}}, f, indent=2, sort_keys=True)
     # The same layers and weights, without what compile() attached (optimizer slots, metric state): the

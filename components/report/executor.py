@@ -112,7 +112,7 @@ def select(scores: plots.Scores, threshold: float, true_label: int, predicted_la
 def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
             indices: np.ndarray, threshold: float) -> List[plots.Explained]:
     pixels = np.stack([decode_image(sample.images[i], image_size).numpy() for i in indices])
-    cams, cams_plus_plus, probabilities = gradcam.heatmaps(model, layer, pixels)
+    cams, cams_plus_plus, probabilities = gradcam.heatmaps(model, layer, pixels, threshold)
     if not np.allclose(probabilities, scores.probabilities[indices], atol=1e-4):
         raise ReportError("the Keras weights do not reproduce the exported model's probabilities "
                           f"({probabilities} vs {scores.probabilities[indices]}): they belong to another model")
@@ -227,7 +227,9 @@ def slice_table(table: Dict[str, Dict[str, float]]) -> str:
     keys = [key for key in METRIC_TITLES if any(key in row for row in table.values())]
     rows = []
     for name in sorted(table, key=lambda n: (n == "overall", not is_split_slice(n), n)):
-        cells = "".join(_cell(table[name].get(key), key) for key in keys)
+        cells = "".join(f"<td>{html.escape(results.interval_cell(table[name], key))}</td>"
+                        if key.split("@")[0] in results.INTERVAL_CASES else _cell(table[name].get(key), key)
+                        for key in keys)
         rows.append(f"<tr><td>{html.escape(POOLED if name == 'overall' else name)}</td>{cells}</tr>")
     return _table(["slice"] + [METRIC_TITLES[key] for key in keys], rows)
 
@@ -292,7 +294,9 @@ img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>Pneumonia model report</h1>
 {model_card(info, blessed, samples, table)}
 <h2>Metrics per slice (TFMA)</h2>
-<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5; whole splits come first. Metrics that need
+<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5; whole splits come first. AUC, accuracy,
+sensitivity and specificity show TFMA's 95% confidence interval (Poisson bootstrap) in brackets; where the
+slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. Metrics that need
 both classes are not defined on a one-class slice (e.g. AUC on <code>label=0</code>). The pooled row mixes
 every evaluated split and is not any one split's figure.</p>
 {slice_table(table)}
