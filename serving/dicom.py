@@ -45,16 +45,6 @@ UNKNOWN = "unknown"
 # The key of `pseudonym` when none is given. Public, so it hides identifiers only from a casual reader:
 # a hospital sets its own secret (prepare --patient-salt, dicom-node --uid-salt, or the environment).
 DEFAULT_SALT = "pneumonia-pipeline"
-# Attributes that identify a person or a study; none of them may leave this module in clear.
-IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
-    "PatientTelephoneNumbers", "OtherPatientNames", "PatientMotherBirthName", "AccessionNumber",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyID",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "InstitutionName",
-    "InstitutionAddress", "StationName", "DeviceSerialNumber", "MediaStorageSOPInstanceUID",
-)
-
-
 class DicomRefused(Exception):
     """A file that must not be scored as a chest X-ray; the message is the one-line reason."""
 
@@ -98,18 +88,6 @@ def pseudonym(value: str, salt: str) -> str:
     return hmac.new(salt.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
-def identifying_values(dataset: Dataset) -> list:
-    """Every identifying value the dataset holds, as text (what must never be written anywhere in clear)."""
-    values = []
-    for keyword in IDENTIFYING_KEYWORDS:
-        for source in (dataset, dataset.get("file_meta") or Dataset()):
-            value = source.get(keyword)
-            if value not in (None, ""):
-                values.extend(str(item) for item in (value if isinstance(value, pydicom.multival.MultiValue)
-                                                     else [value]))
-    return sorted({value for value in values if value.strip()})
-
-
 def check(dataset: Dataset, allow_lateral: bool = False) -> None:
     """Raises DicomRefused (one line) for anything a chest X-ray classifier must not score; reads the header
     only, so it is cheap enough to run before decoding (and inside a C-STORE handler)."""
@@ -126,8 +104,8 @@ def check(dataset: Dataset, allow_lateral: bool = False) -> None:
     photometric = str(dataset.get("PhotometricInterpretation", ""))
     samples = int(dataset.get("SamplesPerPixel") or 1)
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomRefused(f"colour image ({photometric or 'no PhotometricInterpretation'}, {samples} samples per "
-                           "pixel): a grayscale radiograph is expected")
+        raise DicomRefused(f"colour image ({photometric or 'no PhotometricInterpretation'}, {samples} "
+                           f"sample{'s' if samples > 1 else ''} per pixel): a grayscale radiograph is expected")
     modality = str(dataset.get("Modality", "")).upper()
     if modality not in ACCEPTED_MODALITIES:
         raise DicomRefused(f"modality {modality or '(none)'} is not a radiograph ({', '.join(ACCEPTED_MODALITIES)})")

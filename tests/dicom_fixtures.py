@@ -5,16 +5,38 @@ test can look for each of them where it must not appear. Variants change one thi
 interpretation, bit depth with rescale and window, transfer syntax, modality, view, frames, pixel data.
 """
 import io
+
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
 from pydicom.uid import (CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, MPEG2MPML, PYDICOM_IMPLEMENTATION_UID,
                          generate_uid)
 
+# Attributes that identify a person or a study: the tests look for each value wherever the code writes.
+IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
+    "PatientTelephoneNumbers", "OtherPatientNames", "PatientMotherBirthName", "AccessionNumber",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyID",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "InstitutionName",
+    "InstitutionAddress", "StationName", "DeviceSerialNumber", "MediaStorageSOPInstanceUID",
+)
+
 # The window that maps 8-bit stored values onto themselves (DICOM LINEAR: c=128, w=256).
 IDENTITY_WINDOW = {"WindowCenter": 128, "WindowWidth": 256}
+
+
+def identifying_values(dataset: Dataset) -> list:
+    """Every identifying value the dataset holds, as text (what must never be written anywhere in clear)."""
+    values = []
+    for keyword in IDENTIFYING_KEYWORDS:
+        for source in (dataset, dataset.get("file_meta") or Dataset()):
+            value = source.get(keyword)
+            if value not in (None, ""):
+                values.extend(str(item) for item in (value if isinstance(value, MultiValue) else [value]))
+    return sorted({value for value in values if value.strip()})
 
 
 def xray_pixels(path: str) -> np.ndarray:

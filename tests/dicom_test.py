@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from pneumonia import prepare
@@ -87,6 +88,23 @@ def test_a_voi_lut_sequence_wins_over_the_window(xray):
 def test_what_must_not_be_scored_is_refused_with_one_line(xray, build, reason):
     with pytest.raises(dicom.DicomRefused) as refused:
         dicom.dicom_to_png(make.to_bytes(build(xray[1])))
+    assert str(refused.value) == reason
+
+
+@pytest.mark.parametrize("name, reason", [  # files packaged with pydicom, written by other toolkits
+    ("CT_small.dcm", "modality CT is not a radiograph (CR, DX, DR)"),
+    ("MR_small_RLE.dcm", "modality MR is not a radiograph (CR, DX, DR)"),
+    ("SC_rgb_jpeg.dcm", "colour image (RGB, 3 samples per pixel): a grayscale radiograph is expected"),
+    ("examples_palette.dcm", "colour image (PALETTE COLOR, 1 sample per pixel): a grayscale radiograph is expected"),
+    ("rtdose.dcm", "multi-frame image (15 frames): one radiograph per file expected"),
+    ("reportsi.dcm", "no PixelData (not an image)"),
+    ("no_meta.dcm", "not a DICOM file (no 'DICM' after the 128-byte preamble)"),
+])
+def test_pydicoms_own_test_files_are_refused_for_their_reason(name, reason):
+    path = get_testdata_file(name)
+    assert path is not None and not path.startswith(("http:", "https:")), f"{name} is packaged with pydicom"
+    with open(path, "rb") as f, pytest.raises(dicom.DicomRefused) as refused:
+        dicom.dicom_to_png(f.read())
     assert str(refused.value) == reason
 
 
@@ -232,7 +250,7 @@ def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_h
 def test_no_identifying_value_reaches_records_report_or_logs(prepared_hospital, hospital):
     out, printed = prepared_hospital
     _, files = hospital
-    identifying = {value for dataset in files.values() for value in dicom.identifying_values(dataset)}
+    identifying = {value for dataset in files.values() for value in make.identifying_values(dataset)}
     assert {"SMITH^ANNA", "PAT-1001", "19580314", "ACC100177"} <= identifying  # the test files hold them all
     written = [printed]
     for path in glob.glob(os.path.join(out, "**", "*"), recursive=True):
