@@ -143,8 +143,8 @@ def hospital(shared_data, tmp_path_factory):
     files = {
         "NORMAL/film1.dcm": make.xray_dicom(normal[0], patient="PAT-1001", name="SMITH^ANNA"),
         "NORMAL/film2": make.monochrome1(normal[1], patient="PAT-1001", name="SMITH^ANNA", ViewPosition="AP"),
-        "NORMAL/1.3.6.1.4.1.9590": make.twelve_bit(normal[2], patient="PAT-1002", name="JONES^BOB",
-                                                   PatientSex="M", PatientAge="034Y"),
+        "NORMAL/twelve": make.twelve_bit(normal[2], patient="PAT-1002", name="JONES^BOB", PatientSex="M",
+                                         PatientAge="034Y"),
         "NORMAL/ct.dcm": make.ct_slice(normal[3]),
         "NORMAL/lateral.dcm": make.xray_dicom(normal[4], patient="PAT-1001", name="SMITH^ANNA", ViewPosition="LL"),
         "PNEUMONIA/film3.dcm": make.jpeg_lossless(pneumonia[0], patient="PAT-1003", name="BROWN^CAROL"),
@@ -157,6 +157,8 @@ def hospital(shared_data, tmp_path_factory):
         "PNEUMONIA/broken.dcm": make.corrupt_jpeg_2000(pneumonia[4]),
     }
     files["PNEUMONIA/film4-resent.dcm"] = make.resent(files["PNEUMONIA/film4.dcm"])
+    twelve = files.pop("NORMAL/twelve")  # named by its SOP Instance UID, as PACS exports often are
+    files[f"NORMAL/{twelve.SOPInstanceUID}"] = twelve
     for name, dataset in files.items():
         (root / name).parent.mkdir(exist_ok=True)
         (root / name).write_bytes(make.to_bytes(dataset))
@@ -232,19 +234,24 @@ def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_h
     assert report["formats"] == {"dicom": 6, "jpeg": 4}
     assert "written from DICOM: 6" in printed
     examples = read_examples(out)
-    written = {name: dataset for name, dataset in files.items() if name in examples}
+    written = {name: dataset for name, dataset in files.items() if prepare.recorded_path(name, SALT) in examples}
     assert len(written) == 6
     for name, dataset in written.items():
-        example, expected = examples[name], dicom.to_model_input(dataset)
+        example, expected = examples[prepare.recorded_path(name, SALT)], dicom.to_model_input(dataset)
         assert example["image"] == expected.png and example["channels"] == 1
         assert example["patient_id"].decode() == f"hospital:{dicom.pseudonym(dataset.PatientID, SALT)}"
         assert (example["view_position"], example["sex"], example["age_band"]) == (
             expected.view_position.encode(), expected.sex.encode(), expected.age_band.encode())
     assert examples["NORMAL/film1.dcm"]["patient_id"] == examples["NORMAL/film2"]["patient_id"]  # one patient
     assert examples["NORMAL/film2"]["view_position"] == b"AP"
-    assert examples["NORMAL/1.3.6.1.4.1.9590"]["age_band"] == b"18-39"
+    uid_named = f"NORMAL/uid-{dicom.pseudonym(files_named_by_uid(files)[0], SALT)}"
+    assert examples[uid_named]["age_band"] == b"18-39"
     jpeg_example = next(e for name, e in examples.items() if name.endswith(".jpeg"))
     assert (jpeg_example["view_position"], jpeg_example["sex"], jpeg_example["age_band"]) == (b"unknown",) * 3
+
+
+def files_named_by_uid(files):
+    return [name.split("/")[1] for name, dataset in files.items() if name.endswith(dataset.SOPInstanceUID)]
 
 
 def test_no_identifying_value_reaches_records_report_or_logs(prepared_hospital, hospital):
