@@ -19,7 +19,7 @@ import hmac
 import io
 import os
 import re
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -45,6 +45,8 @@ UNKNOWN = "unknown"
 # The key of `pseudonym` when none is given. Public, so it hides identifiers only from a casual reader:
 # a hospital sets its own secret (prepare --patient-salt, dicom-node --uid-salt, or the environment).
 DEFAULT_SALT = "pneumonia-pipeline"
+
+
 class DicomRefused(Exception):
     """A file that must not be scored as a chest X-ray; the message is the one-line reason."""
 
@@ -54,10 +56,6 @@ class ModelInput:
     """What a DICOM gives the model and the slices: the PNG bytes and non-identifying attributes only."""
 
     png: bytes
-    height: int
-    width: int
-    bits_stored: int
-    photometric: str
     view_position: str  # PA, AP, LATERAL (only with allow_lateral) or unknown
     sex: str  # F, M, O or unknown
     age_band: str  # one of AGE_BANDS' names, OLDEST_BAND, or unknown
@@ -69,11 +67,8 @@ def is_dicom(data: bytes) -> bool:
     return data[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] == MAGIC
 
 
-def read(data: Union[bytes, str]) -> Dataset:
-    """Parses a DICOM Part 10 file (its bytes, or a path); DicomRefused when it is not one."""
-    if isinstance(data, str):
-        with open(data, "rb") as f:
-            data = f.read()
+def read(data: bytes) -> Dataset:
+    """Parses a DICOM Part 10 file's bytes; DicomRefused when it is not one."""
     if not is_dicom(data):
         raise DicomRefused("not a DICOM file (no 'DICM' after the 128-byte preamble)")
     try:
@@ -129,13 +124,11 @@ def to_model_input(dataset: Dataset, allow_lateral: bool = False) -> ModelInput:
         raise DicomRefused(f"unexpected pixel array shape {stored.shape}: one grayscale frame expected")
     values = pydicom.pixels.apply_modality_lut(stored, dataset).astype(np.float64)
     pixels, windowing = _to_8_bits(values, dataset)
-    photometric = str(dataset.PhotometricInterpretation)
-    if photometric == "MONOCHROME1":  # lowest value is white
+    if dataset.PhotometricInterpretation == "MONOCHROME1":  # lowest value is white
         pixels = 255 - pixels
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return ModelInput(buffer.getvalue(), pixels.shape[0], pixels.shape[1], int(dataset.get("BitsStored") or 8),
-                      photometric, view_position(dataset), sex(dataset), age_band(dataset), windowing)
+    return ModelInput(buffer.getvalue(), view_position(dataset), sex(dataset), age_band(dataset), windowing)
 
 
 def dicom_to_png(data: bytes, allow_lateral: bool = False) -> bytes:

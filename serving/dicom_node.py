@@ -154,7 +154,7 @@ class DicomNode:
         except dicom.DicomRefused as refused:
             status = DOES_NOT_MATCH_SOP_CLASS if "PixelData" not in dataset else CANNOT_UNDERSTAND
             raise Outcome(status, str(refused)) from None
-        entry.update(view_position=converted.view_position)
+        entry.update(view_position=converted.view_position, windowing=converted.windowing)
         return self._predict(converted.png, entry), dataset
 
     def _predict(self, png: bytes, entry: dict) -> Prediction:
