@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--beam-arg", action="append", metavar="ARG",
                       help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
     prep.add_argument("--patient-salt", default=os.environ.get("PNEUMONIA_SALT"),
-                      help="key of the hash DICOM PatientIDs are stored as (default $PNEUMONIA_SALT, else "
+                      help="key of the hash DICOM PatientIDs and UID-shaped file names are stored as "
+                           "(default $PNEUMONIA_SALT, else "
                            "the public built-in salt, which only hides IDs from a casual reader: set a secret one)")
     prep.add_argument("--allow-lateral", action="store_true",
                       help="keep lateral DICOM views (refused by default: the model reads frontal films)")

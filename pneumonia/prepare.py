@@ -78,10 +78,11 @@ class Candidate:
     label: int
     root: str
     source_path: str  # relative to the SOURCE root
+    recorded_path: str  # source_path as the records and the report show it (see recorded_path)
 
     @property
     def shown(self) -> str:
-        return f"{self.dataset}/{self.source_path}"
+        return f"{self.dataset}/{self.recorded_path}"
 
     @property
     def origin(self) -> str:
@@ -132,7 +133,16 @@ def _walk(root: str) -> Iterable[str]:
             yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
-def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optional[str]]:
+_UID = re.compile(r"\d+(?:\.\d+){3,}")  # dotted digits: a DICOM UID
+
+
+def recorded_path(relpath: str, salt: str) -> str:
+    """The path records and the report show: each UID-shaped part (PACS exports name files by SOP Instance
+    UID) becomes `uid-` and its keyed hash, so no UID is written."""
+    return _UID.sub(lambda match: f"uid-{dicom.pseudonym(match.group(0), salt)}", relpath)
+
+
+def classify(source: Source, relpath: str, salt: str = dicom.DEFAULT_SALT) -> Tuple[Optional[Candidate], Optional[str]]:
     """(candidate, None) for a file in the expected layout, else (None, reason)."""
     parts = relpath.split(os.sep)
     if any(part.startswith(".") for part in parts):
@@ -149,7 +159,8 @@ def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optiona
     if not relpath.lower().endswith(IMAGE_SUFFIXES) and not dicom.file_name_is_dicom(parts[-1]):
         return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)}, or DICOM: .dcm or none)"
     split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.name
-    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath), None
+    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath,
+                     recorded_path(relpath, salt)), None
 
 
 def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
@@ -259,7 +270,7 @@ def to_example(record: Record, image: bytes):
         "split": bytes_feature(record.split.encode()),
         "patient_id": bytes_feature(record.patient_id.encode()),
         "pathogen": bytes_feature(record.pathogen.encode()),
-        "source_path": bytes_feature(candidate.source_path.encode()),
+        "source_path": bytes_feature(candidate.recorded_path.encode()),
         "height": int_feature(record.height),
         "width": int_feature(record.width),
         "channels": int_feature(record.channels),
@@ -456,9 +467,10 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
         found = []
         for relpath in _walk(source.path):
             listing["files_seen"] += 1
-            candidate, reason = classify(source, relpath)
+            candidate, reason = classify(source, relpath, patient_salt)
             if candidate is None:
-                listing["quarantined"].append({"path": f"{source.name}/{relpath}", "reason": reason})
+                listing["quarantined"].append({"path": f"{source.name}/{recorded_path(relpath, patient_salt)}",
+                                               "reason": reason})
             else:
                 found.append(candidate)
         if not found:

@@ -119,22 +119,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_dicom_node(args: argparse.Namespace) -> None:
+    from serving.client import ClientError
     from serving.dicom_node import DicomNode, NodeConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = NodeConfig(args.ae_title, args.host, args.port, args.server, args.model_name, os.path.abspath(args.log),
-                        args.uid_salt or NodeConfig.salt, args.allow_lateral, args.retry_seconds, args.timeout,
-                        args.sr_dir and os.path.abspath(args.sr_dir))
+    config = NodeConfig(
+        ae_title=args.ae_title, host=args.host, port=args.port, server=args.server, model_name=args.model_name,
+        log_path=os.path.abspath(args.log), salt=args.uid_salt or NodeConfig.salt, allow_lateral=args.allow_lateral,
+        retry_seconds=args.retry_seconds, timeout_seconds=args.timeout,
+        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir), ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
     if not 1 <= len(config.ae_title) <= 16:
         raise SystemExit(f"error: --ae-title {config.ae_title!r} must be 1 to 16 characters")
     try:
         node = DicomNode(config).start()
+    except ClientError as error:
+        raise SystemExit(f"error: {error}")
     except OSError as error:
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     print(f"DICOM node {config.ae_title} listening on {args.host}:{node.port}, scoring through {args.server} "
           f"({args.model_name}); results to {config.log_path}; SIGTERM or Ctrl-C stops it", flush=True)
     node.serve_until_signalled()
     print("stopped", flush=True)
+
+
+def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gRPC client's TLS flags, for every command that talks to the model server."""
+    parser.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
+    parser.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
+    parser.add_argument("--client-key", help="PEM private key of --client-cert")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -195,9 +207,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--batch-size", type=int, default=32, help="images per request (default 32)")
     predict.add_argument("--timeout", type=float, default=30.0, help="deadline per request in seconds (default 30)")
-    predict.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
-    predict.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
-    predict.add_argument("--client-key", help="PEM private key of --client-cert")
+    add_tls_client_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 
     node = commands.add_parser(
@@ -219,6 +229,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     node.add_argument("--retry-seconds", type=float, default=20.0,
                       help="how long an unavailable model server is retried before answering 0xA700 so the sender "
                            "re-sends (default 20, below a typical 30 s DIMSE timeout)")
-    node.add_argument("--timeout", type=float, default=10.0, help="deadline per scoring request in seconds (default 10)")
+    node.add_argument("--timeout", type=float, default=10.0,
+                      help="deadline per scoring request in seconds (default 10)")
     node.add_argument("--sr-dir", help="also write a DICOM Comprehensive SR with each result into this folder")
+    add_tls_client_arguments(node)
     node.set_defaults(func=cmd_dicom_node)
