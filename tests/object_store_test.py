@@ -1,8 +1,8 @@
-"""Runs under a bucket root: every artifact the exporter, warm-start check, data gate, prepare and Pusher
+"""Runs under a gs:// root: every artifact the exporter, warm-start check, data gate, prepare and Pusher
 write or read lands in the object store, and nothing on the local disk.
 
-The store is a real object-store API (see tests/object_store.py); a path mistaken for a local one would
-be created under the test's working directory, which must stay empty.
+The store is Google Cloud Storage's API served on loopback, reached by TensorFlow's own gs:// filesystem
+(tests/gcs_emulator.py); the report and `compare` are checked the same way in tests/report_executor_test.py.
 """
 import io
 import json
@@ -17,27 +17,12 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from components.pusher import executor as pusher
 from components.validation_gate import executor as gate
 from pneumonia import prepare
+from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 from tests.serving_fixtures import IMAGE_SIZE, export_tiny_model, png
 from tests.signatures_test import serve_both
 from trainer import models, signatures, task
 
 gfile = tf.io.gfile
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """A fresh folder in the object store; the working directory is an empty local folder checked after."""
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    root = f"ram://{tmp_path.name}"
-    yield root
-    assert not os.listdir(workdir), f"written to the local disk instead of {root}: {os.listdir(workdir)}"
-
-
-def files_under(root: str):
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, _, names in gfile.walk(root) for name in names)
 
 
 def test_export_writes_the_threshold_into_the_bucket_and_warm_start_finds_the_weights(bucket):
