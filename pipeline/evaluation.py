@@ -35,6 +35,7 @@ AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score
 SLICE_FEATURES = (
     ("split",), ("split", "dataset"), ("split", "source"), ("split", "label"), ("split", "pathogen"),
     ("split", "dataset", "label"),
+    ("split", "patient_in_train"), ("split", "label", "patient_in_train"),  # unseen vs seen patients
     ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
 )
 
