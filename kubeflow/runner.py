@@ -22,6 +22,7 @@ import pipeline as pipeline_package
 from kubeflow.parameters import DATA_ROOT_PARAMETER, IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
 from pipeline.pipeline import SCHEMA_PATH, pipeline_from_config
+from trainer import task
 
 IMAGE_NAME = "pneumonia-pipeline"
 # The curated schema at the same place relative to the project as in this checkout.
@@ -125,6 +126,7 @@ def compile_pipeline(config: RunConfig, locations: Locations, out: str, image: s
     """Writes `out` (pipeline spec YAML) and `<out stem>.job.json` (PipelineJob); returns both paths."""
     if not out.endswith((".yaml", ".yml")):
         raise ValueError(f"--out {out}: the package must be a .yaml or .yml file (what kfp.Client uploads)")
+    task.check_config(config.trainer_config())  # what every run would fail on, refused before compiling
     job = pipeline_job(kubeflow_pipeline(config, locations), image, runtime_parameter_defaults(config, locations))
     job_path = os.path.splitext(out)[0] + JOB_SUFFIX
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -45,6 +45,7 @@ SLICE_FEATURES = (
     ("split", "dataset", "label"),
     # Subgroups a review board asks for (from DICOM; `unknown` for JPEG/PNG): view position, sex, age band.
     ("split", "view_position"), ("split", "sex"), ("split", "age_band"),
+    ("split", "patient_in_train"), ("split", "label", "patient_in_train"),  # unseen vs seen patients
     ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
 )
 

@@ -111,6 +111,7 @@ class Record:
     view_position: str = dicom.UNKNOWN
     sex: str = dicom.UNKNOWN
     age_band: str = dicom.UNKNOWN
+    patient_in_train: bool = False  # the same patient ID has images in train (the `patient_in_train` slice)
 
     def order_key(self, seed: int) -> str:
         """A stable pseudo-random key: records are written in this order, classes interleaved."""
@@ -251,6 +252,10 @@ def assign_split(record: Record, eval_patients: List[str]) -> Record:
     return record
 
 
+def mark_patient_in_train(record: Record, train_patients) -> Record:
+    return dataclasses.replace(record, patient_in_train=record.patient_id in train_patients)
+
+
 def to_example(record: Record, image: bytes):
     import tensorflow as tf
 
@@ -274,6 +279,7 @@ def to_example(record: Record, image: bytes):
         "height": int_feature(record.height),
         "width": int_feature(record.width),
         "channels": int_feature(record.channels),
+        "patient_in_train": int_feature(int(record.patient_in_train)),
         "sha256": bytes_feature(record.sha256.encode()),
         "view_position": bytes_feature(record.view_position.encode()),
         "sex": bytes_feature(record.sex.encode()),
@@ -318,6 +324,7 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
     quarantined = sorted(listing["quarantined"] + quarantined, key=lambda item: item["path"])
     duplicates = sorted(duplicates, key=lambda item: item["path"])
     shared_patients = sorted(patients["train"] & patients["eval"])
+    evaluated = sorted(split for split in patients if split != "train")
     report = {
         "format": FORMAT_VERSION,
         "sources": listing["sources"],
@@ -329,6 +336,10 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
         "duplicates": duplicates,
         "leaks": [d for d in duplicates if len(d["splits"]) > 1],
         "patients_in_train_and_eval": shared_patients,
+        # Leakage audit of every evaluation split: patient IDs it shares with train, and those patients' images.
+        "patients_shared_with_train": {split: sorted(patients[split] & patients["train"]) for split in evaluated},
+        "images_of_patients_in_train": {split: sum(r.patient_in_train for r in records if r.split == split)
+                                        for split in evaluated},
         "counts": counts,
         "patients": {split: len(ids) for split, ids in sorted(patients.items())},
         "formats": dict(sorted(formats.items())),
@@ -352,8 +363,13 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
         | "PatientLabel" >> beam.Map(lambda r: (r.candidate.dataset, r.patient_id, r.candidate.label))
         | "AllTrain" >> beam.combiners.ToList()
         | "EvalPatients" >> beam.Map(choose_eval_patients, fraction, seed))
-    records = unique.kept | "AssignSplit" >> beam.Map(
+    assigned = unique.kept | "AssignSplit" >> beam.Map(
         lambda r, chosen: assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients))
+    train_patients = (assigned | "TrainOnly" >> beam.Filter(lambda r: r.split == "train")
+                      | "TrainPatient" >> beam.Map(lambda r: r.patient_id)
+                      | "TrainPatients" >> beam.combiners.ToSet())
+    records = assigned | "MarkPatientInTrain" >> beam.Map(mark_patient_in_train,
+                                                         beam.pvalue.AsSingleton(train_patients))
     shard_counts = (records | "SplitKey" >> beam.Map(lambda r: r.split) | "CountSplits" >> beam.combiners.Count.PerElement()
                     | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], num_shards(kv[1]))))
     shards = (
@@ -421,6 +437,10 @@ def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]
 
 
 def _check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
+    if not report["accounted"]:
+        raise PrepareError(f"{report['files_seen']} files seen, but {report['written']} written + "
+                           f"{len(report['quarantined'])} quarantined + {len(report['duplicates'])} duplicates do not "
+                           f"add up: files were lost or counted twice (a bug; details in {REPORT_NAME})")
     bad = len(report["quarantined"])
     if report["files_seen"] and bad / report["files_seen"] > max_bad_fraction:
         reasons = collections.Counter(item["reason"].split(":")[0] for item in report["quarantined"])
@@ -531,8 +551,10 @@ def summary(report: dict) -> str:
     lines.append(f"  eval: {report['eval_policy']}")
     if report["leaks"]:
         lines.append(f"  identical files across splits: {len(report['leaks'])} (the evaluation copy is kept)")
-    if report["patients_in_train_and_eval"]:
-        lines.append(f"  patients in both train and eval: {len(report['patients_in_train_and_eval'])}")
+    for split, shared in report["patients_shared_with_train"].items():
+        if shared:
+            lines.append(f"  {split}: {len(shared)} patient ID(s) also in train, "
+                         f"{report['images_of_patients_in_train'][split]} image(s) (slice patient_in_train=1)")
     for item in report["quarantined"][:10]:
         lines.append(f"  quarantined {item['path']}: {item['reason']}")
     if len(report["quarantined"]) > 10:

@@ -59,12 +59,13 @@ def _warmup_image() -> bytes:
 
 
 def _warmup_inputs() -> Dict[str, np.ndarray]:
-    """One valid input per input key of the model contract: `images` (encoded bytes), `examples` (tf.Example)."""
+    """One valid input per input key of the model contract: `images` (encoded bytes), `examples` and `inputs`
+    (serialized tf.Example)."""
     image = _warmup_image()
     example = tf.train.Example(features=tf.train.Features(feature={
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-    return {"images": np.array([image], dtype=object),
-            "examples": np.array([example.SerializeToString()], dtype=object)}
+    examples = np.array([example.SerializeToString()], dtype=object)
+    return {"images": np.array([image], dtype=object), "examples": examples, "inputs": examples}
 
 
 class LoadedVersion:

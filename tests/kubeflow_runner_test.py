@@ -20,7 +20,7 @@ BEAM_ARG = "--direct_num_workers=2"
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(pipeline object, YAML spec, job JSON) for one compile with non-default settings."""
-    config = RunConfig(architecture="resnet50", epochs=3, warm_start=True, beam_args=[BEAM_ARG],
+    config = RunConfig(architecture="densenet121", epochs=3, warm_start=True, beam_args=[BEAM_ARG],
                        trainer_cpu=4, trainer_memory_gb=16, trainer_gpus=1)
     out = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
     yaml_path, job_path = runner.compile_pipeline(config, LOCATIONS, out, IMAGE)
@@ -66,7 +66,7 @@ def test_runtime_parameters_have_the_defaults_asked_for(compiled):
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters[DATA_ROOT_PARAMETER]["defaultValue"] == "gs://bucket/prepared"
     trainer_config = json.loads(parameters[TRAINER_CONFIG_PARAMETER]["defaultValue"])
-    assert (trainer_config["architecture"], trainer_config["epochs"]) == ("resnet50", 3)
+    assert (trainer_config["architecture"], trainer_config["epochs"]) == ("densenet121", 3)
     assert job["runtimeConfig"]["parameterValues"] == {name: p["defaultValue"] for name, p in parameters.items()}
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {
@@ -121,3 +121,20 @@ def test_compile_command_writes_spec_and_job(tmp_path, capsys):
         main(["compile", "--out", str(out)])
     with pytest.raises(SystemExit, match="must be a .yaml or .yml file"):
         main(["compile", "--out", str(tmp_path / "pipeline.json"), "--root", "gs://bucket/p"])
+
+
+@pytest.mark.parametrize("setting, problem", [({"architecture": "resnet50"}, "unknown architecture 'resnet50'"),
+                                              ({"loss": "hinge"}, "unknown loss 'hinge'"),
+                                              ({"epochs": -1}, "epochs=-1: must be at least 0")])
+def test_compile_refuses_trainer_settings_every_run_would_fail_on(tmp_path, capsys, setting, problem):
+    out = tmp_path / "pipeline.yaml"
+    with pytest.raises(ValueError, match=problem):
+        runner.compile_pipeline(RunConfig(**setting), LOCATIONS, str(out), IMAGE)
+    assert not out.exists()
+
+
+def test_the_trainer_checks_every_key_the_run_config_gives_it():
+    from trainer import task
+
+    assert set(RunConfig().trainer_config()) == set(task.CONFIG_TYPES)
+    task.check_config(RunConfig().trainer_config())
