@@ -1,7 +1,8 @@
 """Served models: version discovery, policies, availability-preserving hot swap, request resolution.
 
 Mirrors TF Serving's model manager: a background poll of each base path loads the versions the
-policy wants, warms each new version up before it can be chosen, and unloads an old version only
+policy wants, warms each new version up before it can be chosen (replaying the warm-up requests shipped
+in its assets.extra/, serving/warmup.py), and unloads an old version only
 once a wanted one is available, so the last loaded version is never dropped. Requests hold a
 reference to the version they resolved, so an unload never cuts an in-flight request short.
 """
@@ -11,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import grpc
 import numpy as np
@@ -54,20 +55,6 @@ def tf_error_line(error: tf.errors.OpError) -> str:
     return (meaningful[0] if meaningful else lines[0]).split(" [Op:")[0]
 
 
-def _warmup_image() -> bytes:
-    return tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8)).numpy()
-
-
-def _warmup_inputs() -> Dict[str, np.ndarray]:
-    """One valid input per input key of the model contract: `images` (encoded bytes), `examples` and `inputs`
-    (serialized tf.Example)."""
-    image = _warmup_image()
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-    examples = np.array([example.SerializeToString()], dtype=object)
-    return {"images": np.array([image], dtype=object), "examples": examples, "inputs": examples}
-
-
 class LoadedVersion:
     """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks)."""
 
@@ -84,13 +71,6 @@ class LoadedVersion:
             if not name.startswith("__")}
         self._model = tf.saved_model.load(path)
         self._functions = {name: self._model.signatures[name] for name in self.signature_defs}
-
-    def warm_up(self) -> None:
-        """Runs every signature the model contract knows once, so the first real request is not the slow one."""
-        samples = _warmup_inputs()
-        for name, definition in self.signature_defs.items():
-            if set(definition.inputs) <= set(samples):
-                self.run(name, {key: samples[key] for key in definition.inputs})
 
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         name = name or DEFAULT_SIGNATURE
@@ -144,13 +124,18 @@ class VersionStatus:
     error: str = ""  # why loading failed; empty when the version is (or was) fine
 
 
+WarmUp = Callable[["LoadedVersion"], int]  # runs a new version's warm-up requests, returns how many
+
+
 class ServedModel:
     """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
 
-    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget):
+    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget,
+                 warm_up: Optional[WarmUp] = None):
         self.config = config
         self.budget = budget
         self.name = config.name
+        self._warm_up = warm_up
         self._loaded: Dict[int, LoadedVersion] = {}  # replaced as a whole, never mutated: readers need no lock
         self._status: Dict[int, VersionStatus] = {}
         self._swap = threading.Lock()  # one poll at a time
@@ -175,7 +160,7 @@ class ServedModel:
         started = time.monotonic()
         try:
             loaded = LoadedVersion(self.name, version, path, self.budget)
-            loaded.warm_up()
+            replayed = self._warm_up(loaded) if self._warm_up else 0
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
             message = (tf_error_line(error) if isinstance(error, tf.errors.OpError)
                        else (str(error) or type(error).__name__).splitlines()[0])
@@ -184,8 +169,8 @@ class ServedModel:
             return
         self._loaded = {**self._loaded, version: loaded}
         self._status[version] = VersionStatus(State.AVAILABLE)
-        log.info("model %s version %d available (loaded and warmed up in %.1f s)", self.name, version,
-                 time.monotonic() - started)
+        log.info("model %s version %d available (loaded and %d warm-up requests replayed in %.1f s)", self.name,
+                 version, replayed, time.monotonic() - started)
 
     def resolve(self, version: Optional[int] = None, label: str = "") -> LoadedVersion:
         """TF Serving's rules: a version, else a version label, else the latest loaded version."""
@@ -223,9 +208,10 @@ class ModelManager:
     """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget."""
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0,
-                 budget: Optional[PixelBudget] = None):
+                 budget: Optional[PixelBudget] = None, warm_up: Optional[WarmUp] = None):
         self.budget = budget or PixelBudget()
-        self.models = {model.name: ServedModel(model, self.budget) for model in server_config.model_config_list.config}
+        self.models = {model.name: ServedModel(model, self.budget, warm_up)
+                       for model in server_config.model_config_list.config}
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)

@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import tensors, tls
+from serving import tensors, tls, warmup
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 from serving.pixels import PixelBudget
 
@@ -63,6 +63,38 @@ def handled(method: str, model: str, context: grpc.ServicerContext) -> Iterator[
         log_request("grpc", method, model, call.version, started, code)
 
 
+def predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
+            wait_seconds: Optional[float] = None) -> predict_pb2.PredictResponse:
+    """A Predict request on a resolved version (gRPC, and warm-up replay); `wait_seconds`: the deadline left."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    inputs = {key: tensors.to_array(key, proto) for key, proto in request.inputs.items()}
+    outputs = loaded.run(signature_name, inputs, list(request.output_filter), wait_seconds)
+    response = predict_pb2.PredictResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    for key, value in outputs.items():
+        tensors.fill_proto(value, response.outputs[key])
+    return response
+
+
+def classify(loaded: LoadedVersion, request: classification_pb2.ClassificationRequest,
+             wait_seconds: Optional[float] = None) -> classification_pb2.ClassificationResponse:
+    """tf.Example in, through a classification signature (TF Serving's rules, see classification_outputs);
+    per example one class per column of `classes` / `scores`."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    wanted = classification_outputs(loaded, signature_name)
+    examples = serialized_examples(request.input)
+    outputs = loaded.run(signature_name, {tf.saved_model.CLASSIFY_INPUTS: examples}, wanted, wait_seconds)
+    response = classification_pb2.ClassificationResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    fill_classifications(response.result, outputs, len(examples))
+    return response
+
+
+def replay_warmup(loaded: LoadedVersion) -> int:
+    """TF Serving's warm-up: the version's recorded requests, each through the code that answers its kind."""
+    return warmup.replay(loaded, {"predict_log": predict, "classify_log": classify})
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -74,30 +106,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request: predict_pb2.PredictRequest, context):
         with handled("Predict", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {key: tensors.to_array(key, proto) for key, proto in request.inputs.items()}
-            outputs = loaded.run(signature_name, inputs, list(request.output_filter), context.time_remaining())
-            response = predict_pb2.PredictResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            for key, value in outputs.items():
-                tensors.fill_proto(value, response.outputs[key])
-            return response
+            return predict(self._resolve(request.model_spec, call), request, context.time_remaining())
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
-        """tf.Example in, through a classification signature (TF Serving's rules, see classification_outputs);
-        per example one class per column of `classes` / `scores`."""
         with handled("Classify", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            wanted = classification_outputs(loaded, signature_name)
-            examples = serialized_examples(request.input)
-            outputs = loaded.run(signature_name, {tf.saved_model.CLASSIFY_INPUTS: examples}, wanted,
-                                 context.time_remaining())
-            response = classification_pb2.ClassificationResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            fill_classifications(response.result, outputs, len(examples))
-            return response
+            return classify(self._resolve(request.model_spec, call), request, context.time_remaining())
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         with handled("GetModelMetadata", request.model_spec.name, context) as call:
@@ -211,7 +224,7 @@ class ModelServer:
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
                  budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True):
-        self.manager = ModelManager(server_config, poll_seconds, budget)
+        self.manager = ModelManager(server_config, poll_seconds, budget, warm_up=replay_warmup)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
