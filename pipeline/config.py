@@ -15,6 +15,8 @@ DEFAULT_MODEL_NAME = "pneumonia"
 DEFAULT_SPLITS = ("train", "eval", "test", "external")
 # Splits the Evaluator reports on; `eval` alone decides the blessing.
 BLESSING_SPLIT = "eval"
+# The site's labelled sample (pneumonia prepare): where the ThresholdCalibrator sets the served threshold.
+CALIBRATION_SPLIT = "calibration"
 
 
 @dataclasses.dataclass

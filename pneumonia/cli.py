@@ -46,7 +46,7 @@ def _prepare(sources: List[str], out: str, **options) -> dict:
 def cmd_prepare(args: argparse.Namespace) -> None:
     _prepare(args.sources, os.path.abspath(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
              overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
-             beam_args=args.beam_arg)
+             beam_args=args.beam_arg, calibration_from=args.calibration_from, calibration_size=args.calibration_size)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "plus prepare_report.json.")
     prep.add_argument("sources", nargs="+", metavar="SOURCE",
                       help="NAME=PATH: a folder with train/ [val/] test/ (Kaggle layout) keeps its splits; "
-                           "a folder with only NORMAL/ and PNEUMONIA/ becomes an evaluation-only split NAME")
+                           "a folder with only NORMAL/ and PNEUMONIA/ becomes an evaluation-only split NAME; "
+                           "calibration:NAME=PATH makes such a folder the site's calibration split")
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--eval-fraction", type=float, default=0.1,
                       help="share of train carved (by patient) as validation when val/ is too small (default 0.1)")
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fail when more than this share of files is quarantined (default 0.01)")
     prep.add_argument("--strict", action="store_true",
                       help="fail on identical files across splits or a patient in both train and eval")
+    prep.add_argument("--calibration-from", metavar="SPLIT",
+                      help="carve the site's labelled calibration sample from this split (test or an "
+                           "evaluation-only split): whole patients, stratified by source and label, seeded; "
+                           "the carved images leave SPLIT. Or give a calibration:NAME=PATH SOURCE instead")
+    prep.add_argument("--calibration-size", type=int, default=0, metavar="N",
+                      help="images to carve with --calibration-from (whole patients, so about N)")
     prep.add_argument("--beam-arg", action="append", metavar="ARG",
                       help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
     prep.set_defaults(func=cmd_prepare)
