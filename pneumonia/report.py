@@ -111,12 +111,16 @@ class Evaluated:
 
 
 def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
-    """The custom_config of the Trainer execution that produced `model`: the run's whole training recipe."""
+    """The custom_config of the Trainer execution that produced `model` (through the ThresholdCalibrator, which
+    re-exports the Trainer's model): the run's whole training recipe."""
     producers = [e.execution_id for e in store.get_events_by_artifact_ids([model.id])
                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
     for execution in store.get_executions_by_id(producers):
         if "custom_config" in execution.custom_properties:
             return json.loads(execution.custom_properties["custom_config"].string_value or "{}") or {}
+        inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+        if "model" in inputs:
+            return _trainer_config(store, inputs["model"])
     return {}
 
 
