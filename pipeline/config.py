@@ -50,6 +50,9 @@ class RunConfig:
     # Evaluator: blessing on the validation split
     min_auc: float = 0.80
     max_auc_drop: float = 0.01
+    # TFMA's 95% intervals on every metric: "bootstrap" (Poisson, 20 replicates), "jackknife" (20 buckets: a
+    # fraction of the bootstrap's Evaluator time) or "none"
+    confidence_intervals: str = "bootstrap"
     # Site gate: bounds at the served threshold on the calibration split (none by default)
     site_min_sensitivity: Optional[float] = None
     site_min_specificity: Optional[float] = None

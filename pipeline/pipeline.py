@@ -42,6 +42,7 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     run_fn: Optional[str] = None,
     site_gate: Optional[SiteGate] = None,
+    confidence_intervals: str = "bootstrap",
 ) -> tfx.dsl.Pipeline:
     """TFRecords -> statistics, schema gate -> Trainer -> ThresholdCalibrator -> Evaluator (vs last blessed,
     and the optional `site_gate` on the calibration split) -> Pusher.
@@ -107,7 +108,7 @@ def create_pipeline(
         model=model,
         baseline_model=baseline.outputs["model"],
         example_splits=[split for split in splits if split != "train"],
-        eval_config=create_eval_config(min_auc, max_auc_drop, BLESSING_SPLIT, site_gate),
+        eval_config=create_eval_config(min_auc, max_auc_drop, BLESSING_SPLIT, site_gate, confidence_intervals),
     )
     pusher = create_pusher(model, evaluator.outputs["blessing"], serving_dir, model_name)
     report = EvaluationReport(examples=example_gen.outputs["examples"], model=model,
@@ -142,6 +143,7 @@ def pipeline_from_config(config: RunConfig,
         max_auc_drop=config.max_auc_drop,
         warm_start=config.warm_start,
         site_gate=config.site_gate(),
+        confidence_intervals=config.confidence_intervals,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_args,
     )

@@ -49,7 +49,7 @@ def test_a_task_per_component_with_the_pipelines_edges(compiled):
     pipeline, _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
     required = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "Trainer",
-                "latest_blessed_model_resolver-model-resolver", "Evaluator", "Pusher"}
+                "ThresholdCalibrator", "latest_blessed_model_resolver-model-resolver", "Evaluator", "Pusher"}
     assert required <= set(tasks)
     for node in pipeline.components:
         assert task_name(node, tasks) in tasks
@@ -57,8 +57,10 @@ def test_a_task_per_component_with_the_pipelines_edges(compiled):
         assert set(tasks[task_name(node, tasks)].get("dependentTasks", [])) == expected, node.id
     assert "latest_model_resolver" in tasks["Trainer"]["dependentTasks"]  # warm start
     assert "DataValidationGate" in tasks["Trainer"]["dependentTasks"]
-    assert {"Trainer", "latest_blessed_model_resolver-model-resolver"} <= set(tasks["Evaluator"]["dependentTasks"])
-    assert "Evaluator" in tasks["Pusher"]["dependentTasks"]
+    assert "Trainer" in tasks["ThresholdCalibrator"]["dependentTasks"]  # the calibrated model is what is judged
+    assert {"ThresholdCalibrator", "latest_blessed_model_resolver-model-resolver"} <= set(
+        tasks["Evaluator"]["dependentTasks"])
+    assert {"Evaluator", "ThresholdCalibrator"} <= set(tasks["Pusher"]["dependentTasks"])
 
 
 def test_runtime_parameters_have_the_defaults_asked_for(compiled):
