@@ -76,18 +76,17 @@ class SiteGate:
                 raise ValueError(f"{flag} {value} must be between 0 and 1")
 
     def bounds(self) -> List[tuple]:
-        """(TFMA metric key judged, TFMA class name it reads, lower bound, the flag that set it)."""
+        """(TFMA metric key judged, TFMA class name it reads, lower bound) per bound set."""
         chosen = []
-        for key, class_name, value, flag in (
-                ("recall", "Recall", self.min_sensitivity, "--site-min-sensitivity"),
-                ("specificity", "Specificity", self.min_specificity, "--site-min-specificity")):
+        for key, class_name, value in (("recall", "Recall", self.min_sensitivity),
+                                       ("specificity", "Specificity", self.min_specificity)):
             if value is not None:
                 judged = key + interval_metrics.LOWER_BOUND_SUFFIX if self.on_lower_bound else key
-                chosen.append((judged, class_name, value, flag))
+                chosen.append((judged, class_name, value))
         return chosen
 
 
-# The site gate's judged metrics, by key: what a failure line calls them.
+# The site gate's judged metrics, by key: what a failure line calls them and the flag that sets the bound.
 GATE_NAMES = {"recall": ("sensitivity", "--site-min-sensitivity"),
               "specificity": ("specificity", "--site-min-specificity")}
 
@@ -119,7 +118,7 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
         raise ValueError("--gate-on-lower-bound needs confidence intervals (confidence_intervals: none is set)")
     method = INTERVAL_METHODS[confidence_intervals]
     at_half, at_threshold = [], []
-    gate = {class_name: (judged, value) for judged, class_name, value, _ in (site_gate.bounds() if site_gate else [])}
+    gate = {class_name: (judged, value) for judged, class_name, value in (site_gate.bounds() if site_gate else [])}
     for class_name, key, extra in METRICS:
         config = _metric_config(class_name, extra)
         if class_name == "AUC":

@@ -32,7 +32,9 @@ DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACH
 
 def tiny_config(tmp_path) -> str:
     path = tmp_path / "tiny.yaml"
-    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\n"
+    # Intervals by the jackknife: the Poisson bootstrap (the default, run by tests/intervals_test.py) costs the
+    # Evaluator many times more (bench/evaluator_intervals_bench.py).
+    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\nconfidence_intervals: jackknife\n"
                     f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]"))
     return str(path)
 
