@@ -10,6 +10,11 @@ refuses what must not be scored and turns the rest into the 8-bit PNG the model 
 stored only as a keyed hash (`patient_salt`), with view position, sex and age band; no other DICOM attribute
 is written.
 
+A site's labelled sample (the split `calibration`, where the ThresholdCalibrator chooses the operating
+threshold) is either its own class-folder SOURCE with the role prefix `calibration:NAME=PATH`, or carved
+from an evaluation-only or test split (`calibration_from`, `calibration_size`): whole patients, stratified
+by source and label, seeded; the carved images leave the split they came from.
+
 The driver lists files (metadata only); reading, hashing, decoding, de-duplication, the patient carve
 and the shard writing run as an Apache Beam pipeline (DirectRunner by default; `beam_args` pass
 through, e.g. `--runner=DataflowRunner`). Output is deterministic: the same input gives byte-identical
@@ -28,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import absolute_uri
+from pipeline.config import CALIBRATION_SPLIT, absolute_uri
 from pneumonia.images import BadImage, inspect_image, parse_patient_and_pathogen
 from serving import dicom
 
@@ -41,6 +46,7 @@ MIN_USABLE_VAL = 100
 REPORT_NAME = "prepare_report.json"
 RECORDS_PER_SHARD = 1000
 FORMAT_VERSION = 4
+ROLES = (CALIBRATION_SPLIT,)
 # Locally: the DirectRunner in one process. Its multi_threading mode corrupted bundles on the full data
 # here (Beam 2.74: "Invalid PaneInfoEncoding"), and multi_processing pays a TensorFlow import per worker.
 DEFAULT_BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -54,15 +60,25 @@ class PrepareError(Exception):
 class Source:
     name: str
     path: str
+    role: str = ""  # "calibration": a class-folder sample of the site, written as the calibration split
 
     @classmethod
     def parse(cls, text: str) -> "Source":
         name, sep, path = text.partition("=")
+        role, _, name = name.rpartition(":")
         if not sep or not name or not path:
-            raise PrepareError(f"source {text!r}: expected NAME=PATH, e.g. kermany=/data/chest_xray")
+            raise PrepareError(f"source {text!r}: expected [ROLE:]NAME=PATH, e.g. kermany=/data/chest_xray")
         if not re.fullmatch(r"[a-z0-9_\-]+", name):
             raise PrepareError(f"source {text!r}: NAME must be lowercase letters, digits, '_' or '-'")
-        return cls(name, os.path.abspath(os.path.expanduser(path)))
+        if role and role not in ROLES:
+            raise PrepareError(f"source {text!r}: unknown role {role!r}; the only role is "
+                               f"{CALIBRATION_SPLIT}:NAME=PATH")
+        return cls(name, os.path.abspath(os.path.expanduser(path)), role)
+
+    @property
+    def split(self) -> str:
+        """The split a class-folder source becomes: its role, else its name."""
+        return self.role or self.name
 
     @property
     def is_kaggle_layout(self) -> bool:
@@ -88,7 +104,7 @@ class Candidate:
     def origin(self) -> str:
         """Where the image comes from within its dataset (the `source` feature). An evaluation-only folder that
         pools sources names each file `<source>_...` (`rsna_`, `ieee8023_`); any other image has its dataset's."""
-        if self.split == self.dataset:
+        if self.split in (self.dataset, CALIBRATION_SPLIT):
             prefix, sep, _ = os.path.basename(self.source_path).partition("_")
             if sep and re.fullmatch(r"[a-z0-9]+", prefix.lower()):
                 return prefix.lower()
@@ -159,7 +175,7 @@ def classify(source: Source, relpath: str, salt: str = dicom.DEFAULT_SALT) -> Tu
         return None, f"unknown class folder {parts[-2]!r} (expected NORMAL or PNEUMONIA)"
     if not relpath.lower().endswith(IMAGE_SUFFIXES) and not dicom.file_name_is_dicom(parts[-1]):
         return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)}, or DICOM: .dcm or none)"
-    split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.name
+    split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.split
     return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath,
                      recorded_path(relpath, salt)), None
 
@@ -256,6 +272,39 @@ def mark_patient_in_train(record: Record, train_patients) -> Record:
     return dataclasses.replace(record, patient_in_train=record.patient_id in train_patients)
 
 
+def choose_calibration_patients(images: List[Tuple[str, str, int]], size: int, seed: int) -> List[str]:
+    """Whole patients making up about `size` images, stratified by (source, label): each stratum gives its
+    share of `size` (largest remainders), patients taken in a seeded order until the share is reached.
+
+    `images` holds (patient_id, source, label) per image of the split carved from.
+    """
+    strata: Dict[Tuple[str, int], collections.Counter] = collections.defaultdict(collections.Counter)
+    for patient, origin, label in images:
+        strata[(origin, label)][patient] += 1
+    total = len(images)
+    exact = {stratum: size * sum(patients.values()) / total for stratum, patients in strata.items()}
+    targets = {stratum: int(share) for stratum, share in exact.items()}
+    by_remainder = sorted(exact, key=lambda stratum: (-(exact[stratum] - targets[stratum]), stratum))
+    for stratum in by_remainder[:size - sum(targets.values())]:
+        targets[stratum] += 1
+    chosen = set()
+    for stratum in sorted(strata):
+        patients, taken = strata[stratum], 0
+        for patient in sorted(patients, key=lambda p: _stable_hash(str(seed), CALIBRATION_SPLIT, p)):
+            if taken >= targets[stratum]:
+                break
+            if patient not in chosen:
+                chosen.add(patient)
+                taken += patients[patient]
+    return sorted(chosen)
+
+
+def assign_calibration(record: Record, carved_from: str, patients: List[str]) -> Record:
+    if record.split == carved_from and record.patient_id in patients:
+        return dataclasses.replace(record, split=CALIBRATION_SPLIT)
+    return record
+
+
 def to_example(record: Record, image: bytes):
     import tensorflow as tf
 
@@ -330,6 +379,7 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
         "sources": listing["sources"],
         "fingerprint": listing["fingerprint"],
         "eval_policy": listing["eval_policy"],
+        "calibration_policy": listing["calibration_policy"],
         "files_seen": listing["files_seen"],
         "written": len(records),
         "quarantined": quarantined,
@@ -351,7 +401,8 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
 
 def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: Dict[str, bool], out: str,
                    fraction: float, seed: int, listing: dict, patient_salt: str = dicom.DEFAULT_SALT,
-                   allow_lateral: bool = False) -> None:
+                   allow_lateral: bool = False, calibration_from: Optional[str] = None,
+                   calibration_size: int = 0) -> None:
     inspected = (pipeline | "Files" >> beam.Create(candidates, reshuffle=True)
                  | "Inspect" >> beam.FlatMap(inspect, patient_salt, allow_lateral)
                  .with_outputs("quarantined", main="ok"))
@@ -365,6 +416,16 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
         | "EvalPatients" >> beam.Map(choose_eval_patients, fraction, seed))
     assigned = unique.kept | "AssignSplit" >> beam.Map(
         lambda r, chosen: assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients))
+    if calibration_from:
+        calibration_patients = (
+            assigned
+            | "CalibrationSource" >> beam.Filter(lambda r: r.split == calibration_from)
+            | "PatientSourceLabel" >> beam.Map(lambda r: (r.patient_id, r.candidate.origin, r.candidate.label))
+            | "AllOfSplit" >> beam.combiners.ToList()
+            | "CalibrationPatients" >> beam.Map(choose_calibration_patients, calibration_size, seed))
+        assigned = assigned | "AssignCalibration" >> beam.Map(
+            lambda r, chosen: assign_calibration(r, calibration_from, set(chosen)),
+            beam.pvalue.AsSingleton(calibration_patients))
     train_patients = (assigned | "TrainOnly" >> beam.Filter(lambda r: r.split == "train")
                       | "TrainPatient" >> beam.Map(lambda r: r.patient_id)
                       | "TrainPatients" >> beam.combiners.ToSet())
@@ -456,10 +517,36 @@ def _check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
                            f"eval, e.g. {report['patients_in_train_and_eval'][0]}")
 
 
+def _check_calibration(sources: Sequence[Source], calibration_from: Optional[str], calibration_size: int) -> str:
+    """The calibration policy in words; raises on a request that cannot give one calibration split."""
+    own = [s for s in sources if s.role == CALIBRATION_SPLIT]
+    if len(own) > 1 or (own and calibration_from):
+        raise PrepareError("one calibration split only: give either one calibration:NAME=PATH source or "
+                           "--calibration-from SPLIT")
+    for source in own:
+        if source.is_kaggle_layout:
+            raise PrepareError(f"calibration source {source.name}: expected NORMAL/ and PNEUMONIA/ folders, "
+                               f"not a train/ test/ layout")
+    if own:
+        return f"own folder {own[0].name} ({own[0].path})"
+    if calibration_size and not calibration_from:
+        raise PrepareError("--calibration-size needs --calibration-from SPLIT")
+    if not calibration_from:
+        return "none"
+    if calibration_from in ("train", "eval", CALIBRATION_SPLIT):
+        raise PrepareError(f"--calibration-from {calibration_from}: carve from test or an evaluation-only split, "
+                           f"never from the data that trains or selects the model")
+    if calibration_size < 2:
+        raise PrepareError(f"--calibration-size {calibration_size}: give the number of images to carve (at least 2)")
+    return (f"{calibration_size} images carved from {calibration_from} by patient, stratified by source and label "
+            f"(seeded)")
+
+
 def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, seed: int = 42,
             overwrite: bool = False, max_bad_fraction: float = 0.01, strict: bool = False,
             beam_args: Optional[List[str]] = None, patient_salt: Optional[str] = None,
-            allow_lateral: bool = False) -> dict:
+            allow_lateral: bool = False, calibration_from: Optional[str] = None,
+            calibration_size: int = 0) -> dict:
     """Writes the TFRecords and report into `out` and returns the report (see module docstring)."""
     if not sources:
         raise PrepareError("no SOURCE given: pass NAME=PATH, e.g. kermany=/data/chest_xray")
@@ -470,17 +557,22 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
             raise PrepareError(f"source {source.name}: folder {source.path} does not exist")
     if not 0.0 < eval_fraction < 1.0:
         raise PrepareError(f"--eval-fraction {eval_fraction} must be between 0 and 1")
+    calibration_policy = _check_calibration(sources, calibration_from, calibration_size)
     patient_salt = patient_salt or dicom.DEFAULT_SALT
     out = absolute_uri(out)
-    fingerprint = source_fingerprint(sources, {"eval_fraction": eval_fraction, "seed": seed,
-                                               "patient_salt": patient_salt, "allow_lateral": allow_lateral})
+    options = {"eval_fraction": eval_fraction, "seed": seed, "patient_salt": patient_salt,
+               "allow_lateral": allow_lateral}
+    if calibration_policy != "none":
+        options.update(calibration_from=calibration_from, calibration_size=calibration_size,
+                       roles={s.name: s.role for s in sources if s.role})
+    fingerprint = source_fingerprint(sources, options)
     previous = _check_output(out, fingerprint, overwrite)
     if previous is not None:
         _check_report(previous, max_bad_fraction, strict)
         return previous
 
     listing = {"sources": {s.name: s.path for s in sources}, "fingerprint": fingerprint, "files_seen": 0,
-               "quarantined": [], "eval_policy": []}
+               "quarantined": [], "eval_policy": [], "calibration_policy": calibration_policy}
     candidates: List[Candidate] = []
     carve: Dict[str, bool] = {}
     for source in sources:
@@ -508,13 +600,22 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
                     f"(val/ had {len(val)} files)")
         candidates.extend(found)
     listing["eval_policy"] = "; ".join(listing["eval_policy"]) or "no train/val/test source"
+    if calibration_from:
+        available = sum(c.split == calibration_from for c in candidates)
+        if not available:
+            splits = sorted({c.split for c in candidates} - {"train", "eval"})
+            raise PrepareError(f"--calibration-from {calibration_from}: no such split; splits to carve from: "
+                               f"{', '.join(splits) or 'none'}")
+        if calibration_size >= available:
+            raise PrepareError(f"--calibration-size {calibration_size}: split {calibration_from} has only "
+                               f"{available} files, and some must stay to report on")
 
     staging = f"{out}.staging"
     _remove(staging)
     _gfile().makedirs(staging)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
         build_pipeline(pipeline, candidates, carve, staging, eval_fraction, seed, listing, patient_salt,
-                       allow_lateral)
+                       allow_lateral, calibration_from, calibration_size)
     report = read_report(staging)
     try:
         _check_report(report, max_bad_fraction, strict)
@@ -549,6 +650,7 @@ def summary(report: dict) -> str:
             labels = ", ".join(f"{name} {count}" for name, count in sorted(by_label.items()))
             lines.append(f"  {split:<10} {dataset:<10} {labels}  (patients {report['patients'].get(split, 0)})")
     lines.append(f"  eval: {report['eval_policy']}")
+    lines.append(f"  calibration: {report['calibration_policy']}")
     if report["leaks"]:
         lines.append(f"  identical files across splits: {len(report['leaks'])} (the evaluation copy is kept)")
     for split, shared in report["patients_shared_with_train"].items():

@@ -38,8 +38,11 @@ def server_config(args: argparse.Namespace):
 
 def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
     """The official model server's command line for the same settings."""
+    reload = ([f"--model_config_file_poll_wait_seconds={max(1, round(args.config_poll_seconds))}"]
+              if args.model_config_file and args.config_poll_seconds > 0 else [])
     return [TF_SERVING_BINARY, f"--port={args.grpc_port}", f"--rest_api_port={args.rest_port}",
-            f"--model_config_file={config_path}", f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
+            f"--model_config_file={config_path}", *reload,
+            f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
             f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
             *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else [])]
 
@@ -69,7 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if shutil.which(TF_SERVING_BINARY) is None:
             raise SystemExit(f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
                              "pip-installable: use the tensorflow/serving image (serving/k8s/) or --backend python")
-        config_path = config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"), "models.config"))
+        config_path = (os.path.abspath(args.model_config_file) if args.model_config_file and args.config_poll_seconds > 0
+                       else config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"),
+                                                              "models.config")))
         command = tfserving_command(args, config_path)
         print(" ".join(command), flush=True)
         os.execvp(command[0], command)  # the official server then receives SIGTERM itself
@@ -80,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
                              args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
-                             web_page=not args.no_ui).start()
+                             web_page=not args.no_ui, config_file=args.model_config_file,
+                             config_poll_seconds=args.config_poll_seconds).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
@@ -161,6 +167,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--model-config-file",
                        help="TF Serving ModelServerConfig text proto (several models, policies, labels); "
                             "replaces --serving-dir, --model-name and the version flags")
+    serve.add_argument("--config-poll-seconds", type=float, default=0.0,
+                       help="with --model-config-file: read the file again this often when it changes (version "
+                            "labels written by `pneumonia calibrate --label`); 0 reads it once (default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 turns REST off)")

@@ -223,8 +223,11 @@ class ModelServer:
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
-                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True):
-        self.manager = ModelManager(server_config, poll_seconds, budget, warm_up=replay_warmup)
+                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True,
+                 config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
+        """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
+        self.manager = ModelManager(server_config, poll_seconds, budget, warm_up=replay_warmup,
+                                    config_file=config_file, config_poll_seconds=config_poll_seconds)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),

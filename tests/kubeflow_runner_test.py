@@ -42,12 +42,14 @@ def test_a_task_per_component_with_the_pipelines_edges(compiled):
     pipeline, _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {node.id for node in pipeline.components}
+    assert "ThresholdCalibrator" in tasks
     for node in pipeline.components:
         expected = {upstream.id for upstream in node.upstream_nodes}
         assert set(tasks[node.id].get("dependentTasks", [])) == expected, node.id
     assert "DataValidationGate" in tasks["Trainer"]["dependentTasks"]
-    assert {"Trainer", "latest_served_model"} <= set(tasks["Evaluator"]["dependentTasks"])
-    assert "Evaluator" in tasks["Pusher"]["dependentTasks"]
+    assert "Trainer" in tasks["ThresholdCalibrator"]["dependentTasks"]  # the calibrated model is what is judged
+    assert {"ThresholdCalibrator", "latest_served_model"} <= set(tasks["Evaluator"]["dependentTasks"])
+    assert {"Evaluator", "ThresholdCalibrator"} <= set(tasks["Pusher"]["dependentTasks"])
 
 
 def test_the_baseline_is_the_latest_served_version_and_never_cached(compiled):
