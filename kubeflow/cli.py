@@ -125,7 +125,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sched.add_argument("--pipeline-name", help="pipeline name on the server (default: the package's)")
     sched.add_argument("--param", action="append", metavar="KEY=VALUE",
                        help="run parameter, repeatable: data_root=URI, trainer_config=JSON, or a trainer_config "
-                            "key such as architecture=resnet50 or epochs=10")
+                            "key such as architecture=densenet121 or epochs=10")
     sched.add_argument("--max-concurrency", type=int, default=1, help="runs allowed at once (default 1)")
     sched.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
     sched.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")

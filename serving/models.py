@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -205,14 +205,25 @@ class ServedModel:
 
 
 class ModelManager:
-    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget."""
+    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget.
+
+    With `config_file` (and `config_poll_seconds` > 0), the model config file is read again when it changes,
+    as TF Serving's --model_config_file_poll_wait_seconds does: version labels and policies follow it (e.g.
+    after `pneumonia calibrate --label`), new models are added and models no longer listed are dropped.
+    """
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0,
-                 budget: Optional[PixelBudget] = None, warm_up: Optional[WarmUp] = None):
+                 budget: Optional[PixelBudget] = None, warm_up: Optional[WarmUp] = None,
+                 config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
         self.budget = budget or PixelBudget()
+        self.warm_up = warm_up
         self.models = {model.name: ServedModel(model, self.budget, warm_up)
                        for model in server_config.model_config_list.config}
         self.poll_seconds = poll_seconds
+        self.config_file = config_file if config_poll_seconds > 0 else None
+        self.config_poll_seconds = config_poll_seconds
+        self._config_stamp = self._stamp()
+        self._config_checked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
 
@@ -227,8 +238,38 @@ class ModelManager:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _stamp(self) -> Optional[Tuple[float, int]]:
+        if not self.config_file:
+            return None
+        stat = os.stat(self.config_file)
+        return stat.st_mtime, stat.st_size
+
+    def reload_config(self) -> None:
+        """Applies the model config file if it changed since last read; a file that no longer parses is
+        logged and the current config kept."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            server_config = model_config.read(self.config_file)
+        except ValueError as error:
+            log.error("model config %s not applied, keeping the current one: %s", self.config_file, error)
+            return
+        models = {}
+        for model_config_proto in server_config.model_config_list.config:
+            served = self.models.get(model_config_proto.name) or ServedModel(model_config_proto, self.budget, self.warm_up)
+            served.config = model_config_proto  # one reference swap: readers see the old or the new config
+            models[model_config_proto.name] = served
+        self.models = models
+        log.info("model config %s applied: %s", self.config_file, ", ".join(
+            f"{name} (labels {dict(served.config.version_labels) or 'none'})" for name, served in models.items()))
+
     def poll(self) -> None:
-        for model in self.models.values():
+        if self.config_file and time.monotonic() - self._config_checked >= self.config_poll_seconds:
+            self._config_checked = time.monotonic()
+            self.reload_config()
+        for model in list(self.models.values()):
             model.poll()
 
     def _poll_forever(self) -> None:

@@ -19,7 +19,7 @@ BEAM_ARG = "--direct_num_workers=2"
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(pipeline object, YAML spec, job JSON) for one compile with non-default settings."""
-    config = RunConfig(architecture="resnet50", epochs=3, beam_args=[BEAM_ARG],
+    config = RunConfig(architecture="densenet121", epochs=3, beam_args=[BEAM_ARG],
                        trainer_cpu=4, trainer_memory_gb=16, trainer_gpus=1)
     out = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
     yaml_path, job_path = runner.compile_pipeline(config, LOCATIONS, out, IMAGE)
@@ -42,12 +42,14 @@ def test_a_task_per_component_with_the_pipelines_edges(compiled):
     pipeline, _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {node.id for node in pipeline.components}
+    assert "ThresholdCalibrator" in tasks
     for node in pipeline.components:
         expected = {upstream.id for upstream in node.upstream_nodes}
         assert set(tasks[node.id].get("dependentTasks", [])) == expected, node.id
     assert "DataValidationGate" in tasks["Trainer"]["dependentTasks"]
-    assert {"Trainer", "latest_served_model"} <= set(tasks["Evaluator"]["dependentTasks"])
-    assert "Evaluator" in tasks["Pusher"]["dependentTasks"]
+    assert "Trainer" in tasks["ThresholdCalibrator"]["dependentTasks"]  # the calibrated model is what is judged
+    assert {"ThresholdCalibrator", "latest_served_model"} <= set(tasks["Evaluator"]["dependentTasks"])
+    assert {"Evaluator", "ThresholdCalibrator"} <= set(tasks["Pusher"]["dependentTasks"])
 
 
 def test_the_baseline_is_the_latest_served_version_and_never_cached(compiled):
@@ -74,7 +76,7 @@ def test_runtime_parameters_have_the_defaults_asked_for(compiled):
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters[DATA_ROOT_PARAMETER]["defaultValue"] == "gs://bucket/prepared"
     trainer_config = json.loads(parameters[TRAINER_CONFIG_PARAMETER]["defaultValue"])
-    assert (trainer_config["architecture"], trainer_config["epochs"]) == ("resnet50", 3)
+    assert (trainer_config["architecture"], trainer_config["epochs"]) == ("densenet121", 3)
     assert job["runtimeConfig"]["parameterValues"] == {name: p["defaultValue"] for name, p in parameters.items()}
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {
@@ -129,6 +131,23 @@ def test_compile_command_writes_spec_and_job(tmp_path, capsys):
         main(["compile", "--out", str(out)])
     with pytest.raises(SystemExit, match="must be a .yaml or .yml file"):
         main(["compile", "--out", str(tmp_path / "pipeline.json"), "--root", "gs://bucket/p"])
+
+
+@pytest.mark.parametrize("setting, problem", [({"architecture": "resnet50"}, "unknown architecture 'resnet50'"),
+                                              ({"loss": "hinge"}, "unknown loss 'hinge'"),
+                                              ({"epochs": -1}, "epochs=-1: must be at least 0")])
+def test_compile_refuses_trainer_settings_every_run_would_fail_on(tmp_path, capsys, setting, problem):
+    out = tmp_path / "pipeline.yaml"
+    with pytest.raises(ValueError, match=problem):
+        runner.compile_pipeline(RunConfig(**setting), LOCATIONS, str(out), IMAGE)
+    assert not out.exists()
+
+
+def test_the_trainer_checks_every_key_the_run_config_gives_it():
+    from trainer import task
+
+    assert set(RunConfig().trainer_config()) == set(task.CONFIG_TYPES)
+    task.check_config(RunConfig().trainer_config())
 
 
 def test_an_image_tag_that_does_not_pin_the_code_is_refused(tmp_path, capsys):
