@@ -8,6 +8,7 @@ import tensorflow as tf
 import yaml
 import tensorflow_model_analysis as tfma
 
+from components.pusher.warmup import WARMUP_FILE
 from kubeflow import image
 from kubeflow.local_executor import Container, LocalPipelineRun
 from kubeflow.parameters import IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
@@ -85,6 +86,7 @@ def test_a_model_was_trained_evaluated_blessed_pushed_and_served(executed, share
     assert pushed["pushed"] == 1
     served = versions(os.path.join(root, "serving"))
     assert pushed["pushed_version"] == served[0]
+    assert os.path.getsize(os.path.join(root, "serving", MODEL_NAME, served[0], WARMUP_FILE)) > 0
     assert os.path.exists(os.path.join(first["EvaluationReport"].artifacts["report"]["uri"], "index.html"))
 
     latest = int(served[-1])  # the second run's model if it was blessed too
