@@ -15,7 +15,7 @@ from pipeline.config import RunConfig
 from pneumonia import cli, prepare, results
 from pneumonia.runners import run_pipeline
 from tests.signatures_test import serve_both
-from trainer import models
+from trainer import models, signatures
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +147,31 @@ def iter_examples(folder):
     files = sorted(glob.glob(os.path.join(folder, "*.tfrecord.gz")))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         yield tf.train.Example.FromString(record.numpy())
+
+
+def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run, tmp_path, capsys):
+    """A swin beside the first run's cnn, then `pneumonia ensemble`: one SavedModel averaging both, with its
+    own validation threshold, evaluated against the last blessed model and pushed (bounds opened for the test)."""
+    root, _ = first_run
+    swin = tmp_path / "swin.yaml"
+    swin.write_text(f"architecture: swin\nimage_size: 64\nepochs: 1\nbatch_size: 16\nmin_auc: 0.0\n"
+                    f"model_config: {dict(models.REGISTRY['swin'].tiny)}\n".replace("(", "[").replace(")", "]"))
+    cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", str(swin)])
+    open_bounds = tmp_path / "open.yaml"
+    open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\n")
+    before = versions(os.path.join(root, "serving"))
+    capsys.readouterr()
+    cli.main(["ensemble", "--root", root, "--config", str(open_bounds)])
+    printed = capsys.readouterr().out
+    assert "members: cnn (64 px), swin (64 px)" in printed
+    outputs = results.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
+    metadata = signatures.read_metadata(os.path.join(outputs.model, "Format-Serving"))
+    assert metadata["architecture"] == "ensemble" and metadata["training"]["epochs_run"] == 0
+    assert [m["architecture"] for m in metadata["model_config"]["members"]] == ["cnn", "swin"]
+    assert outputs.blessed is True and outputs.pushed is True
+    pushed = sorted(set(versions(os.path.join(root, "serving"))) - set(before))
+    assert len(pushed) == 1
+    served = serve_both(os.path.join(root, "serving", "pneumonia", pushed[0]),
+                        [example.features.feature["image"].bytes_list.value[0]
+                         for example in list(iter_examples(os.path.join(root, "data", "test")))[:4]])
+    assert (served["threshold"] == metadata["value"]).all()
