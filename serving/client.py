@@ -9,11 +9,11 @@ import time
 from typing import List, Optional, Sequence
 
 import grpc
-import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from serving.tensors import to_array
 from serving.tls import channel_credentials
 
 IMAGE_SIGNATURE = "predict_images"
@@ -111,7 +111,7 @@ class PredictionClient:
             request.model_spec.version_label = label  # a oneof with version: setting it clears version
         request.inputs["images"].CopyFrom(_bytes_tensor(images))
         response = self._call(self._predict, request)
-        outputs = {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
+        outputs = {key: to_array(key, value) for key, value in response.outputs.items()}
         served = response.model_spec.version.value
         ood_scores = outputs.get("ood_score", [None] * len(images))
         in_distribution = outputs.get("in_distribution", [None] * len(images))

@@ -81,22 +81,25 @@ def _gif_frames(data: bytes) -> int:
     return max(frames, 1)
 
 
-def declared_pixels(data: bytes) -> int:
-    """Pixels a decoder would allocate for these bytes, from the header alone; 0 when it is not a
-    JPEG, PNG, GIF or BMP (or the header is cut short): the model refuses such bytes without decoding."""
+def declared_size(data: bytes) -> Tuple[int, int]:
+    """(width, height) that an encoded JPEG, PNG, GIF or BMP declares in its header; (0, 0) for other
+    bytes or a header cut short (no decoder accepts those). The model graph reads the same fields."""
+    size = None
     if data[:3] == b"\xff\xd8\xff":
         size = _jpeg_size(data)
-        return size[0] * size[1] if size else 0
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return width * height
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 13:
-        width, height = struct.unpack("<HH", data[6:10])
-        return width * height * _gif_frames(data)
-    if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return abs(width) * abs(height)
-    return 0
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        size = struct.unpack(">II", data[16:24])
+    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        size = struct.unpack("<HH", data[6:10])
+    elif data[:2] == b"BM" and len(data) >= 26:
+        size = tuple(abs(side) for side in struct.unpack("<ii", data[18:26]))  # negative height: top-down rows
+    return size or (0, 0)
+
+
+def declared_pixels(data: bytes) -> int:
+    """Pixels a decoder would allocate for these bytes, from the header alone (every frame of a GIF)."""
+    width, height = declared_size(data)
+    return width * height * (_gif_frames(data) if data[:3] == b"GIF" and width else 1)
 
 
 def _example_pixels(serialized: bytes) -> int:

@@ -1,7 +1,6 @@
 """The decoded-pixel budget: pixels read from headers (every format, tf.Examples), wait-or-refuse
 admission, and the codes clients get over gRPC and REST."""
 import base64
-import io
 import struct
 import threading
 import time
@@ -15,31 +14,26 @@ from PIL import Image
 from serving import config
 from serving.pixels import PixelBudget, PixelBudgetExhausted, declared_pixels, request_pixels
 from tests.serving_fixtures import MODEL_NAME, exported_models, image_request, model_base, png, start_server, stub  # noqa: F401
+from tests.prepare_test import encode, png_declaring
 from tests.serving_rest_test import rest
-
-
-def encoded(image: Image.Image, image_format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **options)
-    return buffer.getvalue()
 
 
 def headers_of_every_format():
     """(bytes, pixels a decoder allocates) for the formats TensorFlow's decoders read."""
     gray, rgba = Image.new("L", (301, 207), 90), Image.new("RGBA", (64, 33), (1, 2, 3, 4))
     frames = [Image.new("L", (40, 30), shade) for shade in (0, 80, 160)]
-    top_down_bmp = bytearray(encoded(gray, "BMP"))
+    top_down_bmp = bytearray(encode(gray, "BMP"))
     struct.pack_into("<i", top_down_bmp, 22, -207)
     exif = Image.Exif()
     exif[0x010F] = "scanner"
     return [
-        (encoded(gray, "JPEG"), 301 * 207),
-        (encoded(gray, "JPEG", progressive=True), 301 * 207),
-        (encoded(gray, "JPEG", exif=exif.tobytes(), icc_profile=b"\0" * 3000), 301 * 207),  # segments before SOF
-        (encoded(gray, "PNG"), 301 * 207),
-        (encoded(rgba, "PNG"), 64 * 33),
-        (encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]), 3 * 40 * 30),
-        (encoded(gray, "BMP"), 301 * 207),
+        (encode(gray, "JPEG"), 301 * 207),
+        (encode(gray, "JPEG", progressive=True), 301 * 207),
+        (encode(gray, "JPEG", exif=exif.tobytes(), icc_profile=b"\0" * 3000), 301 * 207),  # segments before SOF
+        (encode(gray, "PNG"), 301 * 207),
+        (encode(rgba, "PNG"), 64 * 33),
+        (encode(frames[0], "GIF", save_all=True, append_images=frames[1:]), 3 * 40 * 30),
+        (encode(gray, "BMP"), 301 * 207),
         (bytes(top_down_bmp), 301 * 207),
     ]
 
@@ -54,7 +48,7 @@ def test_declared_pixels_come_from_the_header_of_every_format():
 
 
 def test_request_pixels_count_raw_images_and_images_inside_examples():
-    bomb = png(10, 10)[:16] + struct.pack(">II", 20_000, 20_000) + png(10, 10)[24:]  # a 20,000 x 20,000 IHDR
+    bomb = png_declaring(20_000, 20_000, png(10, 10))
     example = tf.train.Example(features=tf.train.Features(feature={
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bomb]))})).SerializeToString()
     assert request_pixels({"images": np.array([png(40, 30), bomb], dtype=object)}) == 1200 + 400_000_000
