@@ -108,6 +108,24 @@ class Evaluated:
     recipe: dict  # the producing Trainer's custom_config (empty when the store does not record it)
     model_uri: str
     examples_uri: str  # what the Evaluator read
+    attention: dict = dataclasses.field(default_factory=dict)  # the report's border attention: split -> outcome
+
+
+def _report_attention(store, model: metadata_store_pb2.Artifact) -> dict:
+    """The border-attention table that the newest report made from `model` wrote ({} when none did)."""
+    import tensorflow as tf
+
+    from components.report import attention
+
+    consumers = sorted({e.execution_id for e in store.get_events_by_artifact_ids([model.id])
+                        if e.type == metadata_store_pb2.Event.INPUT}, reverse=True)
+    for execution_id in consumers:
+        report = _artifacts_by_key(store, execution_id, (metadata_store_pb2.Event.OUTPUT,
+                                                         metadata_store_pb2.Event.DECLARED_OUTPUT)).get("report")
+        path = report and os.path.join(report.uri, attention.ATTENTION_FILE)
+        if path and tf.io.gfile.exists(path):
+            return attention.read(path)
+    return {}
 
 
 def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
@@ -136,6 +154,7 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
     executions = sorted((e for node in nodes for e in store.get_executions_by_context(node.id)
                          if e.last_known_state in FINISHED), key=lambda e: e.id)
     latest: Dict[str, Evaluated] = {}
+    models: Dict[str, metadata_store_pb2.Artifact] = {}
     for execution in executions:
         inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
         outputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.OUTPUT,
@@ -148,9 +167,11 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
                                                  outputs["evaluation"].uri, info,
                                                  _trainer_config(store, inputs["model"]), inputs["model"].uri,
                                                  inputs["examples"].uri)
+        models[info["architecture"]] = inputs["model"]
     if not latest:
         raise ReportLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
-    return [latest[name] for name in sorted(latest)]
+    return [dataclasses.replace(latest[name], attention=_report_attention(store, models[name]))
+            for name in sorted(latest)]
 
 
 def _slice_parts(name: str) -> Dict[str, str]:
@@ -230,6 +251,22 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     return rows
 
 
+def attention_rows(evaluated: List[Evaluated]) -> List[List[str]]:
+    """Header plus one row per architecture and split its report explained: the mean Grad-CAM border share per
+    outcome at the tuned threshold (components/report/attention.py; 0.4375 is an even map), images in brackets."""
+    from components.report import attention
+
+    header = ["architecture", "split"] + [f"border share {name}" for name in attention.columns()]
+    rows = [header]
+    for item in evaluated:
+        for split, outcomes in item.attention.items():
+            rows.append([item.architecture, split] + [f"{format_number(outcomes[name].mean)} ({outcomes[name].images})"
+                                                      for name in attention.columns()])
+    if len(rows) == 1:
+        rows.append(["-", "no report with border attention under this root"] + ["-"] * len(attention.columns()))
+    return rows
+
+
 def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: int = 2) -> str:
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in rows]
@@ -251,7 +288,7 @@ def compare(metadata_path: str, markdown: bool = False, policies: bool = False, 
 
         return format_rows(kshot_rows(evaluated), markdown, label_columns=3)
     tables = [format_rows(model_rows(evaluated), markdown, label_columns=1),
-              format_rows(compare_rows(evaluated), markdown)]
+              format_rows(compare_rows(evaluated), markdown), format_rows(attention_rows(evaluated), markdown)]
     if policies:
         from pneumonia.policies import policy_rows
 

@@ -130,6 +130,28 @@ def test_page_has_slice_metrics_and_model_card(report):
     assert "blessed: True" in page and "Grad-CAM not drawn" not in page
 
 
+def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):
+    """Over every scored image of each explained split, from the same Grad-CAM the panels draw."""
+    from components.report import attention
+
+    index, page = report
+    table = attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE))
+    assert set(table) == {"eval", "test", "external"}
+    info = executor.model_info(tiny_run["model"])
+    model, layer = executor.keras_model(tiny_run["model"], info)
+    sample = executor.read_split(tiny_run["examples"], "test", cap=executor.Settings().max_images_per_split)
+    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
+                                                                       sample.serialized))
+    assert sum(table["test"][name].images for name, _, _ in attention.OUTCOMES) == table["test"]["all"].images \
+        == len(sample.labels)
+    again = executor.border_attention(model, layer, IMAGE_SIZE, sample, scores, float(info["value"]))
+    for name in attention.columns():
+        assert again[name].images == table["test"][name].images
+        assert again[name].mean == pytest.approx(table["test"][name].mean, abs=1e-6, nan_ok=True)
+    assert 0.0 <= table["test"]["all"].mean <= 1.0
+    assert "border attention" in page and f"{table['test']['all'].mean:.3f} ({len(sample.labels)})" in page
+
+
 def test_grad_cam_panels_explain_the_exported_model(tiny_run):
     """The rebuilt Keras model reproduces the served probabilities, or the report refuses to explain it."""
     info = executor.model_info(tiny_run["model"])
@@ -216,7 +238,12 @@ def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny
                                                                       split_names=tiny_run["split_names"])},
                        {"evaluation": metadata.artifact("ModelEvaluation", uris["evaluation"]),
                         "blessing": metadata.artifact("ModelBlessing", "", blessed=True)})
+    metadata.execution("pneumonia", "run-1", "EvaluationReport", {"model": model},
+                       {"report": metadata.artifact("File", f"{bucket}/report")})
     evaluated = report_lib.latest_evaluations(metadata_path)
+    shown = report_lib.attention_rows(evaluated)  # the report's border attention, read from the bucket
+    assert [row[:2] for row in shown[1:]] == [["cnn", "eval"], ["cnn", "test"], ["cnn", "external"]]
+    assert all(row[-1].endswith("(10)") for row in shown[1:])  # every scored image of the split
     rows = report_lib.compare_rows(evaluated)
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
     labels, scores, _ = results.score_splits(uris["examples"], ["test"], uris["model"])["test"]

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.report import gradcam, plots
+from components.report import attention, gradcam, plots
 from pipeline.config import BLESSING_SPLIT
 from pneumonia import results
 from trainer import models, signatures, task
@@ -121,6 +121,17 @@ def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample
             for n, i in enumerate(indices)]
 
 
+def border_attention(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
+                     threshold: float, batch_size: int = 32) -> Dict[str, attention.OutcomeShare]:
+    """The Grad-CAM border share of every scored image of a split, averaged per outcome at the threshold."""
+    shares = [np.empty(0)]
+    for start in range(0, len(sample.images), batch_size):
+        pixels = np.stack([decode_image(image, image_size).numpy() for image in sample.images[start:start + batch_size]])
+        cams, _, _ = gradcam.heatmaps(model, layer, pixels, threshold)
+        shares.append(attention.border_share(cams))
+    return attention.by_outcome(np.concatenate(shares), scores.labels, scores.probabilities, threshold)
+
+
 def ordered_splits(split_names: List[str]) -> List[str]:
     fixed = ["train", BLESSING_SPLIT, "test"]
     return [s for s in fixed if s in split_names] + sorted(set(split_names) - set(fixed))
@@ -170,6 +181,7 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     figure("calibration.png", "Calibration (reliability) per split", plots.calibration, scores)
 
     gradcam_notes: List[str] = []
+    attention_table: Dict[str, Dict[str, attention.OutcomeShare]] = {}
     try:
         model, layer = keras_model(model_uri, info)
     except ReportError as error:
@@ -186,9 +198,13 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
                 explained = explain(model, layer, image_size, samples[split], scores[split], indices, threshold)
                 figure(f"gradcam_{split}_{stem}.png", f"{split}: {title} (layer {layer})", plots.gradcam_panels,
                        explained, f"{split}: {title}")
+        for split in evaluated:  # validation too: where the model looks may choose a model, test may not
+            attention_table[split] = border_attention(model, layer, image_size, samples[split], scores[split],
+                                                      threshold)
+        attention.write(os.path.join(out_dir, attention.ATTENTION_FILE), attention_table)
 
     page = render(info, blessed, samples, scores, results.slice_metrics(evaluation_uri), figures, gradcam_notes,
-                  settings)
+                  settings, attention_table)
     index = os.path.join(out_dir, INDEX)
     with tf.io.gfile.GFile(index, "w") as f:
         f.write(page)
@@ -282,9 +298,25 @@ Predictions at or above it are PNEUMONIA.</p>
 """
 
 
+def attention_section(table: Dict[str, Dict[str, attention.OutcomeShare]]) -> str:
+    """The border-attention table: where Grad-CAM looks, per split and outcome."""
+    if not table:
+        return ""
+    rows = [f"<tr><td>{html.escape(split)}</td>" + "".join(
+        f"<td>{'—' if share.mean != share.mean else f'{share.mean:.3f}'} ({share.images})</td>"
+        for share in (outcomes[name] for name in attention.columns())) + "</tr>" for split, outcomes in table.items()]
+    return f"""<h2>Where the model looks: border attention</h2>
+<p>Share of each image's Grad-CAM mass (the predicted class at the tuned threshold) that falls in the outer
+{attention.BORDER_BAND:.1%} of each side, where film edges, collimation borders and markers lie: a band of
+{attention.BORDER_AREA:.2%} of the area, so an even map scores {attention.BORDER_AREA:.4f} and a model that reads
+the lungs scores well below it. Mean per outcome at the tuned threshold over the scored images (their number in
+brackets).</p>
+{_table(["split"] + attention.columns(), rows)}"""
+
+
 def render(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample], scores: Dict[str, plots.Scores],
            table: Dict[str, Dict[str, float]], figures: List[Tuple[str, str]], notes: List[str],
-           settings: Settings) -> str:
+           settings: Settings, attention_table: Dict[str, Dict[str, attention.OutcomeShare]]) -> str:
     images = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
@@ -306,6 +338,7 @@ every evaluated split and is not any one split's figure.</p>
 <p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
 signature at the tuned threshold {float(info['value']):.4f}.</p>
 {scored_table(scores, float(info['value']))}
+{attention_section(attention_table)}
 <h2>Figures</h2>
 {images}
 <ul>{notes_html}</ul>
