@@ -1,8 +1,9 @@
 """Grad-CAM and Grad-CAM++ for any Keras functional model, given its last spatial feature-map layer.
 
-Both explain the *predicted* class of a single sigmoid output: the score is the logit of the
-pneumonia probability for a PNEUMONIA prediction and its negative for a NORMAL one, because the
-probability saturates near 0 and 1 and its gradients vanish there.
+Both explain the *predicted* class of a single sigmoid output, predicted at the model's own threshold
+(the one the panels label errors at): the score is the logit of the pneumonia probability for a
+PNEUMONIA prediction and its negative for a NORMAL one, because the probability saturates near 0 and 1
+and its gradients vanish there.
 """
 from typing import Tuple
 
@@ -32,8 +33,10 @@ def _normalise(maps: tf.Tensor) -> tf.Tensor:
     return maps / tf.maximum(peak, _EPSILON)
 
 
-def heatmaps(model: keras.Model, layer_name: str, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Grad-CAM, Grad-CAM++, probability) for a batch of model inputs [N, H, W, ...].
+def heatmaps(model: keras.Model, layer_name: str, pixels: np.ndarray,
+             threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Grad-CAM, Grad-CAM++, probability) for a batch of model inputs [N, H, W, ...], each explaining the class
+    predicted at `threshold` (PNEUMONIA when probability >= threshold).
 
     The maps are resized to the input's H x W and scaled to [0, 1]; probability is the model's
     output for the same pass.
@@ -46,7 +49,7 @@ def heatmaps(model: keras.Model, layer_name: str, pixels: np.ndarray) -> Tuple[n
         probability = tf.reshape(probability, [-1])
         clipped = tf.clip_by_value(probability, _EPSILON, 1.0 - _EPSILON)
         logit = tf.math.log(clipped) - tf.math.log(1.0 - clipped)
-        score = tf.where(probability >= 0.5, logit, -logit)
+        score = tf.where(probability >= threshold, logit, -logit)
     gradients = tape.gradient(score, features)  # [N, h, w, C]; scores are independent per example
 
     # Grad-CAM: channel weights are the spatially averaged gradients.
