@@ -13,6 +13,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.config import RunConfig
 from pneumonia import cli, prepare, results
+from pneumonia.policies import POLICIES
 from pneumonia.runners import run_pipeline
 from tests.signatures_test import serve_both
 from trainer import models
@@ -147,3 +148,17 @@ def iter_examples(folder):
     files = sorted(glob.glob(os.path.join(folder, "*.tfrecord.gz")))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         yield tf.train.Example.FromString(record.numpy())
+
+
+def test_compare_and_its_policy_table_read_the_real_run(first_run, capsys):
+    """`compare --policies` on what the pipeline's own Trainer and Evaluator recorded: the exported model scores
+    every record of each split (no stand-in), and the split sizes are those prepare wrote."""
+    root, _ = first_run
+    counts = prepare.read_report(os.path.join(root, "data"))["counts"]
+    cli.main(["compare", "--root", root, "--policies"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {tuple(line.split()[:2]): line.split() for line in lines if line.startswith("cnn ")}
+    assert rows[("cnn", "test")][2] == str(sum(counts["test"]["kermany"].values()))
+    assert rows[("cnn", "external")][2] == str(sum(counts["external"]["external"].values()))
+    policies = [line.split()[1].strip("*") for line in lines if line.startswith("cnn ")]
+    assert [policy for policy in policies if policy in POLICIES] == list(POLICIES)  # one row per policy
