@@ -15,6 +15,8 @@ DEFAULT_MODEL_NAME = "pneumonia"
 DEFAULT_SPLITS = ("train", "eval", "test", "external")
 # Splits the Evaluator reports on; `eval` alone decides the blessing.
 BLESSING_SPLIT = "eval"
+# The site's labelled sample (pneumonia prepare): where the ThresholdCalibrator sets the served threshold.
+CALIBRATION_SPLIT = "calibration"
 
 
 def absolute_uri(path: str) -> str:
@@ -47,6 +49,9 @@ class RunConfig:
     label_smoothing: float = 0.0  # targets pulled towards 0.5 by this much: graded, less saturated scores
     augment: bool = True  # training-only rotations, shifts, zoom, brightness, contrast
     horizontal_flip: bool = False  # off by default: it moves the heart to the wrong side
+    crop_min_area: float = 1.0  # < 1: training-only random-resized crop down to this share of the image
+    acquisition_augment: bool = False  # training-only gamma, blur/sharpen, noise, JPEG re-encoding, wider exposure
+    ema_epochs: float = 0.0  # > 0: exponential moving average of the weights over about this many epochs
     cache: bool = False  # cache decoded training images in memory
     weights: str = "none"  # pretrained backbone weights: "imagenet", a local .h5/.keras file, or "none"
     warm_start: bool = False  # start from the latest trained model (same architecture only)
@@ -54,6 +59,13 @@ class RunConfig:
     # Evaluator: blessing on the validation split
     min_auc: float = 0.80
     max_auc_drop: float = 0.01
+    # TFMA's 95% intervals on every metric: "bootstrap" (Poisson, 20 replicates), "jackknife" (20 buckets: a
+    # fraction of the bootstrap's Evaluator time) or "none"
+    confidence_intervals: str = "bootstrap"
+    # Site gate: bounds at the served threshold on the calibration split (none by default)
+    site_min_sensitivity: Optional[float] = None
+    site_min_specificity: Optional[float] = None
+    gate_on_lower_bound: bool = False  # judge the lower 95% confidence bound, not the point estimate
     # Orchestration
     runner: str = "local"
     beam_args: List[str] = dataclasses.field(default_factory=list)
@@ -76,6 +88,17 @@ class RunConfig:
     def metadata_path(self) -> str:
         return os.path.join(self.root, "metadata.sqlite")
 
+    def site_gate(self):
+        """The Evaluator's site gate, or None when no bound is set."""
+        from pipeline.evaluation import SiteGate
+
+        if self.site_min_sensitivity is None and self.site_min_specificity is None:
+            if self.gate_on_lower_bound:
+                raise ValueError("--gate-on-lower-bound needs --site-min-sensitivity or --site-min-specificity")
+            return None
+        return SiteGate(CALIBRATION_SPLIT, self.site_min_sensitivity, self.site_min_specificity,
+                        self.gate_on_lower_bound)
+
     def trainer_config(self) -> Dict[str, Any]:
         """The Trainer's `custom_config`: plain JSON-able values only."""
         return {
@@ -92,6 +115,9 @@ class RunConfig:
             "label_smoothing": self.label_smoothing,
             "augment": self.augment,
             "horizontal_flip": self.horizontal_flip,
+            "crop_min_area": self.crop_min_area,
+            "acquisition_augment": self.acquisition_augment,
+            "ema_epochs": self.ema_epochs,
             "cache": self.cache,
             "weights": self.weights,
             "seed": self.seed,

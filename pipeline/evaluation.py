@@ -7,11 +7,20 @@ validation slice only: test and external splits are reported, never used to deci
 Metrics at 0.5 are computed on the model's `probability`; the threshold-dependent ones are computed
 again on its `decision_score`, which puts the model's tuned threshold at 0.5, so TFMA also reports them
 at the operating point the model actually serves (keys suffixed `@threshold` when read back).
+
+Every metric carries TFMA's 95% confidence interval (Poisson bootstrap, 20 replicates, by default; the
+jackknife over 20 buckets costs far less Evaluator time, see bench/evaluator_intervals_bench.py). An optional site
+gate bounds sensitivity and specificity on the site's calibration slice, on the point estimate or on the
+lower confidence bound (`interval_metrics.LowerBound`).
 """
+import dataclasses
 import json
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
+from google.protobuf import wrappers_pb2
+
+from pipeline import interval_metrics
 
 # (TFMA class name, the metric key TFMA emits for it, extra config): results are read back by key, and a
 # test checks each key against what TFMA emits, so a threshold can never name a metric that isn't there.
@@ -35,6 +44,8 @@ AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score
 SLICE_FEATURES = (
     ("split",), ("split", "dataset"), ("split", "source"), ("split", "label"), ("split", "pathogen"),
     ("split", "dataset", "label"),
+    # Subgroups a review board asks for (from DICOM; `unknown` for JPEG/PNG): view position, sex, age band.
+    ("split", "view_position"), ("split", "sex"), ("split", "age_band"),
     ("split", "patient_in_train"), ("split", "label", "patient_in_train"),  # unseen vs seen patients
     ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
 )
@@ -52,22 +63,81 @@ def blessing_threshold(min_auc: float, max_auc_drop: float, blessing_split: str)
     )
 
 
-def _metric_config(class_name: str, extra: Optional[Dict]) -> tfma.MetricConfig:
-    config = tfma.MetricConfig(class_name=class_name)
+@dataclasses.dataclass(frozen=True)
+class SiteGate:
+    """Absolute bounds a model must meet on the site's calibration slice, at its served threshold."""
+
+    split: str
+    min_sensitivity: Optional[float] = None
+    min_specificity: Optional[float] = None
+    on_lower_bound: bool = False  # judge the lower 95% confidence bound instead of the point estimate
+
+    def __post_init__(self):
+        for flag, value in (("--site-min-sensitivity", self.min_sensitivity),
+                            ("--site-min-specificity", self.min_specificity)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{flag} {value} must be between 0 and 1")
+
+    def bounds(self) -> List[tuple]:
+        """(TFMA metric key judged, TFMA class name it reads, lower bound) per bound set."""
+        chosen = []
+        for key, class_name, value in (("recall", "Recall", self.min_sensitivity),
+                                       ("specificity", "Specificity", self.min_specificity)):
+            if value is not None:
+                judged = key + interval_metrics.LOWER_BOUND_SUFFIX if self.on_lower_bound else key
+                chosen.append((judged, class_name, value))
+        return chosen
+
+
+# The site gate's judged metrics, by key: what a failure line calls them and the flag that sets the bound.
+GATE_NAMES = {"recall": ("sensitivity", "--site-min-sensitivity"),
+              "specificity": ("specificity", "--site-min-specificity")}
+
+
+def _site_threshold(split: str, lower_bound: float) -> tfma.PerSliceMetricThreshold:
+    return tfma.PerSliceMetricThreshold(
+        slicing_specs=[tfma.SlicingSpec(feature_values={"split": split})],
+        threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound})))
+
+
+def _metric_config(class_name: str, extra: Optional[Dict], module: str = "") -> tfma.MetricConfig:
+    config = tfma.MetricConfig(class_name=class_name, module=module)
     if extra:
         config.config = json.dumps(extra)[1:-1]  # TFMA takes the JSON object's members
     return config
 
 
-def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str) -> tfma.EvalConfig:
+INTERVAL_METHODS = {"bootstrap": tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
+                    "jackknife": tfma.ConfidenceIntervalOptions.JACKKNIFE, "none": None}
+
+
+def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
+                       site_gate: Optional[SiteGate] = None, confidence_intervals: str = "bootstrap") -> tfma.EvalConfig:
+    """The metrics, slices and blessing; `site_gate` adds bounds at the served threshold (the
+    `decision_score` output) on its split. `confidence_intervals`: bootstrap, jackknife or none."""
+    if confidence_intervals not in INTERVAL_METHODS:
+        raise ValueError(f"confidence_intervals {confidence_intervals!r}: choose {', '.join(INTERVAL_METHODS)}")
+    if site_gate and site_gate.on_lower_bound and confidence_intervals == "none":
+        raise ValueError("--gate-on-lower-bound needs confidence intervals (confidence_intervals: none is set)")
+    method = INTERVAL_METHODS[confidence_intervals]
     at_half, at_threshold = [], []
-    for class_name, _, extra in METRICS:
+    gate = {class_name: (judged, value) for judged, class_name, value in (site_gate.bounds() if site_gate else [])}
+    for class_name, key, extra in METRICS:
         config = _metric_config(class_name, extra)
         if class_name == "AUC":
             config.per_slice_thresholds.append(blessing_threshold(min_auc, max_auc_drop, blessing_split))
         at_half.append(config)
         if class_name in AT_THRESHOLD:
-            at_threshold.append(_metric_config(class_name, extra))
+            served = _metric_config(class_name, extra)
+            if class_name in gate:
+                judged, value = gate[class_name]
+                if judged == key:
+                    served.per_slice_thresholds.append(_site_threshold(site_gate.split, value))
+                else:
+                    bound = _metric_config("LowerBound", {"metric": key}, module=interval_metrics.__name__)
+                    bound.per_slice_thresholds.append(_site_threshold(site_gate.split, value))
+                    at_threshold.append(bound)
+            at_threshold.append(served)
     outputs = (PROBABILITY_OUTPUT, DECISION_OUTPUT)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: "label" for o in outputs},
@@ -75,4 +145,7 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str)
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys)) for keys in SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
                        tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
+        options=tfma.Options(
+            compute_confidence_intervals=wrappers_pb2.BoolValue(value=method is not None),
+            confidence_intervals=tfma.ConfidenceIntervalOptions(method=method or 0)),
     )

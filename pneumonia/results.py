@@ -13,6 +13,14 @@ from ml_metadata.proto import metadata_store_pb2
 from pipeline.evaluation import DECISION_OUTPUT, METRICS
 
 AT_THRESHOLD_SUFFIX = "@threshold"
+LOWER, UPPER = ":lower", ":upper"  # a metric's 95% interval in a slice_metrics row: `<key>:lower`, `<key>:upper`
+POSITIVES, NEGATIVES = "positives", "negatives"  # the slice's PNEUMONIA and NORMAL counts
+# TFMA's bootstrap (20 Poisson replicates) says little about a proportion over fewer cases than this: such a
+# slice shows its case count instead of an interval.
+MIN_CASES_FOR_INTERVAL = 20
+# Each reported metric's denominator: the cases its interval rests on.
+INTERVAL_CASES = {"auc": lambda p, n: min(p, n), "recall": lambda p, n: p, "specificity": lambda p, n: n,
+                  "binary_accuracy": lambda p, n: p + n}
 
 
 @dataclasses.dataclass
@@ -24,6 +32,17 @@ class RunOutputs:
     pushed_destination: Optional[str] = None
     push_note: str = ""
     report: Optional[str] = None
+    calibration: Optional[str] = None  # what the ThresholdCalibrator did, in one line
+
+
+def describe_calibration(props) -> str:
+    """One line from a ThresholdCalibrator output's custom properties."""
+    if not props["calibrated"].int_value:
+        return props["note"].string_value if "note" in props else "passed through"
+    return (f"threshold {props['old_threshold'].double_value:.4f} -> {props['new_threshold'].double_value:.4f} "
+            f"(bootstrap 95% interval [{props['threshold_lower'].double_value:.4f}, "
+            f"{props['threshold_upper'].double_value:.4f}]) on {props['calibration_normal'].int_value} NORMAL / "
+            f"{props['calibration_pneumonia'].int_value} PNEUMONIA calibration images")
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -66,7 +85,10 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
     for artifact in store.get_artifacts_by_id(output_ids):
         kind = types[artifact.type_id]
         props = artifact.custom_properties
-        if kind == "Model":
+        if kind == "Model" and "calibrated" in props:  # the calibrated model: what was evaluated and pushed
+            outputs.model = artifact.uri
+            outputs.calibration = describe_calibration(props)
+        elif kind == "Model" and outputs.calibration is None:
             outputs.model = artifact.uri
         elif kind == "ModelEvaluation":
             outputs.evaluation = artifact.uri
@@ -109,6 +131,8 @@ def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
     """{slice name: {metric key: value}} for the candidate model (baseline and diffs left out).
 
     Metrics of the `decision_score` output are those at the model's tuned threshold: `<key>@threshold`.
+    TFMA's 95% interval of a metric is `<key>:lower` and `<key>:upper`; the slice's class counts are
+    `positives` and `negatives`.
     """
     wanted = {key for _, key, _ in METRICS}
     table: Dict[str, Dict[str, float]] = {}
@@ -116,11 +140,40 @@ def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
         row = table.setdefault(slice_name(metrics.slice_key), {})
         for item in metrics.metric_keys_and_values:
             key = item.key
-            if (key.name in wanted and not key.is_diff and key.model_name in ("", "candidate")
-                    and item.value.HasField("double_value")):  # confusion matrices are structured values
-                row[key.name + (AT_THRESHOLD_SUFFIX if key.output_name == DECISION_OUTPUT else "")] = (
-                    item.value.double_value.value)
+            if key.name not in wanted or key.is_diff or key.model_name not in ("", "candidate"):
+                continue
+            name = key.name + (AT_THRESHOLD_SUFFIX if key.output_name == DECISION_OUTPUT else "")
+            if item.value.HasField("confusion_matrix_at_thresholds") and key.output_name != DECISION_OUTPUT:
+                matrix = item.value.confusion_matrix_at_thresholds.matrices[0]
+                row[POSITIVES] = matrix.true_positives + matrix.false_negatives
+                row[NEGATIVES] = matrix.true_negatives + matrix.false_positives
+            if not item.value.HasField("double_value"):
+                continue
+            row[name] = item.value.double_value.value
+            interval = item.confidence_interval
+            if interval.lower_bound.HasField("double_value") and interval.upper_bound.HasField("double_value"):
+                row[name + LOWER] = interval.lower_bound.double_value.value
+                row[name + UPPER] = interval.upper_bound.double_value.value
     return table
+
+
+def interval_cell(row: Dict[str, float], key: str, digits: int = 3) -> str:
+    """`value [lower, upper]` (TFMA's 95% interval, clipped to [0, 1]); `value (n=9: too few for a CI)` when
+    the metric's denominator in this slice is under MIN_CASES_FOR_INTERVAL; `-` when undefined."""
+    value = row.get(key)
+    if value is None or value != value:
+        return "-"
+    shown = f"{value:.{digits}f}"
+    cases = INTERVAL_CASES.get(key.split("@")[0])
+    if cases is None or POSITIVES not in row:
+        return shown
+    count = int(cases(row[POSITIVES], row[NEGATIVES]))
+    if count < MIN_CASES_FOR_INTERVAL:
+        return f"{shown} (n={count}: too few for a CI)"
+    if key + LOWER not in row:
+        return f"{shown} (no CI computed)"
+    lower, upper = (min(1.0, max(0.0, row[key + bound])) for bound in (LOWER, UPPER))
+    return f"{shown} [{lower:.{digits}f}, {upper:.{digits}f}]"
 
 
 def validation_failures(evaluation_uri: str) -> List[str]:
@@ -129,6 +182,10 @@ def validation_failures(evaluation_uri: str) -> List[str]:
     for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
         for failure in per_slice.failures:
             key = failure.metric_key
+            site_gate = site_gate_failure(slice_name(per_slice.slice_key), failure)
+            if site_gate:
+                failures.append(site_gate)
+                continue
             metric = f"{key.name} change vs baseline" if key.is_diff else key.name
             bound = text_format.MessageToString(failure.metric_threshold, as_one_line=True)
             failures.append(f"{slice_name(per_slice.slice_key)}: {metric} = "
@@ -136,9 +193,27 @@ def validation_failures(evaluation_uri: str) -> List[str]:
     return failures
 
 
+def site_gate_failure(slice_shown: str, failure) -> Optional[str]:
+    """One line naming the failed site bound (`--site-min-...`), or None for another threshold."""
+    from pipeline.evaluation import GATE_NAMES
+    from pipeline.interval_metrics import LOWER_BOUND_SUFFIX
+
+    key = failure.metric_key
+    if key.output_name != DECISION_OUTPUT or key.is_diff:
+        return None
+    base = key.name[:-len(LOWER_BOUND_SUFFIX)] if key.name.endswith(LOWER_BOUND_SUFFIX) else key.name
+    if base not in GATE_NAMES:
+        return None
+    measure, flag = GATE_NAMES[base]
+    judged = f"{measure} lower 95% bound" if base != key.name else measure
+    bound = failure.metric_threshold.value_threshold.lower_bound.value
+    return (f"site gate: {judged} {failure.metric_value.double_value.value:.3f} on {slice_shown} at the served "
+            f"threshold is below {flag} {bound:g}")
+
+
 def format_table(table: Dict[str, Dict[str, float]]) -> str:
     """Per split (each split is one dataset) and pooled, with the clinical metric names; `@thr` is at the
-    model's tuned threshold (chosen on validation), `@0.5` at 0.5."""
+    model's tuned threshold (chosen on validation), `@0.5` at 0.5; each with its 95% interval."""
     columns = (("examples", "example_count"), ("AUC", "auc"), ("acc@0.5", "binary_accuracy"),
                ("sens@0.5", "recall"), ("spec@0.5", "specificity"), ("acc@thr", "binary_accuracy@threshold"),
                ("sens@thr", "recall@threshold"), ("spec@thr", "specificity@threshold"))
@@ -151,13 +226,14 @@ def format_table(table: Dict[str, Dict[str, float]]) -> str:
     labels.update({name: f"{name} (splits pooled)" for name in pooled})
     if "overall" in table:
         labels["overall"] = "all evaluated splits pooled"
-    width = max(len(label) for label in labels.values()) + 2
-    lines = ["slice".ljust(width) + "".join(title.rjust(10) for title, _ in columns)]
+    rows = [["slice"] + [title for title, _ in columns]]
     for name, label in labels.items():
-        cells = []
-        for title, key in columns:
-            value = table[name].get(key)
-            cells.append(("-" if value is None else f"{value:.0f}" if key == "example_count" else f"{value:.3f}")
-                         .rjust(10))
-        lines.append(label.ljust(width) + "".join(cells))
-    return "\n".join(lines)
+        rows.append([label] + [format_count(table[name].get(key)) if key == "example_count"
+                               else interval_cell(table[name], key) for title, key in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
+    return "\n".join((row[0].ljust(widths[0] + 2) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:])))
+                     .rstrip() for row in rows)
+
+
+def format_count(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}"

@@ -19,7 +19,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import tensors, tls, warmup
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
+from serving.pixels import PixelBudget
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 log = logging.getLogger("serving.server")
@@ -28,15 +30,6 @@ log = logging.getLogger("serving.server")
 def model_spec_target(spec: model_pb2.ModelSpec):
     """(name, version or None, label) of a ModelSpec (version and label are a oneof)."""
     return spec.name, (spec.version.value if spec.HasField("version") else None), spec.version_label
-
-
-def tensor_to_array(key: str, proto) -> np.ndarray:
-    if any(dim.size < 0 for dim in proto.tensor_shape.dim):
-        raise invalid(f"input {key!r} is not a well-formed TensorProto: negative dimension in its shape")
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # make_ndarray raises several types for inconsistent protos
-        raise invalid(f"input {key!r} is not a well-formed TensorProto: {str(error).splitlines()[0]}")
 
 
 def _answer_spec(spec: model_pb2.ModelSpec, loaded: LoadedVersion, signature_name: str) -> None:
@@ -70,6 +63,38 @@ def handled(method: str, model: str, context: grpc.ServicerContext) -> Iterator[
         log_request("grpc", method, model, call.version, started, code)
 
 
+def predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
+            wait_seconds: Optional[float] = None) -> predict_pb2.PredictResponse:
+    """A Predict request on a resolved version (gRPC, and warm-up replay); `wait_seconds`: the deadline left."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    inputs = {key: tensors.to_array(key, proto) for key, proto in request.inputs.items()}
+    outputs = loaded.run(signature_name, inputs, list(request.output_filter), wait_seconds)
+    response = predict_pb2.PredictResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    for key, value in outputs.items():
+        tensors.fill_proto(value, response.outputs[key])
+    return response
+
+
+def classify(loaded: LoadedVersion, request: classification_pb2.ClassificationRequest,
+             wait_seconds: Optional[float] = None) -> classification_pb2.ClassificationResponse:
+    """tf.Example in, through a classification signature (TF Serving's rules, see classification_outputs);
+    per example one class per column of `classes` / `scores`."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    wanted = classification_outputs(loaded, signature_name)
+    examples = serialized_examples(request.input)
+    outputs = loaded.run(signature_name, {tf.saved_model.CLASSIFY_INPUTS: examples}, wanted, wait_seconds)
+    response = classification_pb2.ClassificationResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    fill_classifications(response.result, outputs, len(examples))
+    return response
+
+
+def replay_warmup(loaded: LoadedVersion) -> int:
+    """TF Serving's warm-up: the version's recorded requests, each through the code that answers its kind."""
+    return warmup.replay(loaded, {"predict_log": predict, "classify_log": classify})
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -81,29 +106,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request: predict_pb2.PredictRequest, context):
         with handled("Predict", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {key: tensor_to_array(key, proto) for key, proto in request.inputs.items()}
-            outputs = loaded.run(signature_name, inputs, list(request.output_filter))
-            response = predict_pb2.PredictResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
-            return response
+            return predict(self._resolve(request.model_spec, call), request, context.time_remaining())
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
-        """tf.Example in, through a classification signature (TF Serving's rules, see classification_outputs);
-        per example one class per column of `classes` / `scores`."""
         with handled("Classify", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            wanted = classification_outputs(loaded, signature_name)
-            examples = serialized_examples(request.input)
-            outputs = loaded.run(signature_name, {tf.saved_model.CLASSIFY_INPUTS: examples}, wanted)
-            response = classification_pb2.ClassificationResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            fill_classifications(response.result, outputs, len(examples))
-            return response
+            return classify(self._resolve(request.model_spec, call), request, context.time_remaining())
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         with handled("GetModelMetadata", request.model_spec.name, context) as call:
@@ -206,12 +213,21 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class ModelServer:
-    """The gRPC server (and optionally REST) over one ModelManager; ports 0 pick free ports."""
+    """The gRPC server (and optionally REST, with the web page at `/` unless `web_page` is off) over one
+    ModelManager; ports 0 pick free ports.
+
+    `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
+    see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
+    """
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64):
-        self.manager = ModelManager(server_config, poll_seconds)
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
+                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True,
+                 config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
+        """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
+        self.manager = ModelManager(server_config, poll_seconds, budget, warm_up=replay_warmup,
+                                    config_file=config_file, config_poll_seconds=config_poll_seconds)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -220,13 +236,17 @@ class ModelServer:
             maximum_concurrent_rpcs=workers + max_queued)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        address = f"{host}:{grpc_port}"
+        self.grpc_port = (self._grpc.add_secure_port(address, tls.grpc_server_credentials(ssl_config)) if ssl_config
+                          else self._grpc.add_insecure_port(address))
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port} (in use?)")
         self.rest = None
         if rest_port is not None:
-            from serving.rest import RestServer
-            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers)
+            from serving.rest import WEB_DIR, RestServer
+            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers,
+                                   tls.rest_ssl_context(ssl_config) if ssl_config else None,
+                                   WEB_DIR if web_page else None)
         self.rest_port = self.rest.port if self.rest else None
 
     def start(self) -> "ModelServer":

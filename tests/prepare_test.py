@@ -141,7 +141,7 @@ def test_every_bad_file_is_accounted_for_with_a_reason(shared_data, tmp_path):
         "PNEUMONIA/error.jpg": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML"),
         "PNEUMONIA/cmyk.jpeg": (encode(gray.convert("CMYK"), "JPEG"), "unsupported pixel mode CMYK"),
         "PNEUMONIA/tiny.png": (encode(gray.resize((20, 40)), "PNG"), "too small: 20x40"),
-        "PNEUMONIA/bomb.png": (png_declaring(20000, 20000, png), "exceeds 100 megapixels"),
+        "PNEUMONIA/bomb.png": (png_declaring(20000, 20000, png), "exceeds the pixel budget of 100 megapixels"),
         "OTHER/x.jpeg": (real, "unknown class folder 'OTHER'"),
         "loose.jpeg": (real, "not at <class>/<file>"),
         "NORMAL/.hidden.jpeg": (real, "hidden file"),

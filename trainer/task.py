@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import inputs, models, signatures, threshold
+from trainer import augment, inputs, models, signatures, threshold
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
 
@@ -62,8 +62,11 @@ def early_stopping_monitor(name: str) -> Tuple[str, str]:
 CONFIG_TYPES = {"architecture": str, "model_config": dict, "image_size": int, "epochs": int, "batch_size": int,
                 "learning_rate": float, "early_stopping_patience": int, "early_stopping_metric": str,
                 "threshold_policy": str, "loss": str, "label_smoothing": float, "augment": bool,
-                "horizontal_flip": bool, "cache": bool, "weights": str, "seed": int}
-OPTIONAL_CONFIG = ("model_config", "early_stopping_metric", "label_smoothing")  # run_fn has defaults for these
+                "horizontal_flip": bool, "cache": bool, "weights": str, "seed": int, "crop_min_area": float,
+                "acquisition_augment": bool, "ema_epochs": float}
+# run_fn has defaults for these
+OPTIONAL_CONFIG = ("model_config", "early_stopping_metric", "label_smoothing", "crop_min_area", "acquisition_augment",
+                   "ema_epochs")
 AT_LEAST = {"image_size": 1, "epochs": 0, "batch_size": 1, "early_stopping_patience": 0}
 
 
@@ -96,6 +99,8 @@ def check_config(config: Dict[str, Any]) -> None:
     threshold.parse(config["threshold_policy"])
     early_stopping_monitor(config.get("early_stopping_metric", "auc"))
     loss_and_class_weights(config["loss"], 1, 1, config.get("label_smoothing", 0.0))
+    augment.check_settings(config.get("crop_min_area", 1.0))
+    ema_momentum(config.get("ema_epochs", 0.0), 1)
 
 
 def _check_weights(config: Dict[str, Any]) -> None:
@@ -159,16 +164,31 @@ def _stages(model: keras.Model, architecture: str, epochs: int,
             (epochs - head_epochs, learning_rate * FINE_TUNE_LEARNING_RATE_FACTOR, fine_tune_from)]
 
 
+def ema_momentum(ema_epochs: float, steps_per_epoch: int) -> Optional[float]:
+    """The per-step momentum of an exponential moving average whose horizon is `ema_epochs` epochs
+    (None: no averaging). A horizon in epochs, not a raw momentum, keeps its meaning across data sizes."""
+    if ema_epochs < 0:
+        raise ValueError(f"ema_epochs must be >= 0 (0 turns weight averaging off), got {ema_epochs}")
+    if ema_epochs == 0:
+        return None
+    return 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
+
+
 def train(model: keras.Model, config: Dict[str, Any], train_data, validation_data, counts: Tuple[int, int],
           log_dir: str) -> Dict[str, Any]:
     """Adam with a cosine learning-rate decay per stage, early stopping on the validation metric
     (`early_stopping_metric`: AUC, or loss once AUC saturates); leaves the model at the weights with the best
-    validation value over all stages. Returns what the run cost and chose, for the model's metadata."""
+    validation value over all stages. Returns what the run cost and chose, for the model's metadata.
+
+    With `ema_epochs` > 0 the weights are an exponential moving average over about that many epochs: each
+    epoch's validation, the best-epoch choice and the exported model all use the averaged weights
+    (SwapEMAWeights swaps them in before EarlyStopping records an epoch)."""
     loss, weights = loss_and_class_weights(config["loss"], *counts, config.get("label_smoothing", 0.0))
     metric_name = config.get("early_stopping_metric", "auc")
     monitor, mode = early_stopping_monitor(metric_name)
     sign = 1.0 if mode == "max" else -1.0  # compare as "higher is better"
     steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
+    momentum = ema_momentum(config.get("ema_epochs", 0.0), steps_per_epoch)
     best_value, best_weights, done, best_epoch, epochs_run = -math.inf, None, 0, 0, 0
     started = time.monotonic()
     for epochs, learning_rate, unfreeze_from in _stages(model, config["architecture"], config["epochs"],
@@ -177,12 +197,15 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
             models.unfreeze_top(model, unfreeze_from)
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(epochs * steps_per_epoch, 1),
                                                           alpha=0.05)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[keras.metrics.AUC(name="auc")])
+        optimizer = (keras.optimizers.Adam(schedule, use_ema=True, ema_momentum=momentum) if momentum
+                     else keras.optimizers.Adam(schedule))
+        model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc")])
         stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                 patience=config["early_stopping_patience"])
+        averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if momentum else []
         history = model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
-                            class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)],
-                            verbose=2)
+                            class_weight=weights,
+                            callbacks=[*averaging, stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
         epochs_run += len(history.epoch)
         done += epochs
         stage_value = -math.inf if stopper.best is None else sign * stopper.best  # None: a stage of zero epochs
@@ -194,7 +217,7 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
     return {"early_stopping_metric": metric_name, "best_validation_value": sign * best_value,
             "best_epoch": best_epoch, "epochs_run": epochs_run, "train_seconds": round(seconds, 1),
             "train_images_per_second": round(epochs_run * sum(counts) / seconds, 2) if seconds > 0 else 0.0,
-            "train_examples": sum(counts), "parameters": int(model.count_params())}
+            "train_examples": sum(counts), "parameters": int(model.count_params()), "ema_momentum": momentum}
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -207,7 +230,8 @@ def run_fn(fn_args: FnArgs) -> None:
 
     train_data = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=True, seed=config["seed"],
                                      augment=config["augment"], horizontal_flip=config["horizontal_flip"],
-                                     cache=config["cache"])
+                                     cache=config["cache"], crop_min_area=config.get("crop_min_area", 1.0),
+                                     acquisition=config.get("acquisition_augment", False))
     validation = inputs.make_dataset(fn_args.eval_files, image_size, batch_size, training=False, cache=config["cache"])
     counts = inputs.label_counts(fn_args.train_files)
     logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)

@@ -249,8 +249,11 @@ def slice_table(table: Dict[str, Dict[str, float]]) -> str:
     def rows(names: List[str], shown) -> str:
         lines = []
         for name in names:
-            undefined = undefined_metrics(table[name])
-            cells = "".join(_cell(None if key in undefined else table[name].get(key), key) for key in keys)
+            row, undefined = table[name], undefined_metrics(table[name])
+            cells = "".join("<td>-</td>" if key in undefined else
+                            f"<td>{html.escape(results.interval_cell(row, key))}</td>"
+                            if key.split("@")[0] in results.INTERVAL_CASES else _cell(row.get(key), key)
+                            for key in keys)
             lines.append(f"<tr><td>{html.escape(shown(name))}</td>{cells}</tr>")
         return f'<div class="wide">{_table(header, lines)}</div>'
 
@@ -303,6 +306,8 @@ def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSamp
     auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row['auc']:.3f}</li>" for name, row in sorted(table.items())
                         if is_split_slice(name) and "auc" in row)
     policy = info.get("policy", "?")
+    # A ThresholdCalibrator's policy names where it chose ("youden on the calibration split").
+    where = "" if " on " in str(policy) else " on the validation split"
     return f"""
 <h2>Model card</h2>
 <p><b>Model:</b> {html.escape(str(info.get('architecture')))} at {info.get('image_size')} px;
@@ -318,8 +323,8 @@ from the training data. The threshold was tuned on pediatric validation images, 
 specificity move on other populations. Probabilities are not calibrated risks (see the calibration plot).
 Grad-CAM maps are coarse (one feature-map cell spans many pixels) and show what the model used,
 not where disease is.</p>
-<p><b>Threshold:</b> {float(info['value']):.4f}, chosen by <code>{html.escape(str(policy))}</code> on the
-validation split ({info.get('examples', '?')} images): validation sensitivity
+<p><b>Threshold:</b> {float(info['value']):.4f}, chosen by <code>{html.escape(str(policy))}</code>{where}
+({info.get('examples', '?')} images): sensitivity there
 {float(info.get('sensitivity', float('nan'))):.3f}, specificity {float(info.get('specificity', float('nan'))):.3f}.
 Predictions at or above it are PNEUMONIA.</p>
 """
@@ -340,7 +345,9 @@ img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>Pneumonia model report</h1>
 {model_card(info, blessed, samples, table)}
 <h2>Metrics per slice (TFMA)</h2>
-<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5 unless marked "at tuned". One table per
+<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5 unless marked "at tuned". AUC, accuracy,
+sensitivity and specificity show TFMA's 95% confidence interval (Poisson bootstrap) in brackets; where the
+slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. One table per
 split: the whole split, its sources, and <code>patient_in_train</code> (1: the patient ID also has images in
 train; 0: unseen patients); the crossings with label and pathogen are collapsed below it. A metric a slice
 cannot define shows "-" (AUC, AUC-PR and F1 on a one-class slice; precision and calibration without

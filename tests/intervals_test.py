@@ -1,0 +1,105 @@
+"""TFMA's confidence intervals and the site gate, run by TFMA itself on scored examples (no model needed:
+the examples carry the `probability` and `decision_score` a model would have produced)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.evaluators import metrics_validator
+
+from pipeline import evaluation
+from pneumonia import results
+
+
+def scored_examples(path: str, seed: int = 0) -> None:
+    """`eval`: 60 well-separated examples; `calibration`: 40 examples where the served threshold misses a
+    third of the PNEUMONIA cases; `tiny`: 8 examples."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, count, separation in (("eval", 60, 1.2), ("calibration", 40, 0.3), ("tiny", 8, 3.0)):
+        labels = np.arange(count) % 2
+        probabilities = 1 / (1 + np.exp(-(separation * (labels - 0.5) * 2 + rng.normal(0, 1, count))))
+        rows += [(split, int(label), float(p)) for label, p in zip(labels, probabilities)]
+    with tf.io.TFRecordWriter(path) as writer:
+        for split, label, probability in rows:
+            features = {"split": tf.train.Feature(bytes_list=tf.train.BytesList(value=[split.encode()])),
+                        "dataset": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kermany"])),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        "probability": tf.train.Feature(float_list=tf.train.FloatList(value=[probability])),
+                        "decision_score": tf.train.Feature(float_list=tf.train.FloatList(value=[probability]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+
+
+def evaluate(tmp_path, name: str, site_gate=None):
+    data = str(tmp_path / "examples.tfrecord")
+    if not (tmp_path / "examples.tfrecord").exists():
+        scored_examples(data)
+    config = evaluation.create_eval_config(0.5, 0.01, "eval", site_gate)
+    del config.slicing_specs[2:]  # overall and split: enough here, and quicker
+    for spec in config.metrics_specs:  # no baseline model here (TFX drops these on a first run too)
+        for metric in spec.metrics:
+            for threshold in metric.per_slice_thresholds:
+                threshold.threshold.ClearField("change_threshold")
+    output = str(tmp_path / name)
+    tfma.run_model_analysis(eval_config=config, data_location=data, output_path=output)
+    return output
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """One TFMA run, gated on the lower bounds of sensitivity and specificity on `calibration`."""
+    tmp_path = tmp_path_factory.mktemp("tfma")
+    return evaluate(tmp_path, "gated", evaluation.SiteGate("calibration", 0.5, 0.5, on_lower_bound=True))
+
+
+def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
+    table = results.slice_metrics(gated)
+    row = table["split=eval"]
+    assert (row[results.POSITIVES], row[results.NEGATIVES]) == (30, 30)
+    for key in ("auc", "recall@threshold", "specificity@threshold", "binary_accuracy"):
+        assert row[key + results.LOWER] < row[key + results.UPPER], key
+        assert row[key + results.LOWER] - 0.05 <= row[key] <= row[key + results.UPPER] + 0.05, key
+    cell = results.interval_cell(row, "auc")
+    assert cell.startswith(f"{row['auc']:.3f} [") and cell.endswith("]")
+
+
+def test_a_slice_too_small_for_an_interval_says_so_instead_of_a_number(gated):
+    row = results.slice_metrics(gated)["split=tiny"]
+    assert results.interval_cell(row, "recall") == f"{row['recall']:.3f} (n=4: too few for a CI)"
+    assert "n=8" in results.interval_cell(row, "binary_accuracy")
+
+
+def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
+    row = results.slice_metrics(gated)["split=calibration"]
+    validation = tfma.load_validation_result(gated)
+    [failures] = [s.failures for s in validation.metric_validations_per_slice]
+    judged = {f.metric_key.name: f.metric_value.double_value.value for f in failures}
+    # The calibration slice misses a third of its PNEUMONIA cases: the sensitivity bound fails, on the lower bound.
+    assert "recall_lower_bound" in judged
+    assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + results.LOWER], abs=1e-6)
+    assert not validation.validation_ok
+    lines = results.validation_failures(gated)
+    assert any(line.startswith("site gate: sensitivity lower 95% bound") and "--site-min-sensitivity 0.5" in line
+               for line in lines), lines
+
+
+def test_the_gate_on_point_estimates_judges_the_served_threshold_on_the_site_slice_only():
+    config = evaluation.create_eval_config(0.5, 0.01, "eval", evaluation.SiteGate("calibration", 0.9, 0.8))
+    config = tfma.utils.update_eval_config_with_defaults(config, has_baseline=False, rubber_stamp=True)
+
+    def validate(split, sensitivity, specificity):
+        def key(name, output):
+            return tfma.metrics.MetricKey(name=name, output_name=output)
+
+        metrics = {key("auc", "probability"): 0.9, key("recall", "decision_score"): sensitivity,
+                   key("specificity", "decision_score"): specificity}
+        return metrics_validator.validate_metrics(((("split", split),), metrics), config)
+
+    assert validate("calibration", 0.95, 0.85).validation_ok
+    failed = validate("calibration", 0.95, 0.7)
+    assert [f.metric_key.name for f in failed.metric_validations_per_slice[0].failures] == ["specificity"]
+    assert validate("test", 0.1, 0.1).validation_ok  # other splits are reported, never gated
+
+
+def test_gate_bounds_are_checked():
+    with pytest.raises(ValueError, match="--site-min-sensitivity 1.5 must be between 0 and 1"):
+        evaluation.SiteGate("calibration", 1.5)
