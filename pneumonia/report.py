@@ -174,19 +174,15 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
             for name in sorted(latest)]
 
 
-def _slice_parts(name: str) -> Dict[str, str]:
-    return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
-
-
 def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]:
     """(TFMA slice name, shown name): each whole split, then each source of a split that pools several
     (the external set: rsna and ieee8023), in split order."""
-    from components.report.executor import ordered_splits
+    from components.report.executor import slice_parts, ordered_splits
 
-    splits = {_slice_parts(name)["split"]: name for name in table if set(_slice_parts(name)) == {"dataset", "split"}}
+    splits = {slice_parts(name)["split"]: name for name in table if set(slice_parts(name)) == {"dataset", "split"}}
     sources: Dict[str, Dict[str, str]] = {}
     for name in table:
-        parts = _slice_parts(name)
+        parts = slice_parts(name)
         if set(parts) == {"source", "split"}:
             sources.setdefault(parts["split"], {})[parts["source"]] = name
     chosen = []
@@ -199,14 +195,6 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
 
 def format_number(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
-
-
-TWO_CLASS_METRICS = ("auc", "f1_score", "f1_score@threshold")
-
-
-def one_class(row: Dict[str, float]) -> bool:
-    """No PNEUMONIA (recall undefined) or no NORMAL (specificity undefined) in the slice."""
-    return any(row.get(key) is None or row[key] != row[key] for key in ("recall", "specificity"))
 
 
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
@@ -232,6 +220,7 @@ def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
 
 def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture and reported slice (whole splits, and sources within them)."""
+    from components.report.executor import undefined_metrics
     from pneumonia import results
 
     header = ["architecture", "slice"] + [title for title, _ in COMPARE_COLUMNS]
@@ -240,9 +229,7 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
         table = results.slice_metrics(item.evaluation)
         for name, shown in reported_slices(table):
             row = table[name]
-            # A slice of one class (the external set's RSNA images are all NORMAL) has no AUC and no F1:
-            # TFMA reports 0 for them, which would read as a failure.
-            undefined = TWO_CLASS_METRICS if one_class(row) else ()
+            undefined = undefined_metrics(row)  # e.g. AUC of the all-NORMAL RSNA images: TFMA says 0
             cells = [format_number(row.get(key), 0) if key == "example_count" else
                      "-" if key in undefined else
                      results.interval_cell(row, key) if key.split("@")[0] in results.INTERVAL_CASES else

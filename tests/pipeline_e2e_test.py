@@ -17,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.threshold_calibrator import executor
 from pipeline.config import RunConfig
 from pneumonia import cli, prepare, results
+from pneumonia.policies import POLICIES
 from pneumonia.runners import run_pipeline
 from tests.signatures_test import serve_both
 from trainer import models, signatures
@@ -185,6 +186,23 @@ def iter_examples(folder):
     files = sorted(glob.glob(os.path.join(folder, "*.tfrecord.gz")))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         yield tf.train.Example.FromString(record.numpy())
+
+
+def test_compare_and_its_policy_table_read_the_real_run(first_run, capsys):
+    """`compare --policies` on what the pipeline's own Trainer and Evaluator recorded: the exported model scores
+    every record of each split (no stand-in), and the split sizes are those prepare wrote."""
+    root, _ = first_run
+    counts = prepare.read_report(os.path.join(root, "data"))["counts"]
+    cli.main(["compare", "--root", root, "--policies"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {}
+    for line in lines:  # the first table naming (cnn, split) is the metrics table; border attention follows
+        if line.startswith("cnn "):
+            rows.setdefault(tuple(line.split()[:2]), line.split())
+    assert rows[("cnn", "test")][2] == str(sum(counts["test"]["kermany"].values()))
+    assert rows[("cnn", "external")][2] == str(sum(counts["external"]["external"].values()))
+    policies = [line.split()[1].strip("*") for line in lines if line.startswith("cnn ")]
+    assert [policy for policy in policies if policy in POLICIES] == list(POLICIES)  # one row per policy
 
 
 def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run, tmp_path, capsys):

@@ -17,7 +17,6 @@ from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
-
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 

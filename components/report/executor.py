@@ -227,6 +227,23 @@ def is_split_slice(name: str) -> bool:
     return sorted(part.split("=", 1)[0] for part in name.split(", ")) == ["dataset", "split"]
 
 
+# Metrics with no meaning on a slice of one class (e.g. label=0, or the external set's all-NORMAL RSNA images),
+# where TFMA still reports a number, often 0, that would read as a failure.
+TWO_CLASS_METRICS = ("auc", "auc_precision_recall", "f1_score", "f1_score@threshold")
+NEEDS_POSITIVES = ("precision", "precision@threshold", "calibration")
+CROSSING_FEATURES = ("label", "pathogen")  # slices crossed with these go in a collapsed section per split
+
+
+def undefined_metrics(row: Dict[str, float]) -> Tuple[str, ...]:
+    """The metric keys of `row` that its slice cannot define: two-class metrics when recall (no PNEUMONIA) or
+    specificity (no NORMAL) is undefined, and precision and calibration when there is no PNEUMONIA."""
+    def missing(key: str) -> bool:
+        return row.get(key) is None or row[key] != row[key]
+
+    no_positives, no_negatives = missing("recall"), missing("specificity")
+    return TWO_CLASS_METRICS * (no_positives or no_negatives) + NEEDS_POSITIVES * no_positives
+
+
 def _cell(value: Optional[float], key: str = "") -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "<td>-</td>"
@@ -239,15 +256,46 @@ def _table(header: List[str], rows: List[str]) -> str:
 
 
 def slice_table(table: Dict[str, Dict[str, float]]) -> str:
-    """TFMA's numbers per slice; the unsliced row is the pool of every evaluated split and says so."""
+    """TFMA's numbers per slice, one table per split (the whole split first, then its sources and seen/unseen
+    patients), its label and pathogen crossings collapsed below it, and the slices pooled over splits last.
+    A metric the slice cannot define shows "-"."""
     keys = [key for key in METRIC_TITLES if any(key in row for row in table.values())]
-    rows = []
-    for name in sorted(table, key=lambda n: (n == "overall", not is_split_slice(n), n)):
-        cells = "".join(f"<td>{html.escape(results.interval_cell(table[name], key))}</td>"
-                        if key.split("@")[0] in results.INTERVAL_CASES else _cell(table[name].get(key), key)
-                        for key in keys)
-        rows.append(f"<tr><td>{html.escape(POOLED if name == 'overall' else name)}</td>{cells}</tr>")
-    return _table(["slice"] + [METRIC_TITLES[key] for key in keys], rows)
+    header = ["slice"] + [METRIC_TITLES[key] for key in keys]
+
+    def rows(names: List[str], shown) -> str:
+        lines = []
+        for name in names:
+            row, undefined = table[name], undefined_metrics(table[name])
+            cells = "".join("<td>-</td>" if key in undefined else
+                            f"<td>{html.escape(results.interval_cell(row, key))}</td>"
+                            if key.split("@")[0] in results.INTERVAL_CASES else _cell(row.get(key), key)
+                            for key in keys)
+            lines.append(f"<tr><td>{html.escape(shown(name))}</td>{cells}</tr>")
+        return f'<div class="wide">{_table(header, lines)}</div>'
+
+    def within(name: str) -> str:
+        return ", ".join(f"{k}={v}" for k, v in slice_parts(name).items() if k != "split") or "whole split"
+
+    by_split: Dict[str, List[str]] = {}
+    for name in table:
+        by_split.setdefault(slice_parts(name).get("split", ""), []).append(name)
+    sections = []
+    for split in ordered_splits([split for split in by_split if split]):
+        names = sorted(by_split[split], key=lambda n: (n != f"split={split}", not is_split_slice(n), n))
+        crossed = [n for n in names if set(slice_parts(n)) & set(CROSSING_FEATURES)]
+        sections.append(f"<h3>{html.escape(split)}</h3>" + rows([n for n in names if n not in crossed], within))
+        if crossed:
+            sections.append(f"<details><summary>{html.escape(split)} by label and pathogen ({len(crossed)} slices)"
+                            f"</summary>{rows(crossed, within)}</details>")
+    pooled = sorted(by_split.get("", []), key=lambda n: (n != "overall", n))
+    if pooled:
+        sections.append(f"<details><summary>pooled over every evaluated split ({len(pooled)} slices; no one "
+                        f"split's figures)</summary>{rows(pooled, lambda n: POOLED if n == 'overall' else n)}</details>")
+    return "\n".join(sections)
+
+
+def slice_parts(name: str) -> Dict[str, str]:
+    return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
 
 
 def scored_table(scores: Dict[str, plots.Scores], threshold: float) -> str:
@@ -323,16 +371,19 @@ def render(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample],
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Pneumonia model report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} td:first-child{{text-align:left}}
+table{{font-size:85%}} th{{max-width:7em;font-weight:normal}} .wide{{overflow-x:auto}}
 img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>Pneumonia model report</h1>
 {model_card(info, blessed, samples, table)}
 <h2>Metrics per slice (TFMA)</h2>
-<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5; whole splits come first. AUC, accuracy,
+<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5 unless marked "at tuned". AUC, accuracy,
 sensitivity and specificity show TFMA's 95% confidence interval (Poisson bootstrap) in brackets; where the
-slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. Metrics that need
-both classes are not defined on a one-class slice (e.g. AUC on <code>label=0</code>). The pooled row mixes
-every evaluated split and is not any one split's figure.</p>
+slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. One table per
+split: the whole split, its sources, and <code>patient_in_train</code> (1: the patient ID also has images in
+train; 0: unseen patients); the crossings with label and pathogen are collapsed below it. A metric a slice
+cannot define shows "-" (AUC, AUC-PR and F1 on a one-class slice; precision and calibration without
+PNEUMONIA). The pooled slices mix every evaluated split and are no one split's figures.</p>
 {slice_table(table)}
 <h2>Scored images behind the figures</h2>
 <p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
