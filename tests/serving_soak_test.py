@@ -32,7 +32,8 @@ SECONDS = 120
 CLIENTS = 16
 DECODE_BUDGET = 250_000_000  # two 100 MP images decode at once, a third waits
 MESSAGE_CAP = 4 * 2 ** 20
-BYTES_PER_BUDGET_PIXEL = 6  # decode buffers: uint8 pixels, their float32 copy, resize scratch
+BYTES_PER_BUDGET_PIXEL = 6  # decode buffers: uint8 pixels, their float32 copy (bench/decode_budget_bench.py: 4.2-5.4)
+INTER_OP_THREADS = 16  # as on a 16-core node: TensorFlow's 2 default threads here would cap concurrent decodes too
 BOMB_BURSTS = (20, 80)  # seconds into the soak at which six clients send an edge bomb together
 SWAP_AT = 60
 
@@ -173,8 +174,9 @@ class Soak:
                 self.one_request(index, rng)
 
 
-def test_soak_under_attack_with_a_hot_swap(shared_data, model_base, exported_models):
+def test_soak_under_attack_with_a_hot_swap(shared_data, model_base, exported_models, monkeypatch):
     traffic = Traffic(shared_data, exported_models)
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", str(INTER_OP_THREADS))  # read by the server process
     process, address, lines = start(model_base, "--max-decoded-pixels", str(DECODE_BUDGET),
                                     "--max-message-bytes", str(MESSAGE_CAP), "--max-decode-wait-seconds", "150",
                                     "--poll-seconds", "0.5")
