@@ -10,8 +10,11 @@ Per architecture (untrained weights; speed does not depend on them) it exports a
     throughput at the same batch size (one caller).
 Measurements run one after the other, so the server and the floor never compete for the cores; each
 ratio pairs a floor and a gRPC measurement taken back to back, and the medians over rounds are printed.
+Then the hot swap: new versions pushed while the server runs, alternately with the Pusher's warm-up
+requests (assets.extra/tf_serving_warmup_requests, replayed on load) and without; the latency of the
+first request answered by each new version, and its ratio without/with warm-up.
 Usage: .venv/bin/python bench/serving_bench.py [--architectures cnn densenet121] [--image-size 128]
-       [--seconds 3] [--rounds 3]
+       [--seconds 3] [--rounds 3] [--swaps 3]
 """
 import argparse
 import glob
@@ -26,7 +29,10 @@ import time
 import numpy as np
 import portpicker
 import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2
 
+from components.pusher.executor import model_fingerprint, push_atomically
+from components.pusher.warmup import write_warmup_requests
 from pneumonia.cli import shared_data_dir
 from serving.client import PredictionClient
 from trainer import models, signatures
@@ -147,6 +153,44 @@ def bench(architecture: str, image_size: int, image: bytes, seconds: float, roun
     return {key: float(np.median([f[key] for f in figures])) for key in figures[0]}
 
 
+def push_and_wait(client: PredictionClient, version_dir: str, base: str, warm_up: bool) -> int:
+    """Pushes a copy of the model as a new version (with or without warm-up requests), returns it once the
+    server reports it AVAILABLE, which is when a warm-up, if any, has run."""
+    add_files = (lambda target: write_warmup_requests(version_dir, target)) if warm_up else None
+    version = int(push_atomically(version_dir, base, model_fingerprint(version_dir), version_dir, add_files))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        states = {s.version: s.state for s in client.model_status().model_version_status}
+        if states.get(version) == get_model_status_pb2.ModelVersionStatus.State.AVAILABLE:
+            return version
+        time.sleep(0.05)
+    raise TimeoutError(f"version {version} did not become available in 300 s")
+
+
+def swap_bench(architecture: str, image: bytes, swaps: int, serving_dir: str) -> dict:
+    """Median latency of the first request each new version answers, with and without warm-up records."""
+    version_dir = os.path.join(serving_dir, architecture, "1")
+    base = os.path.join(serving_dir, architecture)
+    process, server = start_server(serving_dir, architecture)
+    first = {True: [], False: []}
+    try:
+        with PredictionClient(server, architecture, retries=8) as client:
+            client.predict([image])
+            for _ in range(swaps):
+                for warm_up in (False, True):
+                    version = push_and_wait(client, version_dir, base, warm_up)
+                    started = time.perf_counter()
+                    answered = client.predict([image], version=version)
+                    first[warm_up].append(time.perf_counter() - started)
+                    assert answered, "no prediction"
+            steady = np.median(timed_calls(lambda: client.predict([image]), 1.0))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    cold, warm = np.median(first[False]), np.median(first[True])
+    return {"cold_ms": cold * 1000, "warm_ms": warm * 1000, "ratio": cold / warm, "steady_ms": steady * 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architectures", nargs="+", default=["cnn", "densenet121"])
@@ -154,6 +198,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="floor/gRPC pairs per figure; medians are printed (default 3)")
+    parser.add_argument("--swaps", type=int, default=3,
+                        help="hot swaps with and without warm-up requests; medians are printed (default 3)")
     args = parser.parse_args()
     image = sample_image()
     print(f"{os.cpu_count()} CPU cores, image {len(image)} bytes, model input {args.image_size} px, "
@@ -170,6 +216,12 @@ def main() -> None:
                   f"{r['p50_ratio']:>10.2f}{r['handler_ms']:>10.1f}{r['empty_rpc_ms']:>13.2f}"
                   f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
                   f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)
+        print(f"\nfirst request after a hot swap (median of {args.swaps} swaps each; steady: p50 after them)")
+        print(f"{'architecture':<13}{'no warm-up ms':>14}{'warm-up ms':>11}{'ratio':>7}{'steady ms':>10}")
+        for architecture in args.architectures:
+            r = swap_bench(architecture, image, args.swaps, serving_dir)
+            print(f"{architecture:<13}{r['cold_ms']:>14.1f}{r['warm_ms']:>11.1f}{r['ratio']:>7.1f}"
+                  f"{r['steady_ms']:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

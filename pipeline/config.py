@@ -15,6 +15,8 @@ DEFAULT_MODEL_NAME = "pneumonia"
 DEFAULT_SPLITS = ("train", "eval", "test", "external")
 # Splits the Evaluator reports on; `eval` alone decides the blessing.
 BLESSING_SPLIT = "eval"
+# The site's labelled sample (pneumonia prepare): where the ThresholdCalibrator sets the served threshold.
+CALIBRATION_SPLIT = "calibration"
 
 
 def absolute_uri(path: str) -> str:
@@ -57,6 +59,13 @@ class RunConfig:
     # Evaluator: blessing on the validation split
     min_auc: float = 0.80
     max_auc_drop: float = 0.01
+    # TFMA's 95% intervals on every metric: "bootstrap" (Poisson, 20 replicates), "jackknife" (20 buckets: a
+    # fraction of the bootstrap's Evaluator time) or "none"
+    confidence_intervals: str = "bootstrap"
+    # Site gate: bounds at the served threshold on the calibration split (none by default)
+    site_min_sensitivity: Optional[float] = None
+    site_min_specificity: Optional[float] = None
+    gate_on_lower_bound: bool = False  # judge the lower 95% confidence bound, not the point estimate
     # Orchestration
     runner: str = "local"
     beam_args: List[str] = dataclasses.field(default_factory=list)
@@ -78,6 +87,17 @@ class RunConfig:
     @property
     def metadata_path(self) -> str:
         return os.path.join(self.root, "metadata.sqlite")
+
+    def site_gate(self):
+        """The Evaluator's site gate, or None when no bound is set."""
+        from pipeline.evaluation import SiteGate
+
+        if self.site_min_sensitivity is None and self.site_min_specificity is None:
+            if self.gate_on_lower_bound:
+                raise ValueError("--gate-on-lower-bound needs --site-min-sensitivity or --site-min-specificity")
+            return None
+        return SiteGate(CALIBRATION_SPLIT, self.site_min_sensitivity, self.site_min_specificity,
+                        self.gate_on_lower_bound)
 
     def trainer_config(self) -> Dict[str, Any]:
         """The Trainer's `custom_config`: plain JSON-able values only."""

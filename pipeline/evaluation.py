@@ -8,7 +8,8 @@ Metrics at 0.5 are computed on the model's `probability`; the threshold-dependen
 again on its `decision_score`, which puts the model's tuned threshold at 0.5, so TFMA also reports them
 at the operating point the model actually serves (keys suffixed `@threshold` when read back).
 
-Every metric carries TFMA's 95% confidence interval (Poisson bootstrap, 20 replicates). An optional site
+Every metric carries TFMA's 95% confidence interval (Poisson bootstrap, 20 replicates, by default; the
+jackknife over 20 buckets costs far less Evaluator time, see bench/evaluator_intervals_bench.py). An optional site
 gate bounds sensitivity and specificity on the site's calibration slice, on the point estimate or on the
 lower confidence bound (`interval_metrics.LowerBound`).
 """
@@ -45,6 +46,7 @@ SLICE_FEATURES = (
     ("split", "dataset", "label"),
     # Subgroups a review board asks for (from DICOM; `unknown` for JPEG/PNG): view position, sex, age band.
     ("split", "view_position"), ("split", "sex"), ("split", "age_band"),
+    ("split", "patient_in_train"), ("split", "label", "patient_in_train"),  # unseen vs seen patients
     ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
 )
 
@@ -77,18 +79,17 @@ class SiteGate:
                 raise ValueError(f"{flag} {value} must be between 0 and 1")
 
     def bounds(self) -> List[tuple]:
-        """(TFMA metric key judged, TFMA class name it reads, lower bound, the flag that set it)."""
+        """(TFMA metric key judged, TFMA class name it reads, lower bound) per bound set."""
         chosen = []
-        for key, class_name, value, flag in (
-                ("recall", "Recall", self.min_sensitivity, "--site-min-sensitivity"),
-                ("specificity", "Specificity", self.min_specificity, "--site-min-specificity")):
+        for key, class_name, value in (("recall", "Recall", self.min_sensitivity),
+                                       ("specificity", "Specificity", self.min_specificity)):
             if value is not None:
                 judged = key + interval_metrics.LOWER_BOUND_SUFFIX if self.on_lower_bound else key
-                chosen.append((judged, class_name, value, flag))
+                chosen.append((judged, class_name, value))
         return chosen
 
 
-# The site gate's judged metrics, by key: what a failure line calls them.
+# The site gate's judged metrics, by key: what a failure line calls them and the flag that sets the bound.
 GATE_NAMES = {"recall": ("sensitivity", "--site-min-sensitivity"),
               "specificity": ("specificity", "--site-min-specificity")}
 
@@ -106,12 +107,21 @@ def _metric_config(class_name: str, extra: Optional[Dict], module: str = "") -> 
     return config
 
 
+INTERVAL_METHODS = {"bootstrap": tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
+                    "jackknife": tfma.ConfidenceIntervalOptions.JACKKNIFE, "none": None}
+
+
 def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
-                       site_gate: Optional[SiteGate] = None, confidence_intervals: bool = True) -> tfma.EvalConfig:
+                       site_gate: Optional[SiteGate] = None, confidence_intervals: str = "bootstrap") -> tfma.EvalConfig:
     """The metrics, slices and blessing; `site_gate` adds bounds at the served threshold (the
-    `decision_score` output) on its split. `confidence_intervals` off only for the cost benchmark."""
+    `decision_score` output) on its split. `confidence_intervals`: bootstrap, jackknife or none."""
+    if confidence_intervals not in INTERVAL_METHODS:
+        raise ValueError(f"confidence_intervals {confidence_intervals!r}: choose {', '.join(INTERVAL_METHODS)}")
+    if site_gate and site_gate.on_lower_bound and confidence_intervals == "none":
+        raise ValueError("--gate-on-lower-bound needs confidence intervals (confidence_intervals: none is set)")
+    method = INTERVAL_METHODS[confidence_intervals]
     at_half, at_threshold = [], []
-    gate = {class_name: (judged, value) for judged, class_name, value, _ in (site_gate.bounds() if site_gate else [])}
+    gate = {class_name: (judged, value) for judged, class_name, value in (site_gate.bounds() if site_gate else [])}
     for class_name, key, extra in METRICS:
         config = _metric_config(class_name, extra)
         if class_name == "AUC":
@@ -136,7 +146,6 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
         metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
                        tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
         options=tfma.Options(
-            compute_confidence_intervals=wrappers_pb2.BoolValue(value=confidence_intervals),
-            confidence_intervals=tfma.ConfidenceIntervalOptions(
-                method=tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP)),
+            compute_confidence_intervals=wrappers_pb2.BoolValue(value=method is not None),
+            confidence_intervals=tfma.ConfidenceIntervalOptions(method=method or 0)),
     )

@@ -48,7 +48,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     _prepare(args.sources, absolute_uri(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
              overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
-             beam_args=args.beam_arg, patient_salt=args.patient_salt or None, allow_lateral=args.allow_lateral)
+             beam_args=args.beam_arg, patient_salt=args.patient_salt or None, allow_lateral=args.allow_lateral,
+             calibration_from=args.calibration_from, calibration_size=args.calibration_size)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -61,7 +62,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, runner=args.runner,
             model_name=args.model_name, min_auc=args.min_auc, beam_args=args.beam_arg or None,
             weights=args.weights, warm_start=args.warm_start, threshold_policy=args.threshold_policy,
-            loss=args.loss)
+            loss=args.loss, site_min_sensitivity=args.site_min_sensitivity,
+            site_min_specificity=args.site_min_specificity, gate_on_lower_bound=args.gate_on_lower_bound)
+        config.site_gate()  # a bad gate setting fails before anything runs
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     data = args.data or shared_data_dir()
@@ -73,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         if not os.path.isdir(data):
             raise SystemExit(f"error: --data {data} does not exist; {KAGGLE_HINT}")
-        _prepare(sources_for(data), config.data, seed=config.seed)
+        _prepare(sources_for(data), config.data, seed=config.seed, calibration_from=args.calibration_from,
+                 calibration_size=args.calibration_size)
     report = prepare.read_report(config.data)
     fixed = ["train", "eval", "test"]
     config.splits = [s for s in fixed if s in report["shards"]] + sorted(set(report["shards"]) - set(fixed))
@@ -85,6 +89,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
     print()
     print(f"model:      {outputs.model}")
+    if outputs.calibration:
+        print(f"calibrated: {outputs.calibration}")
     print(f"evaluation: {outputs.evaluation}")
     if outputs.evaluation:
         print(results.format_table(results.slice_metrics(outputs.evaluation)))
@@ -108,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "plus prepare_report.json.")
     prep.add_argument("sources", nargs="+", metavar="SOURCE",
                       help="NAME=PATH: a folder with train/ [val/] test/ (Kaggle layout) keeps its splits; "
-                           "a folder with only NORMAL/ and PNEUMONIA/ becomes an evaluation-only split NAME")
+                           "a folder with only NORMAL/ and PNEUMONIA/ becomes an evaluation-only split NAME; "
+                           "calibration:NAME=PATH makes such a folder the site's calibration split")
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--eval-fraction", type=float, default=0.1,
                       help="share of train carved (by patient) as validation when val/ is too small (default 0.1)")
@@ -118,10 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fail when more than this share of files is quarantined (default 0.01)")
     prep.add_argument("--strict", action="store_true",
                       help="fail on identical files across splits or a patient in both train and eval")
+    prep.add_argument("--calibration-from", metavar="SPLIT",
+                      help="carve the site's labelled calibration sample from this split (test or an "
+                           "evaluation-only split): whole patients, stratified by source and label, seeded; "
+                           "the carved images leave SPLIT. Or give a calibration:NAME=PATH SOURCE instead")
+    prep.add_argument("--calibration-size", type=int, default=0, metavar="N",
+                      help="images to carve with --calibration-from (whole patients, so about N)")
     prep.add_argument("--beam-arg", action="append", metavar="ARG",
                       help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
     prep.add_argument("--patient-salt", default=os.environ.get("PNEUMONIA_SALT"),
-                      help="key of the hash DICOM PatientIDs are stored as (default $PNEUMONIA_SALT, else "
+                      help="key of the hash DICOM PatientIDs and UID-shaped file names are stored as "
+                           "(default $PNEUMONIA_SALT, else "
                            "the public built-in salt, which only hides IDs from a casual reader: set a secret one)")
     prep.add_argument("--allow-lateral", action="store_true",
                       help="keep lateral DICOM views (refused by default: the model reads frontal films)")
@@ -141,13 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-start", action="store_true", default=None,
                      help="initialise from the latest trained model of the same architecture")
     run.add_argument("--threshold-policy", help="how the operating threshold is chosen on validation: youden "
-                                                "(default), sensitivity:X (e.g. sensitivity:0.98), fixed:X or "
-                                                "median-midpoint")
+                                                "(default), sensitivity:X (e.g. sensitivity:0.98), cost:R (a "
+                                                "missed pneumonia costs R false alarms), fixed:X or median-midpoint; "
+                                                "the ThresholdCalibrator applies it again on a calibration split")
     run.add_argument("--loss", choices=["bce", "focal"], help="training loss (default bce with class weights)")
     run.add_argument("--epochs", type=int, help="training epochs (default 5)")
     run.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
     run.add_argument("--batch-size", type=int, help="batch size (default 32)")
     run.add_argument("--min-auc", type=float, help="validation AUC a model needs to be blessed (default 0.80)")
+    run.add_argument("--calibration-from", metavar="SPLIT",
+                     help="when --data is raw images: carve the calibration split from SPLIT (see prepare)")
+    run.add_argument("--calibration-size", type=int, default=0, metavar="N",
+                     help="with --calibration-from: images to carve (whole patients)")
+    run.add_argument("--site-min-sensitivity", type=float, metavar="X",
+                     help="site gate: no push unless sensitivity at the served threshold on the calibration split "
+                          "is at least X")
+    run.add_argument("--site-min-specificity", type=float, metavar="X",
+                     help="site gate: the same bound for specificity")
+    run.add_argument("--gate-on-lower-bound", action="store_true", default=None,
+                     help="judge the site gate on the lower 95%% confidence bound (TFMA bootstrap), not the "
+                          "point estimate")
     run.add_argument("--runner", choices=["local", "beam"], help="orchestrator (default local)")
     run.add_argument("--beam-arg", action="append", metavar="ARG",
                      help="Beam pipeline argument for the data components, repeatable (e.g. --beam-arg=--runner=...)")
@@ -162,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kubeflow.cli import add_commands as add_kubeflow_commands
 
     add_kubeflow_commands(commands)
+    from pneumonia.calibrate import add_commands as add_calibrate_commands
+
+    add_calibrate_commands(commands)
     return parser
 
 

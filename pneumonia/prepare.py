@@ -10,6 +10,11 @@ refuses what must not be scored and turns the rest into the 8-bit PNG the model 
 stored only as a keyed hash (`patient_salt`), with view position, sex and age band; no other DICOM attribute
 is written.
 
+A site's labelled sample (the split `calibration`, where the ThresholdCalibrator chooses the operating
+threshold) is either its own class-folder SOURCE with the role prefix `calibration:NAME=PATH`, or carved
+from an evaluation-only or test split (`calibration_from`, `calibration_size`): whole patients, stratified
+by source and label, seeded; the carved images leave the split they came from.
+
 The driver lists files (metadata only); reading, hashing, decoding, de-duplication, the patient carve
 and the shard writing run as an Apache Beam pipeline (DirectRunner by default; `beam_args` pass
 through, e.g. `--runner=DataflowRunner`). Output is deterministic: the same input gives byte-identical
@@ -28,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import absolute_uri
+from pipeline.config import CALIBRATION_SPLIT, absolute_uri
 from pneumonia.images import BadImage, inspect_image, parse_patient_and_pathogen
 from serving import dicom
 
@@ -41,6 +46,7 @@ MIN_USABLE_VAL = 100
 REPORT_NAME = "prepare_report.json"
 RECORDS_PER_SHARD = 1000
 FORMAT_VERSION = 4
+ROLES = (CALIBRATION_SPLIT,)
 # Locally: the DirectRunner in one process. Its multi_threading mode corrupted bundles on the full data
 # here (Beam 2.74: "Invalid PaneInfoEncoding"), and multi_processing pays a TensorFlow import per worker.
 DEFAULT_BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -54,15 +60,25 @@ class PrepareError(Exception):
 class Source:
     name: str
     path: str
+    role: str = ""  # "calibration": a class-folder sample of the site, written as the calibration split
 
     @classmethod
     def parse(cls, text: str) -> "Source":
         name, sep, path = text.partition("=")
+        role, _, name = name.rpartition(":")
         if not sep or not name or not path:
-            raise PrepareError(f"source {text!r}: expected NAME=PATH, e.g. kermany=/data/chest_xray")
+            raise PrepareError(f"source {text!r}: expected [ROLE:]NAME=PATH, e.g. kermany=/data/chest_xray")
         if not re.fullmatch(r"[a-z0-9_\-]+", name):
             raise PrepareError(f"source {text!r}: NAME must be lowercase letters, digits, '_' or '-'")
-        return cls(name, os.path.abspath(os.path.expanduser(path)))
+        if role and role not in ROLES:
+            raise PrepareError(f"source {text!r}: unknown role {role!r}; the only role is "
+                               f"{CALIBRATION_SPLIT}:NAME=PATH")
+        return cls(name, os.path.abspath(os.path.expanduser(path)), role)
+
+    @property
+    def split(self) -> str:
+        """The split a class-folder source becomes: its role, else its name."""
+        return self.role or self.name
 
     @property
     def is_kaggle_layout(self) -> bool:
@@ -78,16 +94,17 @@ class Candidate:
     label: int
     root: str
     source_path: str  # relative to the SOURCE root
+    recorded_path: str  # source_path as the records and the report show it (see recorded_path)
 
     @property
     def shown(self) -> str:
-        return f"{self.dataset}/{self.source_path}"
+        return f"{self.dataset}/{self.recorded_path}"
 
     @property
     def origin(self) -> str:
         """Where the image comes from within its dataset (the `source` feature). An evaluation-only folder that
         pools sources names each file `<source>_...` (`rsna_`, `ieee8023_`); any other image has its dataset's."""
-        if self.split == self.dataset:
+        if self.split in (self.dataset, CALIBRATION_SPLIT):
             prefix, sep, _ = os.path.basename(self.source_path).partition("_")
             if sep and re.fullmatch(r"[a-z0-9]+", prefix.lower()):
                 return prefix.lower()
@@ -110,6 +127,7 @@ class Record:
     view_position: str = dicom.UNKNOWN
     sex: str = dicom.UNKNOWN
     age_band: str = dicom.UNKNOWN
+    patient_in_train: bool = False  # the same patient ID has images in train (the `patient_in_train` slice)
 
     def order_key(self, seed: int) -> str:
         """A stable pseudo-random key: records are written in this order, classes interleaved."""
@@ -132,7 +150,16 @@ def _walk(root: str) -> Iterable[str]:
             yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
-def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optional[str]]:
+_UID = re.compile(r"\d+(?:\.\d+){3,}")  # dotted digits: a DICOM UID
+
+
+def recorded_path(relpath: str, salt: str) -> str:
+    """The path records and the report show: each UID-shaped part (PACS exports name files by SOP Instance
+    UID) becomes `uid-` and its keyed hash, so no UID is written."""
+    return _UID.sub(lambda match: f"uid-{dicom.pseudonym(match.group(0), salt)}", relpath)
+
+
+def classify(source: Source, relpath: str, salt: str = dicom.DEFAULT_SALT) -> Tuple[Optional[Candidate], Optional[str]]:
     """(candidate, None) for a file in the expected layout, else (None, reason)."""
     parts = relpath.split(os.sep)
     if any(part.startswith(".") for part in parts):
@@ -148,8 +175,9 @@ def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optiona
         return None, f"unknown class folder {parts[-2]!r} (expected NORMAL or PNEUMONIA)"
     if not relpath.lower().endswith(IMAGE_SUFFIXES) and not dicom.file_name_is_dicom(parts[-1]):
         return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)}, or DICOM: .dcm or none)"
-    split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.name
-    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath), None
+    split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.split
+    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath,
+                     recorded_path(relpath, salt)), None
 
 
 def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
@@ -240,6 +268,43 @@ def assign_split(record: Record, eval_patients: List[str]) -> Record:
     return record
 
 
+def mark_patient_in_train(record: Record, train_patients) -> Record:
+    return dataclasses.replace(record, patient_in_train=record.patient_id in train_patients)
+
+
+def choose_calibration_patients(images: List[Tuple[str, str, int]], size: int, seed: int) -> List[str]:
+    """Whole patients making up about `size` images, stratified by (source, label): each stratum gives its
+    share of `size` (largest remainders), patients taken in a seeded order until the share is reached.
+
+    `images` holds (patient_id, source, label) per image of the split carved from.
+    """
+    strata: Dict[Tuple[str, int], collections.Counter] = collections.defaultdict(collections.Counter)
+    for patient, origin, label in images:
+        strata[(origin, label)][patient] += 1
+    total = len(images)
+    exact = {stratum: size * sum(patients.values()) / total for stratum, patients in strata.items()}
+    targets = {stratum: int(share) for stratum, share in exact.items()}
+    by_remainder = sorted(exact, key=lambda stratum: (-(exact[stratum] - targets[stratum]), stratum))
+    for stratum in by_remainder[:size - sum(targets.values())]:
+        targets[stratum] += 1
+    chosen = set()
+    for stratum in sorted(strata):
+        patients, taken = strata[stratum], 0
+        for patient in sorted(patients, key=lambda p: _stable_hash(str(seed), CALIBRATION_SPLIT, p)):
+            if taken >= targets[stratum]:
+                break
+            if patient not in chosen:
+                chosen.add(patient)
+                taken += patients[patient]
+    return sorted(chosen)
+
+
+def assign_calibration(record: Record, carved_from: str, patients: List[str]) -> Record:
+    if record.split == carved_from and record.patient_id in patients:
+        return dataclasses.replace(record, split=CALIBRATION_SPLIT)
+    return record
+
+
 def to_example(record: Record, image: bytes):
     import tensorflow as tf
 
@@ -259,10 +324,11 @@ def to_example(record: Record, image: bytes):
         "split": bytes_feature(record.split.encode()),
         "patient_id": bytes_feature(record.patient_id.encode()),
         "pathogen": bytes_feature(record.pathogen.encode()),
-        "source_path": bytes_feature(candidate.source_path.encode()),
+        "source_path": bytes_feature(candidate.recorded_path.encode()),
         "height": int_feature(record.height),
         "width": int_feature(record.width),
         "channels": int_feature(record.channels),
+        "patient_in_train": int_feature(int(record.patient_in_train)),
         "sha256": bytes_feature(record.sha256.encode()),
         "view_position": bytes_feature(record.view_position.encode()),
         "sex": bytes_feature(record.sex.encode()),
@@ -307,17 +373,23 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
     quarantined = sorted(listing["quarantined"] + quarantined, key=lambda item: item["path"])
     duplicates = sorted(duplicates, key=lambda item: item["path"])
     shared_patients = sorted(patients["train"] & patients["eval"])
+    evaluated = sorted(split for split in patients if split != "train")
     report = {
         "format": FORMAT_VERSION,
         "sources": listing["sources"],
         "fingerprint": listing["fingerprint"],
         "eval_policy": listing["eval_policy"],
+        "calibration_policy": listing["calibration_policy"],
         "files_seen": listing["files_seen"],
         "written": len(records),
         "quarantined": quarantined,
         "duplicates": duplicates,
         "leaks": [d for d in duplicates if len(d["splits"]) > 1],
         "patients_in_train_and_eval": shared_patients,
+        # Leakage audit of every evaluation split: patient IDs it shares with train, and those patients' images.
+        "patients_shared_with_train": {split: sorted(patients[split] & patients["train"]) for split in evaluated},
+        "images_of_patients_in_train": {split: sum(r.patient_in_train for r in records if r.split == split)
+                                        for split in evaluated},
         "counts": counts,
         "patients": {split: len(ids) for split, ids in sorted(patients.items())},
         "formats": dict(sorted(formats.items())),
@@ -329,7 +401,8 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
 
 def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: Dict[str, bool], out: str,
                    fraction: float, seed: int, listing: dict, patient_salt: str = dicom.DEFAULT_SALT,
-                   allow_lateral: bool = False) -> None:
+                   allow_lateral: bool = False, calibration_from: Optional[str] = None,
+                   calibration_size: int = 0) -> None:
     inspected = (pipeline | "Files" >> beam.Create(candidates, reshuffle=True)
                  | "Inspect" >> beam.FlatMap(inspect, patient_salt, allow_lateral)
                  .with_outputs("quarantined", main="ok"))
@@ -341,8 +414,23 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
         | "PatientLabel" >> beam.Map(lambda r: (r.candidate.dataset, r.patient_id, r.candidate.label))
         | "AllTrain" >> beam.combiners.ToList()
         | "EvalPatients" >> beam.Map(choose_eval_patients, fraction, seed))
-    records = unique.kept | "AssignSplit" >> beam.Map(
+    assigned = unique.kept | "AssignSplit" >> beam.Map(
         lambda r, chosen: assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients))
+    if calibration_from:
+        calibration_patients = (
+            assigned
+            | "CalibrationSource" >> beam.Filter(lambda r: r.split == calibration_from)
+            | "PatientSourceLabel" >> beam.Map(lambda r: (r.patient_id, r.candidate.origin, r.candidate.label))
+            | "AllOfSplit" >> beam.combiners.ToList()
+            | "CalibrationPatients" >> beam.Map(choose_calibration_patients, calibration_size, seed))
+        assigned = assigned | "AssignCalibration" >> beam.Map(
+            lambda r, chosen: assign_calibration(r, calibration_from, set(chosen)),
+            beam.pvalue.AsSingleton(calibration_patients))
+    train_patients = (assigned | "TrainOnly" >> beam.Filter(lambda r: r.split == "train")
+                      | "TrainPatient" >> beam.Map(lambda r: r.patient_id)
+                      | "TrainPatients" >> beam.combiners.ToSet())
+    records = assigned | "MarkPatientInTrain" >> beam.Map(mark_patient_in_train,
+                                                         beam.pvalue.AsSingleton(train_patients))
     shard_counts = (records | "SplitKey" >> beam.Map(lambda r: r.split) | "CountSplits" >> beam.combiners.Count.PerElement()
                     | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], num_shards(kv[1]))))
     shards = (
@@ -410,6 +498,10 @@ def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]
 
 
 def _check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
+    if not report["accounted"]:
+        raise PrepareError(f"{report['files_seen']} files seen, but {report['written']} written + "
+                           f"{len(report['quarantined'])} quarantined + {len(report['duplicates'])} duplicates do not "
+                           f"add up: files were lost or counted twice (a bug; details in {REPORT_NAME})")
     bad = len(report["quarantined"])
     if report["files_seen"] and bad / report["files_seen"] > max_bad_fraction:
         reasons = collections.Counter(item["reason"].split(":")[0] for item in report["quarantined"])
@@ -425,10 +517,36 @@ def _check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
                            f"eval, e.g. {report['patients_in_train_and_eval'][0]}")
 
 
+def _check_calibration(sources: Sequence[Source], calibration_from: Optional[str], calibration_size: int) -> str:
+    """The calibration policy in words; raises on a request that cannot give one calibration split."""
+    own = [s for s in sources if s.role == CALIBRATION_SPLIT]
+    if len(own) > 1 or (own and calibration_from):
+        raise PrepareError("one calibration split only: give either one calibration:NAME=PATH source or "
+                           "--calibration-from SPLIT")
+    for source in own:
+        if source.is_kaggle_layout:
+            raise PrepareError(f"calibration source {source.name}: expected NORMAL/ and PNEUMONIA/ folders, "
+                               f"not a train/ test/ layout")
+    if own:
+        return f"own folder {own[0].name} ({own[0].path})"
+    if calibration_size and not calibration_from:
+        raise PrepareError("--calibration-size needs --calibration-from SPLIT")
+    if not calibration_from:
+        return "none"
+    if calibration_from in ("train", "eval", CALIBRATION_SPLIT):
+        raise PrepareError(f"--calibration-from {calibration_from}: carve from test or an evaluation-only split, "
+                           f"never from the data that trains or selects the model")
+    if calibration_size < 2:
+        raise PrepareError(f"--calibration-size {calibration_size}: give the number of images to carve (at least 2)")
+    return (f"{calibration_size} images carved from {calibration_from} by patient, stratified by source and label "
+            f"(seeded)")
+
+
 def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, seed: int = 42,
             overwrite: bool = False, max_bad_fraction: float = 0.01, strict: bool = False,
             beam_args: Optional[List[str]] = None, patient_salt: Optional[str] = None,
-            allow_lateral: bool = False) -> dict:
+            allow_lateral: bool = False, calibration_from: Optional[str] = None,
+            calibration_size: int = 0) -> dict:
     """Writes the TFRecords and report into `out` and returns the report (see module docstring)."""
     if not sources:
         raise PrepareError("no SOURCE given: pass NAME=PATH, e.g. kermany=/data/chest_xray")
@@ -439,26 +557,32 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
             raise PrepareError(f"source {source.name}: folder {source.path} does not exist")
     if not 0.0 < eval_fraction < 1.0:
         raise PrepareError(f"--eval-fraction {eval_fraction} must be between 0 and 1")
+    calibration_policy = _check_calibration(sources, calibration_from, calibration_size)
     patient_salt = patient_salt or dicom.DEFAULT_SALT
     out = absolute_uri(out)
-    fingerprint = source_fingerprint(sources, {"eval_fraction": eval_fraction, "seed": seed,
-                                               "patient_salt": patient_salt, "allow_lateral": allow_lateral})
+    options = {"eval_fraction": eval_fraction, "seed": seed, "patient_salt": patient_salt,
+               "allow_lateral": allow_lateral}
+    if calibration_policy != "none":
+        options.update(calibration_from=calibration_from, calibration_size=calibration_size,
+                       roles={s.name: s.role for s in sources if s.role})
+    fingerprint = source_fingerprint(sources, options)
     previous = _check_output(out, fingerprint, overwrite)
     if previous is not None:
         _check_report(previous, max_bad_fraction, strict)
         return previous
 
     listing = {"sources": {s.name: s.path for s in sources}, "fingerprint": fingerprint, "files_seen": 0,
-               "quarantined": [], "eval_policy": []}
+               "quarantined": [], "eval_policy": [], "calibration_policy": calibration_policy}
     candidates: List[Candidate] = []
     carve: Dict[str, bool] = {}
     for source in sources:
         found = []
         for relpath in _walk(source.path):
             listing["files_seen"] += 1
-            candidate, reason = classify(source, relpath)
+            candidate, reason = classify(source, relpath, patient_salt)
             if candidate is None:
-                listing["quarantined"].append({"path": f"{source.name}/{relpath}", "reason": reason})
+                listing["quarantined"].append({"path": f"{source.name}/{recorded_path(relpath, patient_salt)}",
+                                               "reason": reason})
             else:
                 found.append(candidate)
         if not found:
@@ -476,13 +600,22 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
                     f"(val/ had {len(val)} files)")
         candidates.extend(found)
     listing["eval_policy"] = "; ".join(listing["eval_policy"]) or "no train/val/test source"
+    if calibration_from:
+        available = sum(c.split == calibration_from for c in candidates)
+        if not available:
+            splits = sorted({c.split for c in candidates} - {"train", "eval"})
+            raise PrepareError(f"--calibration-from {calibration_from}: no such split; splits to carve from: "
+                               f"{', '.join(splits) or 'none'}")
+        if calibration_size >= available:
+            raise PrepareError(f"--calibration-size {calibration_size}: split {calibration_from} has only "
+                               f"{available} files, and some must stay to report on")
 
     staging = f"{out}.staging"
     _remove(staging)
     _gfile().makedirs(staging)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
         build_pipeline(pipeline, candidates, carve, staging, eval_fraction, seed, listing, patient_salt,
-                       allow_lateral)
+                       allow_lateral, calibration_from, calibration_size)
     report = read_report(staging)
     try:
         _check_report(report, max_bad_fraction, strict)
@@ -517,10 +650,13 @@ def summary(report: dict) -> str:
             labels = ", ".join(f"{name} {count}" for name, count in sorted(by_label.items()))
             lines.append(f"  {split:<10} {dataset:<10} {labels}  (patients {report['patients'].get(split, 0)})")
     lines.append(f"  eval: {report['eval_policy']}")
+    lines.append(f"  calibration: {report['calibration_policy']}")
     if report["leaks"]:
         lines.append(f"  identical files across splits: {len(report['leaks'])} (the evaluation copy is kept)")
-    if report["patients_in_train_and_eval"]:
-        lines.append(f"  patients in both train and eval: {len(report['patients_in_train_and_eval'])}")
+    for split, shared in report["patients_shared_with_train"].items():
+        if shared:
+            lines.append(f"  {split}: {len(shared)} patient ID(s) also in train, "
+                         f"{report['images_of_patients_in_train'][split]} image(s) (slice patient_in_train=1)")
     for item in report["quarantined"][:10]:
         lines.append(f"  quarantined {item['path']}: {item['reason']}")
     if len(report["quarantined"]) > 10:

@@ -111,12 +111,16 @@ class Evaluated:
 
 
 def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
-    """The custom_config of the Trainer execution that produced `model`: the run's whole training recipe."""
+    """The custom_config of the Trainer execution that produced `model` (through the ThresholdCalibrator, which
+    re-exports the Trainer's model): the run's whole training recipe."""
     producers = [e.execution_id for e in store.get_events_by_artifact_ids([model.id])
                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
     for execution in store.get_executions_by_id(producers):
         if "custom_config" in execution.custom_properties:
             return json.loads(execution.custom_properties["custom_config"].string_value or "{}") or {}
+        inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+        if "model" in inputs:
+            return _trainer_config(store, inputs["model"])
     return {}
 
 
@@ -236,11 +240,16 @@ def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
-def compare(metadata_path: str, markdown: bool = False, policies: bool = False) -> str:
+def compare(metadata_path: str, markdown: bool = False, policies: bool = False, kshot: bool = False) -> str:
     """Tables over the latest evaluation of every architecture: how each model was trained (cost, threshold
-    chosen on validation), its metrics per split at the tuned threshold and at 0.5, and (`policies`) what
-    each threshold policy would have given, which scores every model again."""
+    chosen on validation), its metrics per split at the tuned threshold and at 0.5, (`policies`) what
+    each threshold policy would have given; `kshot` prints instead the one table of what calibrating on k
+    labelled test or external images gives on the rest. `policies` and `kshot` score every model again."""
     evaluated = latest_evaluations(metadata_path)
+    if kshot:
+        from pneumonia.kshot import kshot_rows
+
+        return format_rows(kshot_rows(evaluated), markdown, label_columns=3)
     tables = [format_rows(model_rows(evaluated), markdown, label_columns=1),
               format_rows(compare_rows(evaluated), markdown)]
     if policies:
@@ -287,7 +296,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     config = RunConfig(root=args.root) if args.root else RunConfig()
     try:
         _print_or_fill(compare(config.metadata_path, markdown=args.markdown or bool(args.into),
-                               policies=args.policies), args.into, args.section)
+                               policies=args.policies, kshot=args.kshot), args.into, args.section)
     except (ReportLookupError, OSError) as error:
         raise SystemExit(f"error: {error}")
 
@@ -365,6 +374,10 @@ def add_commands(commands) -> None:
     comparison.add_argument("--policies", action="store_true",
                             help="add the threshold-policy table: every policy chosen on validation, applied to "
                                  "test and external (scores each model again: a minute or more per model)")
+    comparison.add_argument("--kshot", action="store_true",
+                            help="print only the k-shot calibration table: each model's threshold chosen on k = 20, 50, 100 "
+                                 "labelled test and external images (20 seeded patient-grouped draws), evaluated on "
+                                 "the rest, next to its validation threshold (scores each model again)")
     _add_into(comparison)
     comparison.set_defaults(func=cmd_compare)
 

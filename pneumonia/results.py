@@ -32,6 +32,17 @@ class RunOutputs:
     pushed_destination: Optional[str] = None
     push_note: str = ""
     report: Optional[str] = None
+    calibration: Optional[str] = None  # what the ThresholdCalibrator did, in one line
+
+
+def describe_calibration(props) -> str:
+    """One line from a ThresholdCalibrator output's custom properties."""
+    if not props["calibrated"].int_value:
+        return props["note"].string_value if "note" in props else "passed through"
+    return (f"threshold {props['old_threshold'].double_value:.4f} -> {props['new_threshold'].double_value:.4f} "
+            f"(bootstrap 95% interval [{props['threshold_lower'].double_value:.4f}, "
+            f"{props['threshold_upper'].double_value:.4f}]) on {props['calibration_normal'].int_value} NORMAL / "
+            f"{props['calibration_pneumonia'].int_value} PNEUMONIA calibration images")
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -74,7 +85,10 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
     for artifact in store.get_artifacts_by_id(output_ids):
         kind = types[artifact.type_id]
         props = artifact.custom_properties
-        if kind == "Model":
+        if kind == "Model" and "calibrated" in props:  # the calibrated model: what was evaluated and pushed
+            outputs.model = artifact.uri
+            outputs.calibration = describe_calibration(props)
+        elif kind == "Model" and outputs.calibration is None:
             outputs.model = artifact.uri
         elif kind == "ModelEvaluation":
             outputs.evaluation = artifact.uri

@@ -38,8 +38,11 @@ def server_config(args: argparse.Namespace):
 
 def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
     """The official model server's command line for the same settings."""
+    reload = ([f"--model_config_file_poll_wait_seconds={max(1, round(args.config_poll_seconds))}"]
+              if args.model_config_file and args.config_poll_seconds > 0 else [])
     return [TF_SERVING_BINARY, f"--port={args.grpc_port}", f"--rest_api_port={args.rest_port}",
-            f"--model_config_file={config_path}", f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
+            f"--model_config_file={config_path}", *reload,
+            f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
             f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
             *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else [])]
 
@@ -69,7 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if shutil.which(TF_SERVING_BINARY) is None:
             raise SystemExit(f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
                              "pip-installable: use the tensorflow/serving image (serving/k8s/) or --backend python")
-        config_path = config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"), "models.config"))
+        config_path = (os.path.abspath(args.model_config_file) if args.model_config_file and args.config_poll_seconds > 0
+                       else config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"),
+                                                              "models.config")))
         command = tfserving_command(args, config_path)
         print(" ".join(command), flush=True)
         os.execvp(command[0], command)  # the official server then receives SIGTERM itself
@@ -80,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
                              args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
-                             web_page=not args.no_ui).start()
+                             web_page=not args.no_ui, config_file=args.model_config_file,
+                             config_poll_seconds=args.config_poll_seconds).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
@@ -119,22 +125,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_dicom_node(args: argparse.Namespace) -> None:
+    from serving.client import ClientError
     from serving.dicom_node import DicomNode, NodeConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = NodeConfig(args.ae_title, args.host, args.port, args.server, args.model_name, os.path.abspath(args.log),
-                        args.uid_salt or NodeConfig.salt, args.allow_lateral, args.retry_seconds, args.timeout,
-                        args.sr_dir and os.path.abspath(args.sr_dir))
+    config = NodeConfig(
+        ae_title=args.ae_title, host=args.host, port=args.port, server=args.server, model_name=args.model_name,
+        log_path=os.path.abspath(args.log), salt=args.uid_salt or NodeConfig.salt, allow_lateral=args.allow_lateral,
+        retry_seconds=args.retry_seconds, timeout_seconds=args.timeout,
+        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir), ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
     if not 1 <= len(config.ae_title) <= 16:
         raise SystemExit(f"error: --ae-title {config.ae_title!r} must be 1 to 16 characters")
     try:
         node = DicomNode(config).start()
+    except ClientError as error:
+        raise SystemExit(f"error: {error}")
     except OSError as error:
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     print(f"DICOM node {config.ae_title} listening on {args.host}:{node.port}, scoring through {args.server} "
           f"({args.model_name}); results to {config.log_path}; SIGTERM or Ctrl-C stops it", flush=True)
     node.serve_until_signalled()
     print("stopped", flush=True)
+
+
+def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gRPC client's TLS flags, for every command that talks to the model server."""
+    parser.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
+    parser.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
+    parser.add_argument("--client-key", help="PEM private key of --client-cert")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -149,6 +167,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--model-config-file",
                        help="TF Serving ModelServerConfig text proto (several models, policies, labels); "
                             "replaces --serving-dir, --model-name and the version flags")
+    serve.add_argument("--config-poll-seconds", type=float, default=0.0,
+                       help="with --model-config-file: read the file again this often when it changes (version "
+                            "labels written by `pneumonia calibrate --label`); 0 reads it once (default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 turns REST off)")
@@ -195,9 +216,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--batch-size", type=int, default=32, help="images per request (default 32)")
     predict.add_argument("--timeout", type=float, default=30.0, help="deadline per request in seconds (default 30)")
-    predict.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
-    predict.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
-    predict.add_argument("--client-key", help="PEM private key of --client-cert")
+    add_tls_client_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 
     node = commands.add_parser(
@@ -219,6 +238,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     node.add_argument("--retry-seconds", type=float, default=20.0,
                       help="how long an unavailable model server is retried before answering 0xA700 so the sender "
                            "re-sends (default 20, below a typical 30 s DIMSE timeout)")
-    node.add_argument("--timeout", type=float, default=10.0, help="deadline per scoring request in seconds (default 10)")
+    node.add_argument("--timeout", type=float, default=10.0,
+                      help="deadline per scoring request in seconds (default 10)")
     node.add_argument("--sr-dir", help="also write a DICOM Comprehensive SR with each result into this folder")
+    add_tls_client_arguments(node)
     node.set_defaults(func=cmd_dicom_node)

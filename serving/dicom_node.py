@@ -61,6 +61,9 @@ class NodeConfig:
     retry_seconds: float = 20.0  # below a typical sender's 30 s DIMSE timeout
     timeout_seconds: float = 10.0
     sr_dir: Optional[str] = None
+    ca_cert: Optional[str] = None  # TLS to the model server, as `pneumonia predict`
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
 
 
 class Outcome(Exception):
@@ -77,7 +80,9 @@ class DicomNode:
 
     def __init__(self, config: NodeConfig):
         self.config = config
-        self._client = PredictionClient(config.server, config.model_name, config.timeout_seconds, retries=0)
+        self._client = PredictionClient(config.server, config.model_name, config.timeout_seconds, retries=0,
+                                        ca_cert=config.ca_cert, client_cert=config.client_cert,
+                                        client_key=config.client_key)
         self._log_lock = threading.Lock()
         self._server = None
         self.ae = AE(ae_title=config.ae_title)
@@ -149,7 +154,7 @@ class DicomNode:
         except dicom.DicomRefused as refused:
             status = DOES_NOT_MATCH_SOP_CLASS if "PixelData" not in dataset else CANNOT_UNDERSTAND
             raise Outcome(status, str(refused)) from None
-        entry.update(view_position=converted.view_position)
+        entry.update(view_position=converted.view_position, windowing=converted.windowing)
         return self._predict(converted.png, entry), dataset
 
     def _predict(self, png: bytes, entry: dict) -> Prediction:

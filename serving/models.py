@@ -1,7 +1,8 @@
 """Served models: version discovery, policies, availability-preserving hot swap, request resolution.
 
 Mirrors TF Serving's model manager: a background poll of each base path loads the versions the
-policy wants, warms each new version up before it can be chosen, and unloads an old version only
+policy wants, warms each new version up before it can be chosen (replaying the warm-up requests shipped
+in its assets.extra/, serving/warmup.py), and unloads an old version only
 once a wanted one is available, so the last loaded version is never dropped. Requests hold a
 reference to the version they resolved, so an unload never cuts an in-flight request short.
 """
@@ -11,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -54,19 +55,6 @@ def tf_error_line(error: tf.errors.OpError) -> str:
     return (meaningful[0] if meaningful else lines[0]).split(" [Op:")[0]
 
 
-def _warmup_image() -> bytes:
-    return tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8)).numpy()
-
-
-def _warmup_inputs() -> Dict[str, np.ndarray]:
-    """One valid input per input key of the model contract: `images` (encoded bytes), `examples` (tf.Example)."""
-    image = _warmup_image()
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-    return {"images": np.array([image], dtype=object),
-            "examples": np.array([example.SerializeToString()], dtype=object)}
-
-
 class LoadedVersion:
     """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks)."""
 
@@ -83,13 +71,6 @@ class LoadedVersion:
             if not name.startswith("__")}
         self._model = tf.saved_model.load(path)
         self._functions = {name: self._model.signatures[name] for name in self.signature_defs}
-
-    def warm_up(self) -> None:
-        """Runs every signature the model contract knows once, so the first real request is not the slow one."""
-        samples = _warmup_inputs()
-        for name, definition in self.signature_defs.items():
-            if set(definition.inputs) <= set(samples):
-                self.run(name, {key: samples[key] for key in definition.inputs})
 
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         name = name or DEFAULT_SIGNATURE
@@ -143,13 +124,18 @@ class VersionStatus:
     error: str = ""  # why loading failed; empty when the version is (or was) fine
 
 
+WarmUp = Callable[["LoadedVersion"], int]  # runs a new version's warm-up requests, returns how many
+
+
 class ServedModel:
     """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
 
-    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget):
+    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget,
+                 warm_up: Optional[WarmUp] = None):
         self.config = config
         self.budget = budget
         self.name = config.name
+        self._warm_up = warm_up
         self._loaded: Dict[int, LoadedVersion] = {}  # replaced as a whole, never mutated: readers need no lock
         self._status: Dict[int, VersionStatus] = {}
         self._swap = threading.Lock()  # one poll at a time
@@ -174,7 +160,7 @@ class ServedModel:
         started = time.monotonic()
         try:
             loaded = LoadedVersion(self.name, version, path, self.budget)
-            loaded.warm_up()
+            replayed = self._warm_up(loaded) if self._warm_up else 0
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
             message = (tf_error_line(error) if isinstance(error, tf.errors.OpError)
                        else (str(error) or type(error).__name__).splitlines()[0])
@@ -183,8 +169,8 @@ class ServedModel:
             return
         self._loaded = {**self._loaded, version: loaded}
         self._status[version] = VersionStatus(State.AVAILABLE)
-        log.info("model %s version %d available (loaded and warmed up in %.1f s)", self.name, version,
-                 time.monotonic() - started)
+        log.info("model %s version %d available (loaded and %d warm-up requests replayed in %.1f s)", self.name,
+                 version, replayed, time.monotonic() - started)
 
     def resolve(self, version: Optional[int] = None, label: str = "") -> LoadedVersion:
         """TF Serving's rules: a version, else a version label, else the latest loaded version."""
@@ -219,13 +205,25 @@ class ServedModel:
 
 
 class ModelManager:
-    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget."""
+    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget.
+
+    With `config_file` (and `config_poll_seconds` > 0), the model config file is read again when it changes,
+    as TF Serving's --model_config_file_poll_wait_seconds does: version labels and policies follow it (e.g.
+    after `pneumonia calibrate --label`), new models are added and models no longer listed are dropped.
+    """
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0,
-                 budget: Optional[PixelBudget] = None):
+                 budget: Optional[PixelBudget] = None, warm_up: Optional[WarmUp] = None,
+                 config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
         self.budget = budget or PixelBudget()
-        self.models = {model.name: ServedModel(model, self.budget) for model in server_config.model_config_list.config}
+        self.warm_up = warm_up
+        self.models = {model.name: ServedModel(model, self.budget, warm_up)
+                       for model in server_config.model_config_list.config}
         self.poll_seconds = poll_seconds
+        self.config_file = config_file if config_poll_seconds > 0 else None
+        self.config_poll_seconds = config_poll_seconds
+        self._config_stamp = self._stamp()
+        self._config_checked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
 
@@ -240,8 +238,38 @@ class ModelManager:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _stamp(self) -> Optional[Tuple[float, int]]:
+        if not self.config_file:
+            return None
+        stat = os.stat(self.config_file)
+        return stat.st_mtime, stat.st_size
+
+    def reload_config(self) -> None:
+        """Applies the model config file if it changed since last read; a file that no longer parses is
+        logged and the current config kept."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            server_config = model_config.read(self.config_file)
+        except ValueError as error:
+            log.error("model config %s not applied, keeping the current one: %s", self.config_file, error)
+            return
+        models = {}
+        for model_config_proto in server_config.model_config_list.config:
+            served = self.models.get(model_config_proto.name) or ServedModel(model_config_proto, self.budget, self.warm_up)
+            served.config = model_config_proto  # one reference swap: readers see the old or the new config
+            models[model_config_proto.name] = served
+        self.models = models
+        log.info("model config %s applied: %s", self.config_file, ", ".join(
+            f"{name} (labels {dict(served.config.version_labels) or 'none'})" for name, served in models.items()))
+
     def poll(self) -> None:
-        for model in self.models.values():
+        if self.config_file and time.monotonic() - self._config_checked >= self.config_poll_seconds:
+            self._config_checked = time.monotonic()
+            self.reload_config()
+        for model in list(self.models.values()):
             model.poll()
 
     def _poll_forever(self) -> None:

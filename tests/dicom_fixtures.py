@@ -5,18 +5,38 @@ test can look for each of them where it must not appear. Variants change one thi
 interpretation, bit depth with rescale and window, transfer syntax, modality, view, frames, pixel data.
 """
 import io
-from typing import List
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
 from pydicom.uid import (CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, MPEG2MPML, PYDICOM_IMPLEMENTATION_UID,
                          generate_uid)
 
+# Attributes that identify a person or a study: the tests look for each value wherever the code writes.
+IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
+    "PatientTelephoneNumbers", "OtherPatientNames", "PatientMotherBirthName", "AccessionNumber",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyID",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "InstitutionName",
+    "InstitutionAddress", "StationName", "DeviceSerialNumber", "MediaStorageSOPInstanceUID",
+)
+
 # The window that maps 8-bit stored values onto themselves (DICOM LINEAR: c=128, w=256).
 IDENTITY_WINDOW = {"WindowCenter": 128, "WindowWidth": 256}
+
+
+def identifying_values(dataset: Dataset) -> list:
+    """Every identifying value the dataset holds, as text (what must never be written anywhere in clear)."""
+    values = []
+    for keyword in IDENTIFYING_KEYWORDS:
+        for source in (dataset, dataset.get("file_meta") or Dataset()):
+            value = source.get(keyword)
+            if value not in (None, ""):
+                values.extend(str(item) for item in (value if isinstance(value, MultiValue) else [value]))
+    return sorted({value for value in values if value.strip()})
 
 
 def xray_pixels(path: str) -> np.ndarray:
@@ -109,20 +129,17 @@ def encode_jpeg_lossless(pixels: np.ndarray) -> bytes:
     predicted[1:, 1:] = values[1:, :-1]  # predictor 1: the left neighbour
     differences = (values - predicted).ravel()
     categories = np.where(differences == 0, 0, np.floor(np.log2(np.abs(differences) + 0.5)).astype(int) + 1)
-    bits: List[str] = []
-    for difference, category in zip(differences.tolist(), categories.tolist()):
-        bits.append(format(category, "05b"))
-        if category:
-            extra = difference if difference > 0 else difference + (1 << category) - 1
-            bits.append(format(extra, f"0{category}b"))
-    stream = "".join(bits)
-    stream += "1" * (-len(stream) % 8)
-    entropy = bytearray()
-    for index in range(0, len(stream), 8):
-        byte = int(stream[index:index + 8], 2)
-        entropy.append(byte)
-        if byte == 0xFF:
-            entropy.append(0x00)  # byte stuffing
+    # each pixel's code: its category in 5 bits, then `category` bits (negative differences as d + 2^c - 1)
+    extra = np.where(differences > 0, differences, differences + (1 << categories) - 1)
+    codes = (categories.astype(np.int64) << categories) | extra
+    lengths = 5 + categories
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    bits = np.ones(int(lengths.sum()) + (-int(lengths.sum()) % 8), np.uint8)  # padding bits are 1s
+    for position in range(int(lengths.max())):  # most significant bit first
+        has = position < lengths
+        bits[starts[has] + position] = (codes[has] >> (lengths[has] - 1 - position)) & 1
+    packed = np.packbits(bits)
+    entropy = np.insert(packed, np.flatnonzero(packed == 0xFF) + 1, 0).tobytes()  # byte stuffing
     counts = bytes([0, 0, 0, 0, 17] + [0] * 11)  # 17 codes (categories 0..16) of length 5
     huffman = b"\x00" + counts + bytes(range(17))
     frame = bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
@@ -131,7 +148,7 @@ def encode_jpeg_lossless(pixels: np.ndarray) -> bytes:
     def segment(marker: int, payload: bytes) -> bytes:
         return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
 
-    return (b"\xff\xd8" + segment(0xC4, huffman) + segment(0xC3, frame) + segment(0xDA, scan) + bytes(entropy)
+    return (b"\xff\xd8" + segment(0xC4, huffman) + segment(0xC3, frame) + segment(0xDA, scan) + entropy
             + b"\xff\xd9")
 
 
@@ -166,6 +183,21 @@ def mpeg2(pixels: np.ndarray) -> Dataset:
     dataset.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
     dataset["PixelData"].VR = "OB"
     return dataset
+
+
+def corrupt_jpeg_2000(pixels: np.ndarray) -> Dataset:
+    """A JPEG 2000 file whose codestream was cut off in transit."""
+    dataset = jpeg_2000(pixels)
+    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(40)])
+    return dataset
+
+
+def resent(dataset: Dataset) -> Dataset:
+    """The same film sent again: new instance UIDs, same pixels."""
+    copy = dataset.copy()
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    copy.SeriesInstanceUID = generate_uid()
+    return copy
 
 
 def to_bytes(dataset: Dataset) -> bytes:

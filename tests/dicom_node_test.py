@@ -88,7 +88,7 @@ def test_many_images_over_several_associations_answered_and_logged(served, films
         "lateral view (LL): the model reads frontal films (--allow-lateral to score it anyway)"]
     text = open(node.config.log_path, encoding="utf-8").read()
     for dataset in good + list(bad.values()):
-        assert all(value not in text for value in dicom.identifying_values(dataset))
+        assert all(value not in text for value in make.identifying_values(dataset))
 
 
 def test_bad_associations_leave_the_node_serving(served, films, tmp_path):
@@ -163,13 +163,15 @@ def test_command_listens_answers_and_stops_on_sigterm(served, films, tmp_path):
         association = echo.associate("127.0.0.1", port, ae_title="PNEUMONIA")
         assert int(association.send_c_echo().Status) == 0
         association.release()
-        assert send(port, [make.xray_dicom(films[0])]) == [0x0000]
+        sent = make.xray_dicom(films[0])
+        assert send(port, [sent]) == [0x0000]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()
     assert "".join(lines).rstrip().endswith("stopped")
+    assert not [value for value in make.identifying_values(sent) if value in "".join(lines) + log.read_text()]
     assert json.loads(log.read_text())["outcome"] == "scored"
 
 

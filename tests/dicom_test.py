@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from pneumonia import prepare
@@ -90,6 +91,23 @@ def test_what_must_not_be_scored_is_refused_with_one_line(xray, build, reason):
     assert str(refused.value) == reason
 
 
+@pytest.mark.parametrize("name, reason", [  # files packaged with pydicom, written by other toolkits
+    ("CT_small.dcm", "modality CT is not a radiograph (CR, DX, DR)"),
+    ("MR_small_RLE.dcm", "modality MR is not a radiograph (CR, DX, DR)"),
+    ("SC_rgb_jpeg.dcm", "colour image (RGB, 3 samples per pixel): a grayscale radiograph is expected"),
+    ("examples_palette.dcm", "colour image (PALETTE COLOR, 1 sample per pixel): a grayscale radiograph is expected"),
+    ("rtdose.dcm", "multi-frame image (15 frames): one radiograph per file expected"),
+    ("reportsi.dcm", "no PixelData (not an image)"),
+    ("no_meta.dcm", "not a DICOM file (no 'DICM' after the 128-byte preamble)"),
+])
+def test_pydicoms_own_test_files_are_refused_for_their_reason(name, reason):
+    path = get_testdata_file(name)
+    assert path is not None and not path.startswith(("http:", "https:")), f"{name} is packaged with pydicom"
+    with open(path, "rb") as f, pytest.raises(dicom.DicomRefused) as refused:
+        dicom.dicom_to_png(f.read())
+    assert str(refused.value) == reason
+
+
 def test_lateral_is_scored_when_allowed_and_slice_attributes_are_read(xray):
     _, pixels = xray
     lateral = dicom.to_model_input(dicom.read(make.to_bytes(make.xray_dicom(pixels, ViewPosition="RL"))),
@@ -125,8 +143,8 @@ def hospital(shared_data, tmp_path_factory):
     files = {
         "NORMAL/film1.dcm": make.xray_dicom(normal[0], patient="PAT-1001", name="SMITH^ANNA"),
         "NORMAL/film2": make.monochrome1(normal[1], patient="PAT-1001", name="SMITH^ANNA", ViewPosition="AP"),
-        "NORMAL/1.3.6.1.4.1.9590": make.twelve_bit(normal[2], patient="PAT-1002", name="JONES^BOB",
-                                                   PatientSex="M", PatientAge="034Y"),
+        "NORMAL/twelve": make.twelve_bit(normal[2], patient="PAT-1002", name="JONES^BOB", PatientSex="M",
+                                         PatientAge="034Y"),
         "NORMAL/ct.dcm": make.ct_slice(normal[3]),
         "NORMAL/lateral.dcm": make.xray_dicom(normal[4], patient="PAT-1001", name="SMITH^ANNA", ViewPosition="LL"),
         "PNEUMONIA/film3.dcm": make.jpeg_lossless(pneumonia[0], patient="PAT-1003", name="BROWN^CAROL"),
@@ -136,7 +154,11 @@ def hospital(shared_data, tmp_path_factory):
         "PNEUMONIA/cine.dcm": make.multi_frame(pneumonia[2]),
         "PNEUMONIA/report.dcm": make.without_pixels(pneumonia[3]),
         "PNEUMONIA/video.dcm": make.mpeg2(pneumonia[4]),
+        "PNEUMONIA/broken.dcm": make.corrupt_jpeg_2000(pneumonia[4]),
     }
+    files["PNEUMONIA/film4-resent.dcm"] = make.resent(files["PNEUMONIA/film4.dcm"])
+    twelve = files.pop("NORMAL/twelve")  # named by its SOP Instance UID, as PACS exports often are
+    files[f"NORMAL/{twelve.SOPInstanceUID}"] = twelve
     for name, dataset in files.items():
         (root / name).parent.mkdir(exist_ok=True)
         (root / name).write_bytes(make.to_bytes(dataset))
@@ -198,34 +220,44 @@ def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_h
         "hospital/NORMAL/lateral.dcm": "lateral view (LL): the model reads frontal films (--allow-lateral to "
                                        "score it anyway)",
         "hospital/NORMAL/notes": "not a DICOM file (no 'DICM' after the 128-byte preamble)",
+        "hospital/PNEUMONIA/broken.dcm": reasons["hospital/PNEUMONIA/broken.dcm"],
         "hospital/PNEUMONIA/cine.dcm": "multi-frame image (2 frames): one radiograph per file expected",
         "hospital/PNEUMONIA/report.dcm": "no PixelData (not an image)",
         "hospital/PNEUMONIA/video.dcm": "unsupported transfer syntax 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile "
                                         "/ Main Level)",
     }
-    assert report["accounted"] and report["files_seen"] == 16 and report["written"] == 10
+    assert reasons["hospital/PNEUMONIA/broken.dcm"].startswith(
+        "cannot decode the pixel data (JPEG 2000 Image Compression (Lossless Only)): ")
+    assert [(d["path"], d["duplicate_of"]) for d in report["duplicates"]] == [
+        ("hospital/PNEUMONIA/film4.dcm", "hospital/PNEUMONIA/film4-resent.dcm")]  # the first path is kept
+    assert report["accounted"] and report["files_seen"] == 18 and report["written"] == 10
     assert report["formats"] == {"dicom": 6, "jpeg": 4}
     assert "written from DICOM: 6" in printed
     examples = read_examples(out)
-    written = {name: dataset for name, dataset in files.items() if name in examples}
+    written = {name: dataset for name, dataset in files.items() if prepare.recorded_path(name, SALT) in examples}
     assert len(written) == 6
     for name, dataset in written.items():
-        example, expected = examples[name], dicom.to_model_input(dataset)
+        example, expected = examples[prepare.recorded_path(name, SALT)], dicom.to_model_input(dataset)
         assert example["image"] == expected.png and example["channels"] == 1
         assert example["patient_id"].decode() == f"hospital:{dicom.pseudonym(dataset.PatientID, SALT)}"
         assert (example["view_position"], example["sex"], example["age_band"]) == (
             expected.view_position.encode(), expected.sex.encode(), expected.age_band.encode())
     assert examples["NORMAL/film1.dcm"]["patient_id"] == examples["NORMAL/film2"]["patient_id"]  # one patient
     assert examples["NORMAL/film2"]["view_position"] == b"AP"
-    assert examples["NORMAL/1.3.6.1.4.1.9590"]["age_band"] == b"18-39"
+    uid_named = f"NORMAL/uid-{dicom.pseudonym(files_named_by_uid(files)[0], SALT)}"
+    assert examples[uid_named]["age_band"] == b"18-39"
     jpeg_example = next(e for name, e in examples.items() if name.endswith(".jpeg"))
     assert (jpeg_example["view_position"], jpeg_example["sex"], jpeg_example["age_band"]) == (b"unknown",) * 3
+
+
+def files_named_by_uid(files):
+    return [name.split("/")[1] for name, dataset in files.items() if name.endswith(dataset.SOPInstanceUID)]
 
 
 def test_no_identifying_value_reaches_records_report_or_logs(prepared_hospital, hospital):
     out, printed = prepared_hospital
     _, files = hospital
-    identifying = {value for dataset in files.values() for value in dicom.identifying_values(dataset)}
+    identifying = {value for dataset in files.values() for value in make.identifying_values(dataset)}
     assert {"SMITH^ANNA", "PAT-1001", "19580314", "ACC100177"} <= identifying  # the test files hold them all
     written = [printed]
     for path in glob.glob(os.path.join(out, "**", "*"), recursive=True):

@@ -1,43 +1,27 @@
-"""Runs under a bucket root: every artifact the exporter, warm-start check, data gate, prepare and Pusher
+"""Runs under a gs:// root: every artifact the exporter, warm-start check, data gate, prepare and Pusher
 write or read lands in the object store, and nothing on the local disk.
 
-The store is a real object-store API (see tests/object_store.py); a path mistaken for a local one would
-be created under the test's working directory, which must stay empty.
+The store is Google Cloud Storage's API served on loopback, reached by TensorFlow's own gs:// filesystem
+(tests/gcs_emulator.py); the report and `compare` are checked the same way in tests/report_executor_test.py.
 """
-import io
 import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from components.pusher import executor as pusher
 from components.validation_gate import executor as gate
 from pneumonia import prepare
+from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
+from tests.prepare_test import synthetic_xrays
 from tests.serving_fixtures import IMAGE_SIZE, export_tiny_model, png
 from tests.signatures_test import serve_both
 from trainer import models, signatures, task
 
 gfile = tf.io.gfile
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """A fresh folder in the object store; the working directory is an empty local folder checked after."""
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    root = f"ram://{tmp_path.name}"
-    yield root
-    assert not os.listdir(workdir), f"written to the local disk instead of {root}: {os.listdir(workdir)}"
-
-
-def files_under(root: str):
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, _, names in gfile.walk(root) for name in names)
 
 
 def test_export_writes_the_threshold_into_the_bucket_and_warm_start_finds_the_weights(bucket):
@@ -66,24 +50,11 @@ def test_the_data_gate_reads_anomalies_from_the_bucket(bucket):
         gate.check(f"{bucket}/anomalies", ["eval"])
 
 
-def xray_folders(root: str) -> str:
-    """A tiny Kaggle layout of distinct synthetic grayscale JPEGs with Kermany names."""
-    rng = np.random.default_rng(0)
-    names = {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(4)],
-             "PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(4)]}
-    for split, count in (("train", 4), ("test", 2)):
-        for label, files in names.items():
-            os.makedirs(os.path.join(root, split, label))
-            for name in files[:count] if split == "train" else files[-count:]:
-                buffer = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(buffer, "JPEG")
-                with open(os.path.join(root, split, label, f"{split}-{name}"), "wb") as f:
-                    f.write(buffer.getvalue())
-    return root
-
-
 def test_prepare_writes_its_shards_and_report_into_the_bucket(bucket, tmp_path):
-    source = prepare.Source.parse(f"kermany={xray_folders(str(tmp_path / 'raw'))}")
+    names = [f"{split}/NORMAL/{split}-IM-{i:04d}-0001.jpeg" for split, n in (("train", 4), ("test", 2)) for i in range(n)]
+    names += [f"{split}/PNEUMONIA/{split}-person{i}_bacteria_{i}.jpeg" for split, n in (("train", 4), ("test", 2))
+              for i in range(n)]
+    source = prepare.Source.parse(f"kermany={synthetic_xrays(str(tmp_path / 'raw'), names)}")
     out = f"{bucket}/data"
     report = prepare.prepare([source], out, eval_fraction=0.25)
     assert report["written"] == report["files_seen"] == 12

@@ -1,33 +1,40 @@
-"""End to end on real X-rays: prepare, validate, train, evaluate, push; cache; blessing; data gate.
+"""End to end on real X-rays: prepare, validate, train, calibrate, evaluate, push; cache; blessing; site gate;
+data gate.
 
 Runs the whole TFX pipeline with LocalDagRunner on a small real subset, a few times in sequence.
 """
 import glob
+import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 
+from components.threshold_calibrator import executor
 from pipeline.config import RunConfig
 from pneumonia import cli, prepare, results
 from pneumonia.runners import run_pipeline
 from tests.signatures_test import serve_both
-from trainer import models
+from trainer import models, signatures
 
 pytestmark = pytest.mark.slow
 
 COMPONENTS = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ImportSchemaGen", "ExampleValidator",
-              "DataValidationGate", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
+              "DataValidationGate", "Trainer", "ThresholdCalibrator", "latest_blessed_model_resolver", "Evaluator",
+              "Pusher",
               "EvaluationReport"]
 DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
 
 def tiny_config(tmp_path) -> str:
     path = tmp_path / "tiny.yaml"
-    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\n"
+    # Intervals by the jackknife: the Poisson bootstrap (the default, run by tests/intervals_test.py) costs the
+    # Evaluator many times more (bench/evaluator_intervals_bench.py).
+    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\nconfidence_intervals: jackknife\n"
                     f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]"))
     return str(path)
 
@@ -46,7 +53,9 @@ def first_run(small_subset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     config = tiny_config(tmp)
     root = str(tmp / "root")
-    cli.main(["run", "--data", os.path.join(small_subset), "--root", root, "--config", config])
+    # The site sample: 24 of the 32 external images, carved by patient (the rest stay in external).
+    cli.main(["run", "--data", os.path.join(small_subset), "--root", root, "--config", config,
+              "--calibration-from", "external", "--calibration-size", "24"])
     return root, config
 
 
@@ -65,6 +74,21 @@ def test_pushed_model_serves_real_images_through_both_signatures(first_run, shar
     files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::60]
     serve_both(os.path.join(serving, versions(os.path.join(root, "serving"))[0]),
                [open(f, "rb").read() for f in files])
+
+
+def test_pushed_model_serves_the_calibrated_threshold_through_both_signatures(first_run, shared_data):
+    root, _ = first_run
+    outputs = results.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
+    version = os.path.join(root, "serving", "pneumonia", versions(os.path.join(root, "serving"))[0])
+    with open(os.path.join(version, executor.SAVED_MODEL_RECORD)) as f:
+        record = json.load(f)
+    assert record["calibrated"] and record["normal"] + record["pneumonia"] >= 24
+    assert record["new_threshold"] != record["old_threshold"]
+    assert outputs.calibration.startswith(f"threshold {record['old_threshold']:.4f} -> {record['new_threshold']:.4f}")
+    assert signatures.read_metadata(version)["value"] == pytest.approx(record["new_threshold"])
+    files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::90]
+    served = serve_both(version, [open(f, "rb").read() for f in files])
+    np.testing.assert_allclose(served["threshold"], record["new_threshold"], rtol=1e-6)
 
 
 def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, capsys):
@@ -87,6 +111,20 @@ def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, c
     assert "dataset=external, split=external" in printed and "dataset=kermany, split=test" in printed
     report = next(line.split()[-1] for line in printed.splitlines() if line.startswith("report:"))
     assert report.endswith("index.html") and os.path.getsize(report) > 0
+
+
+def test_a_model_failing_the_site_gate_is_not_pushed(first_run, capsys):
+    """The same data and cached model, judged against bounds no tiny model meets on the lower 95% bound."""
+    root, config = first_run
+    before = versions(os.path.join(root, "serving"))
+    cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", config,
+              "--site-min-sensitivity", "1.0", "--site-min-specificity", "1.0", "--gate-on-lower-bound"])
+    printed = capsys.readouterr().out
+    gate_lines = [line for line in printed.splitlines() if line.startswith("not blessed: site gate: ")]
+    assert gate_lines and all("lower 95% bound" in line and "split=calibration" in line and
+                              "is below --site-min-" in line for line in gate_lines), printed
+    assert "blessed:    False" in printed and "pushed:     no (model not blessed)" in printed
+    assert versions(os.path.join(root, "serving")) == before
 
 
 def test_an_untrained_model_is_not_blessed_on_a_first_run(first_run, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import inputs, models, signatures, threshold
+from trainer import augment, inputs, models, signatures, threshold
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
 
@@ -58,6 +58,60 @@ def early_stopping_monitor(name: str) -> Tuple[str, str]:
     return EARLY_STOPPING_MONITORS[name]
 
 
+# The Trainer's custom_config (pipeline/config.py RunConfig.trainer_config() writes it): key -> type.
+CONFIG_TYPES = {"architecture": str, "model_config": dict, "image_size": int, "epochs": int, "batch_size": int,
+                "learning_rate": float, "early_stopping_patience": int, "early_stopping_metric": str,
+                "threshold_policy": str, "loss": str, "label_smoothing": float, "augment": bool,
+                "horizontal_flip": bool, "cache": bool, "weights": str, "seed": int, "crop_min_area": float,
+                "acquisition_augment": bool, "ema_epochs": float}
+# run_fn has defaults for these
+OPTIONAL_CONFIG = ("model_config", "early_stopping_metric", "label_smoothing", "crop_min_area", "acquisition_augment",
+                   "ema_epochs")
+AT_LEAST = {"image_size": 1, "epochs": 0, "batch_size": 1, "early_stopping_patience": 0}
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    if isinstance(value, bool) and expected is not bool:
+        return False
+    return isinstance(value, (int, float) if expected is float else expected)
+
+
+def check_config(config: Dict[str, Any]) -> None:
+    """Refuses, in one line, a custom_config this Trainer would fail on: unknown or missing keys, wrong types,
+    an architecture or model_config key the registry lacks, a bad number, policy, loss or metric. run_fn
+    calls it before training; `pneumonia compile` and `schedule` before compiling or uploading."""
+    unknown = sorted(set(config) - set(CONFIG_TYPES))
+    if unknown:
+        raise ValueError(f"unknown trainer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_TYPES))}")
+    missing = sorted(set(CONFIG_TYPES) - set(OPTIONAL_CONFIG) - set(config))
+    if missing:
+        raise ValueError(f"missing trainer setting(s) {', '.join(missing)}")
+    for key, value in config.items():
+        if not _has_type(value, CONFIG_TYPES[key]):
+            raise ValueError(f"trainer setting {key}={value!r}: expected {CONFIG_TYPES[key].__name__}")
+    for key, low in AT_LEAST.items():
+        if config[key] < low:
+            raise ValueError(f"trainer setting {key}={config[key]}: must be at least {low}")
+    if config["learning_rate"] <= 0:
+        raise ValueError(f"trainer setting learning_rate={config['learning_rate']}: must be positive")
+    _check_weights(config)
+    models.check_settings(config["architecture"], config.get("model_config") or {})
+    threshold.parse(config["threshold_policy"])
+    early_stopping_monitor(config.get("early_stopping_metric", "auc"))
+    loss_and_class_weights(config["loss"], 1, 1, config.get("label_smoothing", 0.0))
+    augment.check_settings(config.get("crop_min_area", 1.0))
+    ema_momentum(config.get("ema_epochs", 0.0), 1)
+
+
+def _check_weights(config: Dict[str, Any]) -> None:
+    weights = config.get("weights", "none")
+    if "weights" in (config.get("model_config") or {}):
+        raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
+    if weights != "none" and models.architecture(config["architecture"]).fine_tune_from is None:
+        raise ValueError(f"architecture {config['architecture']!r} has no pretrained backbone: weights must be "
+                         f"'none', got {weights!r}")
+
+
 def _normalised(model_config: Dict[str, Any]) -> Dict[str, Any]:
     """As the threshold JSON stores it (tuples become lists), so configurations compare equal."""
     return json.loads(json.dumps(model_config))
@@ -83,10 +137,7 @@ def build_model(config: Dict[str, Any], base_model: Optional[str] = None) -> ker
     name, image_size = config["architecture"], config["image_size"]
     model_config = dict(config.get("model_config") or {})
     weights = config.get("weights", "none")
-    if "weights" in model_config:
-        raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
-    if weights != "none" and models.architecture(name).fine_tune_from is None:
-        raise ValueError(f"architecture {name!r} has no pretrained backbone: weights must be 'none', got {weights!r}")
+    _check_weights(config)
     if base_model:
         weights_path = _check_base_model(base_model, name, image_size, model_config)
         model = models.build(name, image_size, **model_config)
@@ -172,9 +223,7 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
     config = fn_args.custom_config
-    threshold.parse(config["threshold_policy"])  # a bad setting fails now, not after training
-    early_stopping_monitor(config.get("early_stopping_metric", "auc"))
-    ema_momentum(config.get("ema_epochs", 0.0), 1)
+    check_config(config)  # a bad setting fails now, not after training
     keras.utils.set_random_seed(config["seed"])
     image_size, batch_size = config["image_size"], config["batch_size"]
     model = build_model(config, fn_args.base_model)

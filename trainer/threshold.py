@@ -29,16 +29,17 @@ def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> Tuple[np.ndarra
     return thresholds, true_positive / positives, 1.0 - false_positive / negatives
 
 
-POLICIES = "'youden', 'sensitivity:0.95', 'fixed:0.5' or 'median-midpoint'"
+POLICIES = "'youden', 'sensitivity:0.95', 'cost:5', 'fixed:0.5' or 'median-midpoint'"
 
 
 def parse(policy: str) -> Tuple[str, Optional[float]]:
-    """(kind, number) of a policy: `youden`, `sensitivity:X` (X in (0, 1]), `fixed:X` (X in (0, 1)) or
-    `median-midpoint`; anything else is refused (checked before training too)."""
+    """(kind, number) of a policy: `youden`, `sensitivity:X` (X in (0, 1]), `cost:R` (R > 0: a missed pneumonia
+    costs R false alarms), `fixed:X` (X in (0, 1)) or `median-midpoint`; anything else is refused (checked
+    before training too)."""
     kind, sep, number = policy.partition(":")
     if kind in ("youden", "median-midpoint") and not sep:
         return kind, None
-    if kind in ("sensitivity", "fixed") and sep:
+    if kind in ("sensitivity", "fixed", "cost") and sep:
         try:
             value = float(number)
         except ValueError:
@@ -47,6 +48,9 @@ def parse(policy: str) -> Tuple[str, Optional[float]]:
             raise ValueError(f"threshold policy {policy!r}: target sensitivity must be a number in (0, 1]")
         if kind == "fixed" and not 0.0 < value < 1.0:
             raise ValueError(f"threshold policy {policy!r}: a fixed threshold must be a number in (0, 1)")
+        if kind == "cost" and not 0.0 < value < float("inf"):
+            raise ValueError(f"threshold policy {policy!r}: the cost ratio of a false negative to a false "
+                             f"positive must be a positive number")
         return kind, value
     raise ValueError(f"unknown threshold policy {policy!r}; use {POLICIES}")
 
@@ -60,7 +64,8 @@ def choose(labels: np.ndarray, probabilities: np.ndarray, policy: str = "youden"
     """The operating threshold on validation scores.
 
     `youden` maximises sensitivity + specificity - 1 (ties: the more sensitive). `sensitivity:X` is the
-    highest threshold reaching sensitivity X: it is placed by the PNEUMONIA scores alone. `fixed:X` keeps X
+    highest threshold reaching sensitivity X: it is placed by the PNEUMONIA scores alone. `cost:R` minimises
+    R x false negatives + false positives (ties: the more sensitive). `fixed:X` keeps X
     (with class-weighted training, 0.5 is the balanced-prior decision). `median-midpoint` is halfway, in
     logits, between the two classes' median scores: robust when validation separates perfectly and Youden's
     optimum is a whole interval. Validation with a single class cannot rank: 0.5 is kept and said so.
@@ -85,6 +90,9 @@ def choose(labels: np.ndarray, probabilities: np.ndarray, policy: str = "youden"
         youden = sensitivity + specificity - 1.0
         # Ties go to the lowest threshold, the most sensitive: missing pneumonia costs more.
         best = int(np.flatnonzero(youden >= youden.max() - 1e-9)[-1])
+    elif kind == "cost":
+        cost = number * (1.0 - sensitivity) * labels.sum() + (1.0 - specificity) * (labels.size - labels.sum())
+        best = int(np.flatnonzero(cost <= cost.min() + 1e-9)[-1])
     else:
         best = int(np.argmax(sensitivity >= number))  # thresholds descend: first hit is the highest
     return Threshold(float(thresholds[best]), policy, float(sensitivity[best]), float(specificity[best]),

@@ -258,6 +258,8 @@ def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSamp
     auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row['auc']:.3f}</li>" for name, row in sorted(table.items())
                         if is_split_slice(name) and "auc" in row)
     policy = info.get("policy", "?")
+    # A ThresholdCalibrator's policy names where it chose ("youden on the calibration split").
+    where = "" if " on " in str(policy) else " on the validation split"
     return f"""
 <h2>Model card</h2>
 <p><b>Model:</b> {html.escape(str(info.get('architecture')))} at {info.get('image_size')} px;
@@ -273,8 +275,8 @@ from the training data. The threshold was tuned on pediatric validation images, 
 specificity move on other populations. Probabilities are not calibrated risks (see the calibration plot).
 Grad-CAM maps are coarse (one feature-map cell spans many pixels) and show what the model used,
 not where disease is.</p>
-<p><b>Threshold:</b> {float(info['value']):.4f}, chosen by <code>{html.escape(str(policy))}</code> on the
-validation split ({info.get('examples', '?')} images): validation sensitivity
+<p><b>Threshold:</b> {float(info['value']):.4f}, chosen by <code>{html.escape(str(policy))}</code>{where}
+({info.get('examples', '?')} images): sensitivity there
 {float(info.get('sensitivity', float('nan'))):.3f}, specificity {float(info.get('specificity', float('nan'))):.3f}.
 Predictions at or above it are PNEUMONIA.</p>
 """

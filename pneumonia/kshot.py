@@ -1,0 +1,99 @@
+"""What a site's small labelled sample buys: calibrate each model's threshold on k labelled images of a split,
+evaluate on the rest, over seeded draws, next to the model's own validation threshold.
+
+Draws are whole patients, stratified by source and label (prepare's calibration carve, so the table measures
+what `prepare --calibration-from` and the ThresholdCalibrator would do). The threshold is chosen by the
+model's own policy; below the calibrator's minimum of 10 images per class (k = 20 on an unbalanced split)
+the table still shows what the policy gives, which is the point of a small-k row.
+"""
+import json
+import os
+import re
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from components.threshold_calibrator.calibration import policy_of
+from components.threshold_calibrator.executor import RECORD
+from pneumonia.images import parse_patient_and_pathogen
+from pneumonia.policies import rates
+from pneumonia.prepare import choose_calibration_patients
+from trainer import threshold
+
+KS = (20, 50, 100)
+DRAWS = 20
+SPLITS = ("test", "external")
+MEASURES = ("accuracy", "sensitivity", "specificity")
+
+
+def patients_and_sources(split: str, labels: np.ndarray, paths: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Each image's patient (from Kermany file names; the file itself otherwise) and source (the file-name
+    prefix in a pooled evaluation-only split such as external's rsna_ and ieee8023_, else the split)."""
+    patients, sources = [], []
+    for label, path in zip(labels, paths):
+        name = os.path.basename(path)
+        patient, _ = parse_patient_and_pathogen(name, int(label))
+        patients.append(patient or path)
+        prefix, sep, _ = name.partition("_")
+        sources.append(prefix.lower() if split not in ("train", "eval", "test") and sep
+                       and re.fullmatch(r"[a-z0-9]+", prefix.lower()) else split)
+    return patients, sources
+
+
+def draws(labels: np.ndarray, probabilities: np.ndarray, patients: List[str], sources: List[str], k: int,
+          policy: str, validation_threshold: float, count: int = DRAWS) -> Dict[str, np.ndarray]:
+    """Per draw: the calibrated threshold and, on the images not drawn, the rates at it (`<measure>`) and at
+    the validation threshold (`<measure>@val`)."""
+    found: Dict[str, list] = {}
+    images = list(zip(patients, sources, (int(label) for label in labels)))
+    for seed in range(count):
+        chosen = set(choose_calibration_patients(images, k, seed))
+        drawn = np.array([patient in chosen for patient in patients])
+        value = threshold.choose(labels[drawn], probabilities[drawn], policy).value
+        rest = (labels[~drawn], probabilities[~drawn])
+        figures = {"threshold": value, "drawn": int(drawn.sum())}
+        figures.update(rates(*rest, value))
+        figures.update({f"{key}@val": number for key, number in rates(*rest, validation_threshold).items()})
+        for key, number in figures.items():
+            found.setdefault(key, []).append(number)
+    return {key: np.array(values, dtype=np.float64) for key, values in found.items()}
+
+
+def trained_threshold(model_uri: str, served: float) -> float:
+    """The Trainer's validation threshold: the model's own, or the one before a ThresholdCalibrator moved it."""
+    record = os.path.join(model_uri, RECORD)
+    if tf.io.gfile.exists(record):
+        with tf.io.gfile.GFile(record) as f:
+            return float(json.load(f)["old_threshold"])
+    return served
+
+
+def spread(values: np.ndarray) -> str:
+    """`mean ± sd` over draws (NaN draws, e.g. a rest without NORMAL images, left out)."""
+    values = values[~np.isnan(values)]
+    return "-" if values.size == 0 else f"{values.mean():.3f} ± {values.std():.3f}"
+
+
+def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
+               splits: Sequence[str] = SPLITS) -> List[List[str]]:
+    """Header plus one row per architecture, split and k."""
+    from pneumonia import results
+
+    header = ["architecture", "split", "k", "images drawn", "threshold (val)", "calibrated threshold"]
+    header += [f"{measure} calibrated" for measure in MEASURES] + [f"{measure} at val thr" for measure in MEASURES]
+    rows = [header]
+    for item in evaluated:
+        validation_threshold = trained_threshold(item.model_uri, float(item.model["value"]))
+        policy = policy_of(item.model.get("policy", "youden"))
+        present = [split for split in splits if tf.io.gfile.isdir(os.path.join(item.examples_uri, f"Split-{split}"))]
+        scored = results.score_splits(item.examples_uri, present, item.model_uri)
+        for split in present:
+            labels, probabilities, paths = scored[split]
+            patients, sources = patients_and_sources(split, labels, paths)
+            for k in ks:
+                found = draws(labels, probabilities, patients, sources, k, policy, validation_threshold, count)
+                rows.append([item.architecture, split, str(k), spread(found["drawn"]), f"{validation_threshold:.3f}",
+                             spread(found["threshold"])] + [spread(found[m]) for m in MEASURES]
+                            + [spread(found[f"{m}@val"]) for m in MEASURES])
+    return rows
