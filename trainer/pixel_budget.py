@@ -9,7 +9,7 @@ headers with serving.pixels' Python reader (calling this graph per file would co
 image), and a test holds both readers to the same answers on every format.
 
 100 megapixels is far above any radiograph (a 43 x 43 cm detector at 100 um is 18.5 MP; the
-largest of the data set's originals is 2.8 MP) and keeps one image's decode buffers under 0.5 GB.
+largest of the data set's originals is 2.8 MP) and keeps one image's decode buffers around 0.5 GB.
 """
 import tensorflow as tf
 
