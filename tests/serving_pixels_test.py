@@ -13,7 +13,8 @@ from PIL import Image
 
 from serving import config
 from serving.pixels import PixelBudget, PixelBudgetExhausted, declared_pixels, request_pixels
-from tests.serving_fixtures import MODEL_NAME, exported_models, image_request, model_base, png, start_server, stub  # noqa: F401
+from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, png,  # noqa: F401
+                                    start_server, stub)
 from tests.prepare_test import encode, png_declaring
 from tests.serving_rest_test import rest
 

@@ -32,7 +32,7 @@ SECONDS = 120
 CLIENTS = 16
 DECODE_BUDGET = 250_000_000  # two 100 MP images decode at once, a third waits
 MESSAGE_CAP = 4 * 2 ** 20
-BYTES_PER_BUDGET_PIXEL = 7  # decode buffers: uint8 pixels and their float32 copy (bench/decode_budget_bench.py: 4.2-5.4)
+BYTES_PER_BUDGET_PIXEL = 7  # uint8 pixels and their float32 copy (bench/decode_budget_bench.py measures 4.2-5.4)
 INTER_OP_THREADS = 16  # as on a 16-core node: TensorFlow's 2 default threads here would cap concurrent decodes too
 BOMB_BURSTS = (20, 80)  # seconds into the soak at which six clients send an edge bomb together
 SWAP_AT = 60
@@ -138,7 +138,8 @@ class Soak:
         elif roll < 0.55:
             self.good_rest(client, rng)
         elif roll < 0.65:
-            junk = rng.choice([rng.randbytes(rng.randrange(1, 3000)), rng.choice(traffic.xrays)[:rng.randrange(100, 2000)]])
+            junk = rng.choice([rng.randbytes(rng.randrange(1, 3000)),
+                               rng.choice(traffic.xrays)[:rng.randrange(100, 2000)]])  # random, or a cut X-ray
             self.refused("malformed bytes", [junk], grpc.StatusCode.INVALID_ARGUMENT)
         elif roll < 0.70:
             status, body = self.rest("POST", b"{not json")
@@ -153,7 +154,8 @@ class Soak:
             self.refused("three edge bombs in one request", [traffic.edge_bomb] * 3,
                          grpc.StatusCode.RESOURCE_EXHAUSTED, "more than this server decodes at once")
         elif roll < 0.95:
-            self.refused("gRPC body over the cap", [rng.randbytes(MESSAGE_CAP + 1024)], grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.refused("gRPC body over the cap", [rng.randbytes(MESSAGE_CAP + 1024)],
+                         grpc.StatusCode.RESOURCE_EXHAUSTED)
         else:
             status, body = self.rest("POST", declared_length=MESSAGE_CAP + 1)
             self.check("REST body over the cap", status == 413, f"HTTP {status}: {body}")

@@ -63,7 +63,8 @@ class Authority:
 
 def ssl_config_file(folder, authority: Authority, client_verify: bool) -> str:
     """TF Serving's SSLConfig text proto for a server certificate of `authority` valid for this machine."""
-    cert, key = authority.issue("server", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert, key = authority.issue("server", names)
     message = tls.SSLConfig(server_key=open(key).read(), server_cert=open(cert).read(),
                             custom_ca=open(authority.cert_file).read(), client_verify=client_verify)
     path = folder / f"ssl-{client_verify}.config"
