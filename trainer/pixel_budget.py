@@ -52,7 +52,10 @@ def declared_size(encoded: tf.Tensor) -> tf.Tensor:
 def check_pixel_budget(encoded: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
     """`encoded`, once its declared size is known to be within the budget (INVALID_ARGUMENT otherwise)."""
     size = declared_size(encoded)
-    within = tf.debugging.Assert(size[0] * size[1] <= max_pixels, [tf.strings.format(
-        OVER_BUDGET, (size[0], size[1], max_pixels // 1_000_000))])
-    with tf.control_dependencies([within]):
-        return tf.identity(encoded)
+
+    def refuse():  # the message is built only for a refused image
+        message = tf.strings.format(OVER_BUDGET, (size[0], size[1], max_pixels // 1_000_000))
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.identity(encoded)
+
+    return tf.cond(size[0] * size[1] <= max_pixels, lambda: encoded, refuse)
