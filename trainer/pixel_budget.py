@@ -55,6 +55,8 @@ def check_pixel_budget(encoded: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.T
 
     def refuse():  # the message is built only for a refused image
         message = tf.strings.format(OVER_BUDGET, (size[0], size[1], max_pixels // 1_000_000))
+        if tf.executing_eagerly():
+            raise tf.errors.InvalidArgumentError(None, None, message.numpy().decode())
         with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
             return tf.identity(encoded)
 
