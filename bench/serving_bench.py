@@ -171,7 +171,7 @@ def swap_bench(architecture: str, image: bytes, swaps: int, serving_dir: str) ->
     """Median latency of the first request each new version answers, with and without warm-up records."""
     version_dir = os.path.join(serving_dir, architecture, "1")
     base = os.path.join(serving_dir, architecture)
-    process, server = start_server(serving_dir, architecture)
+    process, server = start_server(serving_dir, architecture, os.path.join(serving_dir, f"{architecture}-swaps.log"))
     first = {True: [], False: []}
     try:
         with PredictionClient(server, architecture, retries=8) as client:

@@ -51,7 +51,8 @@ def cmd_run_compiled(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}")
     for name in run.order:
         execution = executions[name]
-        print(f"{name:<30} {'cached' if execution.cached else f'ran in {execution.seconds:.0f} s'}")
+        ran = f"ran in {execution.seconds:.0f} s (CPU {execution.cpu_seconds:.0f} s)"
+        print(f"{name:<30} {'cached' if execution.cached else ran}")
 
 
 def cmd_image_tag(args: argparse.Namespace) -> None:

@@ -67,7 +67,8 @@ class TaskExecution:
     parameters: Dict[str, Any]  # output parameter values
     cached: bool
     log_path: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time
+    cpu_seconds: float = 0.0  # user + system time of the container's process
 
 
 @dataclasses.dataclass
@@ -281,10 +282,6 @@ class LocalPipelineRun:
         reason = refusal(spec)
         if reason:
             raise SpecNotSupported(reason)
-        for label, executor in spec["deploymentSpec"]["executors"].items():
-            if not container.stands_in_for(executor["container"].get("image", "")):
-                raise SpecNotSupported(f"{label} runs image {executor['container'].get('image')!r}; this checkout "
-                                       f"stands in for tag {container.image_tag} only (`pneumonia image-tag`)")
         self.spec = spec
         self.container = container
         self.pipeline_root = (pipeline_root or spec.get("defaultPipelineRoot", "")).rstrip("/")
@@ -293,6 +290,11 @@ class LocalPipelineRun:
         self.pipeline_name = spec["pipelineInfo"]["name"]
         self.parameters = runtime_parameters(spec, parameters or {})
         self.tasks = spec["root"]["dag"]["tasks"]
+        for name in self.tasks:
+            image = self._container(name).get("image", "")
+            if not container.stands_in_for(image):
+                raise SpecNotSupported(f"task {name} runs image {image!r}; this checkout stands in for tag "
+                                       f"{container.image_tag} only (`pneumonia image-tag`)")
         self.order = execution_order(self.tasks)
         self.parallelism = parallelism
         self.run_id = run_id or uuid.uuid4().hex
@@ -381,8 +383,10 @@ class LocalPipelineRun:
         log_path = os.path.join(task_root, "executor.log")
         started = time.monotonic()
         with open(log_path, "wb") as log:
-            process = subprocess.run(command, cwd=self.container.project_dir, env=self.container.environment(),
-                                     stdout=log, stderr=subprocess.STDOUT, check=False)
+            process = subprocess.Popen(command, cwd=self.container.project_dir, env=self.container.environment(),
+                                       stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(process.pid, 0)  # the container's own CPU time, whatever else runs
+            process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             raise TaskFailed(f"task {task_name} failed (exit code {process.returncode}): {_last_line(log_path)}; "
                              f"log: {log_path}")
@@ -390,8 +394,8 @@ class LocalPipelineRun:
         if self.tasks[task_name].get("cachingOptions", {}).get("enableCache"):
             self.store.remember(fingerprint, outputs)
         return TaskExecution(task_name, executor_input, outputs["artifacts"], outputs["parameters"], cached=False,
-                             log_path=log_path,
-                             seconds=time.monotonic() - started)
+                             log_path=log_path, seconds=time.monotonic() - started,
+                             cpu_seconds=usage.ru_utime + usage.ru_stime)
 
     def _record_outputs(self, executor_input: Dict[str, Any], executor_output: Dict[str, Any]) -> Dict[str, Any]:
         """launcher_v2.go mergeRuntimeArtifacts + RecordArtifact, then converter.go toRuntimeArtifact."""

@@ -95,7 +95,7 @@ def test_tasks_run_in_order_with_placeholders_uris_and_metadata(tmp_path):
     passed = seen["inputs"]["artifacts"]["text"]["artifacts"][0]
     assert passed == text and passed["metadata"] == {"length": 6, "display_name": "text"}
     assert passed["name"].isdigit()  # the metadata id, as converter.go gives it
-    assert os.path.exists(write.log_path)
+    assert os.path.exists(write.log_path) and write.cpu_seconds > 0
 
 
 def test_the_cache_reuses_outputs_only_for_the_same_key_and_where_enabled(tmp_path):
@@ -138,7 +138,7 @@ REFUSED = {
     "loops": lambda s: s["root"]["dag"]["tasks"]["read"].update({"parameterIterator": {}}),
     "nested DAGs": lambda s: s["components"]["reader"].update({"dag": {"tasks": {}}}),
     r"runs \['sh'\], not Python": lambda s: executor(s, "reader_executor")["container"].update({"command": ["sh"]}),
-    r"reader_executor runs image 'example:2'; this checkout stands in for tag 1 only": lambda s: executor(
+    r"task read runs image 'example:2'; this checkout stands in for tag 1 only": lambda s: executor(
         s, "reader_executor")["container"].update({"image": "example:2"}),
     r"placeholder \{\{\$.pipeline_job_name\}\}": lambda s: executor(s, "reader_executor")["container"]["args"].append(
         "{{$.pipeline_job_name}}"),

@@ -11,6 +11,7 @@ from components.pusher import executor as pusher
 from components.pusher.warmup import WARMUP_FILE, write_warmup_requests
 from serving import config, server, warmup
 from serving.models import LoadedVersion
+from serving.pixels import PixelBudget
 from tests.serving_fixtures import MODEL_NAME, exported_models, start_server  # noqa: F401 (fixture)
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -38,6 +39,10 @@ def replayed(monkeypatch):
     return calls
 
 
+def logged_signature(record: prediction_log_pb2.PredictionLog) -> str:
+    return getattr(record, record.WhichOneof("log_type")).request.model_spec.signature_name
+
+
 def write_records(path: str, logs) -> None:
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
@@ -47,11 +52,14 @@ def write_records(path: str, logs) -> None:
 
 def test_a_push_ships_one_request_per_signature_and_each_answers(exported_models, tmp_path, replayed):
     version_dir = push(exported_models[0], str(tmp_path / "serving" / MODEL_NAME))
-    loaded = LoadedVersion(MODEL_NAME, int(os.path.basename(version_dir)), version_dir)
+    loaded = LoadedVersion(MODEL_NAME, int(os.path.basename(version_dir)), version_dir, PixelBudget())
     records = warmup.read_records(version_dir)
-    assert sorted(r.predict_log.request.model_spec.signature_name for r in records) == sorted(loaded.signature_defs)
+    assert sorted(logged_signature(r) for r in records) == sorted(loaded.signature_defs)
     assert server.replay_warmup(loaded) == len(records) == len(loaded.signature_defs)
     assert sorted(signature for _, _, signature in replayed) == sorted(loaded.signature_defs)
+    kinds = {signature: kind for _, kind, signature in replayed}
+    assert all(kinds[name] == ("classify_log" if definition.method_name.endswith("/classify") else "predict_log")
+               for name, definition in loaded.signature_defs.items())
     assert not os.path.exists(os.path.join(exported_models[0], WARMUP_FILE))  # the Trainer's model untouched
 
 
@@ -61,7 +69,8 @@ def test_the_server_replays_on_load_and_a_failing_warmup_fails_the_version(expor
     served = start_server(config.model_config(MODEL_NAME, base))
     try:
         assert {(version, signature) for version, _, signature in replayed} == {
-            (int(os.path.basename(good)), "predict_images"), (int(os.path.basename(good)), "serving_default")}
+            (int(os.path.basename(good)), logged_signature(r)) for r in warmup.read_records(good)}
+        assert len(replayed) >= 2
         broken = push(exported_models[1], base)
         request = predict_pb2.PredictRequest()
         request.model_spec.signature_name = "predict_images"
@@ -78,7 +87,7 @@ def test_the_server_replays_on_load_and_a_failing_warmup_fails_the_version(expor
 
 
 def test_no_file_means_no_warmup_as_in_tf_serving(exported_models, replayed):
-    loaded = LoadedVersion(MODEL_NAME, 1, exported_models[0])
+    loaded = LoadedVersion(MODEL_NAME, 1, exported_models[0], PixelBudget())
     assert warmup.read_records(exported_models[0]) == [] and server.replay_warmup(loaded) == 0
     assert replayed == []
 
@@ -102,4 +111,4 @@ def test_unreadable_or_unsupported_warmup_files_are_refused(exported_models, tmp
         regress_log=prediction_log_pb2.RegressLog())])
     with pytest.raises(warmup.WarmupError, match="warmup record 1: regress_log cannot be replayed: this server "
                                                  "answers classify_log, predict_log only"):
-        server.replay_warmup(LoadedVersion(MODEL_NAME, 1, model))
+        server.replay_warmup(LoadedVersion(MODEL_NAME, 1, model, PixelBudget()))
