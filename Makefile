@@ -1,5 +1,5 @@
 # make run: create .venv if missing, install the pinned stack + this project, run the pipeline.
-# make test: the same install, then the whole test suite.
+# make test: the same install (with Debian's chromium for the browser tests), then the whole test suite.
 SHELL := /bin/bash
 VENV ?= .venv
 ROOT ?= $(HOME)/pneumonia-runs
@@ -14,10 +14,16 @@ PYTHON310 := $(shell \
   done; fi)
 
 STAMP := $(VENV)/.installed
+# Debian's chromium, which the web page's browser tests drive headless through Playwright.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run test clean-venv
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@if [ -z "$(PYTHON310)" ]; then \
@@ -31,7 +37,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 run: $(STAMP)
 	$(VENV)/bin/pneumonia run --root $(ROOT) $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 clean-venv:

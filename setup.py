@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pneumonia*", "pipeline*", "components*", "trainer*", "serving*", "kubeflow*"]),
-    package_data={"pipeline": ["schema/*.pbtxt"]},
+    package_data={"pipeline": ["schema/*.pbtxt"], "serving": ["web/*"]},
     install_requires=[
         "tfx>=1.16,<1.17",
         "tensorflow>=2.16,<2.17",

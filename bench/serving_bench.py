@@ -3,16 +3,22 @@
 Per architecture (untrained weights; speed does not depend on them) it exports a SavedModel, starts
 `pneumonia serve` on it in a child process, and measures, on the same encoded X-ray:
   - in-process `predict_images` latency with batch 1 (the floor) and throughput with batch 1 and 32;
-  - gRPC p50/p99 latency at concurrency 1, batch 1, as a ratio to the in-process p50;
+  - gRPC p50/p99 latency at concurrency 1, batch 1, as a ratio to the in-process p50, and where the
+    difference goes: the server's own time per request (from its JSON request log: conversions,
+    checks, the model call, logging) and the round trip of an RPC that runs no model (GetModelStatus);
   - gRPC throughput (images/s) at concurrency 8 with batch 1 and batch 32, as a ratio to in-process
     throughput at the same batch size (one caller).
 Measurements run one after the other, so the server and the floor never compete for the cores; each
 ratio pairs a floor and a gRPC measurement taken back to back, and the medians over rounds are printed.
+Then the hot swap: new versions pushed while the server runs, alternately with the Pusher's warm-up
+requests (assets.extra/tf_serving_warmup_requests, replayed on load) and without; the latency of the
+first request answered by each new version, and its ratio without/with warm-up.
 Usage: .venv/bin/python bench/serving_bench.py [--architectures cnn densenet121] [--image-size 128]
-       [--seconds 3] [--rounds 3]
+       [--seconds 3] [--rounds 3] [--swaps 3]
 """
 import argparse
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +29,10 @@ import time
 import numpy as np
 import portpicker
 import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2
 
+from components.pusher.executor import model_fingerprint, push_atomically
+from components.pusher.warmup import write_warmup_requests
 from pneumonia.cli import shared_data_dir
 from serving.client import PredictionClient
 from trainer import models, signatures
@@ -91,13 +100,22 @@ def grpc_throughput(server: str, model_name: str, image: bytes, batch: int, conc
     return sum(counts) / (time.monotonic() - started)
 
 
-def start_server(serving_dir: str, model_name: str):
+def start_server(serving_dir: str, model_name: str, log_path: str):
     port = portpicker.pick_unused_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pneumonia.cli", "serve", "--serving-dir", serving_dir, "--model-name", model_name,
-         "--grpc-port", str(port), "--rest-port", "0"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pneumonia.cli", "serve", "--serving-dir", serving_dir, "--model-name", model_name,
+             "--grpc-port", str(port), "--rest-port", "0"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     return process, f"127.0.0.1:{port}"
+
+
+def server_latency_ms(log_path: str, offset: int) -> float:
+    """Median of the server's own `latency_ms` for Predict requests logged after byte `offset`."""
+    with open(log_path) as f:
+        f.seek(offset)
+        lines = [line.split("serving.requests ", 1)[1] for line in f if "serving.requests " in line]
+    return float(np.median([json.loads(line)["latency_ms"] for line in lines if '"Predict"' in line]))
 
 
 def bench(architecture: str, image_size: int, image: bytes, seconds: float, rounds: int, serving_dir: str) -> dict:
@@ -108,16 +126,21 @@ def bench(architecture: str, image_size: int, image: bytes, seconds: float, roun
     batches = {size: tf.constant([image] * size) for size in (1, 32)}
     for batch in batches.values():
         predict(images=batch)  # warm up
-    process, server = start_server(serving_dir, architecture)
+    log_path = os.path.join(serving_dir, f"{architecture}.log")
+    process, server = start_server(serving_dir, architecture, log_path)
     figures = []
     try:
         with PredictionClient(server, architecture, retries=8) as client:
             client.predict([image])  # waits for the server (retries UNAVAILABLE), warms the channel
             for _ in range(rounds):
                 floor = np.median(timed_calls(lambda: predict(images=batches[1]), seconds))
+                logged = os.path.getsize(log_path)
                 latency = timed_calls(lambda: client.predict([image]), seconds)
+                handler_ms = server_latency_ms(log_path, logged)
+                empty_rpc = np.median(timed_calls(client.model_status, seconds / 3))
                 round_figures = {"floor_ms": floor * 1000, "p50_ms": np.median(latency) * 1000,
-                                 "p99_ms": np.percentile(latency, 99) * 1000, "p50_ratio": np.median(latency) / floor}
+                                 "p99_ms": np.percentile(latency, 99) * 1000, "p50_ratio": np.median(latency) / floor,
+                                 "handler_ms": handler_ms, "empty_rpc_ms": empty_rpc * 1000}
                 for size in (1, 32):
                     floor_rate = throughput(lambda: predict(images=batches[size]), size, seconds)
                     rate = grpc_throughput(server, architecture, image, size, 8, seconds)
@@ -130,6 +153,44 @@ def bench(architecture: str, image_size: int, image: bytes, seconds: float, roun
     return {key: float(np.median([f[key] for f in figures])) for key in figures[0]}
 
 
+def push_and_wait(client: PredictionClient, version_dir: str, base: str, warm_up: bool) -> int:
+    """Pushes a copy of the model as a new version (with or without warm-up requests), returns it once the
+    server reports it AVAILABLE, which is when a warm-up, if any, has run."""
+    add_files = (lambda target: write_warmup_requests(version_dir, target)) if warm_up else None
+    version = int(push_atomically(version_dir, base, model_fingerprint(version_dir), version_dir, add_files))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        states = {s.version: s.state for s in client.model_status().model_version_status}
+        if states.get(version) == get_model_status_pb2.ModelVersionStatus.State.AVAILABLE:
+            return version
+        time.sleep(0.05)
+    raise TimeoutError(f"version {version} did not become available in 300 s")
+
+
+def swap_bench(architecture: str, image: bytes, swaps: int, serving_dir: str) -> dict:
+    """Median latency of the first request each new version answers, with and without warm-up records."""
+    version_dir = os.path.join(serving_dir, architecture, "1")
+    base = os.path.join(serving_dir, architecture)
+    process, server = start_server(serving_dir, architecture)
+    first = {True: [], False: []}
+    try:
+        with PredictionClient(server, architecture, retries=8) as client:
+            client.predict([image])
+            for _ in range(swaps):
+                for warm_up in (False, True):
+                    version = push_and_wait(client, version_dir, base, warm_up)
+                    started = time.perf_counter()
+                    answered = client.predict([image], version=version)
+                    first[warm_up].append(time.perf_counter() - started)
+                    assert answered, "no prediction"
+            steady = np.median(timed_calls(lambda: client.predict([image]), 1.0))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    cold, warm = np.median(first[False]), np.median(first[True])
+    return {"cold_ms": cold * 1000, "warm_ms": warm * 1000, "ratio": cold / warm, "steady_ms": steady * 1000}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architectures", nargs="+", default=["cnn", "densenet121"])
@@ -137,11 +198,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="floor/gRPC pairs per figure; medians are printed (default 3)")
+    parser.add_argument("--swaps", type=int, default=3,
+                        help="hot swaps with and without warm-up requests; medians are printed (default 3)")
     args = parser.parse_args()
     image = sample_image()
     print(f"{os.cpu_count()} CPU cores, image {len(image)} bytes, model input {args.image_size} px, "
           f"{args.seconds:g} s per measurement, medians of {args.rounds} rounds")
     header = (f"{'architecture':<13}{'floor ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50/floor':>10}"
+              f"{'server ms':>10}{'empty rpc ms':>13}"
               f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}"
               f"{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}")
     print(header)
@@ -149,9 +213,15 @@ def main() -> None:
         for architecture in args.architectures:
             r = bench(architecture, args.image_size, image, args.seconds, args.rounds, serving_dir)
             print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                  f"{r['p50_ratio']:>10.2f}"
+                  f"{r['p50_ratio']:>10.2f}{r['handler_ms']:>10.1f}{r['empty_rpc_ms']:>13.2f}"
                   f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
                   f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)
+        print(f"\nfirst request after a hot swap (median of {args.swaps} swaps each; steady: p50 after them)")
+        print(f"{'architecture':<13}{'no warm-up ms':>14}{'warm-up ms':>11}{'ratio':>7}{'steady ms':>10}")
+        for architecture in args.architectures:
+            r = swap_bench(architecture, image, args.swaps, serving_dir)
+            print(f"{architecture:<13}{r['cold_ms']:>14.1f}{r['warm_ms']:>11.1f}{r['ratio']:>7.1f}"
+                  f"{r['steady_ms']:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import argparse
 
 def cmd_compile(args: argparse.Namespace) -> None:
     from pipeline.config import RunConfig
-    from kubeflow import runner
+    from kubeflow import image, runner
 
     try:
         config = RunConfig.load(
@@ -15,7 +15,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
             trainer_gpu_type=args.trainer_gpu_type)
         locations = runner.Locations.resolve(args.root or "", args.pipeline_root or "", args.data or "",
                                              args.serving_dir or "", config.pipeline_name)
-        paths = runner.compile_pipeline(config, locations, args.out, args.image or runner.default_image())
+        paths = runner.compile_pipeline(config, locations, args.out, args.image or image.default_image())
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     print(f"pipeline spec: {paths[0]}\npipeline job:  {paths[1]}")
@@ -34,8 +34,34 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}")
 
 
+def cmd_run_compiled(args: argparse.Namespace) -> None:
+    from kubeflow import image
+    from kubeflow.local_executor import Container, LocalPipelineRun, TaskFailed
+    from kubeflow.parameters import IMAGE_PROJECT_DIR
+    from kubeflow.schedule import ScheduleError, pipeline_parameters, read_package
+
+    try:
+        spec = read_package(args.package)
+        container = Container(image.PROJECT_DIR, IMAGE_PROJECT_DIR, image.pinned_tag())
+        run = LocalPipelineRun(spec, container, args.pipeline_root or "", pipeline_parameters(spec, args.param or []),
+                               args.parallel)
+        print(f"run {run.run_id}: {len(run.order)} tasks under {run.run_root}", flush=True)
+        executions = run.run()
+    except (ScheduleError, ValueError, TaskFailed) as error:  # SpecNotSupported is a ValueError
+        raise SystemExit(f"error: {error}")
+    for name in run.order:
+        execution = executions[name]
+        print(f"{name:<30} {'cached' if execution.cached else f'ran in {execution.seconds:.0f} s'}")
+
+
+def cmd_image_tag(args: argparse.Namespace) -> None:
+    from kubeflow import image
+
+    print(image.pinned_tag())
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Adds `compile` and `schedule` to the `pneumonia` parser."""
+    """Adds `compile`, `image-tag`, `run-compiled` and `schedule` to the `pneumonia` parser."""
     comp = commands.add_parser(
         "compile", help="compile the pipeline for Kubeflow Pipelines v2 (no cluster needed)",
         description="Compile the pipeline with KubeflowV2DagRunner: the pipeline spec as YAML (--out) and the "
@@ -43,7 +69,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "cluster's pods (e.g. gs://). Flags override --config.")
     comp.add_argument("--out", required=True, help="pipeline spec to write, .yaml or .yml")
     comp.add_argument("--config", help="YAML file of run settings (see pipeline/config.py)")
-    comp.add_argument("--image", help="container image of every task (default: pneumonia-pipeline:<version>)")
+    comp.add_argument("--image", help="container image of every task; its tag must be `pneumonia image-tag` "
+                                      "(default: pneumonia-pipeline:<that tag>)")
     comp.add_argument("--root", help="run root URI: pipeline root <root>/tfx/<name>, data <root>/data, "
                                      "serving <root>/serving unless given below")
     comp.add_argument("--pipeline-root", help="URI where the pipeline's artifacts go")
@@ -64,6 +91,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     comp.add_argument("--trainer-gpu-type", help="accelerator resource name (default nvidia.com/gpu)")
     comp.set_defaults(func=cmd_compile)
 
+    tag = commands.add_parser(
+        "image-tag", help="print the Kubeflow image tag that pins this working tree's code",
+        description="Print <version>-<digest of the code the image runs>: build and push the image under this "
+                    "tag; `pneumonia compile` refuses any other.")
+    tag.set_defaults(func=cmd_image_tag)
+
+    local = commands.add_parser(
+        "run-compiled", help="run a compiled pipeline spec here, each task as Kubeflow's launcher would",
+        description="Execute every task of a compiled spec in dependency order: ExecutorInput, placeholders and "
+                    "the container's own command as KFP's driver and launcher build them, with this checkout "
+                    "standing in for the image (its tag must be `pneumonia image-tag`) and KFP's cache under the "
+                    "pipeline root. Refuses what it cannot run as KFP would (see kubeflow/README.md).")
+    local.add_argument("package", help="compiled pipeline spec (pneumonia compile --out)")
+    local.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="run parameter, repeatable, as for `pneumonia schedule` (e.g. epochs=2)")
+    local.add_argument("--pipeline-root", help="local directory (default: the spec's pipeline root)")
+    local.add_argument("--parallel", type=int, default=2, help="tasks run at once (default 2)")
+    local.set_defaults(func=cmd_run_compiled)
+
     sched = commands.add_parser(
         "schedule", help="upload a compiled pipeline to Kubeflow Pipelines and run it on a cron schedule",
         description="Upload the package (a new pipeline, or a version named after its content) and create a "
@@ -78,7 +124,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sched.add_argument("--pipeline-name", help="pipeline name on the server (default: the package's)")
     sched.add_argument("--param", action="append", metavar="KEY=VALUE",
                        help="run parameter, repeatable: data_root=URI, trainer_config=JSON, or a trainer_config "
-                            "key such as architecture=resnet50 or epochs=10")
+                            "key such as architecture=densenet121 or epochs=10")
     sched.add_argument("--max-concurrency", type=int, default=1, help="runs allowed at once (default 1)")
     sched.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
     sched.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")

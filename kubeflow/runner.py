@@ -7,7 +7,6 @@ keys inside it, so architecture, epochs and the other Trainer settings are keys 
 `pneumonia schedule --param epochs=10` edits them (see kubeflow/schedule.py).
 """
 import dataclasses
-import importlib.metadata
 import json
 import os
 import posixpath
@@ -19,22 +18,18 @@ from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 import pipeline as pipeline_package
+from kubeflow import image as image_tags
 from kubeflow.parameters import DATA_ROOT_PARAMETER, IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
-from pipeline.pipeline import SCHEMA_PATH, pipeline_from_config
+from pipeline.pipeline import SCHEMA_PATH, SERVED_BASELINE_ID, pipeline_from_config
+from trainer import task
 
-IMAGE_NAME = "pneumonia-pipeline"
 # The curated schema at the same place relative to the project as in this checkout.
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(pipeline_package.__file__)))
 IMAGE_SCHEMA_PATH = posixpath.join(IMAGE_PROJECT_DIR, os.path.relpath(SCHEMA_PATH, PROJECT_DIR).replace(os.sep, "/"))
 # The trainer package is installed in the image, so the Trainer imports it instead of a TFX-built wheel.
 TRAINER_RUN_FN = "trainer.task.run_fn"
 JOB_SUFFIX = ".job.json"
-
-
-def default_image() -> str:
-    """The project's image name and installed version, e.g. pneumonia-pipeline:0.1.0."""
-    return f"{IMAGE_NAME}:{importlib.metadata.version('pneumonia-pipeline')}"
 
 
 @dataclasses.dataclass
@@ -96,6 +91,7 @@ def kubeflow_pipeline(config: RunConfig, locations: Locations) -> tfx.dsl.Pipeli
         schema_path=IMAGE_SCHEMA_PATH,
         module_file=None,
         run_fn=TRAINER_RUN_FN,
+        served_baseline=True,  # open-source KFP cannot run TFX's Resolver: see components/served_baseline/
     )
     resources = trainer_resources(config)
     if resources.ByteSize():
@@ -108,7 +104,9 @@ def kubeflow_pipeline(config: RunConfig, locations: Locations) -> tfx.dsl.Pipeli
 def pipeline_job(pipeline: tfx.dsl.Pipeline, image: str, parameter_defaults: Dict[str, Any]) -> Dict[str, Any]:
     """The PipelineJob dict, its pipelineSpec carrying the parameter defaults and the pipeline root.
 
-    TFX puts defaults only in the job's runtimeConfig; the uploaded spec needs them itself.
+    TFX puts defaults only in the job's runtimeConfig; the uploaded spec needs them itself. TFX enables
+    the cache of every task alike; the served-baseline task reads the serving directory, which its cache
+    key does not cover, so a cached one would hand the Evaluator a stale baseline: its cache is off.
     """
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True))
@@ -118,13 +116,19 @@ def pipeline_job(pipeline: tfx.dsl.Pipeline, image: str, parameter_defaults: Dic
     for name, parameter in spec["root"]["inputDefinitions"]["parameters"].items():
         parameter["defaultValue"] = parameter_defaults[name]
         parameter["isOptional"] = True
+    spec["root"]["dag"]["tasks"][SERVED_BASELINE_ID]["cachingOptions"] = {"enableCache": False}
     return job
 
 
 def compile_pipeline(config: RunConfig, locations: Locations, out: str, image: str) -> List[str]:
-    """Writes `out` (pipeline spec YAML) and `<out stem>.job.json` (PipelineJob); returns both paths."""
+    """Writes `out` (pipeline spec YAML) and `<out stem>.job.json` (PipelineJob); returns both paths.
+
+    Refuses an image whose tag does not pin this working tree's code (kubeflow/image.py).
+    """
     if not out.endswith((".yaml", ".yml")):
         raise ValueError(f"--out {out}: the package must be a .yaml or .yml file (what kfp.Client uploads)")
+    task.check_config(config.trainer_config())  # what every run would fail on, refused before compiling
+    image_tags.check_image(image)
     job = pipeline_job(kubeflow_pipeline(config, locations), image, runtime_parameter_defaults(config, locations))
     job_path = os.path.splitext(out)[0] + JOB_SUFFIX
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -113,9 +113,32 @@ def pipeline_parameters(spec: Dict[str, Any], assignments: List[str]) -> Dict[st
                                 + (f" and the {TRAINER_CONFIG_PARAMETER} keys {', '.join(sorted(trainer_defaults))}"
                                    if trainer_defaults else ""))
     if trainer_edits:
-        base = json.loads(parameters.get(TRAINER_CONFIG_PARAMETER, json.dumps(trainer_defaults)))
+        base = _trainer_config(parameters.get(TRAINER_CONFIG_PARAMETER, json.dumps(trainer_defaults)))
         parameters[TRAINER_CONFIG_PARAMETER] = json.dumps({**base, **trainer_edits}, sort_keys=True)
+    if TRAINER_CONFIG_PARAMETER in parameters:
+        check_trainer_config(_trainer_config(parameters[TRAINER_CONFIG_PARAMETER]))
     return parameters
+
+
+def _trainer_config(text: str) -> Dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ScheduleError(f"--param {TRAINER_CONFIG_PARAMETER}: not JSON ({error})")
+    if not isinstance(config, dict):
+        raise ScheduleError(f"--param {TRAINER_CONFIG_PARAMETER}: expected a JSON object of trainer settings")
+    return config
+
+
+def check_trainer_config(config: Dict[str, Any]) -> None:
+    """The Trainer's own check (architecture registry, settings and their values), before anything is uploaded:
+    a bad value would otherwise fail every scheduled run."""
+    from trainer.task import check_config  # TensorFlow-heavy: imported only when trainer settings are given
+
+    try:
+        check_config(config)
+    except ValueError as error:
+        raise ScheduleError(f"--param {TRAINER_CONFIG_PARAMETER}: {error}")
 
 
 def _typed_like(key: str, text: str, default: Any) -> Any:

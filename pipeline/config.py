@@ -19,6 +19,12 @@ BLESSING_SPLIT = "eval"
 CALIBRATION_SPLIT = "calibration"
 
 
+def absolute_uri(path: str) -> str:
+    """A local path made absolute; a URI (gs://bucket/...) as given, for the readers and writers that go
+    through tf.io.gfile."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Every setting of one pipeline run."""
@@ -43,6 +49,9 @@ class RunConfig:
     label_smoothing: float = 0.0  # targets pulled towards 0.5 by this much: graded, less saturated scores
     augment: bool = True  # training-only rotations, shifts, zoom, brightness, contrast
     horizontal_flip: bool = False  # off by default: it moves the heart to the wrong side
+    crop_min_area: float = 1.0  # < 1: training-only random-resized crop down to this share of the image
+    acquisition_augment: bool = False  # training-only gamma, blur/sharpen, noise, JPEG re-encoding, wider exposure
+    ema_epochs: float = 0.0  # > 0: exponential moving average of the weights over about this many epochs
     cache: bool = False  # cache decoded training images in memory
     weights: str = "none"  # pretrained backbone weights: "imagenet", a local .h5/.keras file, or "none"
     warm_start: bool = False  # start from the latest trained model (same architecture only)
@@ -68,10 +77,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(os.path.expanduser(self.root))
-        self.data = os.path.abspath(self.data) if self.data else os.path.join(self.root, "data")
-        self.serving_dir = (
-            os.path.abspath(self.serving_dir) if self.serving_dir else os.path.join(self.root, "serving")
-        )
+        self.data = absolute_uri(self.data) if self.data else os.path.join(self.root, "data")
+        self.serving_dir = absolute_uri(self.serving_dir) if self.serving_dir else os.path.join(self.root, "serving")
 
     @property
     def pipeline_root(self) -> str:
@@ -108,6 +115,9 @@ class RunConfig:
             "label_smoothing": self.label_smoothing,
             "augment": self.augment,
             "horizontal_flip": self.horizontal_flip,
+            "crop_min_area": self.crop_min_area,
+            "acquisition_augment": self.acquisition_augment,
+            "ema_epochs": self.ema_epochs,
             "cache": self.cache,
             "weights": self.weights,
             "seed": self.seed,

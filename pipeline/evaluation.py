@@ -44,6 +44,9 @@ AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score
 SLICE_FEATURES = (
     ("split",), ("split", "dataset"), ("split", "source"), ("split", "label"), ("split", "pathogen"),
     ("split", "dataset", "label"),
+    # Subgroups a review board asks for (from DICOM; `unknown` for JPEG/PNG): view position, sex, age band.
+    ("split", "view_position"), ("split", "sex"), ("split", "age_band"),
+    ("split", "patient_in_train"), ("split", "label", "patient_in_train"),  # unseen vs seen patients
     ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
 )
 

@@ -6,9 +6,12 @@ from typing import Any, Dict, List, Optional, Union
 import tensorflow_data_validation as tfdv
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from components.pusher.component import create_pusher
 from components.report.component import EvaluationReport
+from components.served_baseline import executor as served_baseline_executor
+from components.served_baseline.component import LatestServedModel
 from components.threshold_calibrator.component import ThresholdCalibrator
 from components.validation_gate.component import DataValidationGate
 from pipeline.config import BLESSING_SPLIT, CALIBRATION_SPLIT, RunConfig
@@ -16,6 +19,7 @@ from pipeline.evaluation import SiteGate, create_eval_config
 
 # Splits that stand in for serving data: compared with train by the schema's skew comparators.
 SKEW_SPLITS = ("eval", "test")
+SERVED_BASELINE_ID = "latest_served_model"  # its cache must stay off: the serving directory changes between runs
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt")
 
 
@@ -41,6 +45,7 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     run_fn: Optional[str] = None,
+    served_baseline: bool = False,
     site_gate: Optional[SiteGate] = None,
     confidence_intervals: str = "bootstrap",
 ) -> tfx.dsl.Pipeline:
@@ -50,9 +55,14 @@ def create_pipeline(
     The Trainer runs `module_file` (TFX packages it) or `run_fn`, a `module.function` already installed
     where it runs (the Kubeflow image). `data_root` and `trainer_config` may be RuntimeParameters:
     TFX accepts one for the whole custom_config string, not for keys inside it.
+    The baseline is the latest blessed model from TFX's Resolver (needs TFX's metadata store), or with
+    `served_baseline` the latest version in the serving directory (Kubeflow: components/served_baseline/).
     """
     if "train" not in splits or BLESSING_SPLIT not in splits:
         raise ValueError(f"splits must include 'train' and '{BLESSING_SPLIT}', got {splits}")
+    if warm_start and served_baseline:
+        raise ValueError("warm_start needs TFX's latest-model Resolver, which open-source Kubeflow Pipelines "
+                         "cannot run; compile without warm_start")
     if site_gate and site_gate.bounds() and site_gate.split not in splits:
         raise ValueError(f"a site gate (--site-min-sensitivity/--site-min-specificity) needs a {site_gate.split} "
                          f"split: prepare one with --calibration-from SPLIT or a calibration:NAME=PATH source")
@@ -93,11 +103,15 @@ def create_pipeline(
     )
     trainer.add_upstream_node(validation_gate)
 
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    model_base = os.path.join(serving_dir, model_name)
+    if served_baseline:
+        baseline = LatestServedModel(model_base=model_base).with_id(SERVED_BASELINE_ID)
+    else:
+        baseline = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
     # The served threshold is set on the site's calibration split when there is one; everything downstream
     # judges, reports and pushes the calibrated model.
     calibrator = ThresholdCalibrator(examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
@@ -110,6 +124,8 @@ def create_pipeline(
         example_splits=[split for split in splits if split != "train"],
         eval_config=create_eval_config(min_auc, max_auc_drop, BLESSING_SPLIT, site_gate, confidence_intervals),
     )
+    if served_baseline:
+        evaluator.executor_spec = executor_spec.BeamExecutorSpec(served_baseline_executor.Evaluator)
     pusher = create_pusher(model, evaluator.outputs["blessing"], serving_dir, model_name)
     report = EvaluationReport(examples=example_gen.outputs["examples"], model=model,
                               evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"])

@@ -44,13 +44,16 @@ def _prepare(sources: List[str], out: str, **options) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    _prepare(args.sources, os.path.abspath(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
+    from pipeline.config import absolute_uri
+
+    _prepare(args.sources, absolute_uri(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
              overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
-             beam_args=args.beam_arg, calibration_from=args.calibration_from, calibration_size=args.calibration_size)
+             beam_args=args.beam_arg, patient_salt=args.patient_salt or None, allow_lateral=args.allow_lateral,
+             calibration_from=args.calibration_from, calibration_size=args.calibration_size)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from pipeline.config import RunConfig
+    from pipeline.config import RunConfig, absolute_uri
     from pneumonia import prepare
 
     try:
@@ -67,8 +70,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     data = args.data or shared_data_dir()
     if data is None:
         raise SystemExit(f"error: no --data given and no ../shared/data beside the checkout; {KAGGLE_HINT}")
-    data = os.path.abspath(data)
-    if os.path.exists(os.path.join(data, prepare.REPORT_NAME)):
+    data = absolute_uri(data)
+    if prepare.is_prepared(data):
         config.data = data
     else:
         if not os.path.isdir(data):
@@ -130,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="images to carve with --calibration-from (whole patients, so about N)")
     prep.add_argument("--beam-arg", action="append", metavar="ARG",
                       help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+    prep.add_argument("--patient-salt", default=os.environ.get("PNEUMONIA_SALT"),
+                      help="key of the hash DICOM PatientIDs and UID-shaped file names are stored as "
+                           "(default $PNEUMONIA_SALT, else "
+                           "the public built-in salt, which only hides IDs from a casual reader: set a secret one)")
+    prep.add_argument("--allow-lateral", action="store_true",
+                      help="keep lateral DICOM views (refused by default: the model reads frontal films)")
     prep.set_defaults(func=cmd_prepare)
 
     run = commands.add_parser("run", help="run the TFX pipeline: validate, train, evaluate, push",

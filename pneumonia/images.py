@@ -6,8 +6,10 @@ from typing import Optional, Tuple
 
 from PIL import Image
 
+from serving.pixels import declared_size
+from trainer.pixel_budget import MAX_PIXELS, OVER_BUDGET
+
 MIN_SIDE = 32
-MAX_PIXELS = 100_000_000
 # The size check below reads the header; PIL's own bomb guard would raise an unhelpful error first.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -46,9 +48,10 @@ def inspect_image(data: bytes) -> Tuple[int, int, int]:
         raise BadImage("not a JPEG or PNG image (unrecognised bytes)") from None
     if image.format not in ("JPEG", "PNG"):
         raise BadImage(f"unsupported image format {image.format} (expected JPEG or PNG)")
+    width, height = declared_size(data)
+    if width * height > MAX_PIXELS:  # the served model's budget, from the header, before any decoding
+        raise BadImage(OVER_BUDGET.format(width, height, MAX_PIXELS // 1_000_000))
     width, height = image.size
-    if width * height > MAX_PIXELS:  # from the header, before any decoding
-        raise BadImage(f"declared size {width}x{height} exceeds {MAX_PIXELS // 1_000_000} megapixels")
     if min(width, height) < MIN_SIDE:
         raise BadImage(f"too small: {width}x{height} (minimum {MIN_SIDE} px a side)")
     if image.mode not in CHANNELS:

@@ -5,6 +5,11 @@ its splits are kept, and validation (`eval`) is carved from train by patient whe
 to select on. A PATH with only class folders (`NORMAL/`, `PNEUMONIA/`) becomes an evaluation-only
 split named NAME. Every file ends up written, quarantined with a reason, or skipped as a duplicate.
 
+DICOM files (`.dcm`, no extension, or a numeric UID-like one) are read beside JPEG/PNG: serving/dicom.py
+refuses what must not be scored and turns the rest into the 8-bit PNG the model takes. Their PatientID is
+stored only as a keyed hash (`patient_salt`), with view position, sex and age band; no other DICOM attribute
+is written.
+
 A site's labelled sample (the split `calibration`, where the ThresholdCalibrator chooses the operating
 threshold) is either its own class-folder SOURCE with the role prefix `calibration:NAME=PATH`, or carved
 from an evaluation-only or test split (`calibration_from`, `calibration_size`): whole patients, stratified
@@ -23,14 +28,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import CALIBRATION_SPLIT
+from pipeline.config import CALIBRATION_SPLIT, absolute_uri
 from pneumonia.images import BadImage, inspect_image, parse_patient_and_pathogen
+from serving import dicom
 
 LABELS = {"NORMAL": 0, "PNEUMONIA": 1}
 LABEL_NAMES = {v: k for k, v in LABELS.items()}
@@ -89,10 +94,11 @@ class Candidate:
     label: int
     root: str
     source_path: str  # relative to the SOURCE root
+    recorded_path: str  # source_path as the records and the report show it (see recorded_path)
 
     @property
     def shown(self) -> str:
-        return f"{self.dataset}/{self.source_path}"
+        return f"{self.dataset}/{self.recorded_path}"
 
     @property
     def origin(self) -> str:
@@ -117,6 +123,11 @@ class Record:
     width: int
     channels: int
     sha256: str
+    file_format: str = "jpeg"  # jpeg, png or dicom: what the file was; `image` is JPEG/PNG either way
+    view_position: str = dicom.UNKNOWN
+    sex: str = dicom.UNKNOWN
+    age_band: str = dicom.UNKNOWN
+    patient_in_train: bool = False  # the same patient ID has images in train (the `patient_in_train` slice)
 
     def order_key(self, seed: int) -> str:
         """A stable pseudo-random key: records are written in this order, classes interleaved."""
@@ -139,7 +150,16 @@ def _walk(root: str) -> Iterable[str]:
             yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
-def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optional[str]]:
+_UID = re.compile(r"\d+(?:\.\d+){3,}")  # dotted digits: a DICOM UID
+
+
+def recorded_path(relpath: str, salt: str) -> str:
+    """The path records and the report show: each UID-shaped part (PACS exports name files by SOP Instance
+    UID) becomes `uid-` and its keyed hash, so no UID is written."""
+    return _UID.sub(lambda match: f"uid-{dicom.pseudonym(match.group(0), salt)}", relpath)
+
+
+def classify(source: Source, relpath: str, salt: str = dicom.DEFAULT_SALT) -> Tuple[Optional[Candidate], Optional[str]]:
     """(candidate, None) for a file in the expected layout, else (None, reason)."""
     parts = relpath.split(os.sep)
     if any(part.startswith(".") for part in parts):
@@ -153,10 +173,11 @@ def classify(source: Source, relpath: str) -> Tuple[Optional[Candidate], Optiona
         return None, f"unknown split folder {parts[0]!r} (expected train, val or test)"
     if parts[-2].upper() not in LABELS:
         return None, f"unknown class folder {parts[-2]!r} (expected NORMAL or PNEUMONIA)"
-    if not relpath.lower().endswith(IMAGE_SUFFIXES):
-        return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
+    if not relpath.lower().endswith(IMAGE_SUFFIXES) and not dicom.file_name_is_dicom(parts[-1]):
+        return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)}, or DICOM: .dcm or none)"
     split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.split
-    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath), None
+    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath,
+                     recorded_path(relpath, salt)), None
 
 
 def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
@@ -173,23 +194,41 @@ def source_fingerprint(sources: Sequence[Source], options: dict) -> str:
 # ---------------------------------------------------------------- Beam stages
 
 def _read(candidate: Candidate) -> bytes:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(os.path.join(candidate.root, candidate.source_path), "rb") as f:
+    with _gfile().GFile(os.path.join(candidate.root, candidate.source_path), "rb") as f:
         return f.read()
 
 
-def inspect(candidate: Candidate):
+def _is_dicom(candidate: Candidate, data: bytes) -> bool:
+    return dicom.is_dicom(data) or not candidate.source_path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _image(candidate: Candidate, allow_lateral: bool) -> bytes:
+    """The bytes the `image` feature stores: the file itself, or the PNG made from a DICOM file."""
+    data = _read(candidate)
+    return dicom.dicom_to_png(data, allow_lateral) if _is_dicom(candidate, data) else data
+
+
+def inspect(candidate: Candidate, patient_salt: str, allow_lateral: bool):
     """Reads, hashes and fully decodes one file: a Record, or a tagged quarantine entry."""
     data = _read(candidate)
+    patient, pathogen = parse_patient_and_pathogen(os.path.basename(candidate.source_path), candidate.label)
+    patient = patient or os.path.splitext(candidate.source_path)[0]
+    attributes = {"file_format": "jpeg" if data.startswith(b"\xff\xd8") else "png"}
     try:
+        if _is_dicom(candidate, data):
+            dataset = dicom.read(data)
+            converted = dicom.to_model_input(dataset, allow_lateral)
+            data = converted.png
+            # Without a PatientID each file is its own patient, named by a hash (a file name may hold a UID).
+            patient = dicom.pseudonym(str(dataset.get("PatientID") or candidate.source_path), patient_salt)
+            attributes = {"file_format": "dicom", "view_position": converted.view_position, "sex": converted.sex,
+                          "age_band": converted.age_band}
         height, width, channels = inspect_image(data)
-    except BadImage as error:
+    except (BadImage, dicom.DicomRefused) as error:
         yield beam.pvalue.TaggedOutput("quarantined", {"path": candidate.shown, "reason": str(error)})
         return
-    patient, pathogen = parse_patient_and_pathogen(os.path.basename(candidate.source_path), candidate.label)
-    yield Record(candidate, candidate.split, f"{candidate.dataset}:{patient or os.path.splitext(candidate.source_path)[0]}",
-                 pathogen, height, width, channels, hashlib.sha256(data).hexdigest())
+    yield Record(candidate, candidate.split, f"{candidate.dataset}:{patient}", pathogen, height, width, channels,
+                 hashlib.sha256(data).hexdigest(), **attributes)
 
 
 def keep_one_copy(copies: Tuple[str, Iterable[Record]]):
@@ -227,6 +266,10 @@ def assign_split(record: Record, eval_patients: List[str]) -> Record:
     if record.split == "train" and record.patient_id in eval_patients:
         return dataclasses.replace(record, split="eval")
     return record
+
+
+def mark_patient_in_train(record: Record, train_patients) -> Record:
+    return dataclasses.replace(record, patient_in_train=record.patient_id in train_patients)
 
 
 def choose_calibration_patients(images: List[Tuple[str, str, int]], size: int, seed: int) -> List[str]:
@@ -281,11 +324,15 @@ def to_example(record: Record, image: bytes):
         "split": bytes_feature(record.split.encode()),
         "patient_id": bytes_feature(record.patient_id.encode()),
         "pathogen": bytes_feature(record.pathogen.encode()),
-        "source_path": bytes_feature(candidate.source_path.encode()),
+        "source_path": bytes_feature(candidate.recorded_path.encode()),
         "height": int_feature(record.height),
         "width": int_feature(record.width),
         "channels": int_feature(record.channels),
+        "patient_in_train": int_feature(int(record.patient_in_train)),
         "sha256": bytes_feature(record.sha256.encode()),
+        "view_position": bytes_feature(record.view_position.encode()),
+        "sex": bytes_feature(record.sex.encode()),
+        "age_band": bytes_feature(record.age_band.encode()),
     }))
 
 
@@ -297,8 +344,9 @@ def num_shards(count: int) -> int:
     return max(1, -(-count // RECORDS_PER_SHARD))
 
 
-def write_shard(keyed: Tuple[Tuple[str, int], Iterable[Record]], out: str, seed: int, shard_counts: Dict[str, int]):
-    """Writes one shard, its records in order_key order, re-reading each image's bytes."""
+def write_shard(keyed: Tuple[Tuple[str, int], Iterable[Record]], out: str, seed: int, shard_counts: Dict[str, int],
+                allow_lateral: bool = False):
+    """Writes one shard, its records in order_key order, re-reading (and re-converting) each image's bytes."""
     import tensorflow as tf
 
     (split, shard), records = keyed
@@ -306,7 +354,8 @@ def write_shard(keyed: Tuple[Tuple[str, int], Iterable[Record]], out: str, seed:
     tf.io.gfile.makedirs(os.path.join(out, split))
     with tf.io.TFRecordWriter(os.path.join(out, name), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         for record in sorted(records, key=lambda r: r.order_key(seed)):
-            writer.write(to_example(record, _read(record.candidate)).SerializeToString(deterministic=True))
+            image = _image(record.candidate, allow_lateral)
+            writer.write(to_example(record, image).SerializeToString(deterministic=True))
     return name
 
 
@@ -315,6 +364,7 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
     """The report: counts per split x dataset x label, patients, every file not written and why."""
     counts: Dict[str, Dict[str, Dict[str, int]]] = {}
     patients: Dict[str, set] = collections.defaultdict(set)
+    formats = collections.Counter(record.file_format for record in records)
     for record in records:
         by_label = counts.setdefault(record.split, {}).setdefault(record.candidate.dataset, {})
         name = LABEL_NAMES[record.candidate.label]
@@ -323,6 +373,7 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
     quarantined = sorted(listing["quarantined"] + quarantined, key=lambda item: item["path"])
     duplicates = sorted(duplicates, key=lambda item: item["path"])
     shared_patients = sorted(patients["train"] & patients["eval"])
+    evaluated = sorted(split for split in patients if split != "train")
     report = {
         "format": FORMAT_VERSION,
         "sources": listing["sources"],
@@ -335,8 +386,13 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
         "duplicates": duplicates,
         "leaks": [d for d in duplicates if len(d["splits"]) > 1],
         "patients_in_train_and_eval": shared_patients,
+        # Leakage audit of every evaluation split: patient IDs it shares with train, and those patients' images.
+        "patients_shared_with_train": {split: sorted(patients[split] & patients["train"]) for split in evaluated},
+        "images_of_patients_in_train": {split: sum(r.patient_in_train for r in records if r.split == split)
+                                        for split in evaluated},
         "counts": counts,
         "patients": {split: len(ids) for split, ids in sorted(patients.items())},
+        "formats": dict(sorted(formats.items())),
         "shards": {split: sorted(s for s in shards if s.startswith(split + "/")) for split in sorted(counts)},
     }
     report["accounted"] = report["written"] + len(quarantined) + len(duplicates) == report["files_seen"]
@@ -344,10 +400,12 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
 
 
 def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: Dict[str, bool], out: str,
-                   fraction: float, seed: int, listing: dict, calibration_from: Optional[str] = None,
+                   fraction: float, seed: int, listing: dict, patient_salt: str = dicom.DEFAULT_SALT,
+                   allow_lateral: bool = False, calibration_from: Optional[str] = None,
                    calibration_size: int = 0) -> None:
     inspected = (pipeline | "Files" >> beam.Create(candidates, reshuffle=True)
-                 | "Inspect" >> beam.FlatMap(inspect).with_outputs("quarantined", main="ok"))
+                 | "Inspect" >> beam.FlatMap(inspect, patient_salt, allow_lateral)
+                 .with_outputs("quarantined", main="ok"))
     unique = (inspected.ok | "BySha256" >> beam.Map(lambda r: (r.sha256, r)) | "GroupCopies" >> beam.GroupByKey()
               | "KeepOneCopy" >> beam.FlatMap(keep_one_copy).with_outputs("duplicates", main="kept"))
     eval_patients = (
@@ -356,18 +414,23 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
         | "PatientLabel" >> beam.Map(lambda r: (r.candidate.dataset, r.patient_id, r.candidate.label))
         | "AllTrain" >> beam.combiners.ToList()
         | "EvalPatients" >> beam.Map(choose_eval_patients, fraction, seed))
-    records = unique.kept | "AssignSplit" >> beam.Map(
+    assigned = unique.kept | "AssignSplit" >> beam.Map(
         lambda r, chosen: assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients))
     if calibration_from:
         calibration_patients = (
-            records
+            assigned
             | "CalibrationSource" >> beam.Filter(lambda r: r.split == calibration_from)
             | "PatientSourceLabel" >> beam.Map(lambda r: (r.patient_id, r.candidate.origin, r.candidate.label))
             | "AllOfSplit" >> beam.combiners.ToList()
             | "CalibrationPatients" >> beam.Map(choose_calibration_patients, calibration_size, seed))
-        records = records | "AssignCalibration" >> beam.Map(
+        assigned = assigned | "AssignCalibration" >> beam.Map(
             lambda r, chosen: assign_calibration(r, calibration_from, set(chosen)),
             beam.pvalue.AsSingleton(calibration_patients))
+    train_patients = (assigned | "TrainOnly" >> beam.Filter(lambda r: r.split == "train")
+                      | "TrainPatient" >> beam.Map(lambda r: r.patient_id)
+                      | "TrainPatients" >> beam.combiners.ToSet())
+    records = assigned | "MarkPatientInTrain" >> beam.Map(mark_patient_in_train,
+                                                         beam.pvalue.AsSingleton(train_patients))
     shard_counts = (records | "SplitKey" >> beam.Map(lambda r: r.split) | "CountSplits" >> beam.combiners.Count.PerElement()
                     | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], num_shards(kv[1]))))
     shards = (
@@ -375,11 +438,11 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
         | "ShardKey" >> beam.Map(lambda r, counts: ((r.split, int(r.order_key(seed), 16) % counts[r.split]), r),
                                  beam.pvalue.AsDict(shard_counts))
         | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.Map(write_shard, out, seed, beam.pvalue.AsDict(shard_counts)))
+        | "WriteShards" >> beam.Map(write_shard, out, seed, beam.pvalue.AsDict(shard_counts), allow_lateral))
 
     def write_report(_, all_records, all_shards, quarantined, duplicates):
         report = summarise(all_records, all_shards, quarantined, duplicates, listing)
-        with open(os.path.join(out, REPORT_NAME), "w", encoding="utf-8") as f:
+        with _gfile().GFile(os.path.join(out, REPORT_NAME), "w") as f:
             json.dump(report, f, indent=2, sort_keys=True)
 
     _ = (pipeline | "ReportTrigger" >> beam.Create([None])
@@ -390,21 +453,55 @@ def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carve: 
 
 # ---------------------------------------------------------------- the job
 
+def _gfile():
+    """tf.io.gfile, imported when first needed (`pneumonia --help` stays fast): every read and write under
+    the output folder goes through it, so `--out` may be a bucket (gs://) as well as a local folder."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _remove(folder: str) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.rmtree(folder)
+    except tf.errors.NotFoundError:
+        pass
+
+
+def _move_folder(source: str, target: str) -> None:
+    """Locally one atomic rename. An object store has no folders to rename: each file moves on its own, the
+    report last, so a reader (which looks for the report first) never takes half the shards for a dataset."""
+    if "://" not in source:
+        os.rename(source, target)
+        return
+    files = [os.path.join(folder, name) for folder, _, names in _gfile().walk(source) for name in names]
+    for path in sorted(files, key=lambda p: os.path.basename(p) == REPORT_NAME):
+        destination = os.path.join(target, os.path.relpath(path, source))
+        _gfile().makedirs(os.path.dirname(destination))
+        _gfile().rename(path, destination, overwrite=True)
+    _remove(source)
+
+
 def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]:
     """The existing report when `out` already holds exactly this input; raises if it holds other data."""
-    report_path = os.path.join(out, REPORT_NAME)
-    if os.path.exists(report_path):
+    if is_prepared(out):
         previous = read_report(out)
         if previous.get("fingerprint") == fingerprint and previous.get("format") == FORMAT_VERSION:
             return previous
         if not overwrite:
             raise PrepareError(f"{out} already holds a different prepared dataset; pass --overwrite to replace it")
-    elif os.path.isdir(out) and os.listdir(out) and not overwrite:
+    elif _gfile().isdir(out) and _gfile().listdir(out) and not overwrite:
         raise PrepareError(f"{out} is not empty and holds no {REPORT_NAME}; pass --overwrite or choose another --out")
     return None
 
 
 def _check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
+    if not report["accounted"]:
+        raise PrepareError(f"{report['files_seen']} files seen, but {report['written']} written + "
+                           f"{len(report['quarantined'])} quarantined + {len(report['duplicates'])} duplicates do not "
+                           f"add up: files were lost or counted twice (a bug; details in {REPORT_NAME})")
     bad = len(report["quarantined"])
     if report["files_seen"] and bad / report["files_seen"] > max_bad_fraction:
         reasons = collections.Counter(item["reason"].split(":")[0] for item in report["quarantined"])
@@ -447,7 +544,8 @@ def _check_calibration(sources: Sequence[Source], calibration_from: Optional[str
 
 def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, seed: int = 42,
             overwrite: bool = False, max_bad_fraction: float = 0.01, strict: bool = False,
-            beam_args: Optional[List[str]] = None, calibration_from: Optional[str] = None,
+            beam_args: Optional[List[str]] = None, patient_salt: Optional[str] = None,
+            allow_lateral: bool = False, calibration_from: Optional[str] = None,
             calibration_size: int = 0) -> dict:
     """Writes the TFRecords and report into `out` and returns the report (see module docstring)."""
     if not sources:
@@ -460,8 +558,10 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
     if not 0.0 < eval_fraction < 1.0:
         raise PrepareError(f"--eval-fraction {eval_fraction} must be between 0 and 1")
     calibration_policy = _check_calibration(sources, calibration_from, calibration_size)
-    out = os.path.abspath(out)
-    options = {"eval_fraction": eval_fraction, "seed": seed}
+    patient_salt = patient_salt or dicom.DEFAULT_SALT
+    out = absolute_uri(out)
+    options = {"eval_fraction": eval_fraction, "seed": seed, "patient_salt": patient_salt,
+               "allow_lateral": allow_lateral}
     if calibration_policy != "none":
         options.update(calibration_from=calibration_from, calibration_size=calibration_size,
                        roles={s.name: s.role for s in sources if s.role})
@@ -479,9 +579,10 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
         found = []
         for relpath in _walk(source.path):
             listing["files_seen"] += 1
-            candidate, reason = classify(source, relpath)
+            candidate, reason = classify(source, relpath, patient_salt)
             if candidate is None:
-                listing["quarantined"].append({"path": f"{source.name}/{relpath}", "reason": reason})
+                listing["quarantined"].append({"path": f"{source.name}/{recorded_path(relpath, patient_salt)}",
+                                               "reason": reason})
             else:
                 found.append(candidate)
         if not found:
@@ -510,26 +611,30 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
                                f"{available} files, and some must stay to report on")
 
     staging = f"{out}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    _remove(staging)
+    _gfile().makedirs(staging)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
-        build_pipeline(pipeline, candidates, carve, staging, eval_fraction, seed, listing, calibration_from,
-                       calibration_size)
+        build_pipeline(pipeline, candidates, carve, staging, eval_fraction, seed, listing, patient_salt,
+                       allow_lateral, calibration_from, calibration_size)
     report = read_report(staging)
     try:
         _check_report(report, max_bad_fraction, strict)
     except PrepareError:
         rejected = f"{out}.rejected"
-        shutil.rmtree(rejected, ignore_errors=True)
-        os.rename(staging, rejected)
+        _remove(rejected)
+        _move_folder(staging, rejected)
         raise
-    shutil.rmtree(out, ignore_errors=True)  # only reached with --overwrite or an empty/absent folder
-    os.rename(staging, out)
+    _remove(out)  # only reached with --overwrite or an empty/absent folder
+    _move_folder(staging, out)
     return report
 
 
+def is_prepared(folder: str) -> bool:
+    return _gfile().exists(os.path.join(folder, REPORT_NAME))
+
+
 def read_report(folder: str) -> dict:
-    with open(os.path.join(folder, REPORT_NAME), encoding="utf-8") as f:
+    with _gfile().GFile(os.path.join(folder, REPORT_NAME)) as f:
         return json.load(f)
 
 
@@ -538,6 +643,8 @@ def summary(report: dict) -> str:
     lines = [f"files seen {report['files_seen']}: written {report['written']}, quarantined "
              f"{len(report['quarantined'])}, duplicates skipped {len(report['duplicates'])} "
              f"({'all accounted for' if report['accounted'] else 'NOT ALL ACCOUNTED FOR'})"]
+    if report["formats"].get("dicom"):
+        lines.append(f"  written from DICOM: {report['formats']['dicom']} (as 8-bit PNG; patient IDs as keyed hashes)")
     for split, by_dataset in sorted(report["counts"].items()):
         for dataset, by_label in sorted(by_dataset.items()):
             labels = ", ".join(f"{name} {count}" for name, count in sorted(by_label.items()))
@@ -546,8 +653,10 @@ def summary(report: dict) -> str:
     lines.append(f"  calibration: {report['calibration_policy']}")
     if report["leaks"]:
         lines.append(f"  identical files across splits: {len(report['leaks'])} (the evaluation copy is kept)")
-    if report["patients_in_train_and_eval"]:
-        lines.append(f"  patients in both train and eval: {len(report['patients_in_train_and_eval'])}")
+    for split, shared in report["patients_shared_with_train"].items():
+        if shared:
+            lines.append(f"  {split}: {len(shared)} patient ID(s) also in train, "
+                         f"{report['images_of_patients_in_train'][split]} image(s) (slice patient_in_train=1)")
     for item in report["quarantined"][:10]:
         lines.append(f"  quarantined {item['path']}: {item['reason']}")
     if len(report["quarantined"]) > 10:

@@ -4,8 +4,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Dict, List
+
+from serving.pixels import DEFAULT_MAX_DECODED_PIXELS, DEFAULT_MAX_WAIT_SECONDS
 
 DEFAULT_SERVING_DIR = os.path.join(os.path.expanduser("~"), "pneumonia-runs", "serving")  # `pneumonia run`'s default
 TF_SERVING_BINARY = "tensorflow_model_server"
@@ -40,7 +43,23 @@ def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
     return [TF_SERVING_BINARY, f"--port={args.grpc_port}", f"--rest_api_port={args.rest_port}",
             f"--model_config_file={config_path}", *reload,
             f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
-            f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}"]
+            f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
+            *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else [])]
+
+
+def serving_security(args: argparse.Namespace):
+    """(SSLConfig or None, PixelBudget) from the flags; warns when plaintext leaves this machine."""
+    from serving import pixels, tls
+
+    try:
+        ssl_config = tls.read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
+        budget = pixels.PixelBudget(args.max_decoded_pixels, args.max_decode_wait_seconds)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    if ssl_config is None and not tls.is_loopback(args.host):
+        print(f"warning: serving {args.host} in plaintext: anyone on the network can read the images and "
+              "answers; pass --ssl-config-file (TLS) or bind 127.0.0.1", file=sys.stderr, flush=True)
+    return ssl_config, budget
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -48,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     models = server_config(args)
+    ssl_config, budget = serving_security(args)
     if args.backend == "tfserving":
         if shutil.which(TF_SERVING_BINARY) is None:
             raise SystemExit(f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
@@ -64,15 +84,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
-                             args.max_message_bytes, args.workers, config_file=args.model_config_file,
+                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
+                             web_page=not args.no_ui, config_file=args.model_config_file,
                              config_poll_seconds=args.config_poll_seconds).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
         print(f"model {model.name!r} from {model.config.base_path}: versions "
               f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
-    rest = f", REST on {args.host}:{server.rest_port}" if server.rest_port else ""
-    print(f"serving gRPC on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully", flush=True)
+    scheme = "https" if ssl_config else "http"
+    rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
+    if server.rest_port and not args.no_ui:
+        rest += f" (web page: {scheme}://{args.host}:{server.rest_port}/)"
+    grpc_name = "gRPC+TLS" if ssl_config else "gRPC"
+    print(f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
+          flush=True)
     server.serve_until_signalled()
 
 
@@ -80,8 +106,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from serving.client import ClientError, PredictionClient, read_image
 
     try:
-        images = [read_image(path) for path in args.images]
-        with PredictionClient(args.server, args.model_name, args.timeout) as client:
+        images = [read_image(path, args.allow_lateral) for path in args.images]
+        with PredictionClient(args.server, args.model_name, args.timeout, ca_cert=args.ca_cert,
+                              client_cert=args.client_cert, client_key=args.client_key) as client:
             predictions = []
             for start in range(0, len(images), args.batch_size):
                 predictions += client.predict(images[start:start + args.batch_size], args.version)
@@ -97,8 +124,39 @@ def cmd_predict(args: argparse.Namespace) -> None:
                   f"{prediction.threshold:.4f}, {args.model_name} version {prediction.model_version})")
 
 
+def cmd_dicom_node(args: argparse.Namespace) -> None:
+    from serving.client import ClientError
+    from serving.dicom_node import DicomNode, NodeConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = NodeConfig(
+        ae_title=args.ae_title, host=args.host, port=args.port, server=args.server, model_name=args.model_name,
+        log_path=os.path.abspath(args.log), salt=args.uid_salt or NodeConfig.salt, allow_lateral=args.allow_lateral,
+        retry_seconds=args.retry_seconds, timeout_seconds=args.timeout,
+        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir), ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
+    if not 1 <= len(config.ae_title) <= 16:
+        raise SystemExit(f"error: --ae-title {config.ae_title!r} must be 1 to 16 characters")
+    try:
+        node = DicomNode(config).start()
+    except ClientError as error:
+        raise SystemExit(f"error: {error}")
+    except OSError as error:
+        raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    print(f"DICOM node {config.ae_title} listening on {args.host}:{node.port}, scoring through {args.server} "
+          f"({args.model_name}); results to {config.log_path}; SIGTERM or Ctrl-C stops it", flush=True)
+    node.serve_until_signalled()
+    print("stopped", flush=True)
+
+
+def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gRPC client's TLS flags, for every command that talks to the model server."""
+    parser.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
+    parser.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
+    parser.add_argument("--client-key", help="PEM private key of --client-cert")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Adds `serve` and `predict` to the `pneumonia` command."""
+    """Adds `serve`, `predict` and `dicom-node` to the `pneumonia` command."""
     serve = commands.add_parser(
         "serve", help="serve pushed models over TF Serving's gRPC and REST APIs",
         description="Serve <serving-dir>/<model-name>/<version>/ with TF Serving's gRPC (PredictionService, "
@@ -126,6 +184,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024,
                        help="largest request accepted, in bytes (default 16 MiB)")
     serve.add_argument("--workers", type=int, default=8, help="request worker threads (default 8)")
+    serve.add_argument("--max-decoded-pixels", type=int, default=DEFAULT_MAX_DECODED_PIXELS,
+                       help="memory budget: image pixels (declared by their headers) decoded at once across all "
+                            f"requests (default {DEFAULT_MAX_DECODED_PIXELS:,}); a request over the whole "
+                            "budget is refused, others wait for room")
+    serve.add_argument("--max-decode-wait-seconds", type=float, default=DEFAULT_MAX_WAIT_SECONDS,
+                       help="longest a request waits for room in the pixel budget before RESOURCE_EXHAUSTED "
+                            f"(default {DEFAULT_MAX_WAIT_SECONDS:g})")
+    serve.add_argument("--ssl-config-file",
+                       help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
+                            "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="do not serve the web page at / on the REST port (the REST API stays)")
     serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
                        help="python: the built-in server (default); tfserving: exec the official "
                             f"{TF_SERVING_BINARY} from PATH with a generated model config")
@@ -135,7 +205,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "predict", help="classify images with a served model over gRPC",
         description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
                     "class at the model's threshold, the probability, the threshold and the model version.")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="JPEG or PNG files, or DICOM files (sent as the PNG serving/dicom.py makes of them)")
+    predict.add_argument("--allow-lateral", action="store_true",
+                         help="score lateral DICOM views too (refused by default: the model reads frontal films)")
     predict.add_argument("--server", default="127.0.0.1:8500",
                          help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
     predict.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
@@ -143,5 +216,30 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--batch-size", type=int, default=32, help="images per request (default 32)")
     predict.add_argument("--timeout", type=float, default=30.0, help="deadline per request in seconds (default 30)")
+    add_tls_client_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 
+    node = commands.add_parser(
+        "dicom-node", help="a DICOM C-STORE SCP that scores the chest X-rays a PACS sends it",
+        description="Receive DICOM instances (C-STORE), score each chest X-ray through the served model over gRPC, "
+                    "answer with a DICOM status and append one JSON line per instance to --log.")
+    node.add_argument("--ae-title", default="PNEUMONIA", help="this node's AE title (default PNEUMONIA)")
+    node.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    node.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112; 0 picks a free one)")
+    node.add_argument("--server", default="127.0.0.1:8500",
+                      help="HOST:PORT of the model server's gRPC API (default 127.0.0.1:8500)")
+    node.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
+    node.add_argument("--log", default="dicom-node.jsonl", help="JSON-lines result log, appended (default "
+                                                                 "dicom-node.jsonl)")
+    node.add_argument("--uid-salt", default=os.environ.get("PNEUMONIA_SALT"),
+                      help="key of the hash SOP Instance UIDs are logged as (default $PNEUMONIA_SALT, else the "
+                           "public built-in salt: set a secret one)")
+    node.add_argument("--allow-lateral", action="store_true", help="score lateral views too (refused by default)")
+    node.add_argument("--retry-seconds", type=float, default=20.0,
+                      help="how long an unavailable model server is retried before answering 0xA700 so the sender "
+                           "re-sends (default 20, below a typical 30 s DIMSE timeout)")
+    node.add_argument("--timeout", type=float, default=10.0,
+                      help="deadline per scoring request in seconds (default 10)")
+    node.add_argument("--sr-dir", help="also write a DICOM Comprehensive SR with each result into this folder")
+    add_tls_client_arguments(node)
+    node.set_defaults(func=cmd_dicom_node)

@@ -9,10 +9,12 @@ import time
 from typing import List, Optional, Sequence
 
 import grpc
-import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
+
+from serving.tensors import to_array
+from serving.tls import channel_credentials
 
 IMAGE_SIGNATURE = "predict_images"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -20,7 +22,11 @@ MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"
 
 
 class ClientError(Exception):
-    """A one-line, user-facing reason a call failed."""
+    """A one-line, user-facing reason a call failed; `retryable` when the server was unavailable."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,18 +35,28 @@ class Prediction:
     label: str  # the class at the model's threshold
     threshold: float
     model_version: int
+    ood_score: Optional[float] = None  # when the served model has the out-of-distribution outputs
+    in_distribution: Optional[bool] = None
 
 
-def read_image(path: str) -> bytes:
-    """The file's bytes, refused up front when it is not a JPEG, PNG, GIF or BMP."""
+def read_image(path: str, allow_lateral: bool = False) -> bytes:
+    """The bytes the model takes: the file itself for a JPEG, PNG, GIF or BMP, or the PNG that serving/dicom.py
+    makes of a DICOM file (the same bytes prepare stores); anything else is refused up front."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
         raise ClientError(f"cannot read {path}: {error.strerror}") from error
-    if not data.startswith(MAGIC_NUMBERS):
-        raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF or BMP bytes)")
-    return data
+    if data.startswith(MAGIC_NUMBERS):
+        return data
+    from serving import dicom  # pydicom is imported only when a DICOM file comes
+
+    if dicom.is_dicom(data):
+        try:
+            return dicom.dicom_to_png(data, allow_lateral)
+        except dicom.DicomRefused as error:
+            raise ClientError(f"{path}: {error}") from error
+    raise ClientError(f"{path} is not an image (expected JPEG, PNG, GIF, BMP or DICOM bytes)")
 
 
 def _bytes_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
@@ -53,18 +69,25 @@ class PredictionClient:
     """One channel to a server; `predict` sends one batched Predict on `predict_images`.
 
     Retries UNAVAILABLE (server starting, restarting, briefly overloaded) with backoff; every call
-    has a deadline.
+    has a deadline. With `ca_cert` (PEM file of the CA that signed the server) or a `client_cert` and
+    `client_key` pair (for mutual TLS), the channel is TLS.
     """
 
     def __init__(self, server: str = "127.0.0.1:8500", model_name: str = "pneumonia", timeout_seconds: float = 30.0,
-                 retries: int = 3, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 retries: int = 3, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, ca_cert: Optional[str] = None,
+                 client_cert: Optional[str] = None, client_key: Optional[str] = None):
         self.server = server
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
         self.retries = retries
-        self._channel = grpc.insecure_channel(server, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        try:
+            credentials = channel_credentials(ca_cert, client_cert, client_key)
+        except ValueError as error:
+            raise ClientError(str(error)) from error
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self._channel = (grpc.secure_channel(server, credentials, options) if credentials
+                         else grpc.insecure_channel(server, options))
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel).Predict
         self._status = model_service_pb2_grpc.ModelServiceStub(self._channel).GetModelStatus
 
@@ -88,10 +111,14 @@ class PredictionClient:
             request.model_spec.version_label = label  # a oneof with version: setting it clears version
         request.inputs["images"].CopyFrom(_bytes_tensor(images))
         response = self._call(self._predict, request)
-        outputs = {key: tf.make_ndarray(response.outputs[key]) for key in ("probability", "label", "threshold")}
+        outputs = {key: to_array(key, value) for key, value in response.outputs.items()}
         served = response.model_spec.version.value
-        return [Prediction(float(p), name.decode("utf-8"), float(t), served)
-                for p, name, t in zip(outputs["probability"], outputs["label"], outputs["threshold"])]
+        ood_scores = outputs.get("ood_score", [None] * len(images))
+        in_distribution = outputs.get("in_distribution", [None] * len(images))
+        return [Prediction(float(p), name.decode("utf-8"), float(t), served,
+                           None if score is None else float(score), None if inside is None else bool(inside))
+                for p, name, t, score, inside in zip(outputs["probability"], outputs["label"], outputs["threshold"],
+                                                     ood_scores, in_distribution)]
 
     def model_status(self) -> get_model_status_pb2.GetModelStatusResponse:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -106,10 +133,13 @@ class PredictionClient:
                 if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     time.sleep(0.2 * 2 ** attempt)
                     continue
-                raise ClientError(self._explain(error)) from error
+                raise ClientError(self._explain(error), error.code() == grpc.StatusCode.UNAVAILABLE) from error
 
     def _explain(self, error: grpc.RpcError) -> str:
         code, details = error.code(), (error.details() or "").split("\n")[0]
+        if code == grpc.StatusCode.UNAVAILABLE and any(word in details.lower() for word in ("ssl", "handshake")):
+            return (f"TLS with server {self.server} failed (check --ca-cert, and --client-cert/--client-key "
+                    f"for a server that verifies clients): {details}")
         if code == grpc.StatusCode.UNAVAILABLE:
             return f"server {self.server} is unavailable (is `pneumonia serve` running?): {details}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:

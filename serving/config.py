@@ -38,16 +38,21 @@ def model_config(name: str, base_path: str, policy: str = "latest", versions: Se
     return config
 
 
-def read(path: str) -> model_server_config_pb2.ModelServerConfig:
-    """Parses a --model_config_file; relative base paths are taken from the file's folder."""
-    config = model_server_config_pb2.ModelServerConfig()
+def read_text_proto(path: str, message, what: str):
+    """Fills `message` from a text proto file; ValueError naming `what` when unreadable or malformed."""
     try:
         with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), config)
+            text_format.Parse(f.read(), message)
     except OSError as error:
-        raise ValueError(f"cannot read model config {path}: {error.strerror}") from error
+        raise ValueError(f"cannot read {what} {path}: {error.strerror}") from error
     except text_format.ParseError as error:
-        raise ValueError(f"model config {path} is not a ModelServerConfig text proto: {error}") from error
+        raise ValueError(f"{what} {path} is not a {type(message).__name__} text proto: {error}") from error
+    return message
+
+
+def read(path: str) -> model_server_config_pb2.ModelServerConfig:
+    """Parses a --model_config_file; relative base paths are taken from the file's folder."""
+    config = read_text_proto(path, model_server_config_pb2.ModelServerConfig(), "model config")
     models = config.model_config_list.config
     if not models:
         raise ValueError(f"model config {path} lists no model (model_config_list {{ config {{ ... }} }})")

@@ -1,7 +1,8 @@
 """Served models: version discovery, policies, availability-preserving hot swap, request resolution.
 
 Mirrors TF Serving's model manager: a background poll of each base path loads the versions the
-policy wants, warms each new version up before it can be chosen, and unloads an old version only
+policy wants, warms each new version up before it can be chosen (replaying the warm-up requests shipped
+in its assets.extra/, serving/warmup.py), and unloads an old version only
 once a wanted one is available, so the last loaded version is never dropped. Requests hold a
 reference to the version they resolved, so an unload never cuts an in-flight request short.
 """
@@ -11,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -21,6 +22,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as model_config
+from serving.pixels import PixelBudget, PixelBudgetExhausted, request_pixels
 
 DEFAULT_SIGNATURE = "serving_default"
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -53,26 +55,14 @@ def tf_error_line(error: tf.errors.OpError) -> str:
     return (meaningful[0] if meaningful else lines[0]).split(" [Op:")[0]
 
 
-def _warmup_image() -> bytes:
-    return tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8)).numpy()
-
-
-def _warmup_inputs() -> Dict[str, np.ndarray]:
-    """One valid input per input key of the model contract: `images` (encoded bytes), `examples` (tf.Example)."""
-    image = _warmup_image()
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-    return {"images": np.array([image], dtype=object),
-            "examples": np.array([example.SerializeToString()], dtype=object)}
-
-
 class LoadedVersion:
     """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks)."""
 
-    def __init__(self, model_name: str, version: int, path: str):
+    def __init__(self, model_name: str, version: int, path: str, budget: PixelBudget):
         self.model_name = model_name
         self.version = version
         self.path = path
+        self.budget = budget
         graph = saved_model_pb2.SavedModel()
         with open(os.path.join(path, "saved_model.pb"), "rb") as f:
             graph.ParseFromString(f.read())
@@ -82,13 +72,6 @@ class LoadedVersion:
         self._model = tf.saved_model.load(path)
         self._functions = {name: self._model.signatures[name] for name in self.signature_defs}
 
-    def warm_up(self) -> None:
-        """Runs every signature the model contract knows once, so the first real request is not the slow one."""
-        samples = _warmup_inputs()
-        for name, definition in self.signature_defs.items():
-            if set(definition.inputs) <= set(samples):
-                self.run(name, {key: samples[key] for key in definition.inputs})
-
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         name = name or DEFAULT_SIGNATURE
         if name not in self.signature_defs:
@@ -96,9 +79,10 @@ class LoadedVersion:
                             f"signatures: {', '.join(sorted(self.signature_defs))}")
         return self.signature_defs[name]
 
-    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        """Checks inputs against the SignatureDef (names, dtype, shape), runs it, returns numpy outputs."""
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = (),
+            wait_seconds: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """Checks inputs against the SignatureDef (names, dtype, shape), waits (up to `wait_seconds`) for
+        room in the decoded-pixel budget, runs it, returns numpy outputs."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         definition = self.signature(signature_name)
         expected = set(definition.inputs)
@@ -110,11 +94,14 @@ class LoadedVersion:
                           f"{signature_name!r} ({sorted(definition.outputs)})")
         tensors = {key: _checked_tensor(key, value, definition.inputs[key]) for key, value in inputs.items()}
         try:
-            outputs = self._functions[signature_name](**tensors)
+            with self.budget.reserve(request_pixels(inputs), wait_seconds):
+                outputs = self._functions[signature_name](**tensors)
+                wanted = output_filter or list(outputs)
+                return {key: outputs[key].numpy() for key in wanted}
+        except PixelBudgetExhausted as error:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except tf.errors.InvalidArgumentError as error:
             raise invalid(f"input rejected by the model (e.g. undecodable image bytes): {tf_error_line(error)}")
-        wanted = output_filter or list(outputs)
-        return {key: outputs[key].numpy() for key in wanted}
 
 
 def _checked_tensor(key: str, value: np.ndarray, info: meta_graph_pb2.TensorInfo) -> tf.Tensor:
@@ -137,12 +124,18 @@ class VersionStatus:
     error: str = ""  # why loading failed; empty when the version is (or was) fine
 
 
+WarmUp = Callable[["LoadedVersion"], int]  # runs a new version's warm-up requests, returns how many
+
+
 class ServedModel:
     """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
 
-    def __init__(self, config: model_server_config_pb2.ModelConfig):
+    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget,
+                 warm_up: Optional[WarmUp] = None):
         self.config = config
+        self.budget = budget
         self.name = config.name
+        self._warm_up = warm_up
         self._loaded: Dict[int, LoadedVersion] = {}  # replaced as a whole, never mutated: readers need no lock
         self._status: Dict[int, VersionStatus] = {}
         self._swap = threading.Lock()  # one poll at a time
@@ -166,8 +159,8 @@ class ServedModel:
         self._status[version] = VersionStatus(State.LOADING)
         started = time.monotonic()
         try:
-            loaded = LoadedVersion(self.name, version, path)
-            loaded.warm_up()
+            loaded = LoadedVersion(self.name, version, path, self.budget)
+            replayed = self._warm_up(loaded) if self._warm_up else 0
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
             message = (tf_error_line(error) if isinstance(error, tf.errors.OpError)
                        else (str(error) or type(error).__name__).splitlines()[0])
@@ -176,8 +169,8 @@ class ServedModel:
             return
         self._loaded = {**self._loaded, version: loaded}
         self._status[version] = VersionStatus(State.AVAILABLE)
-        log.info("model %s version %d available (loaded and warmed up in %.1f s)", self.name, version,
-                 time.monotonic() - started)
+        log.info("model %s version %d available (loaded and %d warm-up requests replayed in %.1f s)", self.name,
+                 version, replayed, time.monotonic() - started)
 
     def resolve(self, version: Optional[int] = None, label: str = "") -> LoadedVersion:
         """TF Serving's rules: a version, else a version label, else the latest loaded version."""
@@ -212,7 +205,7 @@ class ServedModel:
 
 
 class ModelManager:
-    """All served models, polled in the background every `poll_seconds`.
+    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget.
 
     With `config_file` (and `config_poll_seconds` > 0), the model config file is read again when it changes,
     as TF Serving's --model_config_file_poll_wait_seconds does: version labels and policies follow it (e.g.
@@ -220,8 +213,12 @@ class ModelManager:
     """
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0,
+                 budget: Optional[PixelBudget] = None, warm_up: Optional[WarmUp] = None,
                  config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
-        self.models = {model.name: ServedModel(model) for model in server_config.model_config_list.config}
+        self.budget = budget or PixelBudget()
+        self.warm_up = warm_up
+        self.models = {model.name: ServedModel(model, self.budget, warm_up)
+                       for model in server_config.model_config_list.config}
         self.poll_seconds = poll_seconds
         self.config_file = config_file if config_poll_seconds > 0 else None
         self.config_poll_seconds = config_poll_seconds
@@ -261,7 +258,7 @@ class ModelManager:
             return
         models = {}
         for model_config_proto in server_config.model_config_list.config:
-            served = self.models.get(model_config_proto.name) or ServedModel(model_config_proto)
+            served = self.models.get(model_config_proto.name) or ServedModel(model_config_proto, self.budget, self.warm_up)
             served.config = model_config_proto  # one reference swap: readers see the old or the new config
             models[model_config_proto.name] = served
         self.models = models

@@ -3,11 +3,18 @@
 Paths: `GET /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]` and
 `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` with `instances` (row format) or
 `inputs` (columnar); binary strings travel as `{"b64": "..."}` both ways.
+
+With a web folder, `GET /` also serves the page in `serving/web/` (static files only: the page itself
+uses nothing but the paths above, so it works in front of the official server too).
 """
 import base64
 import http.server
 import json
+import logging
+import mimetypes
+import os
 import re
+import ssl
 import threading
 import time
 from concurrent import futures
@@ -26,6 +33,12 @@ HTTP_STATUS = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500,
 }
+log = logging.getLogger("serving.rest")
+WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
+# Everything the page needs comes from this server; it runs on networks without internet access.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+                                           "object-src 'none'; base-uri 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                   r"(?P<suffix>/metadata|:predict)?$")
 
@@ -109,13 +122,37 @@ def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[s
 class RestHandler(http.server.BaseHTTPRequestHandler):
     manager: ModelManager
     max_body_bytes: int
+    web_dir: Optional[str]  # the page's static files; None: no page
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # one structured line per request is logged instead
         pass
 
     def do_GET(self):
-        self._respond("GET")
+        page_file = self._page_file()
+        if page_file:
+            self._send_page_file(page_file)
+        else:
+            self._respond("GET")
+
+    def _page_file(self) -> Optional[str]:
+        """The web folder's file this GET names (`/` is index.html), or None: nothing outside the folder."""
+        if not self.web_dir:
+            return None
+        name = self.path.split("?", 1)[0].lstrip("/") or "index.html"
+        return os.path.join(self.web_dir, name) if name in os.listdir(self.web_dir) else None
+
+    def _send_page_file(self, path: str) -> None:
+        with open(path, "rb") as f:
+            body = f.read()
+        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        self.send_response(200)
+        for header, value in {**PAGE_HEADERS, "Content-Type": content_type, "Content-Length": str(len(body))}.items():
+            self.send_header(header, value)
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self):
         self._respond("POST")
@@ -201,6 +238,8 @@ class _PooledHTTPServer(http.server.HTTPServer):
     def _handle(self, request, client_address):
         try:
             self.finish_request(request, client_address)
+        except (ssl.SSLError, ConnectionError) as error:  # a refused TLS handshake or a dropped client
+            log.info("REST connection from %s ended: %s", client_address[0], error)
         except Exception:
             self.handle_error(request, client_address)
         finally:
@@ -208,9 +247,18 @@ class _PooledHTTPServer(http.server.HTTPServer):
 
 
 class RestServer:
-    def __init__(self, manager: ModelManager, host: str, port: int, max_body_bytes: int, workers: int):
-        handler = type("BoundRestHandler", (RestHandler,), {"manager": manager, "max_body_bytes": max_body_bytes})
+    """REST on a bounded pool; HTTPS when given an SSL context (the TLS handshake runs on the pool's
+    thread, so a client that stalls it cannot hold up accepting other connections); the web page from
+    `web_dir` at `/` unless it is None."""
+
+    def __init__(self, manager: ModelManager, host: str, port: int, max_body_bytes: int, workers: int,
+                 ssl_context: Optional[ssl.SSLContext] = None, web_dir: Optional[str] = WEB_DIR):
+        handler = type("BoundRestHandler", (RestHandler,),
+                       {"manager": manager, "max_body_bytes": max_body_bytes, "web_dir": web_dir})
         self._http = _PooledHTTPServer((host, port), handler, workers)
+        if ssl_context:
+            self._http.socket = ssl_context.wrap_socket(self._http.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
 

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from typing import Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import grpc
 import numpy as np
@@ -19,25 +19,17 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import tensors, tls, warmup
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
+from serving.pixels import PixelBudget
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # the model contract: `probability` is the PNEUMONIA score
 log = logging.getLogger("serving.server")
 
 
 def model_spec_target(spec: model_pb2.ModelSpec):
     """(name, version or None, label) of a ModelSpec (version and label are a oneof)."""
     return spec.name, (spec.version.value if spec.HasField("version") else None), spec.version_label
-
-
-def tensor_to_array(key: str, proto) -> np.ndarray:
-    if any(dim.size < 0 for dim in proto.tensor_shape.dim):
-        raise invalid(f"input {key!r} is not a well-formed TensorProto: negative dimension in its shape")
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # make_ndarray raises several types for inconsistent protos
-        raise invalid(f"input {key!r} is not a well-formed TensorProto: {str(error).splitlines()[0]}")
 
 
 def _answer_spec(spec: model_pb2.ModelSpec, loaded: LoadedVersion, signature_name: str) -> None:
@@ -71,6 +63,38 @@ def handled(method: str, model: str, context: grpc.ServicerContext) -> Iterator[
         log_request("grpc", method, model, call.version, started, code)
 
 
+def predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
+            wait_seconds: Optional[float] = None) -> predict_pb2.PredictResponse:
+    """A Predict request on a resolved version (gRPC, and warm-up replay); `wait_seconds`: the deadline left."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    inputs = {key: tensors.to_array(key, proto) for key, proto in request.inputs.items()}
+    outputs = loaded.run(signature_name, inputs, list(request.output_filter), wait_seconds)
+    response = predict_pb2.PredictResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    for key, value in outputs.items():
+        tensors.fill_proto(value, response.outputs[key])
+    return response
+
+
+def classify(loaded: LoadedVersion, request: classification_pb2.ClassificationRequest,
+             wait_seconds: Optional[float] = None) -> classification_pb2.ClassificationResponse:
+    """tf.Example in, through a classification signature (TF Serving's rules, see classification_outputs);
+    per example one class per column of `classes` / `scores`."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    wanted = classification_outputs(loaded, signature_name)
+    examples = serialized_examples(request.input)
+    outputs = loaded.run(signature_name, {tf.saved_model.CLASSIFY_INPUTS: examples}, wanted, wait_seconds)
+    response = classification_pb2.ClassificationResponse()
+    _answer_spec(response.model_spec, loaded, signature_name)
+    fill_classifications(response.result, outputs, len(examples))
+    return response
+
+
+def replay_warmup(loaded: LoadedVersion) -> int:
+    """TF Serving's warm-up: the version's recorded requests, each through the code that answers its kind."""
+    return warmup.replay(loaded, {"predict_log": predict, "classify_log": classify})
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -82,36 +106,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request: predict_pb2.PredictRequest, context):
         with handled("Predict", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {key: tensor_to_array(key, proto) for key, proto in request.inputs.items()}
-            outputs = loaded.run(signature_name, inputs, list(request.output_filter))
-            response = predict_pb2.PredictResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
-            return response
+            return predict(self._resolve(request.model_spec, call), request, context.time_remaining())
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
-        """tf.Example in; per example the two classes of the model contract, scored by `probability`."""
         with handled("Classify", request.model_spec.name, context) as call:
-            loaded = self._resolve(request.model_spec, call)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            definition = loaded.signature(signature_name)
-            string_inputs = [key for key, info in definition.inputs.items() if info.dtype == tf.string.as_datatype_enum]
-            if len(definition.inputs) != 1 or not string_inputs:
-                raise invalid(f"signature {signature_name!r} does not take one batch of serialized tf.Example")
-            if "probability" not in definition.outputs:
-                raise invalid(f"signature {signature_name!r} has no 'probability' output to classify with")
-            examples = serialized_examples(request.input)
-            outputs = loaded.run(signature_name, {string_inputs[0]: examples}, ["probability"])
-            response = classification_pb2.ClassificationResponse()
-            _answer_spec(response.model_spec, loaded, signature_name)
-            for probability in outputs["probability"]:
-                classification = response.result.classifications.add()
-                classification.classes.add(label=CLASS_NAMES[1], score=float(probability))
-                classification.classes.add(label=CLASS_NAMES[0], score=float(1.0 - probability))
-            return response
+            return classify(self._resolve(request.model_spec, call), request, context.time_remaining())
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         with handled("GetModelMetadata", request.model_spec.name, context) as call:
@@ -126,6 +125,57 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 signatures.signature_def[name].CopyFrom(definition)
             response.metadata["signature_def"].Pack(signatures)
             return response
+
+
+CLASSIFY_OUTPUTS = (tf.saved_model.CLASSIFY_OUTPUT_CLASSES, tf.saved_model.CLASSIFY_OUTPUT_SCORES)
+
+
+def classification_outputs(loaded: LoadedVersion, signature_name: str) -> List[str]:
+    """The outputs Classify reads, after TF Serving's checks of the signature (classifier.cc:
+    GetClassificationSignatureDef, PreProcessClassification), with its status codes and messages."""
+    definition = loaded.signature_defs.get(signature_name)
+    if definition is None:
+        raise invalid(f"No signature was found with the name: {signature_name}")
+    if definition.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
+        raise invalid(f"Expected classification signature method_name to be {tf.saved_model.CLASSIFY_METHOD_NAME}. "
+                      f"Was: {definition.method_name}")
+    if len(definition.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    if len(definition.outputs) not in (1, 2):
+        raise invalid(f"Expected one or two output Tensors, found {len(definition.outputs)}")
+    if tf.saved_model.CLASSIFY_INPUTS not in definition.inputs:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"No classification inputs found in signature {signature_name!r}")
+    wanted = [name for name in CLASSIFY_OUTPUTS if name in definition.outputs]
+    if not wanted:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           'Expected classification signature outputs to contain at least one of "classes" or "scores"')
+    return wanted
+
+
+def fill_classifications(result: classification_pb2.ClassificationResult, outputs: Dict[str, np.ndarray],
+                         num_examples: int) -> None:
+    """TF Serving's PostProcessClassificationResult: [batch, classes] tensors, one Classifications per example."""
+    expected = {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: "O", tf.saved_model.CLASSIFY_OUTPUT_SCORES: "f"}
+    for name, value in outputs.items():
+        if value.ndim != 2:
+            raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
+        if value.dtype.kind != expected[name]:
+            raise invalid(f"Expected {name} Tensor of {'DT_STRING' if expected[name] == 'O' else 'DT_FLOAT'}")
+        if value.shape[0] != num_examples:
+            raise invalid(f"Expected {name} output batch size of {num_examples}. Got: {value.shape[0]}")
+    classes, scores = (outputs.get(name) for name in CLASSIFY_OUTPUTS)
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise ServingError(grpc.StatusCode.INTERNAL, "Tensors class and score should match in dim_size(1)")
+    num_classes = next(value.shape[1] for value in outputs.values())
+    for row in range(num_examples):
+        classifications = result.classifications.add()
+        for column in range(num_classes):
+            entry = classifications.classes.add()
+            if classes is not None:
+                entry.label = classes[row, column].decode()
+            if scores is not None:
+                entry.score = float(scores[row, column])
 
 
 def serialized_examples(model_input) -> np.ndarray:
@@ -163,14 +213,21 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class ModelServer:
-    """The gRPC server (and optionally REST) over one ModelManager; ports 0 pick free ports."""
+    """The gRPC server (and optionally REST, with the web page at `/` unless `web_page` is off) over one
+    ModelManager; ports 0 pick free ports.
+
+    `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
+    see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
+    """
 
     def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
                  grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
+                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True,
                  config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
         """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
-        self.manager = ModelManager(server_config, poll_seconds, config_file, config_poll_seconds)
+        self.manager = ModelManager(server_config, poll_seconds, budget, warm_up=replay_warmup,
+                                    config_file=config_file, config_poll_seconds=config_poll_seconds)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -179,13 +236,17 @@ class ModelServer:
             maximum_concurrent_rpcs=workers + max_queued)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        address = f"{host}:{grpc_port}"
+        self.grpc_port = (self._grpc.add_secure_port(address, tls.grpc_server_credentials(ssl_config)) if ssl_config
+                          else self._grpc.add_insecure_port(address))
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port} (in use?)")
         self.rest = None
         if rest_port is not None:
-            from serving.rest import RestServer
-            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers)
+            from serving.rest import WEB_DIR, RestServer
+            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers,
+                                   tls.rest_ssl_context(ssl_config) if ssl_config else None,
+                                   WEB_DIR if web_page else None)
         self.rest_port = self.rest.port if self.rest else None
 
     def start(self) -> "ModelServer":

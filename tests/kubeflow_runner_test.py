@@ -1,18 +1,17 @@
 """Kubeflow compile: the YAML loads with kfp's loader, has a task per component with the pipeline's edges,
-and carries the runtime parameters, the image, the Trainer's resources and the Beam arguments asked for."""
+and carries the runtime parameters, the image, the Trainer's resources and the Beam arguments asked for;
+an image tag that does not pin the working tree's code is refused."""
 import json
 
 import pytest
 import yaml
 from kfp import components
-from tfx import v1 as tfx
-
-from kubeflow import runner
+from kubeflow import image, runner
 from kubeflow.parameters import DATA_ROOT_PARAMETER, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
 from pneumonia.cli import main
 
-IMAGE = "registry.example/pneumonia-pipeline:test"
+IMAGE = f"registry.example/pneumonia-pipeline:{image.pinned_tag()}"
 LOCATIONS = runner.Locations.resolve(root="gs://bucket/pneumonia", data="gs://bucket/prepared")
 BEAM_ARG = "--direct_num_workers=2"
 
@@ -20,7 +19,7 @@ BEAM_ARG = "--direct_num_workers=2"
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(pipeline object, YAML spec, job JSON) for one compile with non-default settings."""
-    config = RunConfig(architecture="resnet50", epochs=3, warm_start=True, beam_args=[BEAM_ARG],
+    config = RunConfig(architecture="densenet121", epochs=3, beam_args=[BEAM_ARG],
                        trainer_cpu=4, trainer_memory_gb=16, trainer_gpus=1)
     out = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
     yaml_path, job_path = runner.compile_pipeline(config, LOCATIONS, out, IMAGE)
@@ -29,12 +28,6 @@ def compiled(tmp_path_factory):
     with open(job_path) as f:
         job = json.load(f)
     return runner.kubeflow_pipeline(config, LOCATIONS), yaml_path, spec, job
-
-
-def task_name(node, tasks) -> str:
-    """The compiled task of a TFX node: a latest-blessed-model resolver becomes `<id>-model-resolver`."""
-    blessed_resolver = f"{node.id}-model-resolver"
-    return blessed_resolver if isinstance(node, tfx.dsl.Resolver) and blessed_resolver in tasks else node.id
 
 
 def test_yaml_loads_with_kfp_and_matches_the_job(compiled):
@@ -48,19 +41,34 @@ def test_yaml_loads_with_kfp_and_matches_the_job(compiled):
 def test_a_task_per_component_with_the_pipelines_edges(compiled):
     pipeline, _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    required = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "Trainer",
-                "ThresholdCalibrator", "latest_blessed_model_resolver-model-resolver", "Evaluator", "Pusher"}
-    assert required <= set(tasks)
+    assert set(tasks) == {node.id for node in pipeline.components}
+    assert "ThresholdCalibrator" in tasks
     for node in pipeline.components:
-        assert task_name(node, tasks) in tasks
-        expected = {task_name(upstream, tasks) for upstream in node.upstream_nodes}
-        assert set(tasks[task_name(node, tasks)].get("dependentTasks", [])) == expected, node.id
-    assert "latest_model_resolver" in tasks["Trainer"]["dependentTasks"]  # warm start
+        expected = {upstream.id for upstream in node.upstream_nodes}
+        assert set(tasks[node.id].get("dependentTasks", [])) == expected, node.id
     assert "DataValidationGate" in tasks["Trainer"]["dependentTasks"]
     assert "Trainer" in tasks["ThresholdCalibrator"]["dependentTasks"]  # the calibrated model is what is judged
-    assert {"ThresholdCalibrator", "latest_blessed_model_resolver-model-resolver"} <= set(
-        tasks["Evaluator"]["dependentTasks"])
+    assert {"ThresholdCalibrator", "latest_served_model"} <= set(tasks["Evaluator"]["dependentTasks"])
     assert {"Evaluator", "ThresholdCalibrator"} <= set(tasks["Pusher"]["dependentTasks"])
+
+
+def test_the_baseline_is_the_latest_served_version_and_never_cached(compiled):
+    """Open-source KFP cannot run TFX's resolver executors: no task may need one."""
+    _, _, spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert all("container" in executor for executor in executors.values())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["latest_served_model"]["inputs"]["parameters"]["model_base"]["runtimeValue"]["constant"] == (
+        LOCATIONS.serving_dir + "/pneumonia")
+    assert tasks["latest_served_model"]["cachingOptions"] == {"enableCache": False}
+    assert all(task["cachingOptions"] == {"enableCache": True} for name, task in tasks.items()
+               if name != "latest_served_model")
+    assert executors["Evaluator_executor"]["container"]["args"][1] == "components.served_baseline.executor.Evaluator"
+
+
+def test_warm_start_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="open-source Kubeflow Pipelines cannot run"):
+        runner.kubeflow_pipeline(RunConfig(warm_start=True), LOCATIONS)
 
 
 def test_runtime_parameters_have_the_defaults_asked_for(compiled):
@@ -68,7 +76,7 @@ def test_runtime_parameters_have_the_defaults_asked_for(compiled):
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters[DATA_ROOT_PARAMETER]["defaultValue"] == "gs://bucket/prepared"
     trainer_config = json.loads(parameters[TRAINER_CONFIG_PARAMETER]["defaultValue"])
-    assert (trainer_config["architecture"], trainer_config["epochs"]) == ("resnet50", 3)
+    assert (trainer_config["architecture"], trainer_config["epochs"]) == ("densenet121", 3)
     assert job["runtimeConfig"]["parameterValues"] == {name: p["defaultValue"] for name, p in parameters.items()}
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {
@@ -123,3 +131,52 @@ def test_compile_command_writes_spec_and_job(tmp_path, capsys):
         main(["compile", "--out", str(out)])
     with pytest.raises(SystemExit, match="must be a .yaml or .yml file"):
         main(["compile", "--out", str(tmp_path / "pipeline.json"), "--root", "gs://bucket/p"])
+
+
+@pytest.mark.parametrize("setting, problem", [({"architecture": "resnet50"}, "unknown architecture 'resnet50'"),
+                                              ({"loss": "hinge"}, "unknown loss 'hinge'"),
+                                              ({"epochs": -1}, "epochs=-1: must be at least 0")])
+def test_compile_refuses_trainer_settings_every_run_would_fail_on(tmp_path, capsys, setting, problem):
+    out = tmp_path / "pipeline.yaml"
+    with pytest.raises(ValueError, match=problem):
+        runner.compile_pipeline(RunConfig(**setting), LOCATIONS, str(out), IMAGE)
+    assert not out.exists()
+
+
+def test_the_trainer_checks_every_key_the_run_config_gives_it():
+    from trainer import task
+
+    assert set(RunConfig().trainer_config()) == set(task.CONFIG_TYPES)
+    task.check_config(RunConfig().trainer_config())
+
+
+def test_an_image_tag_that_does_not_pin_the_code_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "pipeline.yaml")
+    main(["image-tag"])
+    tag = capsys.readouterr().out.strip()
+    assert tag == image.pinned_tag() and tag.startswith("0.1.0-")
+    main(["compile", "--out", out, "--root", "gs://bucket/p"])  # the default image is the pinned one
+    assert f"pneumonia-pipeline:{tag}" in open(out).read()
+    for unpinned in ("registry.example/pneumonia-pipeline:0.1.0", "registry.example/pneumonia-pipeline:latest",
+                     f"registry.example/pneumonia-pipeline@sha256:{'0' * 64}", "registry.example:5000/pneumonia"):
+        with pytest.raises(SystemExit, match=f"error: --image {unpinned}: its tag does not pin this working tree's "
+                                             f"code; build and push it as REGISTRY/pneumonia-pipeline:{tag}"):
+            main(["compile", "--out", out, "--root", "gs://bucket/p", "--image", unpinned])
+
+
+def test_the_code_digest_follows_every_file_the_image_runs(tmp_path):
+    for package in image.PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "module.py").write_text("x = 1\n")
+    (tmp_path / "setup.py").write_text("setup()\n")
+    before = image.code_digest(str(tmp_path))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "new_test.py").write_text("")  # not in the image
+    (tmp_path / "trainer" / "__pycache__").mkdir()
+    (tmp_path / "trainer" / "__pycache__" / "module.cpython-310.pyc").write_bytes(b"\0")
+    assert image.code_digest(str(tmp_path)) == before
+    for path in [tmp_path / package / "module.py" for package in image.PACKAGES] + [tmp_path / "setup.py"]:
+        original = path.read_text()
+        path.write_text(original + "# changed\n")
+        assert image.code_digest(str(tmp_path)) != before, path
+        path.write_text(original)

@@ -12,10 +12,11 @@ import pytest
 
 from kubeflow.schedule import (ScheduleError, ScheduleRequest, make_plan, pipeline_parameters, recurring_run_body,
                                schedule, validate_cron)
+from pipeline.config import RunConfig
 from pneumonia.cli import main
 
 API = "/apis/v2beta1"
-TRAINER_DEFAULTS = {"architecture": "cnn", "epochs": 5, "learning_rate": 0.001, "augment": True}
+TRAINER_DEFAULTS = RunConfig().trainer_config()
 SPEC = {
     "pipelineInfo": {"name": "pneumonia"},
     "defaultPipelineRoot": "gs://bucket/tfx/pneumonia",
@@ -139,7 +140,7 @@ def package(tmp_path):
 
 def request_for(server_url, package, **overrides) -> ScheduleRequest:
     values = dict(host=server_url, package=str(package), cron="0 0 3 * * *", experiment="pneumonia",
-                  job_name="nightly", assignments=["epochs=10", "architecture=resnet50", "data_root=gs://new/data"])
+                  job_name="nightly", assignments=["epochs=10", "architecture=densenet121", "data_root=gs://new/data"])
     values.update(overrides)
     return ScheduleRequest(**values)
 
@@ -156,7 +157,7 @@ def test_uploads_then_creates_the_recurring_run(kfp_server, package):
     assert int(run["max_concurrency"]) == 1
     parameters = run["runtime_config"]["parameters"]
     assert parameters["data_root"] == "gs://new/data"
-    assert json.loads(parameters["trainer_config"]) == {**TRAINER_DEFAULTS, "epochs": 10, "architecture": "resnet50"}
+    assert json.loads(parameters["trainer_config"]) == {**TRAINER_DEFAULTS, "epochs": 10, "architecture": "densenet121"}
     assert run["runtime_config"]["pipeline_root"] == "gs://bucket/tfx/pneumonia"
     experiment_id = next(iter(server.experiments))
     # The dry run prints this same body, with the ids the server assigned.
@@ -251,3 +252,17 @@ def test_parameters_are_typed_like_their_defaults():
         pipeline_parameters(SPEC, ["epochs=ten"])
     with pytest.raises(ScheduleError, match="expected KEY=VALUE"):
         pipeline_parameters(SPEC, ["epochs"])
+
+
+@pytest.mark.parametrize("assignment, problem", [
+    ("architecture=resnet50", "unknown architecture 'resnet50'; choose one of: cnn"),
+    ("threshold_policy=f1", "unknown threshold policy 'f1'"),
+    ("batch_size=0", "trainer setting batch_size=0: must be at least 1"),
+    ('model_config={"depth": 3}', "cnn: unknown model_config setting"),
+    ('trainer_config={"architecture": "cnn"}', "missing trainer setting"),
+])
+def test_trainer_settings_the_trainer_would_refuse_fail_before_any_request(kfp_server, package, assignment, problem):
+    server = kfp_server()
+    with pytest.raises(ScheduleError, match=f"--param trainer_config: {problem}"):
+        schedule(request_for(server.url, package, assignments=[assignment]), out=lambda line: None)
+    assert server.requests == []

@@ -45,6 +45,15 @@ def write(path, content):
         f.write(content)
 
 
+def synthetic_xrays(root: str, relpaths) -> str:
+    """Distinct small grayscale JPEGs at the given paths under root (Kermany names give the patients)."""
+    rng = np.random.default_rng(0)
+    for relpath in relpaths:
+        write(os.path.join(root, relpath),
+              encode(Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)), "JPEG"))
+    return root
+
+
 @pytest.mark.parametrize("name, label, patient, pathogen", [
     ("person123_bacteria_456.jpeg", 1, "person123", "bacteria"),
     ("person45_virus_78.jpeg", 1, "person45", "virus"),
@@ -132,7 +141,7 @@ def test_every_bad_file_is_accounted_for_with_a_reason(shared_data, tmp_path):
         "PNEUMONIA/error.jpg": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML"),
         "PNEUMONIA/cmyk.jpeg": (encode(gray.convert("CMYK"), "JPEG"), "unsupported pixel mode CMYK"),
         "PNEUMONIA/tiny.png": (encode(gray.resize((20, 40)), "PNG"), "too small: 20x40"),
-        "PNEUMONIA/bomb.png": (png_declaring(20000, 20000, png), "exceeds 100 megapixels"),
+        "PNEUMONIA/bomb.png": (png_declaring(20000, 20000, png), "exceeds the pixel budget of 100 megapixels"),
         "OTHER/x.jpeg": (real, "unknown class folder 'OTHER'"),
         "loose.jpeg": (real, "not at <class>/<file>"),
         "NORMAL/.hidden.jpeg": (real, "hidden file"),
@@ -243,3 +252,31 @@ def test_full_resolution_originals_are_written_as_stored(shared_data, tmp_path):
         with Image.open(io.BytesIO(stored)) as image:
             assert (feature(example, "width"), feature(example, "height")) == image.size
         assert min(image.size) > 224
+
+
+def test_every_evaluation_split_is_audited_for_patients_seen_in_train(tmp_path):
+    """Kermany's test shares person IDs with train (person1_bacteria_* in train, person1_virus_* in test):
+    the report lists them per evaluation split, and each record says whether its patient is in train."""
+    train = [f"train/PNEUMONIA/person{i}_bacteria_{i}.jpeg" for i in range(1, 9)]
+    train += [f"train/NORMAL/IM-{i:04d}-0001.jpeg" for i in range(1, 9)]
+    test = ["test/PNEUMONIA/person1_virus_100.jpeg", "test/PNEUMONIA/person1_virus_101.jpeg",
+            "test/PNEUMONIA/person99_virus_102.jpeg", "test/NORMAL/IM-0200-0001.jpeg"]
+    raw = synthetic_xrays(str(tmp_path / "raw"), train + test)
+    out = str(tmp_path / "out")
+    report = prepare.prepare([prepare.Source.parse(f"kermany={raw}")], out, eval_fraction=0.25)
+    carved = {feature(e, "patient_id") for e in read_examples(os.path.join(out, "eval"))}
+    assert report["patients_shared_with_train"] == {"eval": [], "test": ["kermany:person1"]}
+    assert report["images_of_patients_in_train"] == {"eval": 0, "test": 2}
+    assert "test: 1 patient ID(s) also in train, 2 image(s)" in prepare.summary(report)
+    seen = {split: {feature(e, "source_path"): feature(e, "patient_in_train")
+                    for e in read_examples(os.path.join(out, split))} for split in ("train", "eval", "test")}
+    assert set(seen["train"].values()) == {1} and set(seen["eval"].values()) == {0} and carved
+    assert seen["test"] == {"test/PNEUMONIA/person1_virus_100.jpeg": 1, "test/PNEUMONIA/person1_virus_101.jpeg": 1,
+                            "test/PNEUMONIA/person99_virus_102.jpeg": 0, "test/NORMAL/IM-0200-0001.jpeg": 0}
+
+
+def test_a_report_whose_files_do_not_add_up_fails(prepared):
+    """`accounted` is enforced: a file neither written, quarantined nor skipped as a duplicate is an error."""
+    report = dict(prepared[3], written=prepared[3]["written"] - 1, accounted=False)  # one file lost
+    with pytest.raises(prepare.PrepareError, match="98 files seen, but 97 written .* do not add up"):
+        prepare._check_report(report, max_bad_fraction=0.01, strict=False)

@@ -20,8 +20,10 @@ from tfx_bsl.tfxio import tf_example_record
 from components.report import executor
 from pipeline.evaluation import create_eval_config
 from pneumonia import cli, prepare
+from pneumonia import report as report_lib
 from tests.compare_test import Metadata
 from tests.conftest import copy_subset
+from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 from trainer import models, signatures, task
 from trainer.preprocessing import decode_image
 from trainer.threshold import Threshold
@@ -179,3 +181,47 @@ def test_cli_regenerates_the_report_of_the_latest_or_a_named_run(tiny_run, tmp_p
     assert "Up to 3 images per split" in open(index, encoding="utf-8").read()
     with pytest.raises(SystemExit, match="run 'run-9' has no EvaluationReport execution"):
         cli.main(["report", "--root", root, "--run", "run-9"])
+
+
+def copy_into(local_folder: str, uri: str) -> str:
+    for folder, _, names in os.walk(local_folder):
+        for name in names:
+            target = os.path.join(uri, os.path.relpath(os.path.join(folder, name), local_folder))
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(os.path.join(folder, name), target)
+    return uri
+
+
+def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny_run, bucket, tmp_path):
+    """Examples, model and TFMA output in gs://, the report written there; `compare` (and its policy table)
+    reads them with the exported model scoring every record, no stand-in."""
+    from sklearn.metrics import roc_auc_score
+
+    from pneumonia import policies, results
+
+    uris = {key: copy_into(tiny_run[key], f"{bucket}/{key}") for key in ("examples", "model", "evaluation")}
+    index = executor.generate(uris["examples"], tiny_run["split_names"], uris["model"], uris["evaluation"],
+                              f"{bucket}/report", blessed=True, settings=executor.Settings(max_images_per_split=10))
+    assert index == f"{bucket}/report/index.html"
+    written = files_under(f"{bucket}/report")
+    assert "index.html" in written and "roc_pr.png" in written and any(n.startswith("gradcam_") for n in written)
+
+    metadata_path = str(tmp_path / "metadata.sqlite")
+    metadata = Metadata(metadata_path)
+    model = metadata.artifact("Model", uris["model"])
+    [model.id] = metadata.store.put_artifacts([model])
+    metadata.execution("pneumonia", "run-1", "Trainer", {}, {"model": model}, custom_config={"weights": "none"})
+    metadata.execution("pneumonia", "run-1", "Evaluator",
+                       {"model": model, "examples": metadata.artifact("Examples", uris["examples"],
+                                                                      split_names=tiny_run["split_names"])},
+                       {"evaluation": metadata.artifact("ModelEvaluation", uris["evaluation"]),
+                        "blessing": metadata.artifact("ModelBlessing", "", blessed=True)})
+    evaluated = report_lib.latest_evaluations(metadata_path)
+    rows = report_lib.compare_rows(evaluated)
+    table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
+    labels, scores, _ = results.score_splits(uris["examples"], ["test"], uris["model"])["test"]
+    assert table["test"]["examples"] == str(len(labels)) == "24"
+    assert float(table["test"]["AUC"]) == pytest.approx(roc_auc_score(labels, scores), abs=2e-3)
+    fixed = next(dict(zip(r[0], row)) for r in [policies.policy_rows(evaluated)] for row in r[1:] if row[1] == "fixed:0.5")
+    assert fixed["test sens"] == f"{np.mean(scores[labels == 1] >= 0.5):.3f}"
+    assert fixed["test spec"] == f"{np.mean(scores[labels == 0] < 0.5):.3f}"

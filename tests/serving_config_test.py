@@ -86,6 +86,9 @@ def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config():
     args = " ".join(container["args"])
     assert "--grpc_channel_arguments=grpc.max_receive_message_length=" in args
     assert "--enable_batching=true" in args and "--batching_parameters_file=" in args
+    tls_mount = next(m for m in container["volumeMounts"] if f"--ssl_config_file={m['mountPath']}/" in args)
+    volumes = {v["name"]: v for v in kinds["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[tls_mount["name"]]["secret"]["secretName"] == "pneumonia-serving-tls"
     files = kinds["ConfigMap"]["data"]
     models = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(files["models.config"], models)
@@ -97,9 +100,11 @@ def test_tfserving_backend_gets_the_same_settings(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers())
     args = parser.parse_args(["serve", "--serving-dir", str(tmp_path), "--grpc-port", "9500", "--rest-port", "9501",
-                              "--max-message-bytes", "1024", "--poll-seconds", "3", "--backend", "tfserving"])
+                              "--max-message-bytes", "1024", "--poll-seconds", "3", "--backend", "tfserving",
+                              "--ssl-config-file", "ssl.config"])
     config_path = config.write(cli.server_config(args), str(tmp_path / "models.config"))
     assert cli.tfserving_command(args, config_path) == [
         "tensorflow_model_server", "--port=9500", "--rest_api_port=9501", f"--model_config_file={config_path}",
-        "--file_system_poll_wait_seconds=3", "--grpc_channel_arguments=grpc.max_receive_message_length=1024"]
+        "--file_system_poll_wait_seconds=3", "--grpc_channel_arguments=grpc.max_receive_message_length=1024",
+        f"--ssl_config_file={os.path.abspath('ssl.config')}"]
     assert only_model(config.read(config_path)).base_path == str(tmp_path / "pneumonia")

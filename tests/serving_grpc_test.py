@@ -72,19 +72,25 @@ def test_predict_on_both_signatures_agrees_and_reports_the_version(served):
     assert set(service.Predict(request, timeout=10).outputs) == {"probability"}
 
 
-def test_classify_scores_both_classes_from_examples(served):
+def test_classify_answers_through_the_classification_signature_only(served):
+    """As tensorflow_model_server: Classify runs a signature whose method name is classify, and refuses
+    serving_default (a predict signature), the default when the request names none."""
     images = [png(seed=3), png(seed=4)]
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = MODEL_NAME
     request.input.example_list.examples.extend(example(i) for i in images)
+    refused = rpc_error(stub(served).Classify, request)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected classification signature method_name to be tensorflow/serving/classify" in refused.details()
+
+    request.model_spec.signature_name = "classify"
     response = stub(served).Classify(request, timeout=10)
     probability = tf.make_ndarray(stub(served).Predict(image_request(images), timeout=10).outputs["probability"])
-    assert response.model_spec.version.value == 1
+    assert response.model_spec.version.value == 1 and response.model_spec.signature_name == "classify"
     assert len(response.result.classifications) == 2
     for classification, expected in zip(response.result.classifications, probability):
-        scores = {c.label: c.score for c in classification.classes}
-        assert scores["PNEUMONIA"] == pytest.approx(expected, abs=1e-6)
-        assert scores["NORMAL"] == pytest.approx(1 - expected, abs=1e-6)
+        assert [c.label for c in classification.classes] == ["NORMAL", "PNEUMONIA"]
+        assert [c.score for c in classification.classes] == pytest.approx([1 - expected, expected], abs=1e-6)
 
     context = classification_pb2.ClassificationRequest(model_spec=request.model_spec)
     context.input.example_list_with_context.context.CopyFrom(example(images[0]))
@@ -100,7 +106,7 @@ def test_model_metadata_lists_the_signature_defs(served):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     assert response.model_spec.version.value == 1
-    assert set(signatures.signature_def) == {"serving_default", "predict_images"}
+    assert set(signatures.signature_def) == {"serving_default", "predict_images", "classify"}
     images = signatures.signature_def["predict_images"].inputs["images"]
     assert images.dtype == tf.string.as_datatype_enum and [d.size for d in images.tensor_shape.dim] == [-1]
     assert set(signatures.signature_def["serving_default"].outputs) == {

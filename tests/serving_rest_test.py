@@ -53,7 +53,7 @@ def test_status_and_metadata(served):
     assert rest(served, "GET", f"/v1/models/{MODEL_NAME}/versions/1")[1]["model_version_status"][0]["version"] == "1"
     status, metadata = rest(served, "GET", f"/v1/models/{MODEL_NAME}/metadata")
     assert status == 200 and metadata["model_spec"] == {"name": MODEL_NAME, "version": "1"}
-    assert set(metadata["metadata"]["signature_def"]["signatureDef"]) == {"serving_default", "predict_images"}
+    assert set(metadata["metadata"]["signature_def"]["signatureDef"]) == {"serving_default", "predict_images", "classify"}
 
 
 def test_errors_carry_the_grpc_meaning_as_http_status(served):

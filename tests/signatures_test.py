@@ -90,3 +90,33 @@ def test_decision_score_puts_the_tuned_threshold_at_one_half(shared_data, tmp_pa
     assert 0 < (score > 0.5).sum() < len(files)
     order = np.argsort(probability)
     assert np.all(np.diff(score[order]) >= 0) and np.all((score >= 0) & (score <= 1))  # monotonic, in [0, 1]
+
+
+def test_classify_signature_follows_tf_servings_classification_rules(tmp_path):
+    """TF Serving's classifier.cc (PreProcessClassification, PostProcessClassificationResult): method name
+    tensorflow/serving/classify, exactly one input `inputs` (serialized tf.Example), one or two outputs among
+    `classes` (DT_STRING) and `scores` (DT_FLOAT), both [batch_size, num_classes]."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    export_dir = str(tmp_path / "model")
+    signatures.export(models.build("cnn", 64, **models.REGISTRY["cnn"].tiny), export_dir, 64,
+                      Threshold(0.4, "youden", 0.9, 0.8, 10), str(tmp_path / "work"), "cnn", {})
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(open(os.path.join(export_dir, "saved_model.pb"), "rb").read())
+    definition = saved_model.meta_graphs[0].signature_def[signatures.CLASSIFY_SIGNATURE]
+    assert definition.method_name == "tensorflow/serving/classify"
+    assert list(definition.inputs) == ["inputs"] and definition.inputs["inputs"].dtype == tf.string.as_datatype_enum
+    assert set(definition.outputs) == {"classes", "scores"}
+    assert definition.outputs["classes"].dtype == tf.string.as_datatype_enum
+    assert definition.outputs["scores"].dtype == tf.float32.as_datatype_enum
+    for output in definition.outputs.values():
+        assert [dim.size for dim in output.tensor_shape.dim] == [-1, 2]
+    tf.saved_model.experimental.read_fingerprint(export_dir)  # still consistent after the method name was set
+
+    from tests.serving_fixtures import png
+    images = [png(seed=1), png(seed=2), png(seed=3)]
+    loaded = tf.saved_model.load(export_dir)
+    classified = loaded.signatures[signatures.CLASSIFY_SIGNATURE](inputs=tf.constant(serialized_examples(images)))
+    probability = serve_both(export_dir, images)["probability"]
+    assert classified["classes"].numpy().tolist() == [[b"NORMAL", b"PNEUMONIA"]] * 3
+    np.testing.assert_allclose(classified["scores"].numpy(), np.stack([1 - probability, probability], 1), atol=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import inputs
+from trainer import augment, inputs
 from trainer.preprocessing import decode_image
 
 IMAGE_SIZE = 32
@@ -92,3 +92,55 @@ def test_label_counts(split):
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(ValueError, match="no TFRecord files match"):
         inputs.make_dataset([str(tmp_path / "none*")], IMAGE_SIZE, 4, training=False)
+
+
+def per_image_pixels(dataset: tf.data.Dataset) -> np.ndarray:
+    """The batches' pixels, per image (training order differs between datasets)."""
+    return pixels_of(dataset).reshape(-1, IMAGE_SIZE * IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("setting", [{"crop_min_area": 0.65}, {"acquisition": True}])
+def test_per_image_augmentation_changes_every_image_repeatably_and_anew_each_epoch(split, setting):
+    pattern, images = split
+    plain = np.stack([decode_image(image, IMAGE_SIZE).numpy().reshape(-1) for image, _ in images])
+    dataset = inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True, augment=True, seed=3, **setting)
+    first, second = per_image_pixels(dataset), per_image_pixels(dataset)  # two epochs of one dataset
+    again = per_image_pixels(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True, augment=True, seed=3,
+                                                 **setting))
+    np.testing.assert_array_equal(first, again)  # the same seed gives the same run
+    assert not np.allclose(first, second)  # new draws every epoch
+    assert first.min() >= 0.0 and first.max() <= 255.0
+    nearest = np.abs(first[:, None, :] - plain[None, :, :]).mean(axis=2).min(axis=1)
+    assert (nearest > 0.5).all()  # no image passes through unchanged
+
+
+def test_random_resized_crop_keeps_a_centred_region_of_at_least_the_minimum_area():
+    ramp = tf.tile(tf.range(IMAGE_SIZE, dtype=tf.float32)[tf.newaxis, :, tf.newaxis], [IMAGE_SIZE, 1, 1])
+    for seed in range(20):
+        cropped = augment.random_resized_crop(ramp, tf.constant([seed, 0], tf.int64), 0.65).numpy()
+        span = cropped[0, -1, 0] - cropped[0, 0, 0]  # a horizontal ramp: how much of the width survives
+        assert 0.65 * 0.9 * (IMAGE_SIZE - 1) - 2 <= span <= IMAGE_SIZE
+
+
+def test_acquisition_jitter_keeps_the_anatomy(split):
+    image = decode_image(split[1][0][0], IMAGE_SIZE)
+    for seed in range(5):
+        jittered = augment.acquisition_jitter(image, tf.constant([seed, 1], tf.int64)).numpy()
+        assert jittered.shape == image.shape and 0.0 <= jittered.min() and jittered.max() <= 255.0
+        # gamma, blur and noise move intensities but keep the picture: strongly correlated with the original
+        assert np.corrcoef(jittered.reshape(-1), image.numpy().reshape(-1))[0, 1] > 0.8
+
+
+def test_acquisition_augmentation_widens_brightness_and_contrast(split):
+    narrow, wide = inputs.augmentation(0), inputs.augmentation(0, intensity_factor=inputs.WIDE_INTENSITY_FACTOR)
+    assert narrow.layers[3].factor != wide.layers[3].factor
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"training": False, "acquisition": True}, "training data only"),
+    ({"training": True, "crop_min_area": 0.7}, "need augment on"),
+    ({"training": True, "augment": True, "crop_min_area": 0.0}, "crop_min_area must be in"),
+])
+def test_bad_augmentation_settings_are_refused(split, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        inputs.make_dataset([split[0]], IMAGE_SIZE, 4, **arguments)

@@ -200,3 +200,26 @@ def test_training_by_validation_loss_records_its_cost_and_choice(data, tmp_path)
 def test_bad_training_settings_are_refused(data, tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         run(data, str(tmp_path), config_for("cnn", **setting))
+
+
+def test_ema_momentum_has_a_horizon_in_epochs():
+    assert task.ema_momentum(0.0, 100) is None
+    assert task.ema_momentum(2.0, 50) == pytest.approx(0.99)
+    with pytest.raises(ValueError, match="ema_epochs must be >= 0"):
+        task.ema_momentum(-1.0, 10)
+
+
+def test_weight_averaging_exports_the_averaged_weights_it_validated(data, tmp_path):
+    """The best epoch's validation loss was measured on the averaged weights; the exported model must be
+    exactly those weights, so recomputing the loss from the export gives the recorded value."""
+    config = config_for("cnn", epochs=2, early_stopping_metric="loss", ema_epochs=1.0, augment=True,
+                        crop_min_area=0.7, acquisition_augment=True)
+    serving_dir = run(data, str(tmp_path), config)
+    training = signatures.read_metadata(serving_dir)["training"]
+    steps_per_epoch = -(-training["train_examples"] // config["batch_size"])
+    assert training["ema_momentum"] == pytest.approx(task.ema_momentum(1.0, steps_per_epoch))
+    images = tf.constant([image for image, _ in data["validation_images"]])
+    labels = np.array([[label] for _, label in data["validation_images"]], np.float32)
+    probability = serve_both(serving_dir, list(images.numpy()))["probability"].reshape(-1, 1)
+    recomputed = keras.losses.BinaryCrossentropy()(labels, probability).numpy()
+    assert recomputed == pytest.approx(training["best_validation_value"], rel=1e-4)

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import augment as augment_ops
 from trainer.preprocessing import decode_image
 
 _FEATURES = {
@@ -12,6 +13,8 @@ _FEATURES = {
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
 SHUFFLE_BUFFER = 1024  # decoded images: 64 MB at 128 px, 200 MB at 224 px
+INTENSITY_FACTOR = 0.1  # brightness/contrast jitter
+WIDE_INTENSITY_FACTOR = 0.25  # with acquisition augmentation: exposure varies more between sites than within one
 
 
 def _files(file_patterns: List[str]) -> List[str]:
@@ -26,7 +29,8 @@ def _records(file_patterns: List[str]) -> tf.data.Dataset:
                                    num_parallel_reads=tf.data.AUTOTUNE)
 
 
-def augmentation(seed: int, horizontal_flip: bool = False) -> keras.Sequential:
+def augmentation(seed: int, horizontal_flip: bool = False, intensity_factor: float = INTENSITY_FACTOR
+                 ) -> keras.Sequential:
     """Training-only jitter on [0, 255] pixels: small rotations, shifts, zoom, brightness and contrast.
 
     No horizontal flip unless asked: a mirrored chest puts the heart on the wrong side.
@@ -35,8 +39,8 @@ def augmentation(seed: int, horizontal_flip: bool = False) -> keras.Sequential:
         keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),  # about ±10 degrees
         keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 1),
         keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
-        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
-        keras.layers.RandomContrast(0.1, seed=seed + 4),
+        keras.layers.RandomBrightness(intensity_factor, value_range=(0, 255), seed=seed + 3),
+        keras.layers.RandomContrast(intensity_factor, seed=seed + 4),
     ]
     if horizontal_flip:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed + 5))
@@ -45,11 +49,18 @@ def augmentation(seed: int, horizontal_flip: bool = False) -> keras.Sequential:
 
 def make_dataset(file_patterns: List[str], image_size: int, batch_size: int, training: bool,
                  seed: int = 42, augment: bool = False, horizontal_flip: bool = False,
-                 cache: bool = False) -> tf.data.Dataset:
+                 cache: bool = False, crop_min_area: float = 1.0, acquisition: bool = False) -> tf.data.Dataset:
     """(pixels, label) batches: decoded in parallel, optionally cached in memory after decoding;
-    for training shuffled every epoch and (with `augment`) jittered; in file order otherwise."""
-    if augment and not training:
+    for training shuffled every epoch and (with `augment`) jittered; in file order otherwise.
+
+    With `augment`, `crop_min_area` < 1 adds a random-resized crop and `acquisition` the acquisition-style
+    transforms of `trainer.augment` (per image, new draws every epoch) and a wider brightness/contrast range.
+    """
+    augment_ops.check_settings(crop_min_area)
+    if (augment or acquisition or crop_min_area < 1.0) and not training:
         raise ValueError("augmentation is for training data only")
+    if (acquisition or crop_min_area < 1.0) and not augment:
+        raise ValueError("crop_min_area and acquisition augmentation need augment on")
 
     def parse(serialized):
         features = tf.io.parse_single_example(serialized, _FEATURES)
@@ -60,9 +71,15 @@ def make_dataset(file_patterns: List[str], image_size: int, batch_size: int, tra
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if acquisition or crop_min_area < 1.0:
+        image_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, image_seeds)).map(
+            lambda example, image_seed: (
+                augment_ops.per_image(example[0], image_seed, crop_min_area, acquisition), example[1]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size)
     if augment:
-        jitter = augmentation(seed, horizontal_flip)
+        jitter = augmentation(seed, horizontal_flip, WIDE_INTENSITY_FACTOR if acquisition else INTENSITY_FACTOR)
         dataset = dataset.map(
             lambda pixels, label: (tf.clip_by_value(jitter(pixels, training=True), 0.0, 255.0), label),
             num_parallel_calls=tf.data.AUTOTUNE)

@@ -47,13 +47,18 @@ def architecture(name: str) -> Architecture:
     return REGISTRY[name]
 
 
-def build(name: str, image_size: int, **settings: Any) -> keras.Model:
-    builder = architecture(name).build
-    known = [parameter for parameter in inspect.signature(builder).parameters if parameter != "image_size"]
+def check_settings(name: str, settings: Dict[str, Any]) -> None:
+    """Refuses an unknown architecture, or a model_config key its builder does not take."""
+    known = [parameter for parameter in inspect.signature(architecture(name).build).parameters
+             if parameter != "image_size"]
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(f"{name}: unknown model_config setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return builder(image_size, **settings)
+
+
+def build(name: str, image_size: int, **settings: Any) -> keras.Model:
+    check_settings(name, settings)
+    return architecture(name).build(image_size, **settings)
 
 
 def unfreeze_top(model: keras.Model, first_layer: str) -> None:

@@ -1,11 +1,14 @@
 """All serving signatures of the exported SavedModel, in one place.
 
-`serving_default` takes serialized tf.Example (TFMA, TF Serving Classify/Predict with examples);
-`predict_images` takes encoded image bytes (gRPC Predict, REST b64). Both decode inside the graph
-and return `probability`, `label` (at the tuned threshold) and `threshold`, one value per input, plus
-`decision_score`: the probability mapped monotonically so that the tuned threshold lands on 0.5, which
-lets TFMA (whose thresholds are fixed when the pipeline is defined) report every metric at the model's
-own threshold too.
+`serving_default` takes serialized tf.Example (TFMA, Predict with examples); `predict_images` takes
+encoded image bytes (gRPC Predict, REST b64). Both decode inside the graph and return `probability`,
+`label` (at the tuned threshold) and `threshold`, one value per input, plus `decision_score`: the
+probability mapped monotonically so that the tuned threshold lands on 0.5, which lets TFMA (whose
+thresholds are fixed when the pipeline is defined) report every metric at the model's own threshold too.
+
+`classify` is the classification signature TF Serving's Classify API requires (its classifier.cc):
+method name `tensorflow/serving/classify`, one input `inputs` of serialized tf.Example, outputs
+`classes` and `scores`, each [batch, 2] with columns NORMAL and PNEUMONIA.
 """
 import dataclasses
 import json
@@ -15,12 +18,20 @@ from typing import Any, Dict, Optional
 import keras
 import tensorflow as tf
 
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model import fingerprinting_utils
+
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
 THRESHOLD_ASSET = "threshold.json"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+CLASSIFY_SIGNATURE = "classify"
 DECISION_MARGIN = 1e-6  # `decision_score` keeps this far from 0.5, beyond TFMA's 1e-7 comparison slack
+
+
+def _images(serialized_examples: tf.Tensor) -> tf.Tensor:
+    return tf.io.parse_example(serialized_examples, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
 
 
 class PneumoniaModule(tf.Module):
@@ -31,9 +42,11 @@ class PneumoniaModule(tf.Module):
         self.threshold_value = tf.constant(threshold.value, tf.float32)
         self.threshold_asset = tf.saved_model.Asset(asset_path)
 
+    def _probability(self, encoded: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(self.model(decode_batch(encoded, self.image_size), training=False), [-1])
+
     def _predict(self, encoded: tf.Tensor):
-        pixels = decode_batch(encoded, self.image_size)
-        probability = tf.reshape(self.model(pixels, training=False), [-1])
+        probability = self._probability(encoded)
         threshold = tf.fill(tf.shape(probability), self.threshold_value)
         positive = probability >= threshold
         label = tf.where(positive, CLASS_NAMES[1], CLASS_NAMES[0])
@@ -46,8 +59,14 @@ class PneumoniaModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
-        features = tf.io.parse_example(examples, {"image": tf.io.FixedLenFeature([], tf.string)})
-        return self._predict(features["image"])
+        return self._predict(_images(examples))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=tf.saved_model.CLASSIFY_INPUTS)])
+    def classify(self, inputs):
+        probability = self._probability(_images(inputs))
+        classes = tf.tile(tf.constant([CLASS_NAMES]), [tf.shape(probability)[0], 1])
+        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
+                tf.saved_model.CLASSIFY_OUTPUT_SCORES: tf.stack([1.0 - probability, probability], axis=1)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def predict_images(self, images):
@@ -62,9 +81,9 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
     for warm start and Grad-CAM, and what training cost and chose (`training`: parameters, wall time,
     images/s, best epoch), for the results table.
     """
-    os.makedirs(work_dir, exist_ok=True)
+    tf.io.gfile.makedirs(work_dir)  # gfile: the run folder may be in a bucket (Kubeflow)
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
-    with open(asset_path, "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(asset_path, "w") as f:
         json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
                    "model_config": model_config, "training": training or {}}, f, indent=2, sort_keys=True)
     # The same layers and weights, without what compile() attached (optimizer slots, metric state): the
@@ -74,7 +93,24 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
     tf.saved_model.save(module, export_dir, signatures={
         "serving_default": module.serve_examples,
         "predict_images": module.predict_images,
+        CLASSIFY_SIGNATURE: module.classify,
     })
+    _mark_classification(export_dir, CLASSIFY_SIGNATURE)
+
+
+def _mark_classification(export_dir: str, signature: str) -> None:
+    """TF2's saved_model.save gives every signature the predict method name; TF Serving's Classify refuses
+    any signature whose method name is not the classify one, so it is set here (and the fingerprint,
+    which hashes saved_model.pb, written again)."""
+    path = os.path.join(export_dir, tf.saved_model.SAVED_MODEL_FILENAME_PB)
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        meta_graph.signature_def[signature].method_name = tf.saved_model.CLASSIFY_METHOD_NAME
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(saved_model.SerializeToString(deterministic=True))
+    fingerprinting_utils.write_fingerprint(export_dir)
 
 
 def read_metadata(export_dir: str) -> Dict[str, Any]:

@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import inputs, models, signatures, threshold
+from trainer import augment, inputs, models, signatures, threshold
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
 
@@ -57,6 +58,60 @@ def early_stopping_monitor(name: str) -> Tuple[str, str]:
     return EARLY_STOPPING_MONITORS[name]
 
 
+# The Trainer's custom_config (pipeline/config.py RunConfig.trainer_config() writes it): key -> type.
+CONFIG_TYPES = {"architecture": str, "model_config": dict, "image_size": int, "epochs": int, "batch_size": int,
+                "learning_rate": float, "early_stopping_patience": int, "early_stopping_metric": str,
+                "threshold_policy": str, "loss": str, "label_smoothing": float, "augment": bool,
+                "horizontal_flip": bool, "cache": bool, "weights": str, "seed": int, "crop_min_area": float,
+                "acquisition_augment": bool, "ema_epochs": float}
+# run_fn has defaults for these
+OPTIONAL_CONFIG = ("model_config", "early_stopping_metric", "label_smoothing", "crop_min_area", "acquisition_augment",
+                   "ema_epochs")
+AT_LEAST = {"image_size": 1, "epochs": 0, "batch_size": 1, "early_stopping_patience": 0}
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    if isinstance(value, bool) and expected is not bool:
+        return False
+    return isinstance(value, (int, float) if expected is float else expected)
+
+
+def check_config(config: Dict[str, Any]) -> None:
+    """Refuses, in one line, a custom_config this Trainer would fail on: unknown or missing keys, wrong types,
+    an architecture or model_config key the registry lacks, a bad number, policy, loss or metric. run_fn
+    calls it before training; `pneumonia compile` and `schedule` before compiling or uploading."""
+    unknown = sorted(set(config) - set(CONFIG_TYPES))
+    if unknown:
+        raise ValueError(f"unknown trainer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_TYPES))}")
+    missing = sorted(set(CONFIG_TYPES) - set(OPTIONAL_CONFIG) - set(config))
+    if missing:
+        raise ValueError(f"missing trainer setting(s) {', '.join(missing)}")
+    for key, value in config.items():
+        if not _has_type(value, CONFIG_TYPES[key]):
+            raise ValueError(f"trainer setting {key}={value!r}: expected {CONFIG_TYPES[key].__name__}")
+    for key, low in AT_LEAST.items():
+        if config[key] < low:
+            raise ValueError(f"trainer setting {key}={config[key]}: must be at least {low}")
+    if config["learning_rate"] <= 0:
+        raise ValueError(f"trainer setting learning_rate={config['learning_rate']}: must be positive")
+    _check_weights(config)
+    models.check_settings(config["architecture"], config.get("model_config") or {})
+    threshold.parse(config["threshold_policy"])
+    early_stopping_monitor(config.get("early_stopping_metric", "auc"))
+    loss_and_class_weights(config["loss"], 1, 1, config.get("label_smoothing", 0.0))
+    augment.check_settings(config.get("crop_min_area", 1.0))
+    ema_momentum(config.get("ema_epochs", 0.0), 1)
+
+
+def _check_weights(config: Dict[str, Any]) -> None:
+    weights = config.get("weights", "none")
+    if "weights" in (config.get("model_config") or {}):
+        raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
+    if weights != "none" and models.architecture(config["architecture"]).fine_tune_from is None:
+        raise ValueError(f"architecture {config['architecture']!r} has no pretrained backbone: weights must be "
+                         f"'none', got {weights!r}")
+
+
 def _normalised(model_config: Dict[str, Any]) -> Dict[str, Any]:
     """As the threshold JSON stores it (tuples become lists), so configurations compare equal."""
     return json.loads(json.dumps(model_config))
@@ -71,7 +126,7 @@ def _check_base_model(base_model: str, architecture: str, image_size: int, model
             raise ValueError(f"warm start refused: the base model {base_model} has {key} {recorded.get(key)!r}, "
                              f"this run has {value!r}; train without --warm-start or with the same {key}")
     weights_path = keras_weights_path(base_model)
-    if not os.path.isfile(weights_path):
+    if not tf.io.gfile.exists(weights_path):  # gfile: the base model may be in a bucket (Kubeflow)
         raise ValueError(f"warm start refused: the base model has no Keras weights at {weights_path}")
     return weights_path
 
@@ -82,10 +137,7 @@ def build_model(config: Dict[str, Any], base_model: Optional[str] = None) -> ker
     name, image_size = config["architecture"], config["image_size"]
     model_config = dict(config.get("model_config") or {})
     weights = config.get("weights", "none")
-    if "weights" in model_config:
-        raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
-    if weights != "none" and models.architecture(name).fine_tune_from is None:
-        raise ValueError(f"architecture {name!r} has no pretrained backbone: weights must be 'none', got {weights!r}")
+    _check_weights(config)
     if base_model:
         weights_path = _check_base_model(base_model, name, image_size, model_config)
         model = models.build(name, image_size, **model_config)
@@ -112,16 +164,31 @@ def _stages(model: keras.Model, architecture: str, epochs: int,
             (epochs - head_epochs, learning_rate * FINE_TUNE_LEARNING_RATE_FACTOR, fine_tune_from)]
 
 
+def ema_momentum(ema_epochs: float, steps_per_epoch: int) -> Optional[float]:
+    """The per-step momentum of an exponential moving average whose horizon is `ema_epochs` epochs
+    (None: no averaging). A horizon in epochs, not a raw momentum, keeps its meaning across data sizes."""
+    if ema_epochs < 0:
+        raise ValueError(f"ema_epochs must be >= 0 (0 turns weight averaging off), got {ema_epochs}")
+    if ema_epochs == 0:
+        return None
+    return 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
+
+
 def train(model: keras.Model, config: Dict[str, Any], train_data, validation_data, counts: Tuple[int, int],
           log_dir: str) -> Dict[str, Any]:
     """Adam with a cosine learning-rate decay per stage, early stopping on the validation metric
     (`early_stopping_metric`: AUC, or loss once AUC saturates); leaves the model at the weights with the best
-    validation value over all stages. Returns what the run cost and chose, for the model's metadata."""
+    validation value over all stages. Returns what the run cost and chose, for the model's metadata.
+
+    With `ema_epochs` > 0 the weights are an exponential moving average over about that many epochs: each
+    epoch's validation, the best-epoch choice and the exported model all use the averaged weights
+    (SwapEMAWeights swaps them in before EarlyStopping records an epoch)."""
     loss, weights = loss_and_class_weights(config["loss"], *counts, config.get("label_smoothing", 0.0))
     metric_name = config.get("early_stopping_metric", "auc")
     monitor, mode = early_stopping_monitor(metric_name)
     sign = 1.0 if mode == "max" else -1.0  # compare as "higher is better"
     steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
+    momentum = ema_momentum(config.get("ema_epochs", 0.0), steps_per_epoch)
     best_value, best_weights, done, best_epoch, epochs_run = -math.inf, None, 0, 0, 0
     started = time.monotonic()
     for epochs, learning_rate, unfreeze_from in _stages(model, config["architecture"], config["epochs"],
@@ -130,12 +197,15 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
             models.unfreeze_top(model, unfreeze_from)
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(epochs * steps_per_epoch, 1),
                                                           alpha=0.05)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[keras.metrics.AUC(name="auc")])
+        optimizer = (keras.optimizers.Adam(schedule, use_ema=True, ema_momentum=momentum) if momentum
+                     else keras.optimizers.Adam(schedule))
+        model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc")])
         stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                 patience=config["early_stopping_patience"])
+        averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if momentum else []
         history = model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
-                            class_weight=weights, callbacks=[stopper, keras.callbacks.TensorBoard(log_dir=log_dir)],
-                            verbose=2)
+                            class_weight=weights,
+                            callbacks=[*averaging, stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
         epochs_run += len(history.epoch)
         done += epochs
         stage_value = -math.inf if stopper.best is None else sign * stopper.best  # None: a stage of zero epochs
@@ -147,21 +217,21 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
     return {"early_stopping_metric": metric_name, "best_validation_value": sign * best_value,
             "best_epoch": best_epoch, "epochs_run": epochs_run, "train_seconds": round(seconds, 1),
             "train_images_per_second": round(epochs_run * sum(counts) / seconds, 2) if seconds > 0 else 0.0,
-            "train_examples": sum(counts), "parameters": int(model.count_params())}
+            "train_examples": sum(counts), "parameters": int(model.count_params()), "ema_momentum": momentum}
 
 
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
     config = fn_args.custom_config
-    threshold.parse(config["threshold_policy"])  # a bad setting fails now, not after training
-    early_stopping_monitor(config.get("early_stopping_metric", "auc"))
+    check_config(config)  # a bad setting fails now, not after training
     keras.utils.set_random_seed(config["seed"])
     image_size, batch_size = config["image_size"], config["batch_size"]
     model = build_model(config, fn_args.base_model)
 
     train_data = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=True, seed=config["seed"],
                                      augment=config["augment"], horizontal_flip=config["horizontal_flip"],
-                                     cache=config["cache"])
+                                     cache=config["cache"], crop_min_area=config.get("crop_min_area", 1.0),
+                                     acquisition=config.get("acquisition_augment", False))
     validation = inputs.make_dataset(fn_args.eval_files, image_size, batch_size, training=False, cache=config["cache"])
     counts = inputs.label_counts(fn_args.train_files)
     logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)
@@ -176,5 +246,5 @@ def run_fn(fn_args: FnArgs) -> None:
     signatures.export(model, fn_args.serving_model_dir, image_size, chosen, fn_args.model_run_dir,
                       config["architecture"], _normalised(config.get("model_config") or {}), training)
     weights_path = keras_weights_path(fn_args.serving_model_dir)
-    os.makedirs(os.path.dirname(weights_path), exist_ok=True)
-    model.save_weights(weights_path)
+    tf.io.gfile.makedirs(os.path.dirname(weights_path))
+    model.save_weights(weights_path)  # Keras stages a remote path (gs://) in a local file and copies it

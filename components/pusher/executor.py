@@ -1,15 +1,16 @@
-"""Pusher executor: TF Serving layout, atomic versions, and no re-push of an already served model.
+"""Pusher executor: TF Serving layout, atomic versions, warm-up requests, no re-push of a served model.
 
 TFX's own Pusher copies file by file into the version folder (a server polling the base path can see
 a half-written version) and pushes a cached Trainer's model again as a new version. This executor
 keeps the Pusher's interface and artifacts, but writes the version to a hidden folder beside it and
-renames it into place, and skips the push when the latest version holds the same model bytes.
+renames it into place, and skips the push when the latest version holds the same model bytes. Each
+version carries warm-up requests for every signature (components/pusher/warmup.py).
 """
 import hashlib
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from absl import logging
 from tfx import types
@@ -18,6 +19,8 @@ from tfx.components.pusher import executor as tfx_pusher
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
+
+from components.pusher.warmup import write_warmup_requests
 
 PUSH_RECORD = os.path.join("assets.extra", "push.json")  # TF Serving ignores assets.extra/
 
@@ -60,8 +63,11 @@ def _write_record(version_dir: str, fingerprint: str, source_uri: str) -> None:
         f.write(json.dumps({"fingerprint": fingerprint, "source": source_uri, "pushed_at": time.time()}, indent=2))
 
 
-def push_atomically(model_dir: str, model_base: str, fingerprint: str, source_uri: str) -> str:
+def push_atomically(model_dir: str, model_base: str, fingerprint: str, source_uri: str,
+                    add_files: Optional[Callable[[str], Any]] = None) -> str:
     """Copies model_dir to <model_base>/<version>/ so that no reader sees half a version.
+
+    `add_files(version_dir)` writes more files into the version before it becomes visible (warm-up requests).
 
     Local paths: a hidden staging folder renamed into place (atomic on one filesystem). Object stores
     (gs://, s3://) cannot rename folders: there, as TFX does, saved_model.pb is copied last, the file
@@ -73,11 +79,15 @@ def push_atomically(model_dir: str, model_base: str, fingerprint: str, source_ur
     target = os.path.join(model_base, version)
     if "://" in model_base:
         io_utils.copy_dir(model_dir, target, deny_regex_patterns=[r"saved_model\.pb"])
+        if add_files:
+            add_files(target)
         _write_record(target, fingerprint, source_uri)
         io_utils.copy_file(os.path.join(model_dir, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
         return version
     staging = os.path.join(model_base, f".staging-{version}-{os.getpid()}")
     io_utils.copy_dir(model_dir, staging)
+    if add_files:
+        add_files(staging)
     _write_record(staging, fingerprint, source_uri)
     os.rename(staging, target)
     return version
@@ -103,7 +113,8 @@ class Executor(tfx_pusher.Executor):
             model_push.set_string_custom_property("skipped", "already the latest served version")
             self._MarkNotPushed(model_push)
             return
-        version = push_atomically(model_dir, model_base, fingerprint, model_dir)
+        version = push_atomically(model_dir, model_base, fingerprint, model_dir,
+                                  add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir))
         io_utils.copy_dir(model_dir, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=os.path.join(model_base, version), pushed_version=version)
         logging.info("Model pushed as version %s in %s.", version, model_base)

@@ -112,7 +112,7 @@ def select(scores: plots.Scores, threshold: float, true_label: int, predicted_la
 def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
             indices: np.ndarray, threshold: float) -> List[plots.Explained]:
     pixels = np.stack([decode_image(sample.images[i], image_size).numpy() for i in indices])
-    cams, cams_plus_plus, probabilities = gradcam.heatmaps(model, layer, pixels)
+    cams, cams_plus_plus, probabilities = gradcam.heatmaps(model, layer, pixels, threshold)
     if not np.allclose(probabilities, scores.probabilities[indices], atol=1e-4):
         raise ReportError("the Keras weights do not reproduce the exported model's probabilities "
                           f"({probabilities} vs {scores.probabilities[indices]}): they belong to another model")

@@ -8,6 +8,7 @@ from typing import List
 
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
+from tfx.dsl.io import fileio
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 STATISTICS_FILE = "FeatureStats.pb"  # StatisticsGen's binary output per split
@@ -37,7 +38,7 @@ def describe_anomalies(anomalies_uri: str, split_names: List[str]) -> List[str]:
     """One line per anomaly ExampleValidator recorded: split, feature, kind and TFDV's description."""
     found = []
     for split in split_names:
-        with open(os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
+        with fileio.open(os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
             found += _describe(split, anomalies_pb2.Anomalies.FromString(f.read()))
     return found
 

@@ -1,0 +1,249 @@
+"""`pneumonia dicom-node`: a DICOM C-STORE SCP that scores each chest X-ray a PACS sends it.
+
+Each received instance is checked and turned into the model's PNG by serving/dicom.py (the same bytes as
+prepare and predict), scored through the served model over gRPC, and answered with a DICOM status:
+
+| status | when |
+|---|---|
+| 0x0000 Success | scored; the result is in the log (and the SR, with --sr-dir) |
+| 0x0122 Refused: SOP class not supported | not a CR or DX image (a CT, an SR, a PDF...) |
+| 0xA900 Error: data set does not match SOP class | an image SOP class without PixelData |
+| 0xC000 Error: cannot understand | a refused radiograph: modality, body part, lateral, colour, frames, syntax |
+| 0xA700 Refused: out of resources | the model server stayed unavailable for --retry-seconds: the PACS re-sends |
+| 0xC001 Error: cannot understand | the model server answered with an error other than unavailable |
+
+Every instance gives one JSON line in the log, answered or not: the SOP Instance UID only as a keyed hash,
+then probability, class, threshold, the OOD outputs when the model has them, model version and latency.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                         DigitalXRayImageStorageForProcessing)
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from serving import dicom
+from serving.client import ClientError, Prediction, PredictionClient
+
+LOG = logging.getLogger("serving.dicom_node")
+RADIOGRAPH_SOP_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                          DigitalXRayImageStorageForProcessing)
+SUCCESS = 0x0000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+SCORING_FAILED = 0xC001
+REFUSALS = (SOP_CLASS_NOT_SUPPORTED, DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND)  # the rest are failures to score
+ERROR_COMMENT_CHARS = 64  # ErrorComment is an LO
+
+
+@dataclasses.dataclass
+class NodeConfig:
+    ae_title: str = "PNEUMONIA"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    server: str = "127.0.0.1:8500"
+    model_name: str = "pneumonia"
+    log_path: str = "dicom-node.jsonl"
+    salt: str = dicom.DEFAULT_SALT
+    allow_lateral: bool = False
+    retry_seconds: float = 20.0  # below a typical sender's 30 s DIMSE timeout
+    timeout_seconds: float = 10.0
+    sr_dir: Optional[str] = None
+    ca_cert: Optional[str] = None  # TLS to the model server, as `pneumonia predict`
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
+
+
+class Outcome(Exception):
+    """Ends the handling of one instance with a DICOM status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+class DicomNode:
+    """The SCP: `start()` listens in background threads; `stop()` ends it. One gRPC channel serves all
+    associations (gRPC reconnects by itself after a server restart)."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self._client = PredictionClient(config.server, config.model_name, config.timeout_seconds, retries=0,
+                                        ca_cert=config.ca_cert, client_cert=config.client_cert,
+                                        client_key=config.client_key)
+        self._log_lock = threading.Lock()
+        self._server = None
+        self.ae = AE(ae_title=config.ae_title)
+        # Every storage SOP class and syntax is accepted, so a misrouted CT gets a status and a log line
+        # instead of a failed negotiation nobody sees on this side.
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification)
+
+    def start(self) -> "DicomNode":
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
+                                            evt_handlers=handlers)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+        self._client.close()
+
+    def serve_until_signalled(self) -> None:
+        import signal
+
+        stopping = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, _: stopping.set())
+        stopping.wait()
+        LOG.info("signal received: closing associations and stopping")
+        self.stop()
+
+    def handle_store(self, event) -> Dataset:
+        """One C-STORE: check, convert, score, log; never raises (pynetdicom would answer a bare 0xC211)."""
+        started = time.monotonic()
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "calling_ae": _ae(event.assoc.requestor.ae_title),
+                 "sop_class": UID(event.request.AffectedSOPClassUID).name,
+                 "sop_instance": dicom.pseudonym(str(event.request.AffectedSOPInstanceUID), self.config.salt)}
+        try:
+            prediction, dataset = self._score(event, entry)
+            entry.update(status=f"0x{SUCCESS:04X}", outcome="scored", **_result(prediction))
+            if self.config.sr_dir:
+                entry["sr"] = self._write_report(dataset, prediction)
+            status = _status(SUCCESS)
+        except Outcome as outcome:
+            entry.update(status=f"0x{outcome.status:04X}", reason=str(outcome),
+                         outcome="refused" if outcome.status in REFUSALS else "failed")
+            status = _status(outcome.status, str(outcome))
+        except Exception as error:  # a bug or a corrupt data set: a failure status, never a dropped image
+            LOG.exception("unexpected error handling a C-STORE")
+            entry.update(status=f"0x{SCORING_FAILED:04X}", outcome="failed", reason=f"internal error: {error}")
+            status = _status(SCORING_FAILED, "internal error")
+        entry["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+        self._append(entry)
+        return status
+
+    def _score(self, event, entry: dict):
+        if event.request.AffectedSOPClassUID not in RADIOGRAPH_SOP_CLASSES:
+            raise Outcome(SOP_CLASS_NOT_SUPPORTED, f"SOP class {entry['sop_class']} is not a CR or DX image")
+        try:
+            dataset = event.dataset
+            dataset.file_meta = event.file_meta
+        except Exception as error:  # the data set cannot be decoded
+            raise Outcome(CANNOT_UNDERSTAND, f"unreadable data set: {error}") from None
+        try:
+            converted = dicom.to_model_input(dataset, self.config.allow_lateral)
+        except dicom.DicomRefused as refused:
+            status = DOES_NOT_MATCH_SOP_CLASS if "PixelData" not in dataset else CANNOT_UNDERSTAND
+            raise Outcome(status, str(refused)) from None
+        entry.update(view_position=converted.view_position, windowing=converted.windowing)
+        return self._predict(converted.png, entry), dataset
+
+    def _predict(self, png: bytes, entry: dict) -> Prediction:
+        """Retries an unavailable server (starting, restarting) until --retry-seconds have passed."""
+        deadline, attempts = time.monotonic() + self.config.retry_seconds, 0
+        while True:
+            attempts += 1
+            try:
+                prediction = self._client.predict([png])[0]
+                entry["attempts"] = attempts
+                return prediction
+            except ClientError as error:
+                entry["attempts"] = attempts
+                if not error.retryable:
+                    raise Outcome(SCORING_FAILED, f"model server error: {error}") from None
+                if time.monotonic() >= deadline:
+                    raise Outcome(OUT_OF_RESOURCES, f"model server unavailable for {self.config.retry_seconds:g} s: "
+                                                    f"{error}") from None
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _write_report(self, source: Dataset, prediction: Prediction) -> str:
+        """A Comprehensive SR with the result, in the source's study, written as <sr_dir>/<its hashed UID>.dcm."""
+        report = result_report(source, prediction, self.config.model_name)
+        name = f"{dicom.pseudonym(str(report.SOPInstanceUID), self.config.salt)}.dcm"
+        os.makedirs(self.config.sr_dir, exist_ok=True)
+        staging = os.path.join(self.config.sr_dir, f".{name}.partial")
+        report.save_as(staging, enforce_file_format=True)
+        os.replace(staging, os.path.join(self.config.sr_dir, name))  # a router never picks up half a file
+        return name
+
+    def _append(self, entry: dict) -> None:
+        line = json.dumps(entry, sort_keys=True)
+        with self._log_lock, open(self.config.log_path, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+
+def _result(prediction: Prediction) -> dict:
+    result = {"probability": prediction.probability, "class": prediction.label, "threshold": prediction.threshold,
+              "model_version": prediction.model_version}
+    if prediction.ood_score is not None:
+        result["ood_score"] = prediction.ood_score
+    if prediction.in_distribution is not None:
+        result["in_distribution"] = prediction.in_distribution
+    return result
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:ERROR_COMMENT_CHARS]
+    return status
+
+
+def _ae(title) -> str:
+    return (title.decode("ascii", "replace") if isinstance(title, bytes) else str(title)).strip()
+
+
+def result_report(source: Dataset, prediction: Prediction, model_name: str) -> Dataset:
+    """The result as a DICOM Comprehensive SR (highdicom) in the source image's study, referencing it."""
+    import highdicom as hd
+    from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentSequence, NumContentItem,
+                              RelationshipTypeValues, TextContentItem)
+
+    contains = RelationshipTypeValues.CONTAINS
+    finding = (CodedConcept("233604007", "SCT", "Pneumonia") if prediction.label == "PNEUMONIA"
+               else CodedConcept("17621005", "SCT", "Normal"))
+    unitless = CodedConcept("1", "UCUM", "no units")
+    items = [
+        CodeContentItem(name=CodedConcept("121071", "DCM", "Finding"), value=finding, relationship_type=contains),
+        NumContentItem(name=CodedConcept("PROB", "99PNEUMONIA", "Probability of pneumonia"),
+                       value=round(prediction.probability, 6), unit=unitless, relationship_type=contains),
+        NumContentItem(name=CodedConcept("THRESH", "99PNEUMONIA", "Operating threshold"),
+                       value=round(prediction.threshold, 6), unit=unitless, relationship_type=contains),
+        TextContentItem(name=CodedConcept("111001", "DCM", "Algorithm Name"), value=model_name,
+                        relationship_type=contains),
+        TextContentItem(name=CodedConcept("111003", "DCM", "Algorithm Version"), value=str(prediction.model_version),
+                        relationship_type=contains),
+    ]
+    if prediction.in_distribution is not None:
+        items.append(TextContentItem(name=CodedConcept("OOD", "99PNEUMONIA", "Out of distribution"),
+                                     value="no" if prediction.in_distribution else "yes", relationship_type=contains))
+    root = ContainerContentItem(name=CodedConcept("126000", "DCM", "Imaging Measurement Report"))
+    root.ContentSequence = ContentSequence(items)
+    evidence = copy.copy(source)
+    for keyword in ("StudyTime", "StudyDate", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        evidence.setdefault(keyword, "")  # type 2 attributes highdicom copies; empty is allowed
+    return hd.sr.ComprehensiveSR(evidence=[evidence], content=root, series_instance_uid=hd.UID(), series_number=900,
+                                 sop_instance_uid=hd.UID(), instance_number=1, manufacturer="pneumonia-pipeline",
+                                 is_complete=True)
