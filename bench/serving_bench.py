@@ -100,13 +100,13 @@ def grpc_throughput(server: str, model_name: str, image: bytes, batch: int, conc
     return sum(counts) / (time.monotonic() - started)
 
 
-def start_server(serving_dir: str, model_name: str, log_path: str):
+def start_server(serving_dir: str, model_name: str, log_path: str, *flags: str, env=None):
     port = portpicker.pick_unused_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pneumonia.cli", "serve", "--serving-dir", serving_dir, "--model-name", model_name,
-             "--grpc-port", str(port), "--rest-port", "0"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+             "--grpc-port", str(port), "--rest-port", "0", *flags],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     return process, f"127.0.0.1:{port}"
 
 

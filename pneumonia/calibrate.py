@@ -8,7 +8,8 @@ distribution is compared with validation's (two-sample Kolmogorov-Smirnov); with
 threshold moves to the estimated prior.
 
 Either way the new version holds the same weights (re-exported through trainer/signatures.py, checked to
-score identically) and is written by the Pusher's atomic write under the next version number; `--label`
+score identically) and is written by the Pusher's atomic write, with its warm-up requests, under the next
+version number; `--label`
 points a version label in the server's model config file at it. Every check runs before anything is
 written, so a bad input leaves the serving directory and the config file as they were.
 """
@@ -181,12 +182,14 @@ def _push(saved_model_dir: str, model_base: str, chosen, record: Dict, check_ima
     """Re-exports the version with threshold `chosen` (aside, in a temporary folder) and pushes it atomically
     as the next version; returns its number."""
     from components.pusher.executor import model_fingerprint, push_atomically
+    from components.pusher.warmup import write_warmup_requests
     from components.threshold_calibrator.executor import reexport
 
     with tempfile.TemporaryDirectory(prefix="pneumonia-calibrate-") as work:
         export_dir = os.path.join(work, "model")
         reexport(saved_model_dir, export_dir, chosen, os.path.join(work, "assets"), record, check_images)
-        return int(push_atomically(export_dir, model_base, model_fingerprint(export_dir), saved_model_dir))
+        return int(push_atomically(export_dir, model_base, model_fingerprint(export_dir), saved_model_dir,
+                                   add_files=lambda version_dir: write_warmup_requests(export_dir, version_dir)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,13 +78,18 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: --data {data} does not exist; {KAGGLE_HINT}")
         _prepare(sources_for(data), config.data, seed=config.seed, calibration_from=args.calibration_from,
                  calibration_size=args.calibration_size)
+    run_and_summarize(config)
+
+
+def run_and_summarize(config) -> None:
+    """Runs the pipeline on the prepared data of `config` (every split it has), then prints where the model,
+    evaluation, report and push went, the metrics table and what the ThresholdCalibrator did."""
+    from pneumonia import prepare, results
+    from pneumonia.runners import run_pipeline
+
     report = prepare.read_report(config.data)
     fixed = ["train", "eval", "test"]
     config.splits = [s for s in fixed if s in report["shards"]] + sorted(set(report["shards"]) - set(fixed))
-
-    from pneumonia import results
-    from pneumonia.runners import run_pipeline
-
     run_pipeline(config)
     outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
     print()
@@ -183,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pneumonia.report import add_commands as add_report_commands
 
     add_report_commands(commands)
+    from pneumonia.ensemble import add_command as add_ensemble_command
+
+    add_ensemble_command(commands)
     from serving.cli import add_commands as add_serving_commands
 
     add_serving_commands(commands)

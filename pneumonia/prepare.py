@@ -45,7 +45,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 MIN_USABLE_VAL = 100
 REPORT_NAME = "prepare_report.json"
 RECORDS_PER_SHARD = 1000
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: calibration split and policy (4: DICOM features)
 ROLES = (CALIBRATION_SPLIT,)
 # Locally: the DirectRunner in one process. Its multi_threading mode corrupted bundles on the full data
 # here (Beam 2.74: "Invalid PaneInfoEncoding"), and multi_processing pays a TensorFlow import per worker.

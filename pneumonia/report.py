@@ -108,6 +108,24 @@ class Evaluated:
     recipe: dict  # the producing Trainer's custom_config (empty when the store does not record it)
     model_uri: str
     examples_uri: str  # what the Evaluator read
+    attention: dict = dataclasses.field(default_factory=dict)  # the report's border attention: split -> outcome
+
+
+def _report_attention(store, model: metadata_store_pb2.Artifact) -> dict:
+    """The border-attention table that the newest report made from `model` wrote ({} when none did)."""
+    import tensorflow as tf
+
+    from components.report import attention
+
+    consumers = sorted({e.execution_id for e in store.get_events_by_artifact_ids([model.id])
+                        if e.type == metadata_store_pb2.Event.INPUT}, reverse=True)
+    for execution_id in consumers:
+        report = _artifacts_by_key(store, execution_id, (metadata_store_pb2.Event.OUTPUT,
+                                                         metadata_store_pb2.Event.DECLARED_OUTPUT)).get("report")
+        path = report and os.path.join(report.uri, attention.ATTENTION_FILE)
+        if path and tf.io.gfile.exists(path):
+            return attention.read(path)
+    return {}
 
 
 def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
@@ -136,6 +154,7 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
     executions = sorted((e for node in nodes for e in store.get_executions_by_context(node.id)
                          if e.last_known_state in FINISHED), key=lambda e: e.id)
     latest: Dict[str, Evaluated] = {}
+    models: Dict[str, metadata_store_pb2.Artifact] = {}
     for execution in executions:
         inputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
         outputs = _artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.OUTPUT,
@@ -148,24 +167,22 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
                                                  outputs["evaluation"].uri, info,
                                                  _trainer_config(store, inputs["model"]), inputs["model"].uri,
                                                  inputs["examples"].uri)
+        models[info["architecture"]] = inputs["model"]
     if not latest:
         raise ReportLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
-    return [latest[name] for name in sorted(latest)]
-
-
-def _slice_parts(name: str) -> Dict[str, str]:
-    return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
+    return [dataclasses.replace(latest[name], attention=_report_attention(store, models[name]))
+            for name in sorted(latest)]
 
 
 def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]:
     """(TFMA slice name, shown name): each whole split, then each source of a split that pools several
     (the external set: rsna and ieee8023), in split order."""
-    from components.report.executor import ordered_splits
+    from components.report.executor import slice_parts, ordered_splits
 
-    splits = {_slice_parts(name)["split"]: name for name in table if set(_slice_parts(name)) == {"dataset", "split"}}
+    splits = {slice_parts(name)["split"]: name for name in table if set(slice_parts(name)) == {"dataset", "split"}}
     sources: Dict[str, Dict[str, str]] = {}
     for name in table:
-        parts = _slice_parts(name)
+        parts = slice_parts(name)
         if set(parts) == {"source", "split"}:
             sources.setdefault(parts["split"], {})[parts["source"]] = name
     chosen = []
@@ -178,14 +195,6 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
 
 def format_number(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
-
-
-TWO_CLASS_METRICS = ("auc", "f1_score", "f1_score@threshold")
-
-
-def one_class(row: Dict[str, float]) -> bool:
-    """No PNEUMONIA (recall undefined) or no NORMAL (specificity undefined) in the slice."""
-    return any(row.get(key) is None or row[key] != row[key] for key in ("recall", "specificity"))
 
 
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
@@ -211,6 +220,7 @@ def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
 
 def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture and reported slice (whole splits, and sources within them)."""
+    from components.report.executor import undefined_metrics
     from pneumonia import results
 
     header = ["architecture", "slice"] + [title for title, _ in COMPARE_COLUMNS]
@@ -219,14 +229,28 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
         table = results.slice_metrics(item.evaluation)
         for name, shown in reported_slices(table):
             row = table[name]
-            # A slice of one class (the external set's RSNA images are all NORMAL) has no AUC and no F1:
-            # TFMA reports 0 for them, which would read as a failure.
-            undefined = TWO_CLASS_METRICS if one_class(row) else ()
+            undefined = undefined_metrics(row)  # e.g. AUC of the all-NORMAL RSNA images: TFMA says 0
             cells = [format_number(row.get(key), 0) if key == "example_count" else
                      "-" if key in undefined else
                      results.interval_cell(row, key) if key.split("@")[0] in results.INTERVAL_CASES else
                      format_number(row.get(key)) for _, key in COMPARE_COLUMNS]
             rows.append([item.architecture, shown] + cells)
+    return rows
+
+
+def attention_rows(evaluated: List[Evaluated]) -> List[List[str]]:
+    """Header plus one row per architecture and split its report explained: the mean Grad-CAM border share per
+    outcome at the tuned threshold (components/report/attention.py; 0.4375 is an even map), images in brackets."""
+    from components.report import attention
+
+    header = ["architecture", "split"] + [f"border share {name}" for name in attention.columns()]
+    rows = [header]
+    for item in evaluated:
+        for split, outcomes in item.attention.items():
+            rows.append([item.architecture, split] + [f"{format_number(outcomes[name].mean)} ({outcomes[name].images})"
+                                                      for name in attention.columns()])
+    if len(rows) == 1:
+        rows.append(["-", "no report with border attention under this root"] + ["-"] * len(attention.columns()))
     return rows
 
 
@@ -251,7 +275,7 @@ def compare(metadata_path: str, markdown: bool = False, policies: bool = False, 
 
         return format_rows(kshot_rows(evaluated), markdown, label_columns=3)
     tables = [format_rows(model_rows(evaluated), markdown, label_columns=1),
-              format_rows(compare_rows(evaluated), markdown)]
+              format_rows(compare_rows(evaluated), markdown), format_rows(attention_rows(evaluated), markdown)]
     if policies:
         from pneumonia.policies import policy_rows
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -52,7 +53,9 @@ def tf_error_line(error: tf.errors.OpError) -> str:
     noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
     lines = [line.strip() for line in error.message.splitlines()]
     meaningful = [line for line in lines if line and not line.startswith(noise)]
-    return (meaningful[0] if meaningful else lines[0]).split(" [Op:")[0]
+    line = (meaningful[0] if meaningful else lines[0]).split(" [Op:")[0]
+    asserted = re.search(r"assertion failed: \[(.*)\]$", line)  # a tf.debugging.Assert in the graph: its message
+    return asserted.group(1) if asserted else line
 
 
 class LoadedVersion:

@@ -29,14 +29,19 @@ import numpy as np
 
 DEFAULT_MAX_DECODED_PIXELS = 400_000_000  # about 2 GB of decode buffers (grayscale uint8 + float32)
 DEFAULT_MAX_WAIT_SECONDS = 30.0
+MAX_JPEG_SEGMENTS = 256
 JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 
 
 def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) from the first start-of-frame segment, walking the marker segments."""
+    """(width, height) from the first start-of-frame segment, walking the marker segments.
+
+    Real files reach it within a few dozen segments; bytes crafted with thousands of tiny segments or
+    fill bytes (a cheap way to burn this loop's CPU) are handed to TensorFlow's C++ header reader.
+    """
     position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if position + 4 > len(data) or data[position] != 0xFF:
             return None
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
@@ -53,11 +58,23 @@ def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
             height, width = struct.unpack(">HH", data[position + 5:position + 9])
             return width, height
         position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
-    return None
+    return _jpeg_size_by_tensorflow(data)
+
+
+def _jpeg_size_by_tensorflow(data: bytes) -> Optional[Tuple[int, int]]:
+    import tensorflow as tf  # here: the common path needs no TensorFlow
+
+    try:
+        height, width = tf.image.extract_jpeg_shape(data).numpy()[:2].tolist()
+    except tf.errors.InvalidArgumentError:
+        return None
+    return width, height
 
 
 def _gif_frames(data: bytes) -> int:
     """How many images a GIF holds (a decoder that expands animations allocates every one)."""
+    if len(data) < 13:
+        return 1
     flags = data[10]
     position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     frames = 0

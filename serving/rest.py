@@ -124,6 +124,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     max_body_bytes: int
     web_dir: Optional[str]  # the page's static files; None: no page
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may stay silent (a stalled TLS handshake, slowloris, idle keep-alive)
 
     def log_message(self, format, *args):  # one structured line per request is logged instead
         pass
@@ -238,7 +239,7 @@ class _PooledHTTPServer(http.server.HTTPServer):
     def _handle(self, request, client_address):
         try:
             self.finish_request(request, client_address)
-        except (ssl.SSLError, ConnectionError) as error:  # a refused TLS handshake or a dropped client
+        except (ssl.SSLError, ConnectionError, TimeoutError) as error:  # refused TLS, a dropped or silent client
             log.info("REST connection from %s ended: %s", client_address[0], error)
         except Exception:
             self.handle_error(request, client_address)

@@ -294,3 +294,11 @@ def test_predict_scores_dicom_exactly_as_the_png_the_module_makes(served, xray, 
                                        "frontal films (--allow-lateral to score it anyway)")
     main(["predict", str(tmp_path / "lateral.dcm"), "--server", f"127.0.0.1:{served.grpc_port}", "--allow-lateral"])
     assert "lateral.dcm: " in capsys.readouterr().out
+
+
+def test_allow_lateral_writes_lateral_films_marked_as_such(hospital, tmp_path):
+    report = prepare.prepare([prepare.Source.parse(f"hospital={hospital[0]}")], str(tmp_path / "out"),
+                             max_bad_fraction=1.0, patient_salt=SALT, allow_lateral=True)
+    assert "hospital/NORMAL/lateral.dcm" not in {item["path"] for item in report["quarantined"]}
+    assert report["written"] == 11 and report["formats"] == {"dicom": 7, "jpeg": 4}
+    assert read_examples(str(tmp_path / "out"))["NORMAL/lateral.dcm"]["view_position"] == b"LATERAL"

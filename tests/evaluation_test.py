@@ -66,3 +66,23 @@ def test_threshold_dependent_metrics_are_also_computed_at_the_tuned_threshold():
     assert set(by_output[("decision_score",)]) == set(evaluation.AT_THRESHOLD)
     assert "AUC" in by_output[("probability",)]
     assert dict(config.model_specs[0].label_keys) == {"probability": "label", "decision_score": "label"}
+
+
+def test_a_missing_blessing_slice_fails_validation():
+    """No `split=eval` slice at all (e.g. the validation split was left out): TFMA's combiner marks it missing
+    and fails, rather than blessing on the other splits' metrics."""
+    from tensorflow_model_analysis.writers.metrics_plots_and_validations_writer import CombineValidations
+
+    config = tfx_view(has_baseline=False)
+
+    def combined(splits):
+        combiner = CombineValidations(config)
+        accumulator = combiner.create_accumulator()
+        for split in splits:
+            accumulator = combiner.add_input(accumulator, validate(config, split, {"auc": 0.95}))
+        return combiner.extract_output(accumulator)
+
+    assert combined(["eval", "test"]).validation_ok
+    missing = combined(["test", "external"])
+    assert not missing.validation_ok
+    assert [dict(spec.feature_values) for spec in missing.missing_slices] == [{"split": "eval"}]

@@ -67,17 +67,23 @@ def test_maps_have_input_size_and_carry_information(make, shared_data):
             assert all(m.std() > 1e-4 for m in maps), f"{model.name}: a constant map"
 
 
-def test_maps_show_the_feature_channel_the_decision_uses():
-    """Two channels see opposite quadrants; the head reads only the top-left one: both maps must peak there."""
+def quadrant_model() -> keras.Model:
+    """Two channels see opposite quadrants; the head reads only the top-left one, as evidence for PNEUMONIA."""
     top_left = np.zeros((1, SIZE, SIZE, 1), np.float32)
     top_left[:, :SIZE // 2, :SIZE // 2] = 1.0
     inputs = keras.Input((SIZE, SIZE, 1))
     features = layers.Lambda(lambda x: tf.concat([x * top_left, x * top_left[:, ::-1, ::-1]], axis=-1),
                              name="features")(inputs)
     head = layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.Constant([[1.0], [0.0]]))
-    model = keras.Model(inputs, head(layers.GlobalAveragePooling2D()(features)))
-    pixels = np.random.default_rng(0).uniform(0.5, 1, (2, SIZE, SIZE, 1)).astype(np.float32)
-    for maps in gradcam.heatmaps(model, "features", pixels)[:2]:
+    return keras.Model(inputs, head(layers.GlobalAveragePooling2D()(features)))
+
+
+QUADRANT_PIXELS = np.random.default_rng(0).uniform(0.5, 1, (2, SIZE, SIZE, 1)).astype(np.float32)
+
+
+def test_maps_show_the_feature_channel_the_decision_uses():
+    """Both maps must peak in the quadrant the head reads."""
+    for maps in gradcam.heatmaps(quadrant_model(), "features", QUADRANT_PIXELS)[:2]:
         assert maps[:, :SIZE // 2, :SIZE // 2].mean() > 0.5
         assert maps[:, SIZE // 2 + 1:, :].max() < 1e-3 and maps[:, :, SIZE // 2 + 1:].max() < 1e-3
 
@@ -89,3 +95,13 @@ def test_bad_layer_names_say_what_is_wrong():
     sequence_layer = next(layer.name for layer in model.layers if isinstance(layer, layers.LayerNormalization))
     with pytest.raises(ValueError, match=r"needs a spatial feature map \[N, H, W, C\]"):
         gradcam.heatmaps(model, sequence_layer, np.zeros((1, SIZE, SIZE, 1)))
+
+
+def test_maps_explain_the_class_predicted_at_the_models_threshold():
+    """Probabilities near 0.6-0.7: PNEUMONIA at 0.5, NORMAL at a threshold of 0.9. The top-left quadrant is evidence
+    for PNEUMONIA only, so explaining NORMAL leaves nothing for ReLU to show."""
+    model = quadrant_model()
+    cam, cam_plus_plus, probability = gradcam.heatmaps(model, "features", QUADRANT_PIXELS, threshold=0.9)
+    assert np.all((probability > 0.5) & (probability < 0.9))
+    assert cam.max() < 1e-3 and cam_plus_plus.max() < 1e-3
+    assert gradcam.heatmaps(model, "features", QUADRANT_PIXELS, threshold=0.5)[0].max() > 0.5

@@ -103,3 +103,17 @@ def test_the_gate_on_point_estimates_judges_the_served_threshold_on_the_site_sli
 def test_gate_bounds_are_checked():
     with pytest.raises(ValueError, match="--site-min-sensitivity 1.5 must be between 0 and 1"):
         evaluation.SiteGate("calibration", 1.5)
+
+
+def test_gate_settings_are_refused_before_anything_runs(tmp_path):
+    from pipeline.config import RunConfig
+    from pipeline.pipeline import pipeline_from_config
+
+    with pytest.raises(ValueError, match="--gate-on-lower-bound needs --site-min-sensitivity"):
+        RunConfig(root=str(tmp_path), gate_on_lower_bound=True).site_gate()
+    config = RunConfig(root=str(tmp_path), site_min_specificity=0.8, gate_on_lower_bound=True)
+    assert config.site_gate().bounds() == [("specificity_lower_bound", "Specificity", 0.8)]
+    with pytest.raises(ValueError, match="needs a calibration split"):
+        pipeline_from_config(config)  # the default splits hold no calibration split
+    with pytest.raises(ValueError, match="needs confidence intervals"):
+        evaluation.create_eval_config(0.5, 0.01, "eval", config.site_gate(), confidence_intervals="none")

@@ -140,3 +140,48 @@ def test_swin_learns_a_darker_centre():
 def test_settings_of_another_architecture_are_named():
     with pytest.raises(ValueError, match="swin: unknown model_config setting.* filters; known: embed_dim"):
         models.build("swin", 64, filters=(4, 8, 16))
+
+
+def _member_file(tmp_path, architecture: str, image_size: int, seed: int) -> dict:
+    keras.utils.set_random_seed(seed)
+    config = models.REGISTRY[architecture].tiny
+    member = models.build(architecture, image_size, **config)
+    path = str(tmp_path / f"{architecture}{seed}.weights.h5")
+    member.save_weights(path)
+    return {"architecture": architecture, "image_size": image_size, "model_config": config, "weights": path}
+
+
+def test_ensemble_averages_its_members_logits(tmp_path):
+    """Exactly: the shared Grad-CAM map (nearest upsampling, average pooling back) loses nothing."""
+    import tensorflow as tf
+    members = [_member_file(tmp_path, "cnn", 64, 1), _member_file(tmp_path, "swin", 64, 2),
+               _member_file(tmp_path, "cnn_transformer", 32, 3)]
+    model = models.build("ensemble", 64, members=members)
+    assert not model.trainable_weights
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(3, 64, 64, 1)).astype("float32")
+    logits = []
+    for spec in members:
+        member = models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
+        member.load_weights(spec["weights"])
+        size = spec["image_size"]
+        resized = pixels if size == 64 else tf.image.resize(pixels, [size, size], antialias=True).numpy()
+        probability = np.clip(member.predict(resized, verbose=0), 1e-7, 1 - 1e-7)
+        logits.append(np.log(probability / (1 - probability)))
+    expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=1e-5)
+    # one map for Grad-CAM, on the least common multiple of the members' grids
+    grids = [models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
+             .get_layer(models.FEATURE_MAP).output.shape[1] for spec in members]
+    grid = int(np.lcm.reduce(grids))
+    assert len(set(grids)) > 1 and model.get_layer(models.FEATURE_MAP).output.shape[1:3] == (grid, grid)
+
+
+@pytest.mark.parametrize("members, message", [
+    ([{"architecture": "cnn"}], "at least 2 members"),
+    ([{"architecture": "cnn", "epochs": 3}, {"architecture": "cnn"}], "member 0: expected architecture"),
+    ([{"architecture": "cnn"}, {"architecture": "ensemble"}], "member 1: an ensemble cannot be a member"),
+    ([{"architecture": "cnn", "weights": "/nowhere.weights.h5"}, {"architecture": "cnn"}], "weights file not found"),
+])
+def test_ensemble_names_bad_members(members, message):
+    with pytest.raises(ValueError, match=message):
+        models.build("ensemble", 32, members=members)

@@ -17,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.threshold_calibrator import executor
 from pipeline.config import RunConfig
 from pneumonia import cli, prepare, results
+from pneumonia.policies import POLICIES
 from pneumonia.runners import run_pipeline
 from tests.signatures_test import serve_both
 from trainer import models, signatures
@@ -25,16 +26,15 @@ pytestmark = pytest.mark.slow
 
 COMPONENTS = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ImportSchemaGen", "ExampleValidator",
               "DataValidationGate", "Trainer", "ThresholdCalibrator", "latest_blessed_model_resolver", "Evaluator",
-              "Pusher",
-              "EvaluationReport"]
+              "Pusher", "EvaluationReport"]
 DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
 
 def tiny_config(tmp_path) -> str:
     path = tmp_path / "tiny.yaml"
-    # Intervals by the jackknife: the Poisson bootstrap (the default, run by tests/intervals_test.py) costs the
-    # Evaluator many times more (bench/evaluator_intervals_bench.py).
-    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\nconfidence_intervals: jackknife\n"
+    # No intervals: on a tiny run TFMA's bootstrap or jackknife costs the Evaluator many times its work without
+    # them (bench/evaluator_intervals_bench.py); tests/intervals_test.py runs them, and the gate on their bound.
+    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\nconfidence_intervals: none\n"
                     f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]"))
     return str(path)
 
@@ -114,15 +114,15 @@ def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, c
 
 
 def test_a_model_failing_the_site_gate_is_not_pushed(first_run, capsys):
-    """The same data and cached model, judged against bounds no tiny model meets on the lower 95% bound."""
+    """The same data and cached model, judged against bounds a tiny model does not meet on its site sample."""
     root, config = first_run
     before = versions(os.path.join(root, "serving"))
     cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", config,
-              "--site-min-sensitivity", "1.0", "--site-min-specificity", "1.0", "--gate-on-lower-bound"])
+              "--site-min-sensitivity", "1.0", "--site-min-specificity", "1.0"])
     printed = capsys.readouterr().out
     gate_lines = [line for line in printed.splitlines() if line.startswith("not blessed: site gate: ")]
-    assert gate_lines and all("lower 95% bound" in line and "split=calibration" in line and
-                              "is below --site-min-" in line for line in gate_lines), printed
+    assert gate_lines and all("split=calibration at the served threshold is below --site-min-" in line
+                              for line in gate_lines), printed
     assert "blessed:    False" in printed and "pushed:     no (model not blessed)" in printed
     assert versions(os.path.join(root, "serving")) == before
 
@@ -185,3 +185,48 @@ def iter_examples(folder):
     files = sorted(glob.glob(os.path.join(folder, "*.tfrecord.gz")))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         yield tf.train.Example.FromString(record.numpy())
+
+
+def test_compare_and_its_policy_table_read_the_real_run(first_run, capsys):
+    """`compare --policies` on what the pipeline's own Trainer and Evaluator recorded: the exported model scores
+    every record of each split (no stand-in), and the split sizes are those prepare wrote."""
+    root, _ = first_run
+    counts = prepare.read_report(os.path.join(root, "data"))["counts"]
+    cli.main(["compare", "--root", root, "--policies"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {}
+    for line in lines:  # the first table naming (cnn, split) is the metrics table; border attention follows
+        if line.startswith("cnn "):
+            rows.setdefault(tuple(line.split()[:2]), line.split())
+    assert rows[("cnn", "test")][2] == str(sum(counts["test"]["kermany"].values()))
+    assert rows[("cnn", "external")][2] == str(sum(counts["external"]["external"].values()))
+    policies = [line.split()[1].strip("*") for line in lines if line.startswith("cnn ")]
+    assert [policy for policy in policies if policy in POLICIES] == list(POLICIES)  # one row per policy
+
+
+def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run, tmp_path, capsys):
+    """A swin beside the first run's cnn, then `pneumonia ensemble`: one SavedModel averaging both, with its
+    own validation threshold, evaluated against the last blessed model and pushed (bounds opened for the test)."""
+    root, _ = first_run
+    swin = tmp_path / "swin.yaml"
+    swin.write_text(f"architecture: swin\nimage_size: 64\nepochs: 1\nbatch_size: 16\nmin_auc: 0.0\n"
+                    f"model_config: {dict(models.REGISTRY['swin'].tiny)}\n".replace("(", "[").replace(")", "]"))
+    cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", str(swin)])
+    open_bounds = tmp_path / "open.yaml"
+    open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\n")
+    before = versions(os.path.join(root, "serving"))
+    capsys.readouterr()
+    cli.main(["ensemble", "--root", root, "--config", str(open_bounds)])
+    printed = capsys.readouterr().out
+    assert "members: cnn (64 px), swin (64 px)" in printed
+    outputs = results.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
+    metadata = signatures.read_metadata(os.path.join(outputs.model, "Format-Serving"))
+    assert metadata["architecture"] == "ensemble" and metadata["training"]["epochs_run"] == 0
+    assert [m["architecture"] for m in metadata["model_config"]["members"]] == ["cnn", "swin"]
+    assert outputs.blessed is True and outputs.pushed is True
+    pushed = sorted(set(versions(os.path.join(root, "serving"))) - set(before))
+    assert len(pushed) == 1
+    served = serve_both(os.path.join(root, "serving", "pneumonia", pushed[0]),
+                        [example.features.feature["image"].bytes_list.value[0]
+                         for example in list(iter_examples(os.path.join(root, "data", "test")))[:4]])
+    assert (served["threshold"] == metadata["value"]).all()

@@ -6,25 +6,25 @@ import pytest
 
 from pipeline.config import RunConfig
 from pneumonia import report
-from trainer import models, task, threshold
+from trainer import models, task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "*.yaml")))
 ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "ablations", "*.yaml")))
+LUNGS = sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "lungs", "*.yaml")))  # issue 12's recipes
 
 
 def test_every_architecture_has_a_recipe_named_after_it():
     assert sorted(os.path.basename(path)[:-len(".yaml")] for path in RECIPES) == sorted(models.REGISTRY)
 
 
-@pytest.mark.parametrize("path", RECIPES + ABLATIONS, ids=os.path.basename)
+@pytest.mark.parametrize("path", RECIPES + ABLATIONS + LUNGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_recipe_loads_and_builds_its_model(path):
     config = RunConfig.load(path)
-    if path in RECIPES:
+    if path in RECIPES + LUNGS:
         assert config.architecture == os.path.basename(path)[:-len(".yaml")]
     trainer_config = config.trainer_config()
-    threshold.parse(trainer_config["threshold_policy"])
-    task.early_stopping_monitor(trainer_config["early_stopping_metric"])
+    task.check_config(trainer_config)
     model = task.build_model(trainer_config)
     assert model.input_shape == (None, config.image_size, config.image_size, 1)
 
@@ -32,8 +32,18 @@ def test_recipe_loads_and_builds_its_model(path):
 def test_results_document_reproduces_every_recipe():
     with open(os.path.join(ROOT, "docs", "RESULTS.md"), encoding="utf-8") as f:
         text = f.read()
-    for path in RECIPES + ABLATIONS:
+    for path in RECIPES + ABLATIONS + LUNGS:
         assert f"--config {os.path.relpath(path, ROOT)}" in text
     for section in ("", "ablation", "errors"):
         begin, end = report.generated_markers(section)
         assert text.index(begin) < text.index(end)
+
+
+def test_each_ablation_row_of_issue_12_adds_one_remedy_to_the_cnn_recipe():
+    """Rows differ from the previous one in exactly the remedy they name, and the last row is the recipe."""
+    rows = [os.path.join(ROOT, "pipeline", "configs", *parts) for parts in (
+        ("cnn.yaml",), ("ablations", "cnn_crop.yaml"), ("ablations", "cnn_crop_acquisition.yaml"),
+        ("lungs", "cnn.yaml"))]
+    configs = [RunConfig.load(path).trainer_config() for path in rows]
+    added = [{key for key in after if after[key] != before[key]} for before, after in zip(configs, configs[1:])]
+    assert added == [{"crop_min_area"}, {"acquisition_augment"}, {"ema_epochs"}]

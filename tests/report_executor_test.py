@@ -54,6 +54,7 @@ def export_model(model_uri: str, architecture: str, examples: str, work_dir: str
     """A tiny untrained model, exported as the Trainer does, its threshold the median test probability
     (so every Grad-CAM group has members)."""
     settings = dict(models.REGISTRY[architecture].tiny)
+    keras.utils.set_random_seed(1)  # here, not before prepare: Beam draws from the same generators
     model = models.build(architecture, IMAGE_SIZE, **settings)
     sample = executor.read_split(examples, "test", cap=100)
     pixels = np.stack([decode_image(image, IMAGE_SIZE).numpy() for image in sample.images])
@@ -68,7 +69,8 @@ def export_model(model_uri: str, architecture: str, examples: str, work_dir: str
 
 def evaluate(model_uri: str, examples: str, output: str) -> str:
     """TFMA with the pipeline's metrics and slices over the evaluated splits (no blessing: no baseline here)."""
-    eval_config = create_eval_config(0.0, 1.0, "eval")
+    # No intervals: they cost this tiny evaluation many times its work (tests/intervals_test.py runs them).
+    eval_config = create_eval_config(0.0, 1.0, "eval", confidence_intervals="none")
     for metrics_spec in eval_config.metrics_specs:
         for metric in metrics_spec.metrics:
             del metric.per_slice_thresholds[:]
@@ -88,7 +90,6 @@ def evaluate(model_uri: str, examples: str, output: str) -> str:
 @pytest.fixture(scope="module")
 def tiny_run(shared_data, tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("report"))
-    keras.utils.set_random_seed(1)
     examples = prepared_examples(shared_data, tmp)
     model_uri = os.path.join(tmp, "model")
     export_model(model_uri, "cnn", examples, os.path.join(tmp, "work"))
@@ -128,6 +129,28 @@ def test_page_has_slice_metrics_and_model_card(report):
     for heading in ("Intended use", "not a diagnosis", "Training data", "Limitations", "pediatric", "Threshold"):
         assert heading in page
     assert "blessed: True" in page and "Grad-CAM not drawn" not in page
+
+
+def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):
+    """Over every scored image of each explained split, from the same Grad-CAM the panels draw."""
+    from components.report import attention
+
+    index, page = report
+    table = attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE))
+    assert set(table) == {"eval", "test", "external"}
+    info = executor.model_info(tiny_run["model"])
+    model, layer = executor.keras_model(tiny_run["model"], info)
+    sample = executor.read_split(tiny_run["examples"], "test", cap=executor.Settings().max_images_per_split)
+    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
+                                                                       sample.serialized))
+    assert sum(table["test"][name].images for name, _, _ in attention.OUTCOMES) == table["test"]["all"].images \
+        == len(sample.labels)
+    again = executor.border_attention(model, layer, IMAGE_SIZE, sample, scores, float(info["value"]))
+    for name in attention.columns():
+        assert again[name].images == table["test"][name].images
+        assert again[name].mean == pytest.approx(table["test"][name].mean, abs=1e-6, nan_ok=True)
+    assert 0.0 <= table["test"]["all"].mean <= 1.0
+    assert "border attention" in page and f"{table['test']['all'].mean:.3f} ({len(sample.labels)})" in page
 
 
 def test_grad_cam_panels_explain_the_exported_model(tiny_run):
@@ -216,12 +239,37 @@ def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny
                                                                       split_names=tiny_run["split_names"])},
                        {"evaluation": metadata.artifact("ModelEvaluation", uris["evaluation"]),
                         "blessing": metadata.artifact("ModelBlessing", "", blessed=True)})
+    metadata.execution("pneumonia", "run-1", "EvaluationReport", {"model": model},
+                       {"report": metadata.artifact("File", f"{bucket}/report")})
     evaluated = report_lib.latest_evaluations(metadata_path)
+    shown = report_lib.attention_rows(evaluated)  # the report's border attention, read from the bucket
+    assert [row[:2] for row in shown[1:]] == [["cnn", "eval"], ["cnn", "test"], ["cnn", "external"]]
+    assert all(row[-1].endswith("(10)") for row in shown[1:])  # every scored image of the split
     rows = report_lib.compare_rows(evaluated)
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
     labels, scores, _ = results.score_splits(uris["examples"], ["test"], uris["model"])["test"]
     assert table["test"]["examples"] == str(len(labels)) == "24"
-    assert float(table["test"]["AUC"]) == pytest.approx(roc_auc_score(labels, scores), abs=2e-3)
+    auc = float(table["test"]["AUC"].split()[0])  # the cell may carry an interval or a case count after it
+    assert auc == pytest.approx(roc_auc_score(labels, scores), abs=0.01)  # TFMA interpolates
     fixed = next(dict(zip(r[0], row)) for r in [policies.policy_rows(evaluated)] for row in r[1:] if row[1] == "fixed:0.5")
     assert fixed["test sens"] == f"{np.mean(scores[labels == 1] >= 0.5):.3f}"
     assert fixed["test spec"] == f"{np.mean(scores[labels == 0] < 0.5):.3f}"
+
+
+def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
+    """TFMA reports AUC and precision 0 on an all-NORMAL slice; the table shows "-" there, as compare does."""
+    both = {"example_count": 20, "auc": 0.9, "precision": 0.75, "recall": 0.6, "specificity": 0.8}
+    normal_only = {"example_count": 8, "auc": 0.0, "precision": 0.0, "recall": float("nan"), "specificity": 0.75}
+    table = {"dataset=kermany, split=test": both, "label=0, split=test": normal_only,
+             "patient_in_train=0, split=test": both, "dataset=external, split=external": both,
+             "source=rsna, split=external": normal_only, "label=0": normal_only, "overall": both}
+    page = executor.slice_table(table)
+    sections = re.split(r"<h3>(\w+)</h3>", page)
+    assert sections[1::2] == ["test", "external"]
+    test, external = sections[2], sections[4]
+    assert "<td>dataset=kermany</td><td>20</td><td>0.900</td>" in test and "<td>patient_in_train=0</td>" in test
+    crossings = test[test.index("<details>"):]
+    assert "test by label and pathogen (1 slices)" in crossings
+    assert "<td>label=0</td><td>8</td><td>-</td><td>-</td>" in crossings  # AUC, precision
+    assert "<td>source=rsna</td><td>8</td><td>-</td><td>-</td>" in external and "<details>" in external
+    assert executor.POOLED in external and "0.000" not in page

@@ -13,7 +13,8 @@ from PIL import Image
 
 from serving import config
 from serving.pixels import PixelBudget, PixelBudgetExhausted, declared_pixels, request_pixels
-from tests.serving_fixtures import MODEL_NAME, exported_models, image_request, model_base, png, start_server, stub  # noqa: F401
+from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, png,  # noqa: F401
+                                    start_server, stub)
 from tests.prepare_test import encode, png_declaring
 from tests.serving_rest_test import rest
 
@@ -44,7 +45,12 @@ def test_declared_pixels_come_from_the_header_of_every_format():
     decoded = tf.io.decode_image(headers_of_every_format()[0][0], channels=1)
     assert int(np.prod(decoded.shape[:2])) == 301 * 207
     for bad in (b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"not an image", b"\xff\xd8\xff\xe0\x00"):
-        assert declared_pixels(bad) == 0
+        assert declared_pixels(bad) == 0, bad
+    assert declared_pixels(b"GIF89a\x10\x00\x10\x00") == 256  # the size fields, without the rest of the header
+    jpeg = headers_of_every_format()[0][0]
+    padded = jpeg[:2] + b"\xff\xfe\x00\x02" * 5000 + b"\xff" * 5000 + jpeg[2:]  # 10,000 markers before the frame
+    started = time.monotonic()
+    assert declared_pixels(padded) == 301 * 207 and time.monotonic() - started < 1
 
 
 def test_request_pixels_count_raw_images_and_images_inside_examples():

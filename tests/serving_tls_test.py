@@ -5,6 +5,7 @@ import datetime
 import http.client
 import ipaddress
 import json
+import socket
 import ssl
 
 import pytest
@@ -17,6 +18,7 @@ from google.protobuf import text_format
 from pneumonia.cli import main
 from serving import cli, config, tls
 from serving.client import ClientError, PredictionClient
+from serving.rest import RestHandler
 from tests.serving_fixtures import MODEL_NAME, exported_models, model_base, png, start_server  # noqa: F401
 
 
@@ -61,7 +63,8 @@ class Authority:
 
 def ssl_config_file(folder, authority: Authority, client_verify: bool) -> str:
     """TF Serving's SSLConfig text proto for a server certificate of `authority` valid for this machine."""
-    cert, key = authority.issue("server", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert, key = authority.issue("server", names)
     message = tls.SSLConfig(server_key=open(key).read(), server_cert=open(cert).read(),
                             custom_ca=open(authority.cert_file).read(), client_verify=client_verify)
     path = folder / f"ssl-{client_verify}.config"
@@ -135,6 +138,22 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_custom_ca(model_b
         with pytest.raises((ssl.SSLError, ConnectionError)):
             rest_status(server, ssl.create_default_context(cafile=hospital.cert_file))
     finally:
+        server.stop(1)
+
+
+def test_a_silent_client_is_cut_off_and_does_not_hold_a_rest_worker(model_base, authorities, monkeypatch):
+    folder, hospital, _ = authorities
+    monkeypatch.setattr(RestHandler, "timeout", 0.5)
+    server = serve_tls(model_base, folder, hospital, client_verify=False)
+    silent = [socket.create_connection(("127.0.0.1", server.rest_port)) for _ in range(12)]  # more than the workers
+    try:
+        for connection in silent:
+            connection.settimeout(10)
+            assert connection.recv(1) == b"", "the server kept a silent connection open"
+        assert rest_status(server, ssl.create_default_context(cafile=hospital.cert_file))[0] == 200
+    finally:
+        for connection in silent:
+            connection.close()
         server.stop(1)
 
 

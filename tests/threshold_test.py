@@ -26,6 +26,16 @@ def test_sensitivity_policy_reaches_the_target():
     assert chosen.specificity == pytest.approx((~predicted[labels == 0]).mean())
 
 
+def test_sensitivity_policy_takes_the_highest_threshold_that_reaches_the_target():
+    """Any threshold up to 0.4 keeps 4 of 5 pneumonias (0.8); the policy must take 0.4, the most specific one."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    probabilities = np.array([0.1, 0.3, 0.35, 0.5, 0.2, 0.4, 0.6, 0.8, 0.9])
+    chosen = threshold.choose(labels, probabilities, "sensitivity:0.8")
+    assert chosen.value == pytest.approx(0.4)
+    assert (chosen.sensitivity, chosen.specificity) == (0.8, 0.75)
+    assert (probabilities[labels == 1] >= 0.6).mean() < 0.8  # the next higher candidate misses the target
+
+
 def test_single_class_validation_falls_back_and_says_so():
     chosen = threshold.choose(np.ones(4), np.array([0.2, 0.4, 0.6, 0.8]))
     assert chosen.value == 0.5 and "fallback" in chosen.policy

@@ -61,9 +61,13 @@ def test_cache_gives_the_same_batches(split):
 
 def test_training_shuffles_without_changing_images_unless_augmented(split):
     pattern, images = split
-    reference = np.sort(pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=False)).sum(axis=(1, 2, 3)))
-    shuffled = pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True))
-    np.testing.assert_allclose(np.sort(shuffled.sum(axis=(1, 2, 3))), reference, rtol=1e-6)
+    in_file_order = pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=False)).sum(axis=(1, 2, 3))
+    reference = np.sort(in_file_order)
+    training = inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True)
+    first, second = (pixels_of(training).sum(axis=(1, 2, 3)) for _ in range(2))  # two epochs
+    np.testing.assert_allclose(np.sort(first), reference, rtol=1e-6)  # the same images
+    assert not np.array_equal(first, in_file_order)  # in another order (8 images: 1 in 40,320 by chance; seeded)
+    assert not np.array_equal(first, second)  # and another one each epoch
 
     augmented = pixels_of(inputs.make_dataset([pattern], IMAGE_SIZE, 4, training=True, augment=True))
     assert augmented.shape == (len(images), IMAGE_SIZE, IMAGE_SIZE, 1)

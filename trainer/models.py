@@ -347,3 +347,82 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
     x = layers.Identity(name=FEATURE_MAP)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="probability")(layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, outputs, name="swin")
+
+
+class ChannelSlice(layers.Layer):
+    """Channels [start, stop) of a feature map: one member's part of the ensemble's shared map."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = start, stop
+
+    def call(self, x):
+        return x[..., self.start:self.stop]
+
+
+def _member(spec: Dict[str, Any], image_size: int, index: int) -> keras.Model:
+    """A trained member, frozen: built from its recorded architecture, size and settings, and loaded from its
+    Keras weights file (a member without `weights` starts fresh: the registry's tiny test configuration)."""
+    unknown = sorted(set(spec) - {"architecture", "image_size", "model_config", "weights"})
+    if unknown or "architecture" not in spec:
+        raise ValueError(f"ensemble member {index}: expected architecture, image_size, model_config, weights; "
+                         f"got {sorted(spec)}")
+    if spec["architecture"] == "ensemble":
+        raise ValueError(f"ensemble member {index}: an ensemble cannot be a member")
+    model = build(spec["architecture"], spec.get("image_size", image_size), **(spec.get("model_config") or {}))
+    if spec.get("weights"):
+        if not os.path.isfile(spec["weights"]):
+            raise ValueError(f"ensemble member {index}: weights file not found: {spec['weights']}")
+        model.load_weights(spec["weights"])
+    model.trainable = False
+    return model
+
+
+def _logit(probability):
+    clipped = ops.clip(probability, 1e-7, 1.0 - 1e-7)
+    return ops.log(clipped) - ops.log1p(-clipped)
+
+
+@register("ensemble", tiny={"members": [{"architecture": "cnn", "model_config": {"filters": [4, 8, 16],
+                                                                                  "dense_units": 8}},
+                                         {"architecture": "swin", "model_config": {"embed_dim": 8, "depths": [2],
+                                                                                   "num_heads": [1],
+                                                                                   "window_size": 4}}]})
+def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.Model:
+    """The average of trained members' logits, as one model that serves, evaluates and explains like any other.
+
+    Each member is {"architecture", "image_size" (default: the ensemble's), "model_config", "weights": its
+    Keras weights file}; members are frozen and each sees the input resized to its own size.
+
+    Grad-CAM needs one spatial map the output depends on: each member's last feature map is upsampled
+    (nearest) to a common grid and the maps are concatenated into the ensemble's `feature_map`; each member's
+    head reads its channels back by average pooling, which undoes nearest upsampling exactly. Grad-CAM on
+    that map is the sum of the members' Grad-CAMs, each weighted by its share of the averaged logit.
+    """
+    if len(members) < 2:
+        raise ValueError(f"ensemble: needs at least 2 members, got {len(members)}")
+    parts = [_member(spec, image_size, index) for index, spec in enumerate(members)]
+    feature_layers = [part.get_layer(REGISTRY[spec["architecture"]].gradcam_layer)
+                      for part, spec in zip(parts, members)]
+    grids = [int(layer.output.shape[1]) for layer in feature_layers]
+    grid = int(np.lcm.reduce(grids))
+    inputs = _pixels(image_size)
+    upsampled, channels = [], [0]
+    for index, (part, layer, size) in enumerate(zip(parts, feature_layers, grids)):
+        member_size = int(part.input.shape[1])
+        pixels = (inputs if member_size == image_size else
+                  layers.Resizing(member_size, member_size, antialias=True, name=f"member{index}_resize")(inputs))
+        features = keras.Model(part.input, layer.output, name=f"member{index}_features")(pixels)
+        upsampled.append(layers.UpSampling2D(grid // size, interpolation="nearest",
+                                             name=f"member{index}_to_grid")(features))
+        channels.append(channels[-1] + int(layer.output.shape[-1]))
+    shared = layers.Identity(name=FEATURE_MAP)(layers.Concatenate(name="member_maps")(upsampled))
+    logits = []
+    for index, (part, layer, size) in enumerate(zip(parts, feature_layers, grids)):
+        own = ChannelSlice(channels[index], channels[index + 1], name=f"member{index}_channels")(shared)
+        own = layers.AveragePooling2D(grid // size, name=f"member{index}_from_grid")(own)
+        probability = keras.Model(layer.output, part.output, name=f"member{index}_head")(own)
+        logits.append(layers.Lambda(_logit, name=f"member{index}_logit")(probability))
+    mean_logit = layers.Average(name="mean_logit")(logits)
+    outputs = layers.Activation("sigmoid", name="probability")(mean_logit)
+    return keras.Model(inputs, outputs, name="ensemble")

@@ -9,7 +9,7 @@ headers with serving.pixels' Python reader (calling this graph per file would co
 image), and a test holds both readers to the same answers on every format.
 
 100 megapixels is far above any radiograph (a 43 x 43 cm detector at 100 um is 18.5 MP; the
-largest of the data set's originals is 2.8 MP) and keeps one image's decode buffers under 0.5 GB.
+largest of the data set's originals is 2.8 MP) and keeps one image's decode buffers around 0.5 GB.
 """
 import tensorflow as tf
 
@@ -52,7 +52,12 @@ def declared_size(encoded: tf.Tensor) -> tf.Tensor:
 def check_pixel_budget(encoded: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
     """`encoded`, once its declared size is known to be within the budget (INVALID_ARGUMENT otherwise)."""
     size = declared_size(encoded)
-    within = tf.debugging.Assert(size[0] * size[1] <= max_pixels, [tf.strings.format(
-        OVER_BUDGET, (size[0], size[1], max_pixels // 1_000_000))])
-    with tf.control_dependencies([within]):
-        return tf.identity(encoded)
+
+    def refuse():  # the message is built only for a refused image
+        message = tf.strings.format(OVER_BUDGET, (size[0], size[1], max_pixels // 1_000_000))
+        if tf.executing_eagerly():
+            raise tf.errors.InvalidArgumentError(None, None, message.numpy().decode())
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.identity(encoded)
+
+    return tf.cond(size[0] * size[1] <= max_pixels, lambda: encoded, refuse)

@@ -17,10 +17,10 @@ from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
-
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 
+from trainer.pixel_budget import MAX_PIXELS
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
@@ -85,7 +85,8 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
     with tf.io.gfile.GFile(asset_path, "w") as f:
         json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
-                   "model_config": model_config, "training": training or {}}, f, indent=2, sort_keys=True)
+                   "model_config": model_config, "training": training or {}, "max_pixels": MAX_PIXELS},
+                  f, indent=2, sort_keys=True)
     # The same layers and weights, without what compile() attached (optimizer slots, metric state): the
     # served model would otherwise carry the Adam moments, three times its weights.
     inference_model = keras.Model(model.inputs, model.outputs, name=model.name)

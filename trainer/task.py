@@ -189,6 +189,11 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
     sign = 1.0 if mode == "max" else -1.0  # compare as "higher is better"
     steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
     momentum = ema_momentum(config.get("ema_epochs", 0.0), steps_per_epoch)
+    if not model.trainable_weights:  # an ensemble of trained, frozen members: only its threshold is chosen
+        logging.info("%s has no trainable weights: nothing to fit", config["architecture"])
+        return {"early_stopping_metric": metric_name, "best_validation_value": None, "best_epoch": 0,
+                "epochs_run": 0, "train_seconds": 0.0, "train_images_per_second": 0.0,
+                "train_examples": sum(counts), "parameters": int(model.count_params()), "ema_momentum": None}
     best_value, best_weights, done, best_epoch, epochs_run = -math.inf, None, 0, 0, 0
     started = time.monotonic()
     for epochs, learning_rate, unfreeze_from in _stages(model, config["architecture"], config["epochs"],

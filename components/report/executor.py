@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.report import gradcam, plots
+from components.report import attention, gradcam, plots
 from pipeline.config import BLESSING_SPLIT
 from pneumonia import results
 from trainer import models, signatures, task
@@ -121,6 +121,17 @@ def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample
             for n, i in enumerate(indices)]
 
 
+def border_attention(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
+                     threshold: float, batch_size: int = 32) -> Dict[str, attention.OutcomeShare]:
+    """The Grad-CAM border share of every scored image of a split, averaged per outcome at the threshold."""
+    shares = [np.empty(0)]
+    for start in range(0, len(sample.images), batch_size):
+        pixels = np.stack([decode_image(image, image_size).numpy() for image in sample.images[start:start + batch_size]])
+        cams, _, _ = gradcam.heatmaps(model, layer, pixels, threshold)
+        shares.append(attention.border_share(cams))
+    return attention.by_outcome(np.concatenate(shares), scores.labels, scores.probabilities, threshold)
+
+
 def ordered_splits(split_names: List[str]) -> List[str]:
     fixed = ["train", BLESSING_SPLIT, "test"]
     return [s for s in fixed if s in split_names] + sorted(set(split_names) - set(fixed))
@@ -170,6 +181,7 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     figure("calibration.png", "Calibration (reliability) per split", plots.calibration, scores)
 
     gradcam_notes: List[str] = []
+    attention_table: Dict[str, Dict[str, attention.OutcomeShare]] = {}
     try:
         model, layer = keras_model(model_uri, info)
     except ReportError as error:
@@ -186,9 +198,13 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
                 explained = explain(model, layer, image_size, samples[split], scores[split], indices, threshold)
                 figure(f"gradcam_{split}_{stem}.png", f"{split}: {title} (layer {layer})", plots.gradcam_panels,
                        explained, f"{split}: {title}")
+        for split in evaluated:  # validation too: where the model looks may choose a model, test may not
+            attention_table[split] = border_attention(model, layer, image_size, samples[split], scores[split],
+                                                      threshold)
+        attention.write(os.path.join(out_dir, attention.ATTENTION_FILE), attention_table)
 
     page = render(info, blessed, samples, scores, results.slice_metrics(evaluation_uri), figures, gradcam_notes,
-                  settings)
+                  settings, attention_table)
     index = os.path.join(out_dir, INDEX)
     with tf.io.gfile.GFile(index, "w") as f:
         f.write(page)
@@ -211,6 +227,23 @@ def is_split_slice(name: str) -> bool:
     return sorted(part.split("=", 1)[0] for part in name.split(", ")) == ["dataset", "split"]
 
 
+# Metrics with no meaning on a slice of one class (e.g. label=0, or the external set's all-NORMAL RSNA images),
+# where TFMA still reports a number, often 0, that would read as a failure.
+TWO_CLASS_METRICS = ("auc", "auc_precision_recall", "f1_score", "f1_score@threshold")
+NEEDS_POSITIVES = ("precision", "precision@threshold", "calibration")
+CROSSING_FEATURES = ("label", "pathogen")  # slices crossed with these go in a collapsed section per split
+
+
+def undefined_metrics(row: Dict[str, float]) -> Tuple[str, ...]:
+    """The metric keys of `row` that its slice cannot define: two-class metrics when recall (no PNEUMONIA) or
+    specificity (no NORMAL) is undefined, and precision and calibration when there is no PNEUMONIA."""
+    def missing(key: str) -> bool:
+        return row.get(key) is None or row[key] != row[key]
+
+    no_positives, no_negatives = missing("recall"), missing("specificity")
+    return TWO_CLASS_METRICS * (no_positives or no_negatives) + NEEDS_POSITIVES * no_positives
+
+
 def _cell(value: Optional[float], key: str = "") -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "<td>-</td>"
@@ -223,15 +256,46 @@ def _table(header: List[str], rows: List[str]) -> str:
 
 
 def slice_table(table: Dict[str, Dict[str, float]]) -> str:
-    """TFMA's numbers per slice; the unsliced row is the pool of every evaluated split and says so."""
+    """TFMA's numbers per slice, one table per split (the whole split first, then its sources and seen/unseen
+    patients), its label and pathogen crossings collapsed below it, and the slices pooled over splits last.
+    A metric the slice cannot define shows "-"."""
     keys = [key for key in METRIC_TITLES if any(key in row for row in table.values())]
-    rows = []
-    for name in sorted(table, key=lambda n: (n == "overall", not is_split_slice(n), n)):
-        cells = "".join(f"<td>{html.escape(results.interval_cell(table[name], key))}</td>"
-                        if key.split("@")[0] in results.INTERVAL_CASES else _cell(table[name].get(key), key)
-                        for key in keys)
-        rows.append(f"<tr><td>{html.escape(POOLED if name == 'overall' else name)}</td>{cells}</tr>")
-    return _table(["slice"] + [METRIC_TITLES[key] for key in keys], rows)
+    header = ["slice"] + [METRIC_TITLES[key] for key in keys]
+
+    def rows(names: List[str], shown) -> str:
+        lines = []
+        for name in names:
+            row, undefined = table[name], undefined_metrics(table[name])
+            cells = "".join("<td>-</td>" if key in undefined else
+                            f"<td>{html.escape(results.interval_cell(row, key))}</td>"
+                            if key.split("@")[0] in results.INTERVAL_CASES else _cell(row.get(key), key)
+                            for key in keys)
+            lines.append(f"<tr><td>{html.escape(shown(name))}</td>{cells}</tr>")
+        return f'<div class="wide">{_table(header, lines)}</div>'
+
+    def within(name: str) -> str:
+        return ", ".join(f"{k}={v}" for k, v in slice_parts(name).items() if k != "split") or "whole split"
+
+    by_split: Dict[str, List[str]] = {}
+    for name in table:
+        by_split.setdefault(slice_parts(name).get("split", ""), []).append(name)
+    sections = []
+    for split in ordered_splits([split for split in by_split if split]):
+        names = sorted(by_split[split], key=lambda n: (n != f"split={split}", not is_split_slice(n), n))
+        crossed = [n for n in names if set(slice_parts(n)) & set(CROSSING_FEATURES)]
+        sections.append(f"<h3>{html.escape(split)}</h3>" + rows([n for n in names if n not in crossed], within))
+        if crossed:
+            sections.append(f"<details><summary>{html.escape(split)} by label and pathogen ({len(crossed)} slices)"
+                            f"</summary>{rows(crossed, within)}</details>")
+    pooled = sorted(by_split.get("", []), key=lambda n: (n != "overall", n))
+    if pooled:
+        sections.append(f"<details><summary>pooled over every evaluated split ({len(pooled)} slices; no one "
+                        f"split's figures)</summary>{rows(pooled, lambda n: POOLED if n == 'overall' else n)}</details>")
+    return "\n".join(sections)
+
+
+def slice_parts(name: str) -> Dict[str, str]:
+    return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
 
 
 def scored_table(scores: Dict[str, plots.Scores], threshold: float) -> str:
@@ -282,30 +346,50 @@ Predictions at or above it are PNEUMONIA.</p>
 """
 
 
+def attention_section(table: Dict[str, Dict[str, attention.OutcomeShare]]) -> str:
+    """The border-attention table: where Grad-CAM looks, per split and outcome."""
+    if not table:
+        return ""
+    rows = [f"<tr><td>{html.escape(split)}</td>" + "".join(
+        f"<td>{'—' if share.mean != share.mean else f'{share.mean:.3f}'} ({share.images})</td>"
+        for share in (outcomes[name] for name in attention.columns())) + "</tr>" for split, outcomes in table.items()]
+    return f"""<h2>Where the model looks: border attention</h2>
+<p>Share of each image's Grad-CAM mass (the predicted class at the tuned threshold) that falls in the outer
+{attention.BORDER_BAND:.1%} of each side, where film edges, collimation borders and markers lie: a band of
+{attention.BORDER_AREA:.2%} of the area, so an even map scores {attention.BORDER_AREA:.4f} and a model that reads
+the lungs scores well below it. Mean per outcome at the tuned threshold over the scored images (their number in
+brackets).</p>
+{_table(["split"] + attention.columns(), rows)}"""
+
+
 def render(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample], scores: Dict[str, plots.Scores],
            table: Dict[str, Dict[str, float]], figures: List[Tuple[str, str]], notes: List[str],
-           settings: Settings) -> str:
+           settings: Settings, attention_table: Dict[str, Dict[str, attention.OutcomeShare]]) -> str:
     images = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Pneumonia model report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} td:first-child{{text-align:left}}
+table{{font-size:85%}} th{{max-width:7em;font-weight:normal}} .wide{{overflow-x:auto}}
 img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>Pneumonia model report</h1>
 {model_card(info, blessed, samples, table)}
 <h2>Metrics per slice (TFMA)</h2>
-<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5; whole splits come first. AUC, accuracy,
+<p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5 unless marked "at tuned". AUC, accuracy,
 sensitivity and specificity show TFMA's 95% confidence interval (Poisson bootstrap) in brackets; where the
-slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. Metrics that need
-both classes are not defined on a one-class slice (e.g. AUC on <code>label=0</code>). The pooled row mixes
-every evaluated split and is not any one split's figure.</p>
+slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. One table per
+split: the whole split, its sources, and <code>patient_in_train</code> (1: the patient ID also has images in
+train; 0: unseen patients); the crossings with label and pathogen are collapsed below it. A metric a slice
+cannot define shows "-" (AUC, AUC-PR and F1 on a one-class slice; precision and calibration without
+PNEUMONIA). The pooled slices mix every evaluated split and are no one split's figures.</p>
 {slice_table(table)}
 <h2>Scored images behind the figures</h2>
 <p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
 signature at the tuned threshold {float(info['value']):.4f}.</p>
 {scored_table(scores, float(info['value']))}
+{attention_section(attention_table)}
 <h2>Figures</h2>
 {images}
 <ul>{notes_html}</ul>
