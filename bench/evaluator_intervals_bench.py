@@ -17,7 +17,7 @@ import tensorflow_model_analysis as tfma
 
 from pipeline import evaluation
 from pneumonia import cli
-from trainer import models, signatures
+from trainer import models, ood, signatures
 from trainer.threshold import Threshold
 
 
@@ -59,8 +59,9 @@ def main():
         write_examples(files, data)
         settings = dict(models.REGISTRY["cnn"].tiny)
         model_dir = os.path.join(tmp, "model")
-        signatures.export(models.build("cnn", 64, **settings), model_dir, 64, Threshold(0.5, "youden", 1, 1, 1),
-                          os.path.join(tmp, "work"), "cnn", settings)
+        model = models.build("cnn", 64, **settings)
+        signatures.export(model, model_dir, 64, Threshold(0.5, "youden", 1, 1, 1), os.path.join(tmp, "work"), "cnn",
+                          settings, guard=ood.noise_guard(model, 64))
         evaluate(model_dir, data, os.path.join(tmp, "warm-up"), "none")  # Beam and TF start-up, not counted
         seconds = {method: evaluate(model_dir, data, os.path.join(tmp, method), method)
                    for method in ("none", "jackknife", "bootstrap")}

@@ -1,4 +1,5 @@
-"""Serving overhead: gRPC `Predict` through `pneumonia serve` vs calling the SavedModel in-process (the floor).
+"""Serving overhead: gRPC `Predict` through `pneumonia serve` vs calling the SavedModel in-process (the floor),
+and what an explanation costs: `explain_images` (Grad-CAM and Grad-CAM++) next to `predict_images`.
 
 Per architecture (untrained weights; speed does not depend on them) it exports a SavedModel, starts
 `pneumonia serve` on it in a child process, and measures, on the same encoded X-ray:
@@ -6,6 +7,8 @@ Per architecture (untrained weights; speed does not depend on them) it exports a
   - gRPC p50/p99 latency at concurrency 1, batch 1, as a ratio to the in-process p50, and where the
     difference goes: the server's own time per request (from its JSON request log: conversions,
     checks, the model call, logging) and the round trip of an RPC that runs no model (GetModelStatus);
+  - gRPC p50/p99 latency of `explain_images` at concurrency 1, batch 1, and its p50 as a ratio to that of
+    `predict_images` measured the same way (raw stub) right after;
   - gRPC throughput (images/s) at concurrency 8 with batch 1 and batch 32, as a ratio to in-process
     throughput at the same batch size (one caller).
 Measurements run one after the other, so the server and the floor never compete for the cores; each
@@ -26,16 +29,17 @@ import tempfile
 import threading
 import time
 
+import grpc
 import numpy as np
 import portpicker
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from components.pusher.executor import model_fingerprint, push_atomically
 from components.pusher.warmup import write_warmup_requests
 from pneumonia.cli import shared_data_dir
 from serving.client import PredictionClient
-from trainer import models, signatures
+from trainer import models, ood, signatures
 from trainer.threshold import Threshold
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +58,8 @@ def export(architecture: str, image_size: int, serving_dir: str) -> str:
     model = models.build(architecture, image_size)
     version_dir = os.path.join(serving_dir, architecture, "1")
     signatures.export(model, version_dir, image_size, Threshold(0.5, "youden", 1.0, 1.0, 0),
-                      os.path.join(serving_dir, f".work-{architecture}"), architecture, {})
+                      os.path.join(serving_dir, f".work-{architecture}"), architecture, {},
+                      guard=ood.noise_guard(model, image_size))
     return version_dir
 
 
@@ -100,6 +105,15 @@ def grpc_throughput(server: str, model_name: str, image: bytes, batch: int, conc
     return sum(counts) / (time.monotonic() - started)
 
 
+def signature_call(server: str, model_name: str, image: bytes, signature: str):
+    """One raw gRPC Predict on `signature` for one image, as a callable: both signatures measured alike."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model_name, signature
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server))
+    return lambda: stub.Predict(request, timeout=60)
+
+
 def start_server(serving_dir: str, model_name: str, log_path: str, *flags: str, env=None):
     port = portpicker.pick_unused_port()
     with open(log_path, "w") as log:
@@ -132,15 +146,22 @@ def bench(architecture: str, image_size: int, image: bytes, seconds: float, roun
     try:
         with PredictionClient(server, architecture, retries=8) as client:
             client.predict([image])  # waits for the server (retries UNAVAILABLE), warms the channel
+            explain, plain = (signature_call(server, architecture, image, name)
+                              for name in ("explain_images", "predict_images"))
+            explain()
             for _ in range(rounds):
                 floor = np.median(timed_calls(lambda: predict(images=batches[1]), seconds))
                 logged = os.path.getsize(log_path)
                 latency = timed_calls(lambda: client.predict([image]), seconds)
                 handler_ms = server_latency_ms(log_path, logged)
                 empty_rpc = np.median(timed_calls(client.model_status, seconds / 3))
+                explained, predicted = timed_calls(explain, seconds), timed_calls(plain, seconds)
                 round_figures = {"floor_ms": floor * 1000, "p50_ms": np.median(latency) * 1000,
                                  "p99_ms": np.percentile(latency, 99) * 1000, "p50_ratio": np.median(latency) / floor,
-                                 "handler_ms": handler_ms, "empty_rpc_ms": empty_rpc * 1000}
+                                 "handler_ms": handler_ms, "empty_rpc_ms": empty_rpc * 1000,
+                                 "explain_p50_ms": np.median(explained) * 1000,
+                                 "explain_p99_ms": np.percentile(explained, 99) * 1000,
+                                 "explain_ratio": np.median(explained) / np.median(predicted)}
                 for size in (1, 32):
                     floor_rate = throughput(lambda: predict(images=batches[size]), size, seconds)
                     rate = grpc_throughput(server, architecture, image, size, 8, seconds)
@@ -206,6 +227,7 @@ def main() -> None:
           f"{args.seconds:g} s per measurement, medians of {args.rounds} rounds")
     header = (f"{'architecture':<13}{'floor ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50/floor':>10}"
               f"{'server ms':>10}{'empty rpc ms':>13}"
+              f"{'explain p50':>12}{'explain p99':>12}{'explain/predict':>16}"
               f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}"
               f"{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}")
     print(header)
@@ -214,6 +236,8 @@ def main() -> None:
             r = bench(architecture, args.image_size, image, args.seconds, args.rounds, serving_dir)
             print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                   f"{r['p50_ratio']:>10.2f}{r['handler_ms']:>10.1f}{r['empty_rpc_ms']:>13.2f}"
+                  f"{r['p50_ratio']:>10.2f}{r['explain_p50_ms']:>12.1f}{r['explain_p99_ms']:>12.1f}"
+                  f"{r['explain_ratio']:>16.2f}"
                   f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
                   f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)
         print(f"\nfirst request after a hot swap (median of {args.swaps} swaps each; steady: p50 after them)")

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from pneumonia.cli import shared_data_dir
-from trainer import models, signatures, task
+from trainer import models, ood, signatures, task
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
@@ -70,7 +70,8 @@ def measure(name: str, images, labels, work_dir: str, args) -> dict:
            "train img/s": training_throughput(model, pixels, tf.constant(labels[:args.batch_size]), args.train_batches)}
     export_dir = os.path.join(work_dir, name)
     signatures.export(model, export_dir, args.image_size, Threshold(0.5, "bench", 0.0, 0.0, 0),
-                      os.path.join(work_dir, f"{name}-assets"), name, {})
+                      os.path.join(work_dir, f"{name}-assets"), name, {},
+                      guard=ood.noise_guard(model, args.image_size))
     row["SavedModel MB"] = folder_megabytes(export_dir)
     predict = tf.saved_model.load(export_dir).signatures["predict_images"]
     row["1 image ms"] = median_latency_ms(predict, images[:1])

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 from ml_metadata.proto import metadata_store_pb2
 
 # TensorFlow-heavy modules (results, the report executor) are imported where used: `pneumonia --help` stays fast.
@@ -254,6 +255,29 @@ def attention_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     return rows
 
 
+def ood_rows(evaluated: List[Evaluated]) -> List[List[str]]:
+    """Header plus one row per architecture and split: the share of images the model's OOD guard flags, and the
+    model's error rate at its threshold among the flagged and the other images (scores every example again)."""
+    from pipeline.config import BLESSING_SPLIT
+    from pneumonia import results
+
+    splits = ["train", BLESSING_SPLIT, "test", "external"]
+    header = ["architecture", "split", "images", "flagged OOD", "error rate flagged", "error rate not flagged"]
+    rows = [header]
+    for item in evaluated:
+        for split, (sample, outputs) in results.scored_outputs(item.examples_uri, splits, item.model_uri).items():
+            labels = np.array(sample.labels)
+            if "in_distribution" not in outputs:
+                rows.append([item.architecture, split, str(labels.size), "no guard", "-", "-"])
+                continue
+            flagged = ~outputs["in_distribution"]
+            wrong = (outputs["probability"] >= outputs["threshold"]) != (labels == 1)
+            rows.append([item.architecture, split, str(labels.size), format_number(flagged.mean()),
+                         format_number(wrong[flagged].mean() if flagged.any() else None),
+                         format_number(wrong[~flagged].mean() if (~flagged).any() else None)])
+    return rows
+
+
 def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: int = 2) -> str:
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in rows]
@@ -264,11 +288,13 @@ def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
-def compare(metadata_path: str, markdown: bool = False, policies: bool = False, kshot: bool = False) -> str:
+def compare(metadata_path: str, markdown: bool = False, policies: bool = False, kshot: bool = False,
+            ood: bool = False) -> str:
     """Tables over the latest evaluation of every architecture: how each model was trained (cost, threshold
     chosen on validation), its metrics per split at the tuned threshold and at 0.5, (`policies`) what
-    each threshold policy would have given; `kshot` prints instead the one table of what calibrating on k
-    labelled test or external images gives on the rest. `policies` and `kshot` score every model again."""
+    each threshold policy would have given and (`ood`) the share of each split its OOD guard flags; `kshot`
+    prints instead the one table of what calibrating on k labelled test or external images gives on the
+    rest. `policies`, `ood` and `kshot` score every model again."""
     evaluated = latest_evaluations(metadata_path)
     if kshot:
         from pneumonia.kshot import kshot_rows
@@ -280,6 +306,8 @@ def compare(metadata_path: str, markdown: bool = False, policies: bool = False, 
         from pneumonia.policies import policy_rows
 
         tables.append(format_rows(policy_rows(evaluated), markdown))
+    if ood:
+        tables.append(format_rows(ood_rows(evaluated), markdown))
     return "\n\n".join(tables)
 
 
@@ -320,7 +348,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     config = RunConfig(root=args.root) if args.root else RunConfig()
     try:
         _print_or_fill(compare(config.metadata_path, markdown=args.markdown or bool(args.into),
-                               policies=args.policies, kshot=args.kshot), args.into, args.section)
+                               policies=args.policies, kshot=args.kshot, ood=args.ood), args.into, args.section)
     except (ReportLookupError, OSError) as error:
         raise SystemExit(f"error: {error}")
 
@@ -402,6 +430,10 @@ def add_commands(commands) -> None:
                             help="print only the k-shot calibration table: each model's threshold chosen on k = 20, 50, 100 "
                                  "labelled test and external images (20 seeded patient-grouped draws), evaluated on "
                                  "the rest, next to its validation threshold (scores each model again)")
+    comparison.add_argument("--ood", action="store_true",
+                            help="add the out-of-distribution table: per split, the share of images each model's "
+                                 "guard flags and its error rate among flagged and other images (scores each "
+                                 "model again)")
     _add_into(comparison)
     comparison.set_defaults(func=cmd_compare)
 

@@ -103,19 +103,25 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
     return outputs
 
 
-def score_splits(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, Tuple[np.ndarray, np.ndarray,
-                                                                                         List[str]]]:
-    """{split: (labels, pneumonia probabilities, source paths)} over every example of each split, scored by the
-    exported model's serving signature (loaded once)."""
+def scored_outputs(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, tuple]:
+    """{split: (its examples, the numeric outputs of the exported model's serving signature for them)} over
+    every example of each split, the model loaded once."""
     from components.report import executor
 
     serve = executor.serving_function(model_uri)
     scored = {}
     for split in splits:
         sample = executor.read_split(examples_uri, split, cap=10 ** 9)
-        scored[split] = (np.array(sample.labels), executor.predict(serve, sample.serialized),
-                         [source.split(":", 1)[1] for source in sample.sources])
+        scored[split] = (sample, executor.score(serve, sample.serialized))
     return scored
+
+
+def score_splits(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, Tuple[np.ndarray, np.ndarray,
+                                                                                         List[str]]]:
+    """{split: (labels, pneumonia probabilities, source paths)} over every example of each split."""
+    return {split: (np.array(sample.labels), outputs["probability"],
+                    [source.split(":", 1)[1] for source in sample.sources])
+            for split, (sample, outputs) in scored_outputs(examples_uri, splits, model_uri).items()}
 
 
 def slice_name(slice_key) -> str:

@@ -117,11 +117,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for path, prediction in zip(args.images, predictions):
         if args.json:
             print(json.dumps({"image": path, "probability": prediction.probability, "label": prediction.label,
-                              "threshold": prediction.threshold, "model": args.model_name,
-                              "version": prediction.model_version}))
+                              "threshold": prediction.threshold, "in_distribution": prediction.in_distribution,
+                              "ood_score": prediction.ood_score, "ood_threshold": prediction.ood_threshold,
+                              "model": args.model_name, "version": prediction.model_version}))
         else:
-            print(f"{path}: {prediction.label} (probability {prediction.probability:.4f}, threshold "
-                  f"{prediction.threshold:.4f}, {args.model_name} version {prediction.model_version})")
+            print(f"{path}: {prediction_line(prediction, args.model_name)}")
+
+
+def prediction_line(prediction, model_name: str) -> str:
+    """The class at the threshold, or first and in capitals, that the image is unlike the training X-rays."""
+    answer = (f"{prediction.label} (probability {prediction.probability:.4f}, threshold {prediction.threshold:.4f}, "
+              f"{model_name} version {prediction.model_version})")
+    if prediction.in_distribution is False:
+        return (f"OUT OF DISTRIBUTION (OOD score {prediction.ood_score:.2f} > {prediction.ood_threshold:.2f}): "
+                f"not like the X-rays the model was trained on, its answer is unreliable: {answer}")
+    return answer
 
 
 def cmd_dicom_node(args: argparse.Namespace) -> None:
@@ -204,7 +214,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict", help="classify images with a served model over gRPC",
         description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
-                    "class at the model's threshold, the probability, the threshold and the model version.")
+                    "class at the model's threshold, the probability, the threshold and the model version; an image "
+                    "the model's out-of-distribution guard flags is marked OUT OF DISTRIBUTION.")
     predict.add_argument("images", nargs="+", metavar="IMAGE",
                          help="JPEG or PNG files, or DICOM files (sent as the PNG serving/dicom.py makes of them)")
     predict.add_argument("--allow-lateral", action="store_true",

@@ -1,4 +1,5 @@
-"""A gRPC client for the served model: raw image bytes in, probability / label / threshold / version out.
+"""A gRPC client for the served model: raw image bytes in, probability / label / threshold / version and the
+out-of-distribution flag out.
 
 Talks TF Serving's PredictionService, so it works against `pneumonia serve` and the official
 `tensorflow_model_server` alike. Every failure becomes a ClientError with one line that says what
@@ -17,6 +18,7 @@ from serving.tensors import to_array
 from serving.tls import channel_credentials
 
 IMAGE_SIGNATURE = "predict_images"
+OOD_OUTPUTS = ("in_distribution", "ood_score", "ood_threshold")
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what the model decodes
 
@@ -35,8 +37,11 @@ class Prediction:
     label: str  # the class at the model's threshold
     threshold: float
     model_version: int
-    ood_score: Optional[float] = None  # when the served model has the out-of-distribution outputs
+    # The model's out-of-distribution guard (None from a model exported without one): when the image is
+    # unlike the training X-rays, `label` is no reliable answer and clients should say so.
     in_distribution: Optional[bool] = None
+    ood_score: Optional[float] = None
+    ood_threshold: Optional[float] = None
 
 
 def read_image(path: str, allow_lateral: bool = False) -> bytes:
@@ -113,12 +118,12 @@ class PredictionClient:
         response = self._call(self._predict, request)
         outputs = {key: to_array(key, value) for key, value in response.outputs.items()}
         served = response.model_spec.version.value
-        ood_scores = outputs.get("ood_score", [None] * len(images))
-        in_distribution = outputs.get("in_distribution", [None] * len(images))
-        return [Prediction(float(p), name.decode("utf-8"), float(t), served,
-                           None if score is None else float(score), None if inside is None else bool(inside))
-                for p, name, t, score, inside in zip(outputs["probability"], outputs["label"], outputs["threshold"],
-                                                     ood_scores, in_distribution)]
+        guarded = all(key in outputs for key in OOD_OUTPUTS)
+        return [Prediction(float(outputs["probability"][i]), outputs["label"][i].decode("utf-8"),
+                           float(outputs["threshold"][i]), served,
+                           *((bool(outputs["in_distribution"][i]), float(outputs["ood_score"][i]),
+                              float(outputs["ood_threshold"][i])) if guarded else ()))
+                for i in range(len(outputs["probability"]))]
 
     def model_status(self) -> get_model_status_pb2.GetModelStatusResponse:
         request = get_model_status_pb2.GetModelStatusRequest()

@@ -218,3 +218,26 @@ def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(r
     assert (youden["test acc"], youden["test sens"], youden["test spec"]) == ("0.750", "0.750", "0.750")
     assert (table["fixed:0.5"]["test sens"], table["fixed:0.5"]["test spec"]) == ("1.000", "0.500")
     assert (table["fixed:0.5"]["external sens"], table["fixed:0.5"]["external spec"]) == ("0.500", "-")
+
+
+def test_ood_table_gives_the_flagged_share_and_error_rates_per_split(runs, monkeypatch, capsys):
+    from components.report.executor import SplitSample
+    from pneumonia import results
+
+    def scored_outputs(examples, splits, model):
+        # external: 2 of 4 flagged, one of them a mistake, none of the others; the other splits: nothing flagged.
+        flagged = {"external": [True, True, False, False]}
+        return {split: (SplitSample(labels=[0, 0, 1, 1]), {
+            "probability": np.array([0.9, 0.1, 0.9, 0.8]), "threshold": np.full(4, 0.5),
+            "in_distribution": ~np.array(flagged.get(split, [False] * 4))}) for split in splits}
+
+    monkeypatch.setattr(results, "scored_outputs", scored_outputs)
+    evaluated = report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
+    rows = report_lib.ood_rows(evaluated[:1])
+    table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert list(table) == ["train", "eval", "test", "external"]
+    assert table["external"]["flagged OOD"] == "0.500" and table["external"]["error rate flagged"] == "0.500"
+    assert table["external"]["error rate not flagged"] == "0.000"
+    assert (table["test"]["flagged OOD"], table["test"]["error rate flagged"]) == ("0.000", "-")
+    cli.main(["compare", "--root", runs, "--ood"])
+    assert "error rate flagged" in capsys.readouterr().out

@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from trainer import models, ood
+from trainer import explain, models, ood
 
 
 def gaussian_classes(rng, count: int, dimensions: int = 6):
@@ -56,14 +56,17 @@ def test_bad_inputs_say_what_is_wrong():
     with pytest.raises(ValueError, match=r"percentile must be in \(0, 100\]"):
         ood.fit(features, np.array([0, 0, 1, 1]), features, percentile=0)
     with pytest.raises(ValueError, match="got no images"):
-        ood.penultimate_features(None, [])
+        ood.features(None, [])
 
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
-def test_every_architecture_has_penultimate_features(name):
+def test_every_architecture_gives_the_guard_its_pooled_feature_map(name):
     keras.utils.set_random_seed(0)
     model = models.build(name, 64, **models.REGISTRY[name].tiny)
+    layer = models.REGISTRY[name].gradcam_layer
     pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype(np.float32)
-    probabilities, features, labels = ood.penultimate_features(ood.feature_model(model), [(pixels, [0, 1, 1])])
+    probabilities, features, labels = ood.features(explain.feature_model(model, layer), [(pixels, [0, 1, 1])])
     np.testing.assert_allclose(probabilities, model.predict(pixels, verbose=0).reshape(-1), atol=1e-5)
-    assert features.shape[0] == 3 and features.ndim == 2 and list(labels) == [0, 1, 1]
+    feature_map = keras.Model(model.inputs, model.get_layer(layer).output).predict(pixels, verbose=0)
+    np.testing.assert_allclose(features, feature_map.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert list(labels) == [0, 1, 1]

@@ -24,7 +24,7 @@ from pneumonia import report as report_lib
 from tests.compare_test import Metadata
 from tests.conftest import copy_subset
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
-from trainer import models, signatures, task
+from trainer import models, ood, signatures, task
 from trainer.preprocessing import decode_image
 from trainer.threshold import Threshold
 
@@ -61,7 +61,7 @@ def export_model(model_uri: str, architecture: str, examples: str, work_dir: str
     median = float(np.median(model.predict(pixels, verbose=0)))
     serving_dir = os.path.join(model_uri, executor.SERVING_DIR)
     signatures.export(model, serving_dir, IMAGE_SIZE, Threshold(median, "youden", 0.8, 0.7, 7), work_dir,
-                      architecture, settings)
+                      architecture, settings, guard=ood.noise_guard(model, IMAGE_SIZE))
     os.makedirs(os.path.dirname(task.keras_weights_path(serving_dir)))
     model.save_weights(task.keras_weights_path(serving_dir))
     return model
@@ -129,6 +129,7 @@ def test_page_has_slice_metrics_and_model_card(report):
     for heading in ("Intended use", "not a diagnosis", "Training data", "Limitations", "pediatric", "Threshold"):
         assert heading in page
     assert "blessed: True" in page and "Grad-CAM not drawn" not in page
+    assert "flagged OOD" in page and "flags 0.5% of validation images by construction" in page
 
 
 def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):

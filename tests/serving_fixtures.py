@@ -2,6 +2,7 @@
 
 Import the fixtures a test module uses by name (`from tests.serving_fixtures import served`).
 """
+import glob
 import os
 import shutil
 
@@ -24,15 +25,27 @@ def png(height: int = 40, width: int = 30, seed: int = 0) -> bytes:
     return tf.io.encode_png(pixels).numpy()
 
 
-def export_tiny_model(export_dir: str, work_dir: str, seed: int) -> str:
-    from trainer import models, signatures
+def xray_guard(model, shared_data: str, image_size: int = IMAGE_SIZE):
+    """The OOD guard fitted as the Trainer does, on real train X-rays, with other train X-rays as validation."""
+    from trainer import ood
+    from trainer.preprocessing import decode_image
+
+    files = sorted(glob.glob(f"{shared_data}/chest_xray/train/*/*.jpeg"))[::60]
+    pixels = np.stack([decode_image(open(f, "rb").read(), image_size).numpy() for f in files])
+    labels = np.array(["/PNEUMONIA/" in f for f in files], dtype=int)
+    return ood.fit_model(model, [(pixels[::2], labels[::2])], [(pixels[1::2], labels[1::2])])[0]
+
+
+def export_tiny_model(export_dir: str, work_dir: str, seed: int, fit_guard=None) -> str:
+    """A tiny untrained CNN with threshold 0.5; its OOD guard from `fit_guard(model)`, else fitted on noise."""
+    from trainer import models, ood, signatures
     from trainer.threshold import Threshold
 
     tf.keras.utils.set_random_seed(seed)
     settings = dict(models.REGISTRY["cnn"].tiny)
     model = models.build("cnn", IMAGE_SIZE, **settings)
     signatures.export(model, export_dir, IMAGE_SIZE, Threshold(0.5, "youden", 1.0, 1.0, 10), work_dir, "cnn",
-                      settings)
+                      settings, guard=fit_guard(model) if fit_guard else ood.noise_guard(model, IMAGE_SIZE))
     return export_dir
 
 

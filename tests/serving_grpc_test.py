@@ -60,12 +60,18 @@ def test_predict_on_both_signatures_agrees_and_reports_the_version(served):
                                  timeout=10)
     assert by_image.model_spec.name == MODEL_NAME and by_image.model_spec.version.value == 1
     assert by_image.model_spec.signature_name == "predict_images"
-    assert set(by_image.outputs) == {"probability", "label", "threshold", "decision_score"}
+    assert set(by_image.outputs) == {"probability", "label", "threshold", "decision_score", "ood_score",
+                                     "ood_threshold", "in_distribution"}
     probability = tf.make_ndarray(by_image.outputs["probability"])
     assert probability.shape == (2,) and np.all((probability >= 0) & (probability <= 1))
     np.testing.assert_allclose(probability, tf.make_ndarray(by_example.outputs["probability"]), atol=1e-6)
     expected = np.where(probability >= 0.5, b"PNEUMONIA", b"NORMAL")
     assert list(tf.make_ndarray(by_image.outputs["label"])) == list(expected)
+    explained = service.Predict(image_request(images, "explain_images"), timeout=10).outputs
+    np.testing.assert_allclose(tf.make_ndarray(explained["probability"]), probability, atol=1e-6)
+    for key in ("gradcam", "gradcam_plus_plus"):
+        heatmap = tf.make_ndarray(explained[key])
+        assert heatmap.shape == (2, 16, 16) and heatmap.dtype == np.float32 and 0 <= heatmap.min() <= heatmap.max() <= 1
 
     request = image_request(images)
     request.output_filter.append("probability")
@@ -106,11 +112,13 @@ def test_model_metadata_lists_the_signature_defs(served):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     assert response.model_spec.version.value == 1
-    assert set(signatures.signature_def) == {"serving_default", "predict_images", "classify"}
+    assert set(signatures.signature_def) == {"serving_default", "predict_images", "explain_images", "classify"}
     images = signatures.signature_def["predict_images"].inputs["images"]
     assert images.dtype == tf.string.as_datatype_enum and [d.size for d in images.tensor_shape.dim] == [-1]
     assert set(signatures.signature_def["serving_default"].outputs) == {
-        "probability", "label", "threshold", "decision_score"}
+        "probability", "label", "threshold", "decision_score", "ood_score", "ood_threshold", "in_distribution"}
+    assert set(signatures.signature_def["explain_images"].outputs) == set(
+        signatures.signature_def["predict_images"].outputs) | {"gradcam", "gradcam_plus_plus"}
 
     request.metadata_field[:] = ["something_else"]
     assert rpc_error(stub(served).GetModelMetadata, request).code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -33,7 +33,8 @@ def test_predict_matches_grpc_in_both_formats(served):
     status, rows = rest(served, "POST", f"/v1/models/{MODEL_NAME}:predict",
                         {"signature_name": "predict_images", "instances": [b64(i) for i in images]})
     assert status == 200
-    assert [set(row) for row in rows["predictions"]] == [{"probability", "label", "threshold", "decision_score"}] * 2
+    assert [set(row) for row in rows["predictions"]] == [{"probability", "label", "threshold", "decision_score",
+                                                          "ood_score", "ood_threshold", "in_distribution"}] * 2
     np.testing.assert_allclose([row["probability"] for row in rows["predictions"]], grpc_probability, atol=1e-6)
     assert rows["predictions"][0]["label"] in ("NORMAL", "PNEUMONIA")
 
@@ -53,7 +54,8 @@ def test_status_and_metadata(served):
     assert rest(served, "GET", f"/v1/models/{MODEL_NAME}/versions/1")[1]["model_version_status"][0]["version"] == "1"
     status, metadata = rest(served, "GET", f"/v1/models/{MODEL_NAME}/metadata")
     assert status == 200 and metadata["model_spec"] == {"name": MODEL_NAME, "version": "1"}
-    assert set(metadata["metadata"]["signature_def"]["signatureDef"]) == {"serving_default", "predict_images", "classify"}
+    assert set(metadata["metadata"]["signature_def"]["signatureDef"]) == {"serving_default", "predict_images",
+                                                                          "explain_images", "classify"}
 
 
 def test_errors_carry_the_grpc_meaning_as_http_status(served):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import models, signatures
+from trainer import models, ood, signatures
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
@@ -45,7 +45,8 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
     model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
     chosen = Threshold(0.37, "youden", 0.9, 0.8, 100)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn", models.REGISTRY["cnn"].tiny)
+    signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn", models.REGISTRY["cnn"].tiny,
+                      guard=ood.noise_guard(model, 64))
 
     outputs = serve_both(export_dir, images)
     np.testing.assert_allclose(outputs["threshold"], 0.37)
@@ -67,7 +68,8 @@ def test_export_leaves_the_optimizer_state_out(tmp_path):
     model.compile(keras.optimizers.Adam(), "binary_crossentropy", metrics=[keras.metrics.AUC()])
     model.fit(np.zeros((4, 64, 64, 1), "float32"), np.zeros(4, "float32"), verbose=0)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, 64, Threshold(0.5, "youden", 1.0, 1.0, 4), str(tmp_path / "work"), "cnn", {})
+    signatures.export(model, export_dir, 64, Threshold(0.5, "youden", 1.0, 1.0, 4), str(tmp_path / "work"), "cnn", {},
+                      guard=ood.noise_guard(model, 64))
     variables = os.path.join(export_dir, "variables")
     size = sum(os.path.getsize(os.path.join(variables, name)) for name in os.listdir(variables))
     assert size < 1.5 * 4 * model.count_params()
@@ -77,13 +79,14 @@ def test_decision_score_puts_the_tuned_threshold_at_one_half(shared_data, tmp_pa
     """TFMA counts `decision_score` > 0.5 (+1e-7) as positive: exactly the examples labelled PNEUMONIA."""
     files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::40]
     images = tf.constant([open(f, "rb").read() for f in files])
-    brightness = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.GlobalAveragePooling2D(),
-                                   keras.layers.Rescaling(1.0 / 255)])  # probability = mean brightness
+    inputs = keras.Input((64, 64, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Identity(name=models.FEATURE_MAP)(inputs))
+    brightness = keras.Model(inputs, keras.layers.Rescaling(1.0 / 255, name="probability")(mean))  # mean brightness
     probabilities = brightness.predict(decode_batch(images, 64), verbose=0).reshape(-1)
     threshold = float(np.sort(probabilities)[len(probabilities) // 2])  # one example sits exactly on it
     export_dir = str(tmp_path / "model")
     signatures.export(brightness, export_dir, 64, Threshold(threshold, "youden", 0.9, 0.8, 10),
-                      str(tmp_path / "work"), "brightness", {})
+                      str(tmp_path / "work"), "brightness", {}, guard=ood.noise_guard(brightness, 64))
     out = tf.saved_model.load(export_dir).signatures["predict_images"](images=images)
     score, probability = out["decision_score"].numpy(), out["probability"].numpy()
     assert list((score > 0.5 + 1e-7)) == list(out["label"].numpy() == b"PNEUMONIA")
@@ -99,8 +102,9 @@ def test_classify_signature_follows_tf_servings_classification_rules(tmp_path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     export_dir = str(tmp_path / "model")
-    signatures.export(models.build("cnn", 64, **models.REGISTRY["cnn"].tiny), export_dir, 64,
-                      Threshold(0.4, "youden", 0.9, 0.8, 10), str(tmp_path / "work"), "cnn", {})
+    model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
+    signatures.export(model, export_dir, 64, Threshold(0.4, "youden", 0.9, 0.8, 10), str(tmp_path / "work"), "cnn", {},
+                      guard=ood.noise_guard(model, 64))
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString(open(os.path.join(export_dir, "saved_model.pb"), "rb").read())
     definition = saved_model.meta_graphs[0].signature_def[signatures.CLASSIFY_SIGNATURE]

@@ -12,7 +12,7 @@ from components.pusher.executor import model_fingerprint
 from components.report import executor as report_executor
 from components.threshold_calibrator import calibration, executor
 from tests.signatures_test import serve_both
-from trainer import models, signatures, threshold
+from trainer import models, ood, signatures, threshold
 from trainer.threshold import Threshold
 
 IMAGE_SIZE = 64
@@ -45,9 +45,10 @@ def trained(shared_data, tmp_path_factory):
     tf.keras.utils.set_random_seed(7)
     settings = dict(models.REGISTRY["cnn"].tiny)
     model_uri = str(tmp / "model")
-    signatures.export(models.build("cnn", IMAGE_SIZE, **settings), os.path.join(model_uri, executor.SERVING_DIR),
-                      IMAGE_SIZE, Threshold(0.5, "youden", 0.9, 0.9, 50), str(tmp / "work"), "cnn", settings,
-                      {"train_seconds": 12.0})
+    model = models.build("cnn", IMAGE_SIZE, **settings)
+    signatures.export(model, os.path.join(model_uri, executor.SERVING_DIR), IMAGE_SIZE,
+                      Threshold(0.5, "youden", 0.9, 0.9, 50), str(tmp / "work"), "cnn", settings,
+                      {"train_seconds": 12.0}, guard=ood.noise_guard(model, IMAGE_SIZE))
     return examples, model_uri, files
 
 

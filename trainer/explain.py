@@ -22,7 +22,7 @@ def heatmap_size(image_size: int) -> int:
 
 
 def feature_model(model: keras.Model, layer_name: str) -> keras.Model:
-    """A model returning (feature map [N, H, W, C], probability [N, 1]) from the same weights."""
+    """A model returning (probability [N, 1], feature map [N, H, W, C]) from the same weights."""
     try:
         layer = model.get_layer(layer_name)
     except ValueError:
@@ -30,7 +30,7 @@ def feature_model(model: keras.Model, layer_name: str) -> keras.Model:
     if len(layer.output.shape) != 4:
         raise ValueError(f"Grad-CAM layer {layer_name!r} outputs shape {tuple(layer.output.shape)}; it needs a "
                          f"spatial feature map [N, H, W, C] (reshape token sequences to a grid first)")
-    return keras.Model(model.inputs, [layer.output, model.outputs[0]])
+    return keras.Model(model.inputs, [model.outputs[0], layer.output])
 
 
 def predicted_class_score(probability: tf.Tensor, threshold) -> tf.Tensor:
@@ -62,22 +62,21 @@ def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor,
     return _normalise(cam), _normalise(cam_plus_plus)
 
 
-def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor, threshold) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(Grad-CAM, Grad-CAM++, probability) for pixels [N, S, S, 1]; maps [N, S, S] in [0, 1].
-
-    `features_and_output` is a `feature_model`; the maps are resized bilinearly to the input's size.
-    """
+def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
+             threshold) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(Grad-CAM, Grad-CAM++, probability [N], feature map) for pixels [N, S, S, 1] from one pass of a
+    `feature_model`; the maps [N, S, S] are in [0, 1], resized bilinearly to the input's size."""
     pixels = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(pixels)  # the feature map is recorded even when no trainable variable precedes it
-        features, probability = features_and_output(pixels, training=False)
+        probability, features = features_and_output(pixels, training=False)
         probability = tf.reshape(probability, [-1])
         score = predicted_class_score(probability, threshold)
     gradients = tape.gradient(score, features)  # [N, h, w, C]; scores are independent per example
     size = tf.shape(pixels)[1:3]
     cam, cam_plus_plus = (tf.image.resize(m[..., tf.newaxis], size, method="bilinear")[..., 0]
                           for m in weighted_maps(features, gradients))
-    return cam, cam_plus_plus, probability
+    return cam, cam_plus_plus, probability, features
 
 
 def served_heatmap(maps: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -5,6 +5,12 @@ encoded image bytes (gRPC Predict, REST b64). Both decode inside the graph and r
 `label` (at the tuned threshold) and `threshold`, one value per input, plus `decision_score`: the
 probability mapped monotonically so that the tuned threshold lands on 0.5, which lets TFMA (whose
 thresholds are fixed when the pipeline is defined) report every metric at the model's own threshold too.
+Both also return the out-of-distribution guard (trainer/ood.py): `ood_score`, `ood_threshold` and
+`in_distribution` (False: the image is unlike the training X-rays, and `label`, which keeps its meaning,
+is no reliable answer).
+
+`explain_images` takes encoded images like `predict_images` and adds `gradcam` and `gradcam_plus_plus`:
+float32 [N, S/4, S/4] maps in [0, 1] for the class predicted at the threshold (trainer/explain.py).
 
 `classify` is the classification signature TF Serving's Classify API requires (its classifier.cc):
 method name `tensorflow/serving/classify`, one input `inputs` of serialized tf.Example, outputs
@@ -20,6 +26,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 
+from trainer import explain, ood
+from trainer.models import FEATURE_MAP, REGISTRY
 from trainer.pixel_budget import MAX_PIXELS
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
@@ -35,18 +43,29 @@ def _images(serialized_examples: tf.Tensor) -> tf.Tensor:
 
 
 class PneumoniaModule(tf.Module):
-    def __init__(self, model: keras.Model, image_size: int, threshold: Threshold, asset_path: str):
+    def __init__(self, model: keras.Model, image_size: int, threshold: Threshold, asset_path: str,
+                 gradcam_layer: str, guard: ood.OodGuard):
         super().__init__()
-        self.model = model
+        # One pass gives the probability and the feature map that both Grad-CAM and the OOD guard read.
+        self.model = explain.feature_model(model, gradcam_layer)
         self.image_size = image_size
         self.threshold_value = tf.constant(threshold.value, tf.float32)
         self.threshold_asset = tf.saved_model.Asset(asset_path)
+        # Variables, not constants: saved in the checkpoint, so `read_guard` can give them to a re-export.
+        self.ood_means = tf.Variable(guard.means, trainable=False, name="ood_means")
+        self.ood_precision = tf.Variable(guard.precision, trainable=False, name="ood_precision")
+        self.ood_threshold = tf.Variable(guard.threshold, dtype=tf.float32, trainable=False, name="ood_threshold")
 
-    def _probability(self, encoded: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(self.model(decode_batch(encoded, self.image_size), training=False), [-1])
+    def _forward(self, encoded: tf.Tensor):
+        """(probability [N], Grad-CAM feature map) of encoded images."""
+        probability, feature_map = self.model(decode_batch(encoded, self.image_size), training=False)
+        return tf.reshape(probability, [-1]), feature_map
 
     def _predict(self, encoded: tf.Tensor):
-        probability = self._probability(encoded)
+        return self._answer(*self._forward(encoded))
+
+    def _answer(self, probability: tf.Tensor, feature_map: tf.Tensor):
+        """The outputs `serving_default`, `predict_images` and `explain_images` share."""
         threshold = tf.fill(tf.shape(probability), self.threshold_value)
         positive = probability >= threshold
         label = tf.where(positive, CLASS_NAMES[1], CLASS_NAMES[0])
@@ -54,8 +73,11 @@ class PneumoniaModule(tf.Module):
         below = tf.math.divide_no_nan(probability, threshold)
         decision_score = tf.where(positive, 0.5 + DECISION_MARGIN + (0.5 - DECISION_MARGIN) * above,
                                   0.5 * tf.minimum(below, 1.0 - DECISION_MARGIN))
+        ood_score = ood.distances(ood.pooled(feature_map), self.ood_means, self.ood_precision)
         return {"probability": probability, "label": label, "threshold": threshold,
-                "decision_score": tf.clip_by_value(decision_score, 0.0, 1.0)}
+                "decision_score": tf.clip_by_value(decision_score, 0.0, 1.0), "ood_score": ood_score,
+                "ood_threshold": tf.fill(tf.shape(probability), self.ood_threshold),
+                "in_distribution": ood_score <= self.ood_threshold}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
@@ -63,7 +85,7 @@ class PneumoniaModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=tf.saved_model.CLASSIFY_INPUTS)])
     def classify(self, inputs):
-        probability = self._probability(_images(inputs))
+        probability, _ = self._forward(_images(inputs))
         classes = tf.tile(tf.constant([CLASS_NAMES]), [tf.shape(probability)[0], 1])
         return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
                 tf.saved_model.CLASSIFY_OUTPUT_SCORES: tf.stack([1.0 - probability, probability], axis=1)}
@@ -72,28 +94,40 @@ class PneumoniaModule(tf.Module):
     def predict_images(self, images):
         return self._predict(images)
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def explain_images(self, images):
+        pixels = decode_batch(images, self.image_size)
+        cam, cam_plus_plus, probability, feature_map = explain.heatmaps(self.model, pixels, self.threshold_value)
+        return {**self._answer(probability, feature_map), "gradcam": explain.served_heatmap(cam, self.image_size),
+                "gradcam_plus_plus": explain.served_heatmap(cam_plus_plus, self.image_size)}
+
 
 def export(model: keras.Model, export_dir: str, image_size: int, threshold: Threshold, work_dir: str,
-           architecture: str, model_config: Dict[str, Any], training: Optional[Dict[str, Any]] = None) -> None:
-    """Writes the SavedModel with both signatures and the threshold JSON under assets/.
+           architecture: str, model_config: Dict[str, Any], training: Optional[Dict[str, Any]] = None, *,
+           guard: ood.OodGuard) -> None:
+    """Writes the SavedModel with its signatures and the threshold JSON under assets/.
 
     The JSON also records what rebuilds the Keras model (`architecture`, `image_size`, `model_config`),
-    for warm start and Grad-CAM, and what training cost and chose (`training`: parameters, wall time,
-    images/s, best epoch), for the results table.
+    for warm start and Grad-CAM, what training cost and chose (`training`: parameters, wall time,
+    images/s, best epoch), for the results table, and how the OOD guard was fitted (`ood`).
     """
     tf.io.gfile.makedirs(work_dir)  # gfile: the run folder may be in a bucket (Kubeflow)
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
     with tf.io.gfile.GFile(asset_path, "w") as f:
         json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
-                   "model_config": model_config, "training": training or {}, "max_pixels": MAX_PIXELS},
+                   "model_config": model_config, "training": training or {}, "max_pixels": MAX_PIXELS,
+                   "ood": guard.summary()},
                   f, indent=2, sort_keys=True)
     # The same layers and weights, without what compile() attached (optimizer slots, metric state): the
     # served model would otherwise carry the Adam moments, three times its weights.
     inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
-    module = PneumoniaModule(inference_model, image_size, threshold, asset_path)
+    # Models outside the registry (tests) name their Grad-CAM layer `feature_map`, as registered ones do.
+    gradcam_layer = REGISTRY[architecture].gradcam_layer if architecture in REGISTRY else FEATURE_MAP
+    module = PneumoniaModule(inference_model, image_size, threshold, asset_path, gradcam_layer, guard)
     tf.saved_model.save(module, export_dir, signatures={
         "serving_default": module.serve_examples,
         "predict_images": module.predict_images,
+        "explain_images": module.explain_images,
         CLASSIFY_SIGNATURE: module.classify,
     })
     _mark_classification(export_dir, CLASSIFY_SIGNATURE)
@@ -112,6 +146,18 @@ def _mark_classification(export_dir: str, signature: str) -> None:
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(saved_model.SerializeToString(deterministic=True))
     fingerprinting_utils.write_fingerprint(export_dir)
+
+
+def read_guard(export_dir: str) -> ood.OodGuard:
+    """The OOD guard inside an exported model, to export the same weights again (e.g. with another threshold)."""
+    summary = read_metadata(export_dir).get("ood")
+    if summary is None:
+        raise ValueError(f"{export_dir} was exported without an out-of-distribution guard: train it again")
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    means, precision = (reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+                        for name in ("ood_means", "ood_precision"))
+    return ood.OodGuard(means, precision, summary["threshold"], summary["validation_percentile"],
+                        summary["train_images"], summary["validation_images"])
 
 
 def read_metadata(export_dir: str) -> Dict[str, Any]:

@@ -13,11 +13,10 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import augment, inputs, models, signatures, threshold
+from trainer import augment, inputs, models, ood, signatures, threshold
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
 
@@ -242,14 +241,18 @@ def run_fn(fn_args: FnArgs) -> None:
     logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)
     training = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
 
-    scored = [(model.predict_on_batch(pixels).reshape(-1), y.numpy()) for pixels, y in validation]  # one pass
-    probabilities, labels = (np.concatenate(column) for column in zip(*scored))
+    # The OOD guard's Gaussians come from the training images without augmentation; its threshold from the
+    # validation pass that also tunes the model's threshold.
+    plain_train = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=False)
+    guard, probabilities, labels = ood.fit_model(model, plain_train, validation,
+                                                 layer_name=models.architecture(config["architecture"]).gradcam_layer)
     chosen = threshold.choose(labels, probabilities, config["threshold_policy"])
     logging.info("best validation %s %.4f at epoch %d; threshold %.4f (%s): validation sensitivity %.3f, "
-                 "specificity %.3f", training["early_stopping_metric"], training["best_validation_value"],
-                 training["best_epoch"], chosen.value, chosen.policy, chosen.sensitivity, chosen.specificity)
+                 "specificity %.3f; OOD threshold %.3f", training["early_stopping_metric"],
+                 training["best_validation_value"], training["best_epoch"], chosen.value, chosen.policy,
+                 chosen.sensitivity, chosen.specificity, guard.threshold)
     signatures.export(model, fn_args.serving_model_dir, image_size, chosen, fn_args.model_run_dir,
-                      config["architecture"], _normalised(config.get("model_config") or {}), training)
+                      config["architecture"], _normalised(config.get("model_config") or {}), training, guard=guard)
     weights_path = keras_weights_path(fn_args.serving_model_dir)
     tf.io.gfile.makedirs(os.path.dirname(weights_path))
     model.save_weights(weights_path)  # Keras stages a remote path (gs://) in a local file and copies it

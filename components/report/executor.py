@@ -82,11 +82,25 @@ def serving_function(model_uri: str):
     return tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures["serving_default"]
 
 
+def score(serve, serialized: List[bytes], batch_size: int = 32) -> Dict[str, np.ndarray]:
+    """The numeric outputs of a `serving_function` (probability, threshold, OOD guard) for serialized tf.Examples."""
+    batches = [serve(examples=tf.constant(serialized[i:i + batch_size])) for i in range(0, len(serialized), batch_size)]
+    if not batches:
+        return {"probability": np.zeros(0, np.float32)}
+    keys = [key for key, value in batches[0].items() if value.dtype != tf.string]
+    return {key: np.concatenate([batch[key].numpy() for batch in batches]) for key in keys}
+
+
 def predict(serve, serialized: List[bytes], batch_size: int = 32) -> np.ndarray:
     """Pneumonia probabilities of serialized tf.Examples from a `serving_function`."""
-    batches = [serve(examples=tf.constant(serialized[i:i + batch_size]))["probability"].numpy()
-               for i in range(0, len(serialized), batch_size)]
-    return np.concatenate(batches) if batches else np.zeros(0, np.float32)
+    return score(serve, serialized, batch_size)["probability"]
+
+
+def ood_share(outputs: Dict[str, np.ndarray]) -> Optional[float]:
+    """The share of images the model's OOD guard flags; None for a model exported without a guard."""
+    if "in_distribution" not in outputs:
+        return None
+    return float(np.mean(~outputs["in_distribution"])) if outputs["in_distribution"].size else float("nan")
 
 
 def keras_model(model_uri: str, info: dict) -> Tuple[keras.Model, str]:
@@ -155,8 +169,10 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     samples = {split: read_split(examples_uri, split, settings.max_images_per_split) for split in splits}
     evaluated = [split for split in splits if split != "train"]
     serve = serving_function(model_uri)
-    scores = {split: plots.Scores(np.array(samples[split].labels), predict(serve, samples[split].serialized))
+    outputs = {split: score(serve, samples[split].serialized) for split in evaluated}
+    scores = {split: plots.Scores(np.array(samples[split].labels), outputs[split]["probability"])
               for split in evaluated}
+    ood_shares = {split: ood_share(outputs[split]) for split in evaluated}
     figures: List[Tuple[str, str]] = []  # (file name, caption), in page order
 
     def figure(name: str, caption: str, draw, *args) -> None:
@@ -203,8 +219,8 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
                                                       threshold)
         attention.write(os.path.join(out_dir, attention.ATTENTION_FILE), attention_table)
 
-    page = render(info, blessed, samples, scores, results.slice_metrics(evaluation_uri), figures, gradcam_notes,
-                  settings, attention_table)
+    page = render(info, blessed, samples, scores, ood_shares, results.slice_metrics(evaluation_uri), figures,
+                  gradcam_notes, settings, attention_table)
     index = os.path.join(out_dir, INDEX)
     with tf.io.gfile.GFile(index, "w") as f:
         f.write(page)
@@ -298,19 +314,20 @@ def slice_parts(name: str) -> Dict[str, str]:
     return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
 
 
-def scored_table(scores: Dict[str, plots.Scores], threshold: float) -> str:
-    """What the report's own figures rest on: the scored images of each split."""
+def scored_table(scores: Dict[str, plots.Scores], ood_shares: Dict[str, Optional[float]], threshold: float) -> str:
+    """What the report's own figures rest on: the scored images of each split, and the share the model's
+    out-of-distribution guard flags."""
     rows = []
     for split, split_scores in scores.items():
         ranks = split_scores.has_both_classes
         sensitivity, specificity = plots.sensitivity_and_specificity(split_scores, threshold)
         values = [float(split_scores.labels.size), plots.roc_auc(split_scores) if ranks else None,
                   plots.average_precision(split_scores) if ranks else None, sensitivity, specificity,
-                  plots.brier_score(split_scores), plots.expected_calibration_error(split_scores)]
+                  plots.brier_score(split_scores), plots.expected_calibration_error(split_scores), ood_shares[split]]
         rows.append(f"<tr><td>{html.escape(split)}</td>{_cell(values[0], 'example_count')}"
                     + "".join(_cell(v) for v in values[1:]) + "</tr>")
     return _table(["split", "scored images", "AUC", "AUC-PR (AP)", "sensitivity at tuned", "specificity at tuned",
-                   "Brier", "ECE"], rows)
+                   "Brier", "ECE", "flagged OOD"], rows)
 
 
 def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample],
@@ -363,11 +380,13 @@ brackets).</p>
 
 
 def render(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample], scores: Dict[str, plots.Scores],
-           table: Dict[str, Dict[str, float]], figures: List[Tuple[str, str]], notes: List[str],
-           settings: Settings, attention_table: Dict[str, Dict[str, attention.OutcomeShare]]) -> str:
+           ood_shares: Dict[str, Optional[float]], table: Dict[str, Dict[str, float]],
+           figures: List[Tuple[str, str]], notes: List[str], settings: Settings,
+           attention_table: Dict[str, Dict[str, attention.OutcomeShare]]) -> str:
     images = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    validation_flagged = 100 - float(info.get("ood", {}).get("validation_percentile", 100))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Pneumonia model report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
@@ -387,8 +406,10 @@ PNEUMONIA). The pooled slices mix every evaluated split and are no one split's f
 {slice_table(table)}
 <h2>Scored images behind the figures</h2>
 <p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
-signature at the tuned threshold {float(info['value']):.4f}.</p>
-{scored_table(scores, float(info['value']))}
+signature at the tuned threshold {float(info['value']):.4f}. <i>Flagged OOD</i>: the share the model's
+out-of-distribution guard marks as unlike its training images
+(its threshold flags {validation_flagged:g}% of validation images by construction).</p>
+{scored_table(scores, ood_shares, float(info['value']))}
 {attention_section(attention_table)}
 <h2>Figures</h2>
 {images}

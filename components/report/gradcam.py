@@ -18,5 +18,5 @@ def heatmaps(model: keras.Model, layer_name: str, pixels: np.ndarray,
     The maps are resized to the input's H x W and scaled to [0, 1]; probability is the model's
     output for the same pass.
     """
-    cam, cam_plus_plus, probability = explain.heatmaps(explain.feature_model(model, layer_name), pixels, threshold)
+    cam, cam_plus_plus, probability, _ = explain.heatmaps(explain.feature_model(model, layer_name), pixels, threshold)
     return cam.numpy(), cam_plus_plus.numpy(), probability.numpy()

@@ -59,7 +59,7 @@ def reexport(saved_model_dir: str, export_dir: str, chosen: Threshold, work_dir:
     With `check_images`, the new export must give the same probabilities as the old one on them."""
     model, info = rebuild(saved_model_dir)
     signatures.export(model, export_dir, int(info["image_size"]), chosen, work_dir, info["architecture"],
-                      info.get("model_config", {}), info.get("training"))
+                      info.get("model_config", {}), info.get("training"), guard=signatures.read_guard(saved_model_dir))
     write_json(os.path.join(export_dir, SAVED_MODEL_RECORD), record)
     if check_images:
         before, after = predict_images(saved_model_dir, check_images), predict_images(export_dir, check_images)

@@ -141,7 +141,7 @@ async function explain(bytes) {
   return { prediction: answer.predictions[0], ...target };
 }
 
-// A perceptual blue-to-red ramp; values near 0 stay transparent so the X-ray shows through.
+// A blue-to-red ramp; the overlay's own alpha is the value, so regions the model did not use stay clear.
 function heatColour(value) {
   const stops = [[0, [49, 54, 149]], [0.35, [116, 173, 209]], [0.6, [254, 224, 144]], [0.8, [244, 109, 67]],
     [1, [165, 0, 38]]];
@@ -163,7 +163,7 @@ function drawHeatmap(canvas, heatmap, width, height) {
   const pixels = gridContext.createImageData(columns, rows);
   heatmap.flat().forEach((value, i) => {
     const clamped = Math.min(Math.max(value, 0), 1);
-    pixels.data.set([...heatColour(clamped), Math.round(255 * Math.min(1, 0.25 + clamped))], 4 * i);
+    pixels.data.set([...heatColour(clamped), Math.round(255 * clamped)], 4 * i);
   });
   gridContext.putImageData(pixels, 0, 0);
   canvas.width = width;
@@ -172,6 +172,7 @@ function drawHeatmap(canvas, heatmap, width, height) {
   context.imageSmoothingEnabled = true; // bilinear, as the model's own resizing
   context.clearRect(0, 0, width, height);
   context.drawImage(grid, 0, 0, width, height);
+  canvas.dataset.drawn = "true";
 }
 
 function showResult(card, file, answer) {
