@@ -236,7 +236,7 @@ def main() -> None:
             r = bench(architecture, args.image_size, image, args.seconds, args.rounds, serving_dir)
             print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                   f"{r['p50_ratio']:>10.2f}{r['handler_ms']:>10.1f}{r['empty_rpc_ms']:>13.2f}"
-                  f"{r['p50_ratio']:>10.2f}{r['explain_p50_ms']:>12.1f}{r['explain_p99_ms']:>12.1f}"
+                  f"{r['explain_p50_ms']:>12.1f}{r['explain_p99_ms']:>12.1f}"
                   f"{r['explain_ratio']:>16.2f}"
                   f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
                   f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)

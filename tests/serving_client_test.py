@@ -103,3 +103,15 @@ def test_deadline_is_reported(served):
     with PredictionClient(address(served), timeout_seconds=0.001) as client:
         with pytest.raises(ClientError, match="did not answer within 0.001 s"):
             client.predict([png(600, 600)] * 8)
+
+
+def test_predict_puts_the_ood_flag_first():
+    from serving.cli import prediction_line
+    from serving.client import Prediction
+
+    inside = Prediction(0.8, "PNEUMONIA", 0.5, 3, in_distribution=True, ood_score=2.0, ood_threshold=4.0)
+    outside = Prediction(0.8, "PNEUMONIA", 0.5, 3, in_distribution=False, ood_score=9.5, ood_threshold=4.0)
+    expected = "PNEUMONIA (probability 0.8000, threshold 0.5000, pneumonia version 3)"
+    assert prediction_line(inside, "pneumonia") == expected
+    assert prediction_line(outside, "pneumonia").startswith("OUT OF DISTRIBUTION (OOD score 9.50 > 4.00): ")
+    assert prediction_line(outside, "pneumonia").endswith(expected)
