@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.config import BLESSING_SPLIT
 from pneumonia import results
+from pneumonia.tables import format_number
 from trainer import threshold
 
 POLICIES = ("youden", "sensitivity:0.95", "sensitivity:0.98", "sensitivity:0.99", "median-midpoint", "fixed:0.5")
@@ -27,8 +28,6 @@ def rates(labels: np.ndarray, probabilities: np.ndarray, value: float) -> Dict[s
 
 def policy_rows(evaluated, splits: Tuple[str, ...] = ("test", "external")) -> List[List[str]]:
     """Header plus one row per architecture and policy; the recipe's own policy is marked."""
-    from pneumonia.report import format_number
-
     header = ["architecture", "policy", "threshold", "val sens", "val spec"]
     header += [f"{split} {measure}" for split in splits for measure in ("acc", "sens", "spec")]
     rows = [header]

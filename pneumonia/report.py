@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from ml_metadata.proto import metadata_store_pb2
 
+from pneumonia.tables import format_number, format_rows
+
 # TensorFlow-heavy modules (results, the report executor) are imported where used: `pneumonia --help` stays fast.
 
 REPORT_NODE = "EvaluationReport"
@@ -194,10 +196,6 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
     return chosen
 
 
-def format_number(value: Optional[float], digits: int = 3) -> str:
-    return "-" if value is None or value != value else f"{value:.{digits}f}"
-
-
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture: how it was trained, what it cost, the threshold it chose."""
     header = ["architecture", "size", "weights", "label smoothing", "best epoch by", "best val value", "parameters",
@@ -276,16 +274,6 @@ def ood_rows(evaluated: List[Evaluated]) -> List[List[str]]:
                          format_number(wrong[flagged].mean() if flagged.any() else None),
                          format_number(wrong[~flagged].mean() if (~flagged).any() else None)])
     return rows
-
-
-def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: int = 2) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(row) + " |" for row in rows]
-        lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
-        return "\n".join(lines)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i < label_columns else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
 def compare(metadata_path: str, markdown: bool = False, policies: bool = False, kshot: bool = False,

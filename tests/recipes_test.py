@@ -15,7 +15,9 @@ LUNGS = sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "lungs", "*.y
 
 
 def test_every_architecture_has_a_recipe_named_after_it():
-    assert sorted(os.path.basename(path)[:-len(".yaml")] for path in RECIPES) == sorted(models.REGISTRY)
+    """All but the ensemble, which `pneumonia ensemble` builds from trained members instead of a recipe."""
+    trained = sorted(set(models.REGISTRY) - {"ensemble"})
+    assert sorted(os.path.basename(path)[:-len(".yaml")] for path in RECIPES) == trained
 
 
 @pytest.mark.parametrize("path", RECIPES + ABLATIONS + LUNGS, ids=lambda p: os.path.relpath(p, ROOT))
