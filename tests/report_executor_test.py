@@ -219,6 +219,7 @@ def copy_into(local_folder: str, uri: str) -> str:
 def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny_run, bucket, tmp_path):
     """Examples, model and TFMA output in gs://, the report written there; `compare` (and its policy table)
     reads them with the exported model scoring every record, no stand-in."""
+    from components.report import attention
     from sklearn.metrics import roc_auc_score
 
     from pneumonia import policies, results
@@ -245,7 +246,11 @@ def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny
     evaluated = report_lib.latest_evaluations(metadata_path)
     shown = report_lib.attention_rows(evaluated)  # the report's border attention, read from the bucket
     assert [row[:2] for row in shown[1:]] == [["cnn", "eval"], ["cnn", "test"], ["cnn", "external"]]
-    assert all(row[-1].endswith("(10)") for row in shown[1:])  # every scored image of the split
+    written = attention.read(f"{bucket}/report/{attention.ATTENTION_FILE}")
+    assert [row[-1] for row in shown[1:]] == [
+        f"{report_lib.format_number(written[split]['all'].mean)} ({written[split]['all'].images})"
+        for split in ("eval", "test", "external")]
+    assert written["test"]["all"].images == 10  # every scored image of the split
     rows = report_lib.compare_rows(evaluated)
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
     labels, scores, _ = results.score_splits(uris["examples"], ["test"], uris["model"])["test"]
