@@ -210,10 +210,11 @@ def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run
     root, _ = first_run
     swin = tmp_path / "swin.yaml"
     swin.write_text(f"architecture: swin\nimage_size: 64\nepochs: 1\nbatch_size: 16\nmin_auc: 0.0\n"
+                    "confidence_intervals: none\n"
                     f"model_config: {dict(models.REGISTRY['swin'].tiny)}\n".replace("(", "[").replace(")", "]"))
     cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", str(swin)])
     open_bounds = tmp_path / "open.yaml"
-    open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\n")
+    open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\nconfidence_intervals: none\n")
     before = versions(os.path.join(root, "serving"))
     capsys.readouterr()
     # members by the latest evaluation of each architecture: blessing is not the point here (the swin of one
