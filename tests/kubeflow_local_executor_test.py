@@ -202,8 +202,9 @@ def test_run_compiled_command_runs_a_package_with_params(tmp_path, capsys):
     package.write_text(yaml.safe_dump(spec))
     main(["run-compiled", str(package), "--pipeline-root", str(tmp_path / "root"), "--param", "greeting=yo"])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("run ") and printed[0].endswith(f"2 tasks under {tmp_path}/root/toy/" +
-                                                                  printed[0].split()[1].rstrip(":"))
+    run_id = printed[0].split()[1].rstrip(":")
+    assert printed[0].startswith("run ") and printed[0].endswith(
+        "2 tasks under " + os.path.join(str(tmp_path), "root", "toy", run_id))
     assert [line.split()[0] for line in printed[1:]] == ["write", "read"] and "ran in" in printed[1]
     with pytest.raises(SystemExit, match="error: --param greting: unknown parameter; the package takes greeting"):
         main(["run-compiled", str(package), "--pipeline-root", str(tmp_path / "root"), "--param", "greting=x"])

@@ -1,7 +1,7 @@
 """Drives the web page in Debian's chromium, headless, through Playwright; also regenerates the README's
 screenshot (no patient image in it):
 
-    PYTHONPATH=. .venv/bin/python -m tests.web_harness docs/web-page.png
+    PYTHONPATH=. .venv/bin/python -m tests.web_harness test-artifacts/web-page.png
 """
 import contextlib
 import os
