@@ -21,6 +21,7 @@ import tensorflow_model_analysis as tfma
 from google.protobuf import wrappers_pb2
 
 from pipeline import interval_metrics
+from trainer.signatures import DECISION_OUTPUT, PROBABILITY_OUTPUT
 
 # (TFMA class name, the metric key TFMA emits for it, extra config): results are read back by key, and a
 # test checks each key against what TFMA emits, so a threshold can never name a metric that isn't there.
@@ -37,8 +38,6 @@ METRICS = (
     ("Calibration", "calibration", None),  # mean prediction / mean label
     ("ConfusionMatrixAtThresholds", "confusion_matrix_at_thresholds", {"thresholds": [0.5]}),
 )
-PROBABILITY_OUTPUT = "probability"
-DECISION_OUTPUT = "decision_score"
 AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score", "ConfusionMatrixAtThresholds")
 # Every figure is per split; the uncrossed slices exist for the pooled view TFX gives, and say so.
 SLICE_FEATURES = (

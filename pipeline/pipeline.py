@@ -128,7 +128,8 @@ def create_pipeline(
         evaluator.executor_spec = executor_spec.BeamExecutorSpec(served_baseline_executor.Evaluator)
     pusher = create_pusher(model, evaluator.outputs["blessing"], serving_dir, model_name)
     report = EvaluationReport(examples=example_gen.outputs["examples"], model=model,
-                              evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"])
+                              evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"],
+                              blessing_split=BLESSING_SPLIT)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

@@ -96,7 +96,10 @@ def write_report(metadata_path: str, pipeline_name: str, out_dir: str, run: Opti
     from components.report import executor
 
     inputs = report_inputs(metadata_path, pipeline_name, run)
-    settings = executor.Settings(max_images_per_split=max_images) if max_images else executor.Settings()
+    from pipeline.config import BLESSING_SPLIT
+
+    settings = executor.Settings(blessing_split=BLESSING_SPLIT,
+                                 **({"max_images_per_split": max_images} if max_images else {}))
     return executor.generate(inputs.examples, inputs.split_names, inputs.model, inputs.evaluation,
                              os.path.join(out_dir, inputs.run.replace(os.sep, "_")), inputs.blessed, settings)
 
@@ -181,6 +184,7 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
     """(TFMA slice name, shown name): each whole split, then each source of a split that pools several
     (the external set: rsna and ieee8023), in split order."""
     from components.report.executor import slice_parts, ordered_splits
+    from pipeline.config import BLESSING_SPLIT
 
     splits = {slice_parts(name)["split"]: name for name in table if set(slice_parts(name)) == {"dataset", "split"}}
     sources: Dict[str, Dict[str, str]] = {}
@@ -189,7 +193,7 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
         if set(parts) == {"source", "split"}:
             sources.setdefault(parts["split"], {})[parts["source"]] = name
     chosen = []
-    for split in ordered_splits(list(splits)):
+    for split in ordered_splits(list(splits), BLESSING_SPLIT):
         chosen.append((splits[split], split))
         if len(sources.get(split, {})) > 1:
             chosen += [(name, f"{split}: {source}") for source, name in sorted(sources[split].items())]
@@ -219,6 +223,7 @@ def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
 
 def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture and reported slice (whole splits, and sources within them)."""
+    from components.report import tfma_metrics
     from components.report.executor import undefined_metrics
     from pneumonia import results
 
@@ -231,7 +236,7 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
             undefined = undefined_metrics(row)  # e.g. AUC of the all-NORMAL RSNA images: TFMA says 0
             cells = [format_number(row.get(key), 0) if key == "example_count" else
                      "-" if key in undefined else
-                     results.interval_cell(row, key) if key.split("@")[0] in results.INTERVAL_CASES else
+                     tfma_metrics.interval_cell(row, key) if key.split("@")[0] in tfma_metrics.INTERVAL_CASES else
                      format_number(row.get(key)) for _, key in COMPARE_COLUMNS]
             rows.append([item.architecture, shown] + cells)
     return rows

@@ -7,6 +7,7 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.evaluators import metrics_validator
 
 from pipeline import evaluation
+from components.report import tfma_metrics
 from pneumonia import results
 
 
@@ -54,18 +55,18 @@ def gated(tmp_path_factory):
 def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
     table = results.slice_metrics(gated)
     row = table["split=eval"]
-    assert (row[results.POSITIVES], row[results.NEGATIVES]) == (30, 30)
+    assert (row[tfma_metrics.POSITIVES], row[tfma_metrics.NEGATIVES]) == (30, 30)
     for key in ("auc", "recall@threshold", "specificity@threshold", "binary_accuracy"):
-        assert row[key + results.LOWER] < row[key + results.UPPER], key
-        assert row[key + results.LOWER] - 0.05 <= row[key] <= row[key + results.UPPER] + 0.05, key
-    cell = results.interval_cell(row, "auc")
+        assert row[key + tfma_metrics.LOWER] < row[key + tfma_metrics.UPPER], key
+        assert row[key + tfma_metrics.LOWER] - 0.05 <= row[key] <= row[key + tfma_metrics.UPPER] + 0.05, key
+    cell = tfma_metrics.interval_cell(row, "auc")
     assert cell.startswith(f"{row['auc']:.3f} [") and cell.endswith("]")
 
 
 def test_a_slice_too_small_for_an_interval_says_so_instead_of_a_number(gated):
     row = results.slice_metrics(gated)["split=tiny"]
-    assert results.interval_cell(row, "recall") == f"{row['recall']:.3f} (n=4: too few for a CI)"
-    assert "n=8" in results.interval_cell(row, "binary_accuracy")
+    assert tfma_metrics.interval_cell(row, "recall") == f"{row['recall']:.3f} (n=4: too few for a CI)"
+    assert "n=8" in tfma_metrics.interval_cell(row, "binary_accuracy")
 
 
 def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
@@ -75,7 +76,7 @@ def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
     judged = {f.metric_key.name: f.metric_value.double_value.value for f in failures}
     # The calibration slice misses a third of its PNEUMONIA cases: the sensitivity bound fails, on the lower bound.
     assert "recall_lower_bound" in judged
-    assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + results.LOWER], abs=1e-6)
+    assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + tfma_metrics.LOWER], abs=1e-6)
     assert not validation.validation_ok
     lines = results.validation_failures(gated)
     assert any(line.startswith("site gate: sensitivity lower 95% bound") and "--site-min-sensitivity 0.5" in line

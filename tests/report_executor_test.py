@@ -269,7 +269,7 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
     table = {"dataset=kermany, split=test": both, "label=0, split=test": normal_only,
              "patient_in_train=0, split=test": both, "dataset=external, split=external": both,
              "source=rsna, split=external": normal_only, "label=0": normal_only, "overall": both}
-    page = executor.slice_table(table)
+    page = executor.slice_table(table, "eval")
     sections = re.split(r"<h3>(\w+)</h3>", page)
     assert sections[1::2] == ["test", "external"]
     test, external = sections[2], sections[4]

@@ -35,6 +35,8 @@ from trainer.threshold import Threshold
 THRESHOLD_ASSET = "threshold.json"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 CLASSIFY_SIGNATURE = "classify"
+PROBABILITY_OUTPUT = "probability"
+DECISION_OUTPUT = "decision_score"  # what TFMA's at-threshold metrics read
 DECISION_MARGIN = 1e-6  # `decision_score` keeps this far from 0.5, beyond TFMA's 1e-7 comparison slack
 
 
@@ -74,8 +76,8 @@ class PneumoniaModule(tf.Module):
         decision_score = tf.where(positive, 0.5 + DECISION_MARGIN + (0.5 - DECISION_MARGIN) * above,
                                   0.5 * tf.minimum(below, 1.0 - DECISION_MARGIN))
         ood_score = ood.distances(ood.pooled(feature_map), self.ood_means, self.ood_precision)
-        return {"probability": probability, "label": label, "threshold": threshold,
-                "decision_score": tf.clip_by_value(decision_score, 0.0, 1.0), "ood_score": ood_score,
+        return {PROBABILITY_OUTPUT: probability, "label": label, "threshold": threshold,
+                DECISION_OUTPUT: tf.clip_by_value(decision_score, 0.0, 1.0), "ood_score": ood_score,
                 "ood_threshold": tf.fill(tf.shape(probability), self.ood_threshold),
                 "in_distribution": ood_score <= self.ood_threshold}
 

@@ -22,6 +22,7 @@ def EvaluationReport(  # noqa: N802 (TFX component name)
     model_blessing: InputArtifact[ModelBlessing] = None,
     max_images_per_split: Parameter[int] = executor.Settings.max_images_per_split,
     explained_per_group: Parameter[int] = executor.Settings.explained_per_group,
+    blessing_split: Parameter[str] = executor.Settings.blessing_split,
 ):
     blessed = None
     if model_blessing is not None and model_blessing.has_custom_property("blessed"):
@@ -29,5 +30,6 @@ def EvaluationReport(  # noqa: N802 (TFX component name)
     index = executor.generate(
         examples.uri, artifact_utils.decode_split_names(examples.split_names), model.uri, evaluation.uri,
         report.uri, blessed,
-        executor.Settings(max_images_per_split=max_images_per_split, explained_per_group=explained_per_group))
+        executor.Settings(max_images_per_split=max_images_per_split, explained_per_group=explained_per_group,
+                          blessing_split=blessing_split))
     report.set_string_custom_property("index", index)

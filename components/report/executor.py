@@ -15,9 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.report import attention, gradcam, plots
-from pipeline.config import BLESSING_SPLIT
-from pneumonia import results
+from components.report import attention, gradcam, plots, tfma_metrics
 from trainer import models, signatures, task
 from trainer.preprocessing import decode_image
 from trainer.signatures import CLASS_NAMES
@@ -39,6 +37,7 @@ class Settings:
     max_images_per_split: int = 200  # images scored per evaluated split for the curves and Grad-CAM
     explained_per_group: int = 2  # images per Grad-CAM panel (TP, TN, FP, FN)
     samples_per_class: int = 6
+    blessing_split: str = "eval"  # the split the Evaluator blesses on (the pipeline passes its BLESSING_SPLIT)
 
 
 @dataclasses.dataclass
@@ -146,8 +145,8 @@ def border_attention(model: keras.Model, layer: str, image_size: int, sample: Sp
     return attention.by_outcome(np.concatenate(shares), scores.labels, scores.probabilities, threshold)
 
 
-def ordered_splits(split_names: List[str]) -> List[str]:
-    fixed = ["train", BLESSING_SPLIT, "test"]
+def ordered_splits(split_names: List[str], blessing_split: str) -> List[str]:
+    fixed = ["train", blessing_split, "test"]
     return [s for s in fixed if s in split_names] + sorted(set(split_names) - set(fixed))
 
 
@@ -165,7 +164,7 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     tf.io.gfile.makedirs(out_dir)
     info = model_info(model_uri)
     threshold, image_size = float(info["value"]), int(info["image_size"])
-    splits = ordered_splits(split_names)
+    splits = ordered_splits(split_names, settings.blessing_split)
     samples = {split: read_split(examples_uri, split, settings.max_images_per_split) for split in splits}
     evaluated = [split for split in splits if split != "train"]
     serve = serving_function(model_uri)
@@ -185,13 +184,13 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
            plots.class_distribution, counts)
     figure("samples.png", f"Sample images per class ({splits[0]} split)", plots.sample_grid,
            sample_images(samples[splits[0]], image_size, settings.samples_per_class))
-    reported = [split for split in evaluated if split != BLESSING_SPLIT] or evaluated
+    reported = [split for split in evaluated if split != settings.blessing_split] or evaluated
     figure("roc_pr.png", "ROC and precision-recall curves", plots.roc_and_pr_curves,
            {split: scores[split] for split in reported})
     figure("precision_recall_threshold.png", "Precision and recall vs threshold",
            plots.precision_recall_vs_threshold, scores, threshold)
     figure("youden.png", f"Youden's J vs threshold; the tuned threshold is marked ({info.get('policy')} on "
-           f"{BLESSING_SPLIT})", plots.youden_vs_threshold, scores, threshold)
+           f"{settings.blessing_split})", plots.youden_vs_threshold, scores, threshold)
     figure("confusion.png", "Confusion matrices at 0.5 and at the tuned threshold", plots.confusion_matrices,
            scores, threshold)
     figure("calibration.png", "Calibration (reliability) per split", plots.calibration, scores)
@@ -219,7 +218,7 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
                                                       threshold)
         attention.write(os.path.join(out_dir, attention.ATTENTION_FILE), attention_table)
 
-    page = render(info, blessed, samples, scores, ood_shares, results.slice_metrics(evaluation_uri), figures,
+    page = render(info, blessed, samples, scores, ood_shares, tfma_metrics.slice_metrics(evaluation_uri), figures,
                   gradcam_notes, settings, attention_table)
     index = os.path.join(out_dir, INDEX)
     with tf.io.gfile.GFile(index, "w") as f:
@@ -271,7 +270,7 @@ def _table(header: List[str], rows: List[str]) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def slice_table(table: Dict[str, Dict[str, float]]) -> str:
+def slice_table(table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
     """TFMA's numbers per slice, one table per split (the whole split first, then its sources and seen/unseen
     patients), its label and pathogen crossings collapsed below it, and the slices pooled over splits last.
     A metric the slice cannot define shows "-"."""
@@ -283,8 +282,8 @@ def slice_table(table: Dict[str, Dict[str, float]]) -> str:
         for name in names:
             row, undefined = table[name], undefined_metrics(table[name])
             cells = "".join("<td>-</td>" if key in undefined else
-                            f"<td>{html.escape(results.interval_cell(row, key))}</td>"
-                            if key.split("@")[0] in results.INTERVAL_CASES else _cell(row.get(key), key)
+                            f"<td>{html.escape(tfma_metrics.interval_cell(row, key))}</td>"
+                            if key.split("@")[0] in tfma_metrics.INTERVAL_CASES else _cell(row.get(key), key)
                             for key in keys)
             lines.append(f"<tr><td>{html.escape(shown(name))}</td>{cells}</tr>")
         return f'<div class="wide">{_table(header, lines)}</div>'
@@ -296,7 +295,7 @@ def slice_table(table: Dict[str, Dict[str, float]]) -> str:
     for name in table:
         by_split.setdefault(slice_parts(name).get("split", ""), []).append(name)
     sections = []
-    for split in ordered_splits([split for split in by_split if split]):
+    for split in ordered_splits([split for split in by_split if split], blessing_split):
         names = sorted(by_split[split], key=lambda n: (n != f"split={split}", not is_split_slice(n), n))
         crossed = [n for n in names if set(slice_parts(n)) & set(CROSSING_FEATURES)]
         sections.append(f"<h3>{html.escape(split)}</h3>" + rows([n for n in names if n not in crossed], within))
@@ -331,7 +330,7 @@ def scored_table(scores: Dict[str, plots.Scores], ood_shares: Dict[str, Optional
 
 
 def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample],
-               table: Dict[str, Dict[str, float]]) -> str:
+               table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
     training = samples.get("train")
     trained_on = (", ".join(f"{dataset}: {training.counts[(dataset, 0)]} NORMAL / {training.counts[(dataset, 1)]} "
                             f"PNEUMONIA" for dataset in sorted({d for d, _ in training.counts}))
@@ -348,7 +347,7 @@ blessed: {html.escape(str(blessed))}.</p>
 <p><b>Intended use:</b> decision support for reading frontal chest X-rays (NORMAL vs PNEUMONIA), to prioritise
 and double-check, always reviewed by a clinician. It is <b>not a diagnosis</b> and not a medical device.</p>
 <p><b>Training data:</b> {html.escape(trained_on)}. The Kermany images are pediatric (children aged 1 to 5,
-one hospital); validation (<code>{BLESSING_SPLIT}</code>) is carved from training by patient.</p>
+one hospital); validation (<code>{blessing_split}</code>) is carved from training by patient.</p>
 <p><b>Metrics per slice</b> (TFMA, full splits; see the table below):</p><ul>{auc_lines}</ul>
 <p><b>Limitations:</b> trained on pediatric images only, so adults, other hospitals and other devices are out
 of distribution; the external (adult) split shows how far performance falls there, and its class mix differs
@@ -394,16 +393,16 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} td:first-child{{
 table{{font-size:85%}} th{{max-width:7em;font-weight:normal}} .wide{{overflow-x:auto}}
 img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>Pneumonia model report</h1>
-{model_card(info, blessed, samples, table)}
+{model_card(info, blessed, samples, table, settings.blessing_split)}
 <h2>Metrics per slice (TFMA)</h2>
 <p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5 unless marked "at tuned". AUC, accuracy,
 sensitivity and specificity show TFMA's 95% confidence interval (Poisson bootstrap) in brackets; where the
-slice holds fewer than {results.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. One table per
+slice holds fewer than {tfma_metrics.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown instead. One table per
 split: the whole split, its sources, and <code>patient_in_train</code> (1: the patient ID also has images in
 train; 0: unseen patients); the crossings with label and pathogen are collapsed below it. A metric a slice
 cannot define shows "-" (AUC, AUC-PR and F1 on a one-class slice; precision and calibration without
 PNEUMONIA). The pooled slices mix every evaluated split and are no one split's figures.</p>
-{slice_table(table)}
+{slice_table(table, settings.blessing_split)}
 <h2>Scored images behind the figures</h2>
 <p>Up to {settings.max_images_per_split} images per split, scored by the exported <code>serving_default</code>
 signature at the tuned threshold {float(info['value']):.4f}. <i>Flagged OOD</i>: the share the model's
