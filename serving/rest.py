@@ -4,10 +4,11 @@ Paths: `GET /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]` and
 `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` with `instances` (row format) or
 `inputs` (columnar); binary strings travel as `{"b64": "..."}` both ways.
 
-One path of this server's own, outside TF Serving's `/v1/models/` (the official server answers it 404):
-`POST /v1/dicom:to_png[?allow_lateral=true]` takes a DICOM file's bytes as the body and answers the PNG that
-serving/dicom.py makes of it, `{"png": {"b64": ...}, "view_position": ..., "windowing": ...}`, or 400 with the
-one-line refusal. A client then sends that PNG to :predict like any other, so the prediction is the PNG's.
+One path of this server's own, outside TF Serving's `/v1/models/` (the official server answers it 400
+"Malformed request"): `POST /v1/dicom:to_png[?allow_lateral=true]` takes a DICOM file's bytes as the body
+and answers the PNG that serving/dicom.py makes of it, `{"png": {"b64": ...}, "view_position": ...,
+"windowing": ...}`, or 400 with the one-line refusal. A client then sends that PNG to :predict like any
+other, so the prediction is the PNG's.
 
 With a web folder, `GET /` also serves the page in `serving/web/` (static files only: the page uses the
 paths above, and `/v1/dicom:to_png` only for DICOM files, so for JPEG/PNG it works in front of the official
