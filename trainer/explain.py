@@ -10,6 +10,8 @@ from typing import Tuple
 import keras
 import tensorflow as tf
 
+from trainer import models
+
 EPSILON = 1e-7
 # The served heatmap's side, as a fraction of the model's input side: 56 x 56 at 224 px. The finest
 # Grad-CAM layer of any architecture is 52 x 52 (cnn, cnn_transformer), so a finer map would only add
@@ -65,7 +67,8 @@ def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor,
 def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
              threshold) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """(Grad-CAM, Grad-CAM++, probability [N], feature map) for pixels [N, S, S, 1] from one pass of a
-    `feature_model`; the maps [N, S, S] are in [0, 1], resized bilinearly to the input's size."""
+    `feature_model`; the maps [N, S, S] are in [0, 1], resized bilinearly to the input's size (to the part of
+    it the model sees, when it crops)."""
     pixels = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(pixels)  # the feature map is recorded even when no trainable variable precedes it
@@ -73,10 +76,18 @@ def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
         probability = tf.reshape(probability, [-1])
         score = predicted_class_score(probability, threshold)
     gradients = tape.gradient(score, features)  # [N, h, w, C]; scores are independent per example
-    size = tf.shape(pixels)[1:3]
-    cam, cam_plus_plus = (tf.image.resize(m[..., tf.newaxis], size, method="bilinear")[..., 0]
+    size = int(pixels.shape[1])
+    cam, cam_plus_plus = (_on_input(m, size, models.view_crop(features_and_output))
                           for m in weighted_maps(features, gradients))
     return cam, cam_plus_plus, probability, features
+
+
+def _on_input(maps: tf.Tensor, size: int, central_crop: float) -> tf.Tensor:
+    """Feature-grid maps [N, h, w] -> [N, size, size] over the input image: a model that crops its input
+    (`central_crop` < 1) saw only the central box, so the map is placed there and the cut border is zero."""
+    offset, kept = models.crop_box(size, central_crop)
+    resized = tf.image.resize(maps[..., tf.newaxis], [kept, kept], method="bilinear")
+    return tf.pad(resized, [[0, 0], [offset, size - kept - offset], [offset, size - kept - offset], [0, 0]])[..., 0]
 
 
 def served_heatmap(maps: tf.Tensor, image_size: int) -> tf.Tensor:

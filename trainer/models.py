@@ -2,7 +2,8 @@
 
 A builder takes the square input size plus its own keyword settings and returns an uncompiled Keras
 model mapping float32 [N, size, size, 1] pixels in [0, 255] to a pneumonia probability [N, 1].
-Normalisation happens inside the model, so serving feeds raw decoded pixels.
+Normalisation happens inside the model, so serving feeds raw decoded pixels; so do the optional view settings
+every builder takes (`central_crop`, `intensity`: `ViewStandardization`), so no consumer can skip them.
 
 Every model names its last spatial feature map [N, H, W, C] `feature_map` (an identity layer), the
 layer Grad-CAM differentiates against; `REGISTRY[name].gradcam_layer` says so.
@@ -10,7 +11,7 @@ layer Grad-CAM differentiates against; `REGISTRY[name].gradcam_layer` says so.
 import dataclasses
 import inspect
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -54,6 +55,8 @@ def check_settings(name: str, settings: Dict[str, Any]) -> None:
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(f"{name}: unknown model_config setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if "central_crop" in settings or "intensity" in settings:
+        check_view(settings.get("central_crop", 1.0), settings.get("intensity", "none"))
 
 
 def build(name: str, image_size: int, **settings: Any) -> keras.Model:
@@ -75,8 +78,77 @@ def unfreeze_top(model: keras.Model, first_layer: str) -> None:
         layer.trainable = False
 
 
-def _pixels(image_size: int) -> keras.KerasTensor:
-    return keras.Input(shape=(image_size, image_size, 1), name="pixels")
+VIEW_LAYER = "view"
+INTENSITY_MODES = ("none", "percentile")
+PERCENTILE_WINDOW = (0.01, 0.99)  # robust to a few saturated pixels (markers, text) at either end
+
+
+def check_view(central_crop: float, intensity: str) -> None:
+    if not 0.5 <= central_crop <= 1.0:
+        raise ValueError(f"central_crop must be in [0.5, 1] (the kept share of each side; 1 keeps the whole "
+                         f"image), got {central_crop}")
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
+
+
+def crop_box(size: int, central_crop: float) -> Tuple[int, int]:
+    """(offset, kept side) of the central crop of a square of side `size`."""
+    kept = int(round(size * central_crop))
+    return (size - kept) // 2, kept
+
+
+class ViewStandardization(layers.Layer):
+    """The model's first layer, so training, validation, TFMA, every signature and Grad-CAM see one view.
+
+    `central_crop` keeps the central share of each side and resizes it back to the input size: the film
+    edges, collimation borders and markers of the acquiring site leave the image. `intensity="percentile"`
+    then stretches each image's 1st-99th percentile to [0, 255]: the site's exposure and processing curve
+    no longer set the grey levels (measured inside the crop, so black borders do not set the floor).
+    """
+
+    def __init__(self, central_crop: float = 1.0, intensity: str = "none", **kwargs):
+        super().__init__(**kwargs)
+        check_view(central_crop, intensity)
+        self.central_crop, self.intensity = float(central_crop), intensity
+
+    def call(self, pixels):
+        size = pixels.shape[1]
+        if self.central_crop < 1.0:
+            offset, kept = crop_box(size, self.central_crop)
+            pixels = pixels[:, offset:offset + kept, offset:offset + kept, :]
+            pixels = ops.image.resize(pixels, (size, size), interpolation="bilinear", antialias=True)
+        if self.intensity == "percentile":
+            ordered = ops.sort(ops.reshape(pixels, (-1, size * size)), axis=-1)
+            low, high = (ordered[:, int(round(share * (size * size - 1)))] for share in PERCENTILE_WINDOW)
+            low, high = ops.reshape(low, (-1, 1, 1, 1)), ops.reshape(high, (-1, 1, 1, 1))
+            pixels = ops.clip((pixels - low) * 255.0 / ops.maximum(high - low, 1.0), 0.0, 255.0)
+        return pixels
+
+    def get_config(self):
+        return {**super().get_config(), "central_crop": self.central_crop, "intensity": self.intensity}
+
+
+def view_crop(model: keras.Model) -> float:
+    """The central crop a model applies to its input (nested members included; 1.0 without one)."""
+    crops = set()
+    for layer in model.layers:
+        if isinstance(layer, ViewStandardization):
+            crops.add(layer.central_crop)
+        elif isinstance(layer, keras.Model):
+            crops.add(view_crop(layer))
+    crops.discard(1.0)
+    if len(crops) > 1:
+        raise ValueError(f"model {model.name!r} crops its input differently in different parts: {sorted(crops)}")
+    return crops.pop() if crops else 1.0
+
+
+def _pixels(image_size: int, central_crop: float = 1.0,
+            intensity: str = "none") -> Tuple[keras.KerasTensor, keras.KerasTensor]:
+    """(the model's input: raw decoded pixels, the standardized view every architecture reads)."""
+    inputs = keras.Input(shape=(image_size, image_size, 1), name="pixels")
+    if central_crop == 1.0 and intensity == "none":
+        return inputs, inputs
+    return inputs, ViewStandardization(central_crop, intensity, name=VIEW_LAYER)(inputs)
 
 
 def _probability(features: keras.KerasTensor, dense_units: int, dropout: float) -> keras.KerasTensor:
@@ -101,10 +173,11 @@ def _conv_stack(pixels: keras.KerasTensor, filters: Sequence[int]) -> keras.Kera
 
 
 @register("cnn", tiny={"filters": (4, 8, 16), "dense_units": 16})
-def basic_cnn(image_size: int, filters=(32, 64, 128), dense_units: int = 128, dropout: float = 0.5) -> keras.Model:
+def basic_cnn(image_size: int, filters=(32, 64, 128), dense_units: int = 128, dropout: float = 0.5,
+              central_crop: float = 1.0, intensity: str = "none") -> keras.Model:
     """The seed's basic CNN: 3 x (Conv2D + ReLU, max-pool), Dense + Dropout, sigmoid."""
-    inputs = _pixels(image_size)
-    x = layers.Flatten()(_conv_stack(inputs, filters))
+    inputs, view = _pixels(image_size, central_crop, intensity)
+    x = layers.Flatten()(_conv_stack(view, filters))
     return keras.Model(inputs, _probability(x, dense_units, dropout), name="cnn")
 
 
@@ -143,7 +216,7 @@ DENSENET121_BLOCKS = (6, 12, 24, 16)
 
 @register("densenet121", tiny={"blocks": (1, 1, 1, 1), "dense_units": 8}, fine_tune_from="conv5_block1_0_bn")
 def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCKS, dense_units: int = 128,
-                dropout: float = 0.3) -> keras.Model:
+                dropout: float = 0.3, central_crop: float = 1.0, intensity: str = "none") -> keras.Model:
     """Keras DenseNet121 with a new head.
 
     With pretrained `weights` the backbone starts frozen with BatchNorm in inference mode, for two-stage
@@ -155,13 +228,13 @@ def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCK
     if weights == "imagenet" and blocks != list(DENSENET121_BLOCKS):
         raise ValueError(f"densenet121: ImageNet weights exist only for blocks {DENSENET121_BLOCKS}, "
                          f"not {tuple(blocks)}")
-    inputs = _pixels(image_size)
+    inputs, view = _pixels(image_size, central_crop, intensity)
     # The function behind keras.applications.DenseNet121, which also takes the block counts.
     backbone = keras_densenet.DenseNet(blocks, include_top=False, weights=_backbone_weights(weights),
                                        input_shape=(image_size, image_size, 3), name=BACKBONE)
     pretrained = weights != "none"
     backbone.trainable = not pretrained
-    x = backbone(GrayscaleToImageNet(name="to_imagenet")(inputs), training=False if pretrained else None)
+    x = backbone(GrayscaleToImageNet(name="to_imagenet")(view), training=False if pretrained else None)
     x = layers.Identity(name=FEATURE_MAP)(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, _probability(x, dense_units, dropout), name="densenet121")
@@ -194,13 +267,14 @@ def _transformer_encoder(tokens: keras.KerasTensor, num_heads: int, mlp_dim: int
 
 @register("cnn_transformer", tiny={"filters": (4, 8, 16), "num_heads": 2, "mlp_dim": 16, "dense_units": 8})
 def cnn_transformer(image_size: int, filters=(32, 64, 128), num_layers: int = 1, num_heads: int = 4,
-                    mlp_dim: int = 256, dense_units: int = 64, dropout: float = 0.1) -> keras.Model:
+                    mlp_dim: int = 256, dense_units: int = 64, dropout: float = 0.1, central_crop: float = 1.0,
+                    intensity: str = "none") -> keras.Model:
     """The seed's hybrid: CNN feature map -> token sequence + learned positions -> Transformer encoder
     block(s) -> global average pooling -> Dense -> sigmoid."""
     if filters[-1] % num_heads:
         raise ValueError(f"cnn_transformer: last filter count {filters[-1]} is not divisible by num_heads {num_heads}")
-    inputs = _pixels(image_size)
-    x = _conv_stack(inputs, filters)
+    inputs, view = _pixels(image_size, central_crop, intensity)
+    x = _conv_stack(view, filters)
     tokens = layers.Reshape((x.shape[1] * x.shape[2], x.shape[3]), name="tokens")(x)
     tokens = PositionEmbedding(name="positions")(tokens)
     for index in range(num_layers):
@@ -313,7 +387,8 @@ SWIN_T = {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), 
 
 @register("swin", tiny={"embed_dim": 8, "depths": (2, 2), "num_heads": (1, 2), "window_size": 4})
 def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size: int = 7,
-         patch_size: int = 4, mlp_ratio: float = 4.0) -> keras.Model:
+         patch_size: int = 4, mlp_ratio: float = 4.0, central_crop: float = 1.0, intensity: str = "none"
+         ) -> keras.Model:
     """Swin Transformer: patch partition, stages of window / shifted-window attention blocks, patch merging
     between stages, LayerNorm, global average pooling, sigmoid.
 
@@ -327,9 +402,9 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
     if image_size % reduction:
         raise ValueError(f"swin: image_size {image_size} must be a multiple of "
                          f"patch_size x 2^(stages - 1) = {reduction}")
-    inputs = _pixels(image_size)
+    inputs, view = _pixels(image_size, central_crop, intensity)
     # Centred to [-1, 1]: the per-patch norm after the embedding would otherwise cancel any brightness scaling.
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(view)
     x = layers.Conv2D(embed_dim, patch_size, strides=patch_size, name="patch_embed")(x)
     x = layers.LayerNormalization(epsilon=1e-5, name="patch_norm")(x)
     size, dim = image_size // patch_size, embed_dim
@@ -406,7 +481,11 @@ def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.M
                       for part, spec in zip(parts, members)]
     grids = [int(layer.output.shape[1]) for layer in feature_layers]
     grid = int(np.lcm.reduce(grids))
-    inputs = _pixels(image_size)
+    crops = {view_crop(part) for part in parts}
+    if len(crops) > 1:  # one shared Grad-CAM grid needs one geometry
+        raise ValueError(f"ensemble: members crop their input differently ({sorted(crops)}); "
+                         "combine members trained with the same central_crop")
+    inputs, _ = _pixels(image_size)
     upsampled, channels = [], [0]
     for index, (part, layer, size) in enumerate(zip(parts, feature_layers, grids)):
         member_size = int(part.input.shape[1])
