@@ -132,8 +132,14 @@ def to_model_input(dataset: Dataset, allow_lateral: bool = False) -> ModelInput:
 
 
 def dicom_to_png(data: bytes, allow_lateral: bool = False) -> bytes:
-    """Bytes of a DICOM file -> the PNG the model takes; DicomRefused otherwise. The REST server's one call."""
+    """Bytes of a DICOM file -> the PNG the model takes; DicomRefused otherwise."""
     return to_model_input(read(data), allow_lateral).png
+
+
+def declared_pixels(dataset: Dataset) -> int:
+    """Pixels one frame's decode allocates (Rows x Columns), from the header: what a server charges against
+    its decode budget before decoding (`check` has already refused several frames)."""
+    return int(dataset.get("Rows") or 0) * int(dataset.get("Columns") or 0)
 
 
 def _to_8_bits(values: np.ndarray, dataset: Dataset):

@@ -4,8 +4,15 @@ Paths: `GET /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]` and
 `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` with `instances` (row format) or
 `inputs` (columnar); binary strings travel as `{"b64": "..."}` both ways.
 
-With a web folder, `GET /` also serves the page in `serving/web/` (static files only: the page itself
-uses nothing but the paths above, so it works in front of the official server too).
+One path of this server's own, outside TF Serving's `/v1/models/` (the official server answers it 400
+"Malformed request"): `POST /v1/dicom:to_png[?allow_lateral=true]` takes a DICOM file's bytes as the body
+and answers the PNG that serving/dicom.py makes of it, `{"png": {"b64": ...}, "view_position": ...,
+"windowing": ...}`, or 400 with the one-line refusal. A client then sends that PNG to :predict like any
+other, so the prediction is the PNG's.
+
+With a web folder, `GET /` also serves the page in `serving/web/` (static files only: the page uses the
+paths above, and `/v1/dicom:to_png` only for DICOM files, so for JPEG/PNG it works in front of the official
+server too).
 """
 import base64
 import http.server
@@ -17,6 +24,7 @@ import re
 import ssl
 import threading
 import time
+import urllib.parse
 from concurrent import futures
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,6 +36,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving.models import (DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request,
                             not_found)
+from serving.pixels import PixelBudget, PixelBudgetExhausted
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
@@ -41,6 +50,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' b
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                   r"(?P<suffix>/metadata|:predict)?$")
+DICOM_PATH = "/v1/dicom:to_png"  # not TF Serving's: the official server has no DICOM conversion
 
 
 def decode_b64(value: Any) -> Any:
@@ -108,6 +118,24 @@ def predict_inputs(body: Dict[str, Any], loaded: LoadedVersion,
             for key, value in columns.items()}, row_format
 
 
+def dicom_answer(data: bytes, allow_lateral: bool, budget: PixelBudget) -> Dict[str, Any]:
+    """A DICOM file's bytes -> the module's PNG and the facts a page shows; a refusal is INVALID_ARGUMENT
+    with its one line. The decode is charged to the server's pixel budget, as a :predict's images are."""
+    from serving import dicom  # pydicom is imported only when a DICOM file comes
+
+    try:
+        dataset = dicom.read(data)
+        dicom.check(dataset, allow_lateral)
+        with budget.reserve(dicom.declared_pixels(dataset)):
+            converted = dicom.to_model_input(dataset, allow_lateral)
+    except dicom.DicomRefused as refused:
+        raise invalid(str(refused))
+    except PixelBudgetExhausted as error:
+        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    return {"png": to_json(converted.png), "view_position": converted.view_position,
+            "windowing": converted.windowing}
+
+
 def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[str, Any]:
     if not row_format:
         only = len(outputs) == 1
@@ -162,15 +190,20 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         started, model, version = time.monotonic(), "", None
         code, payload = grpc.StatusCode.OK, {}
         try:
-            body = self._read_body()
-            match = PATH.match(self.path)
-            if not match:
-                raise not_found(f"no such path {self.path}; use /v1/models/<name>[/versions/<v>][:predict]")
-            model, suffix = match["name"], match["suffix"] or ""
-            if (verb == "POST") != (suffix == ":predict"):
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not supported on {self.path}")
-            target = (model, int(match["version"]) if match["version"] else None, match["label"] or "")
-            payload, version = self._dispatch(suffix, target, body)
+            length = self._body_length()
+            path, _, query = self.path.partition("?")
+            if path == DICOM_PATH:
+                payload = self._dicom(verb, query, length)
+            else:
+                body = self._read_json(length)
+                match = PATH.match(self.path)
+                if not match:
+                    raise not_found(f"no such path {self.path}; use /v1/models/<name>[/versions/<v>][:predict]")
+                model, suffix = match["name"], match["suffix"] or ""
+                if (verb == "POST") != (suffix == ":predict"):
+                    raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not supported on {self.path}")
+                target = (model, int(match["version"]) if match["version"] else None, match["label"] or "")
+                payload, version = self._dispatch(suffix, target, body)
         except ServingError as error:
             code, payload = error.code, {"error": error.message}
         except Exception as error:
@@ -183,12 +216,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(encoded)
         log_request("rest", f"{verb} {suffix_name(self.path)}", model, version, started, code)
 
-    def _read_body(self) -> Optional[Dict[str, Any]]:
+    def _body_length(self) -> int:
+        """The request's Content-Length, refused over the server's limit (--max-message-bytes) unread."""
         length = int(self.headers.get("Content-Length") or 0)
         if length > self.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes")
+        return length
+
+    def _read_json(self, length: int) -> Optional[Dict[str, Any]]:
         if not length:
             return None
         try:
@@ -198,6 +235,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise invalid("request body must be a JSON object")
         return body
+
+    def _dicom(self, verb: str, query: str, length: int) -> Dict[str, Any]:
+        """POST /v1/dicom:to_png: the body is the DICOM file itself (no JSON, no base64)."""
+        data = self.rfile.read(length)  # read even to refuse: an unread body would be taken for the next request
+        if verb != "POST":
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not supported on {DICOM_PATH}")
+        if not data:
+            raise invalid(f"POST the DICOM file's bytes to {DICOM_PATH} (no body was sent)")
+        allow_lateral = urllib.parse.parse_qs(query).get("allow_lateral") == ["true"]
+        return dicom_answer(data, allow_lateral, self.manager.budget)
 
     def _dispatch(self, suffix: str, target, body) -> Tuple[Dict[str, Any], Optional[int]]:
         name, version, label = target
@@ -223,6 +270,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
 
 def suffix_name(path: str) -> str:
+    if path.partition("?")[0] == DICOM_PATH:
+        return "dicom:to_png"
     return "predict" if path.endswith(":predict") else "metadata" if path.endswith("/metadata") else "status"
 
 

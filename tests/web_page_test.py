@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import config
+from serving import config, dicom
+from serving.rest import DICOM_PATH
+from tests import dicom_fixtures as make
 from tests.serving_fixtures import (MODEL_NAME, export_tiny_model, image_request, place_version, start_server, stub,
                                     xray_guard)
 from tests.web_harness import (chromium, ct_like_slice, missing_browser, photograph, screenshot, text_file,
@@ -154,6 +156,41 @@ def test_bad_files_fail_one_by_one_and_the_page_keeps_working(page, site, shared
     wait_for_answers(page, 4)
     assert card(page).get_attribute("data-state") in ("done", "ood")
     screenshot(page, "server-unavailable")
+
+
+def test_a_dicom_film_gets_the_answer_of_the_modules_png_and_a_ct_is_refused(page, site, shared_data, tmp_path):
+    server = site["server"]
+    pixels = make.xray_pixels(in_distribution_xray(server, shared_data))
+    film = make.twelve_bit(pixels)  # 12 bits with a modality rescale and a window
+    film_path, ct_path, png_path = tmp_path / "IM0001", tmp_path / "ct.dcm", tmp_path / "IM0001.png"
+    film_path.write_bytes(make.to_bytes(film))  # no extension: the page knows it by its DICM preamble
+    ct_path.write_bytes(make.to_bytes(make.ct_slice(pixels)))
+    png_path.write_bytes(dicom.dicom_to_png(film_path.read_bytes()))
+    expected = explained_by_grpc(server, str(png_path))
+    assert expected["in_distribution"], "the film's PNG must get a class for the comparison"
+
+    page.set_input_files("#file-input", [str(ct_path), str(film_path)])
+    wait_for_answers(page, 2)
+    ct_card, film_card = card(page, 1), card(page, 0)  # newest first
+    assert ct_card.get_attribute("data-state") == "error"
+    assert ct_card.locator(".message").inner_text() == (
+        "ct.dcm was not scored: modality CT is not a radiograph (CR, DX, DR)")
+    assert film_card.get_attribute("data-state") == "done"
+    shown = film_card.locator(".probability-value")
+    assert float(shown.get_attribute("data-probability")) == pytest.approx(float(expected["probability"]), abs=1e-6)
+    assert film_card.locator(".class-name").inner_text() == expected["label"].decode()
+    facts = film_card.locator(".dicom-facts")
+    assert facts.get_attribute("data-view-position") == "PA" and "window (centre/width)" in facts.inner_text()
+    film_card.locator(".heatmap[data-drawn]").wait_for(state="attached")
+    assert film_card.locator(".xray").evaluate("image => image.naturalWidth") == film.Columns
+    screenshot(page, "dicom")
+
+    # in front of tensorflow_model_server without the route: its answer to a /v1/ path it does not know
+    page.route(f"**{DICOM_PATH}", lambda route: route.fulfill(
+        status=400, content_type="application/json", body=json.dumps({"error": f"Malformed request: POST {DICOM_PATH}"})))
+    page.set_input_files("#file-input", str(film_path))
+    wait_for_answers(page, 3)
+    assert "This server does not convert DICOM" in card(page).locator(".message").inner_text()
 
 
 def test_files_over_the_size_cap_are_refused_in_the_page(page, site, shared_data):

@@ -1,6 +1,9 @@
-// The page talks only to TF Serving's REST API, on the origin that served it: model status
+// The page talks to TF Serving's REST API, on the origin that served it: model status
 // (GET /v1/models/<name>[/labels/<label>]) and :predict on the `explain_images` signature. Behind a
-// reverse proxy that forwards /v1/ to the official tensorflow_model_server it works unchanged.
+// reverse proxy that forwards /v1/ to the official tensorflow_model_server it works unchanged for JPEG/PNG.
+// A DICOM file first goes to POST /v1/dicom:to_png, a path of `pneumonia serve` (serving/rest.py), which
+// answers the PNG that serving/dicom.py makes of it; that PNG then goes to :predict like any other, so the
+// page's answer is the one `pneumonia predict` gives for the same DICOM.
 "use strict";
 
 const params = new URLSearchParams(window.location.search);
@@ -10,6 +13,16 @@ const STATUS_POLL_MS = Number(params.get("poll_ms") || 5000);
 // TF Serving's status API lists versions but not labels: these label names are probed (?labels=a,b adds more).
 const LABELS = [...new Set(["stable", "canary", ...(params.get("labels") || "").split(",").filter(Boolean)])];
 const SIGNATURES = { jpeg: [0xff, 0xd8, 0xff], png: [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a] };
+const DICOM_PATH = "/v1/dicom:to_png";
+const DICOM_MAGIC = [0x44, 0x49, 0x43, 0x4d]; // "DICM", after the 128-byte preamble of a DICOM Part 10 file
+const DICOM_PREAMBLE_BYTES = 128;
+const DICOM_NAME = /\.(dcm|dicom)$/i;
+const OFFICIAL_SERVER_UNKNOWN_PATH = /^Malformed request: /;
+const WINDOWING = {
+  "voi lut": "the file's VOI LUT",
+  window: "the file's window (centre/width)",
+  percentile: "a 0.5-99.5 percentile window (the file has none)",
+};
 
 const elements = {
   modelName: document.getElementById("model-name"),
@@ -23,7 +36,13 @@ const elements = {
 };
 let served = { versions: [], labels: {} }; // what the last status answer said
 
-class PageError extends Error {}
+class PageError extends Error {
+  constructor(message, status = 0, reason = "") {
+    super(message);
+    this.status = status; // the HTTP status of a refused request, 0 otherwise
+    this.reason = reason; // the server's own {"error": ...} line
+  }
+}
 
 async function callApi(path, options) {
   let response;
@@ -41,7 +60,8 @@ async function callApi(path, options) {
   if (!response.ok) {
     const unavailable = response.status === 502 || response.status === 503 || response.status === 504;
     throw new PageError(unavailable ? `The model server is unavailable (HTTP ${response.status}).`
-      : `The server refused the request (HTTP ${response.status}): ${body.error || response.statusText}`);
+      : `The server refused the request (HTTP ${response.status}): ${body.error || response.statusText}`,
+    response.status, body.error || "");
   }
   return body;
 }
@@ -113,15 +133,42 @@ async function resolveTarget() {
   return { version: versions[0], label: "" };
 }
 
-async function readChecked(file) {
+// What the model is sent for a file: its own bytes for a JPEG or PNG; for a DICOM file the server's PNG
+// of it, with the DICOM facts the card shows.
+async function modelInput(file) {
   if (file.size > MAX_FILE_BYTES) {
     throw new PageError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB, over the size cap of `
       + `${(MAX_FILE_BYTES / 1048576).toFixed(0)} MB.`);
   }
   const bytes = new Uint8Array(await file.arrayBuffer());
-  const isImage = Object.values(SIGNATURES).some((magic) => magic.every((byte, i) => bytes[i] === byte));
-  if (!isImage) throw new PageError(`${file.name} is not an image: expected JPEG or PNG bytes.`);
-  return bytes;
+  const starts = (magic, offset = 0) => magic.every((byte, i) => bytes[offset + i] === byte);
+  if (starts(DICOM_MAGIC, DICOM_PREAMBLE_BYTES) || DICOM_NAME.test(file.name)) return dicomToPng(file, bytes);
+  if (!Object.values(SIGNATURES).some((magic) => starts(magic))) {
+    throw new PageError(`${file.name} is not an image: expected JPEG, PNG or DICOM bytes.`);
+  }
+  return { bytes, image: file, dicom: null };
+}
+
+async function dicomToPng(file, bytes) {
+  let answer;
+  try {
+    answer = await callApi(DICOM_PATH, { method: "POST", headers: { "Content-Type": "application/dicom" }, body: bytes });
+  } catch (error) {
+    // tensorflow_model_server answers a /v1/ path it does not know with 400 "Malformed request: POST <path>";
+    // a proxy without the route answers 404 or 405
+    if ([404, 405].includes(error.status) || OFFICIAL_SERVER_UNKNOWN_PATH.test(error.reason)) {
+      throw new PageError(`This server does not convert DICOM: ${DICOM_PATH} comes with \`pneumonia serve\` `
+        + "(serving/README.md, The web page). Send JPEG or PNG, or score DICOM with `pneumonia predict`.");
+    }
+    if (error.status === 400) throw new PageError(`${file.name} was not scored: ${error.reason}`);
+    throw error;
+  }
+  const png = Uint8Array.from(window.atob(answer.png.b64), (character) => character.charCodeAt(0));
+  return {
+    bytes: png,
+    image: new Blob([png], { type: "image/png" }),
+    dicom: { viewPosition: answer.view_position, windowing: answer.windowing },
+  };
 }
 
 function base64(bytes) {
@@ -175,7 +222,7 @@ function drawHeatmap(canvas, heatmap, width, height) {
   canvas.dataset.drawn = "true";
 }
 
-function showResult(card, file, answer) {
+function showResult(card, file, input, answer) {
   const { prediction, version, label } = answer;
   const part = (selector) => card.querySelector(selector);
   const image = part(".xray");
@@ -185,7 +232,7 @@ function showResult(card, file, answer) {
   const redraw = () => drawHeatmap(canvas, prediction[method.value], image.naturalWidth, image.naturalHeight);
   image.alt = `Uploaded image ${file.name}`;
   image.addEventListener("load", redraw, { once: true });
-  image.src = URL.createObjectURL(file);
+  image.src = URL.createObjectURL(input.image);
   method.addEventListener("change", redraw);
   opacity.setAttribute("aria-label", `Heatmap opacity for ${file.name}`);
   method.setAttribute("aria-label", `Heatmap method for ${file.name}`);
@@ -218,6 +265,13 @@ function showResult(card, file, answer) {
   part(".provenance").textContent = `Answered by ${elements.modelName.value.trim()}, version ${version}`
     + (label ? `, label ${label}` : "");
   part(".provenance").dataset.version = String(version);
+  if (input.dicom) {
+    const { viewPosition, windowing } = input.dicom;
+    part(".dicom-facts").textContent = `DICOM, converted by the server: view position `
+      + `${viewPosition === "unknown" ? "not recorded" : viewPosition}; 8 bits from ${WINDOWING[windowing] || windowing}.`;
+    part(".dicom-facts").dataset.viewPosition = viewPosition;
+    part(".dicom-facts").hidden = false;
+  }
   part(".answer").hidden = false;
 }
 
@@ -234,7 +288,8 @@ async function handleFiles(files) {
     card.querySelector(".file-name").textContent = file.name;
     elements.results.prepend(card);
     try {
-      showResult(card, file, await explain(await readChecked(file)));
+      const input = await modelInput(file);
+      showResult(card, file, input, await explain(input.bytes));
     } catch (error) {
       showError(card, error);
     }
