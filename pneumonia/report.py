@@ -339,11 +339,27 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from pipeline.config import RunConfig
 
     config = RunConfig(root=args.root) if args.root else RunConfig()
+    markdown = args.markdown or bool(args.into)
     try:
-        _print_or_fill(compare(config.metadata_path, markdown=args.markdown or bool(args.into),
-                               policies=args.policies, kshot=args.kshot, ood=args.ood), args.into, args.section)
-    except (ReportLookupError, OSError) as error:
+        if args.ablation or args.targets:
+            _print_or_fill(format_rows(_lungs_rows(args, config.metadata_path), markdown), args.into, args.section)
+        else:
+            _print_or_fill(compare(config.metadata_path, markdown=markdown, policies=args.policies, kshot=args.kshot,
+                                   ood=args.ood), args.into, args.section)
+    except (ReportLookupError, OSError, ValueError) as error:
         raise SystemExit(f"error: {error}")
+
+
+def _lungs_rows(args: argparse.Namespace, metadata_path: str) -> List[List[str]]:
+    """Issue 12's ablation table (`--ablation`), or the targets table of the model the rule picks (`--targets`)."""
+    from pneumonia import ablation
+
+    if args.ablation:
+        return ablation.ablation_rows(ablation.labelled_roots(args.ablation))
+    if not args.baseline:
+        raise ValueError("--targets needs --baseline LABEL=ROOT[:ARCHITECTURE]: the recipe whose false positives "
+                         "the border target compares on")
+    return ablation.target_rows(latest_evaluations(metadata_path), ablation.labelled_roots([args.baseline])[0][1])
 
 
 def errors_report(metadata_path: str, split: str, architecture: Optional[str], top: int,
@@ -427,6 +443,16 @@ def add_commands(commands) -> None:
                             help="add the out-of-distribution table: per split, the share of images each model's "
                                  "guard flags and its error rate among flagged and other images (scores each "
                                  "model again)")
+    comparison.add_argument("--ablation", action="append", metavar="LABEL=ROOT[:ARCHITECTURE]",
+                            help="print only the ablation table, one row per run root (repeatable, in row order; "
+                                 "the first is the baseline, whose test false positives every row is explained on "
+                                 "again for the border-share column)")
+    comparison.add_argument("--targets", action="store_true",
+                            help="print only issue 12's targets table: the model under --root that the written rule "
+                                 "picks (lowest validation Brier; within 0.002, lower validation border share), "
+                                 "against each target")
+    comparison.add_argument("--baseline", metavar="LABEL=ROOT[:ARCHITECTURE]",
+                            help="with --targets: the recipe the border target compares against")
     _add_into(comparison)
     comparison.set_defaults(func=cmd_compare)
 

@@ -279,3 +279,40 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
     assert "<td>label=0</td><td>8</td><td>-</td><td>-</td>" in crossings  # AUC, precision
     assert "<td>source=rsna</td><td>8</td><td>-</td><td>-</td>" in external and "<details>" in external
     assert executor.POOLED in external and "0.000" not in page
+
+
+def test_the_rule_picks_the_lowest_validation_brier_and_breaks_near_ties_on_border_share():
+    from pneumonia.ablation import pick
+
+    assert pick([(0.10, 0.2), (0.08, 0.4), (0.09, 0.1)]) == (1, 1)
+    assert pick([(0.080, 0.4), (0.0815, 0.3), (0.09, 0.1)]) == (1, 2)  # within 0.002: the lower border share
+    assert pick([(float("nan"), 0.0), (0.2, float("nan")), (0.2015, 0.3)]) == (2, 2)
+    with pytest.raises(ValueError, match="no candidate has a validation Brier"):
+        pick([(float("nan"), 0.1)])
+
+
+def test_ablation_and_targets_tables_read_the_real_model_and_evaluation(tiny_run, report):
+    """Every figure comes from the exported model and TFMA's output: the ablation cells equal `compare`'s, the
+    re-explained false positives are the model's own at its threshold, and a model is not better than itself."""
+    from components.report import attention
+    from pneumonia import ablation, results
+
+    index, _ = report
+    item = report_lib.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], executor.model_info(tiny_run["model"]),
+                                {}, tiny_run["model"], tiny_run["examples"],
+                                attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE)))
+    rows = ablation.ablation_rows([("baseline", item), ("again", item)])
+    header, first, second = rows
+    assert first[1:] == second[1:]
+    shown = dict(zip(header, first))
+    compared = {row[1]: dict(zip(report_lib.compare_rows([item])[0], row)) for row in report_lib.compare_rows([item])}
+    assert shown["test AUC"] == compared["test"]["AUC"]
+    labels, probabilities, _ = results.score_splits(tiny_run["examples"], ["test"], tiny_run["model"])["test"]
+    false_positives = int(np.sum((labels == 0) & (probabilities >= float(item.model["value"]))))
+    assert false_positives > 0 and shown["border on baseline FPs"].endswith(f"({false_positives})")
+    assert 0.0 <= float(shown["border on baseline FPs"].split()[0]) <= 1.0
+
+    targets = {row[0]: row for row in ablation.target_rows([item], item)[1:]}
+    assert targets["test AUC"][2] == f"{float(compared['test']['AUC'].split()[0]):.3f}"
+    baseline_row = targets[f"border share on the baseline's {false_positives} test false positives"]
+    assert baseline_row[3:] == ["no", "+0.000"]

@@ -137,12 +137,19 @@ def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample
 def border_attention(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
                      threshold: float, batch_size: int = 32) -> Dict[str, attention.OutcomeShare]:
     """The Grad-CAM border share of every scored image of a split, averaged per outcome at the threshold."""
+    shares = border_shares(model, layer, image_size, sample.images, threshold, batch_size)
+    return attention.by_outcome(shares, scores.labels, scores.probabilities, threshold)
+
+
+def border_shares(model: keras.Model, layer: str, image_size: int, images: List[bytes], threshold: float,
+                  batch_size: int = 32) -> np.ndarray:
+    """The Grad-CAM border share of each encoded image (explaining the class predicted at `threshold`)."""
     shares = [np.empty(0)]
-    for start in range(0, len(sample.images), batch_size):
-        pixels = np.stack([decode_image(image, image_size).numpy() for image in sample.images[start:start + batch_size]])
+    for start in range(0, len(images), batch_size):
+        pixels = np.stack([decode_image(image, image_size).numpy() for image in images[start:start + batch_size]])
         cams, _, _ = gradcam.heatmaps(model, layer, pixels, threshold)
         shares.append(attention.border_share(cams))
-    return attention.by_outcome(np.concatenate(shares), scores.labels, scores.probabilities, threshold)
+    return np.concatenate(shares)
 
 
 def ordered_splits(split_names: List[str], blessing_split: str) -> List[str]:

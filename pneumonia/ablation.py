@@ -1,0 +1,181 @@
+"""Issue 12's tables from the runs' own artifacts: one ablation row per remedy, and the targets of the model
+the rule written before the runs picks (docs/RESULTS.md, "Models that look at the lungs").
+
+The rule: among the candidates, the lowest validation Brier score (TFMA, slice split=eval); within
+`BRIER_TIE` of it, the lower validation border-attention share. Test and external figures choose nothing.
+"""
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pneumonia.tables import format_number
+
+BRIER_TIE = 0.002
+VALIDATION, TEST, EXTERNAL = "eval", "test", "external"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    at_least: bool  # True: the figure must reach `bound`; False: it must stay below it
+    bound: float
+
+
+def targets() -> Tuple[Target, ...]:
+    from components.report.attention import BORDER_AREA
+
+    return (Target("test AUC", True, 0.97), Target("test accuracy at the validation threshold", True, 0.90),
+            Target("test sensitivity at the validation threshold", True, 0.95), Target("external AUC", True, 0.80),
+            Target("border share on test false positives", False, BORDER_AREA))
+
+
+def find_slice(table: Dict[str, Dict[str, float]], **parts: str) -> Dict[str, float]:
+    """The row of the slice made of exactly these features (e.g. split=test), {} when TFMA wrote none."""
+    from components.report.executor import slice_parts
+
+    return next((row for name, row in table.items() if slice_parts(name) == parts), {})
+
+
+def validation_brier(item) -> float:
+    from pneumonia import results
+
+    return find_slice(results.slice_metrics(item.evaluation), split=VALIDATION).get("brier_score", math.nan)
+
+
+def validation_border_share(item) -> float:
+    outcome = item.attention.get(VALIDATION, {}).get("all")
+    return outcome.mean if outcome else math.nan
+
+
+def pick(figures: Sequence[Tuple[float, float]]) -> Tuple[int, int]:
+    """(index of the pick, how many models tied on Brier) among (validation Brier, validation border share)
+    pairs: the lowest Brier; within BRIER_TIE of it, the lower border share (NaN Brier: not a candidate)."""
+    finite = [brier for brier, _ in figures if not math.isnan(brier)]
+    if not finite:
+        raise ValueError("no candidate has a validation Brier score (slice split=eval)")
+    tied = [index for index, (brier, _) in enumerate(figures) if brier <= min(finite) + BRIER_TIE]
+    border = {index: figures[index][1] for index in tied}
+    return min(tied, key=lambda index: (math.isnan(border[index]), border[index])), len(tied)
+
+
+def choose(candidates: Sequence) -> Tuple[object, str]:
+    """(the model the rule picks, why it won)."""
+    figures = [(validation_brier(item), validation_border_share(item)) for item in candidates]
+    index, tied = pick(figures)
+    brier, border = figures[index]
+    why = (f"validation Brier {brier:.4f}, the lowest" if tied == 1 else
+           f"validation border share {border:.3f}, the lowest of the {tied} models within {BRIER_TIE} of the "
+           f"lowest validation Brier")
+    return candidates[index], why
+
+
+def false_positive_images(item, split: str = TEST) -> Tuple[List[bytes], int]:
+    """(encoded images the model calls PNEUMONIA at its threshold although NORMAL, the split's size)."""
+    from pneumonia import results
+
+    sample, outputs = results.scored_outputs(item.examples_uri, [split], item.model_uri)[split]
+    wrong = (np.array(sample.labels) == 0) & (outputs["probability"] >= outputs["threshold"])
+    return [image for image, flagged in zip(sample.images, wrong) if flagged], len(sample.labels)
+
+
+def border_share_on(item, images: List[bytes]) -> float:
+    """The model's mean Grad-CAM border share on these images (explaining the class it predicts)."""
+    from components.report import executor
+
+    if not images:
+        return math.nan
+    model, layer = executor.keras_model(item.model_uri, item.model)
+    shares = executor.border_shares(model, layer, item.image_size, images, float(item.model["value"]))
+    return float(np.nanmean(shares))
+
+
+def figures(item) -> Dict[str, str]:
+    """What an ablation row shows of one model, each metric with its TFMA 95% interval where it has one."""
+    from components.report import tfma_metrics
+    from pneumonia import results
+
+    table = results.slice_metrics(item.evaluation)
+    test, external = find_slice(table, split=TEST), find_slice(table, split=EXTERNAL)
+    cell = tfma_metrics.interval_cell
+    shown = {"val Brier": format_number(find_slice(table, split=VALIDATION).get("brier_score"), 4),
+             "test AUC": cell(test, "auc"), "test acc@thr": cell(test, "binary_accuracy@threshold"),
+             "test sens@thr": cell(test, "recall@threshold"), "test spec@thr": cell(test, "specificity@threshold"),
+             "external AUC": cell(external, "auc")}
+    for source in ("rsna", "ieee8023"):
+        row = find_slice(table, split=EXTERNAL, source=source)
+        shown[f"{source} sens@thr"] = cell(row, "recall@threshold")
+        shown[f"{source} spec@thr"] = cell(row, "specificity@threshold")
+    outcomes = item.attention.get(TEST, {})
+    for outcome in ("all", "FP"):
+        share = outcomes.get(outcome)
+        shown[f"border test {outcome}"] = (f"{format_number(share.mean)} ({share.images})" if share else "-")
+    return shown
+
+
+def ablation_rows(rows: Sequence[Tuple[str, object]]) -> List[List[str]]:
+    """Header plus one row per (label, model); the first is the baseline, whose test false positives every row
+    is explained on again (`border on baseline FPs`), so the border column compares the same images."""
+    baseline_fps, _ = false_positive_images(rows[0][1])
+    table = [[label, item.architecture, {**figures(item), "border on baseline FPs":
+                                         f"{format_number(border_share_on(item, baseline_fps))} ({len(baseline_fps)})"}]
+             for label, item in rows]
+    header = ["row", "architecture"] + list(table[0][2])
+    return [header] + [[label, architecture] + list(shown.values()) for label, architecture, shown in table]
+
+
+def target_rows(candidates: Sequence, baseline) -> List[List[str]]:
+    """The pick of `choose` against each target, with its margin; the border target also against `baseline`
+    on the baseline's own test false positives."""
+    from pneumonia import results
+
+    chosen, why = choose(candidates)
+    table = results.slice_metrics(chosen.evaluation)
+    test, external = find_slice(table, split=TEST), find_slice(table, split=EXTERNAL)
+    fps, _ = false_positive_images(chosen)
+    achieved = {"test AUC": test.get("auc"), "test accuracy at the validation threshold":
+                test.get("binary_accuracy@threshold"), "test sensitivity at the validation threshold":
+                test.get("recall@threshold"), "external AUC": external.get("auc"),
+                "border share on test false positives": border_share_on(chosen, fps)}
+    rows = [["target", "bound", f"{chosen.architecture} ({why})", "met", "margin"]]
+    for target in targets():
+        value = achieved[target.name]
+        met = value is not None and not math.isnan(value) and (value >= target.bound if target.at_least
+                                                                 else value < target.bound)
+        rows.append([target.name, f"{'>=' if target.at_least else '<'} {target.bound:.4g}",
+                     format_number(value), "yes" if met else "no", signed(value, target.bound)])
+    baseline_fps, _ = false_positive_images(baseline)
+    own, theirs = border_share_on(chosen, baseline_fps), border_share_on(baseline, baseline_fps)
+    rows.append([f"border share on the baseline's {len(baseline_fps)} test false positives", f"< {format_number(theirs)} "
+                 f"({baseline.architecture} baseline)", format_number(own), "yes" if own < theirs else "no",
+                 signed(own, theirs)])
+    return rows
+
+
+def signed(value: Optional[float], bound: float) -> str:
+    """How far `value` is from `bound` (+ above, - below); "-" when undefined."""
+    return "-" if value is None or math.isnan(value) or math.isnan(bound) else f"{value - bound:+.3f}"
+
+
+def labelled_roots(specs: Sequence[str]) -> List[Tuple[str, object]]:
+    """`LABEL=ROOT[:ARCHITECTURE]` -> (label, that root's latest evaluated model of the architecture, or its only
+    one)."""
+    from pipeline.config import RunConfig
+    from pneumonia.report import latest_evaluations
+
+    rows = []
+    for spec in specs:
+        label, _, place = spec.partition("=")
+        root, _, architecture = place.partition(":")
+        if not label or not root:
+            raise ValueError(f"--ablation {spec!r}: expected LABEL=ROOT or LABEL=ROOT:ARCHITECTURE")
+        evaluated = {item.architecture: item for item in latest_evaluations(RunConfig(root=root).metadata_path)}
+        if not architecture and len(evaluated) > 1:
+            raise ValueError(f"--ablation {spec!r}: {root} holds {', '.join(sorted(evaluated))}; name one as "
+                             f"{label}={root}:ARCHITECTURE")
+        item = evaluated.get(architecture) if architecture else next(iter(evaluated.values()))
+        if item is None:
+            raise ValueError(f"--ablation {spec!r}: no evaluated {architecture} under {root}")
+        rows.append((label, item))
+    return rows
