@@ -98,6 +98,10 @@ def resolve_version(model_base: str, version: Optional[int]) -> int:
     return version
 
 
+# Training weights the classes equally, so the model's probabilities assume a pneumonia prior of one half.
+TRAINING_PRIOR = 0.5
+
+
 def em_prevalence(probabilities: np.ndarray, model_prior: float) -> Tuple[float, int]:
     """Saerens et al. (2002): the class prior of unlabelled data that makes the model's posteriors, adjusted to
     it, average to it. Returns (prevalence, iterations)."""
@@ -328,7 +332,7 @@ def add_commands(commands) -> None:
                              "(default ~/pneumonia-runs/data)")
     parser.add_argument("--adjust-prior", action="store_true",
                         help="with --unlabeled: write a version whose threshold follows the estimated prevalence")
-    parser.add_argument("--model-prior", type=float, default=0.5,
+    parser.add_argument("--model-prior", type=float, default=TRAINING_PRIOR,
                         help="with --unlabeled: the pneumonia prior the model's probabilities assume (default 0.5: "
                              "training weights the classes equally)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")

@@ -18,6 +18,7 @@ from components.threshold_calibrator.calibration import policy_of
 from components.threshold_calibrator.executor import RECORD
 from pneumonia.images import parse_patient_and_pathogen
 from pneumonia.policies import rates
+from pneumonia.tables import format_number
 from pneumonia.prepare import choose_calibration_patients
 from trainer import threshold
 
@@ -76,13 +77,14 @@ def spread(values: np.ndarray) -> str:
 
 
 def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
-               splits: Sequence[str] = SPLITS) -> List[List[str]]:
-    """Header plus one row per architecture, split and k."""
+               splits: Sequence[str] = SPLITS) -> Tuple[List[List[str]], List[List[str]]]:
+    """Two tables, each a header plus rows: per architecture, split and k, the k-shot calibration; and per
+    architecture and split, what `calibrate --unlabeled --adjust-prior` does with the whole split unlabelled."""
     from pneumonia import results
 
     header = ["architecture", "split", "k", "images drawn", "threshold (val)", "calibrated threshold"]
     header += [f"{measure} calibrated" for measure in MEASURES] + [f"{measure} at val thr" for measure in MEASURES]
-    rows = [header]
+    rows, prior_rows = [header], [PRIOR_HEADER]
     for item in evaluated:
         validation_threshold = trained_threshold(item.model_uri, float(item.model["value"]))
         policy = policy_of(item.model.get("policy", "youden"))
@@ -96,4 +98,21 @@ def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
                 rows.append([item.architecture, split, str(k), spread(found["drawn"]), f"{validation_threshold:.3f}",
                              spread(found["threshold"])] + [spread(found[m]) for m in MEASURES]
                             + [spread(found[f"{m}@val"]) for m in MEASURES])
-    return rows
+            prior_rows.append([item.architecture, split] + prior_adjustment(labels, probabilities, validation_threshold))
+    return rows, prior_rows
+
+
+PRIOR_HEADER = (["architecture", "split", "pneumonia share", "EM estimate", "threshold (val)", "prior-adjusted"]
+                + [f"{measure} at val thr" for measure in MEASURES] + [f"{measure} adjusted" for measure in MEASURES])
+
+
+def prior_adjustment(labels: np.ndarray, probabilities: np.ndarray, validation_threshold: float) -> List[str]:
+    """The cells of one `PRIOR_HEADER` row: the split's true pneumonia share, Saerens' EM estimate of it from the
+    probabilities alone, and the rates at the validation threshold and at the threshold moved to that prior."""
+    from pneumonia.calibrate import TRAINING_PRIOR, em_prevalence, prior_adjusted_threshold
+
+    prevalence, _ = em_prevalence(probabilities, TRAINING_PRIOR)
+    adjusted = prior_adjusted_threshold(validation_threshold, TRAINING_PRIOR, prevalence)
+    before, after = rates(labels, probabilities, validation_threshold), rates(labels, probabilities, adjusted)
+    return ([f"{labels.mean():.3f}", f"{prevalence:.3f}", f"{validation_threshold:.3f}", f"{adjusted:.3f}"]
+            + [format_number(before[m]) for m in MEASURES] + [format_number(after[m]) for m in MEASURES])

@@ -292,7 +292,8 @@ def compare(metadata_path: str, markdown: bool = False, policies: bool = False, 
     if kshot:
         from pneumonia.kshot import kshot_rows
 
-        return format_rows(kshot_rows(evaluated), markdown, label_columns=3)
+        return "\n\n".join(format_rows(rows, markdown, label_columns=columns)
+                           for rows, columns in zip(kshot_rows(evaluated), (3, 2)))
     tables = [format_rows(model_rows(evaluated), markdown, label_columns=1),
               format_rows(compare_rows(evaluated), markdown), format_rows(attention_rows(evaluated), markdown)]
     if policies:

@@ -48,8 +48,22 @@ def test_compare_kshot_prints_a_row_per_model_split_and_k(runs, monkeypatch):  #
         os.makedirs(os.path.join(runs, "examples", f"Split-{split}"), exist_ok=True)
     monkeypatch.setattr(results, "score_splits", lambda uri, splits, model: {s: shifted_split() for s in splits})
     text = report_lib.compare(os.path.join(runs, "metadata.sqlite"), markdown=True, kshot=True)
-    table = text.splitlines()[2:]
-    assert len(table) == 2 * 2 * 3  # cnn and densenet121, test and external, k = 20, 50, 100
-    cells = [cell.strip() for cell in table[0].strip("|").split("|")]
+    kshot_table, prior_table = (part.splitlines()[2:] for part in text.split("\n\n"))
+    assert len(kshot_table) == 2 * 2 * 3  # cnn and densenet121, test and external, k = 20, 50, 100
+    cells = [cell.strip() for cell in kshot_table[0].strip("|").split("|")]
     assert cells[:3] == ["cnn", "test", "20"] and cells[4] == "0.250"  # the model's validation threshold
     assert all(" ± " in cell for cell in cells[5:])
+    assert len(prior_table) == 2 * 2  # per model and split
+    cells = [cell.strip() for cell in prior_table[0].strip("|").split("|")]
+    assert cells[:3] == ["cnn", "test", f"{shifted_split()[0].mean():.3f}"] and cells[4] == "0.250"
+
+
+def test_the_prior_adjustment_finds_a_shifted_prevalence_and_lowers_the_threshold():
+    """Scores of a model calibrated for equal classes (the posterior of two unit Gaussians at +-1), on a site
+    where 80% of the images are pneumonia: Saerens' EM recovers the 80% and the threshold moves down."""
+    rng = np.random.default_rng(0)
+    labels = (rng.uniform(size=4000) < 0.8).astype(int)
+    probabilities = 1 / (1 + np.exp(-2.0 * rng.normal(np.where(labels == 1, 1.0, -1.0), 1.0)))
+    share, estimate, before, after = (float(cell) for cell in kshot.prior_adjustment(labels, probabilities, 0.5)[:4])
+    assert share == pytest.approx(0.8, abs=0.02) and estimate == pytest.approx(share, abs=0.03)
+    assert before == 0.5 and after < 0.3
