@@ -143,7 +143,8 @@ def cmd_dicom_node(args: argparse.Namespace) -> None:
         ae_title=args.ae_title, host=args.host, port=args.port, server=args.server, model_name=args.model_name,
         log_path=os.path.abspath(args.log), salt=args.uid_salt or NodeConfig.salt, allow_lateral=args.allow_lateral,
         retry_seconds=args.retry_seconds, timeout_seconds=args.timeout,
-        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir), ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
+        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir), sc_dir=args.sc_dir and os.path.abspath(args.sc_dir),
+        ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
     if not 1 <= len(config.ae_title) <= 16:
         raise SystemExit(f"error: --ae-title {config.ae_title!r} must be 1 to 16 characters")
     try:
@@ -252,5 +253,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     node.add_argument("--timeout", type=float, default=10.0,
                       help="deadline per scoring request in seconds (default 10)")
     node.add_argument("--sr-dir", help="also write a DICOM Comprehensive SR with each result into this folder")
+    node.add_argument("--sc-dir", help="also write a DICOM Secondary Capture of each scored film with its Grad-CAM "
+                                       "heatmap and the result burned in (scores through explain_images, slower)")
     add_tls_client_arguments(node)
     node.set_defaults(func=cmd_dicom_node)

@@ -10,6 +10,7 @@ import time
 from typing import List, Optional, Sequence
 
 import grpc
+import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
@@ -18,6 +19,7 @@ from serving.tensors import to_array
 from serving.tls import channel_credentials
 
 IMAGE_SIGNATURE = "predict_images"
+EXPLAIN_SIGNATURE = "explain_images"  # predict_images' outputs plus the heatmaps; costs a backward pass
 OOD_OUTPUTS = ("in_distribution", "ood_score", "ood_threshold")
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")  # what the model decodes
@@ -42,6 +44,12 @@ class Prediction:
     in_distribution: Optional[bool] = None
     ood_score: Optional[float] = None
     ood_threshold: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    prediction: Prediction
+    gradcam: np.ndarray  # float32 [S/4, S/4] in [0, 1], for the class predicted at the threshold
 
 
 def read_image(path: str, allow_lateral: bool = False) -> bytes:
@@ -70,8 +78,18 @@ def _bytes_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
         tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]))
 
 
+def _predictions(outputs: dict, served: int) -> List[Prediction]:
+    guarded = all(key in outputs for key in OOD_OUTPUTS)
+    return [Prediction(float(outputs["probability"][i]), outputs["label"][i].decode("utf-8"),
+                       float(outputs["threshold"][i]), served,
+                       *((bool(outputs["in_distribution"][i]), float(outputs["ood_score"][i]),
+                          float(outputs["ood_threshold"][i])) if guarded else ()))
+            for i in range(len(outputs["probability"]))]
+
+
 class PredictionClient:
-    """One channel to a server; `predict` sends one batched Predict on `predict_images`.
+    """One channel to a server; `predict` sends one batched Predict on `predict_images`, `explain` on
+    `explain_images`.
 
     Retries UNAVAILABLE (server starting, restarting, briefly overloaded) with backoff; every call
     has a deadline. With `ca_cert` (PEM file of the CA that signed the server) or a `client_cert` and
@@ -107,23 +125,26 @@ class PredictionClient:
 
     def predict(self, images: Sequence[bytes], version: Optional[int] = None, label: str = "") -> List[Prediction]:
         """One prediction per encoded image, in order, all from the same model version."""
+        return _predictions(*self._run(IMAGE_SIGNATURE, images, version, label))
+
+    def explain(self, images: Sequence[bytes], version: Optional[int] = None, label: str = "") -> List[Explanation]:
+        """As `predict`, from `explain_images`, with each image's Grad-CAM heatmap."""
+        outputs, served = self._run(EXPLAIN_SIGNATURE, images, version, label)
+        return [Explanation(prediction, outputs["gradcam"][i])
+                for i, prediction in enumerate(_predictions(outputs, served))]
+
+    def _run(self, signature: str, images: Sequence[bytes], version: Optional[int], label: str):
+        """(outputs as numpy by name, the version that answered) of one Predict on `signature`."""
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
-        request.model_spec.signature_name = IMAGE_SIGNATURE
+        request.model_spec.signature_name = signature
         if version is not None:
             request.model_spec.version.value = version
         elif label:
             request.model_spec.version_label = label  # a oneof with version: setting it clears version
         request.inputs["images"].CopyFrom(_bytes_tensor(images))
         response = self._call(self._predict, request)
-        outputs = {key: to_array(key, value) for key, value in response.outputs.items()}
-        served = response.model_spec.version.value
-        guarded = all(key in outputs for key in OOD_OUTPUTS)
-        return [Prediction(float(outputs["probability"][i]), outputs["label"][i].decode("utf-8"),
-                           float(outputs["threshold"][i]), served,
-                           *((bool(outputs["in_distribution"][i]), float(outputs["ood_score"][i]),
-                              float(outputs["ood_threshold"][i])) if guarded else ()))
-                for i in range(len(outputs["probability"]))]
+        return {key: to_array(key, value) for key, value in response.outputs.items()}, response.model_spec.version.value
 
     def model_status(self) -> get_model_status_pb2.GetModelStatusResponse:
         request = get_model_status_pb2.GetModelStatusRequest()

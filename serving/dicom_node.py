@@ -5,7 +5,7 @@ prepare and predict), scored through the served model over gRPC, and answered wi
 
 | status | when |
 |---|---|
-| 0x0000 Success | scored; the result is in the log (and the SR, with --sr-dir) |
+| 0x0000 Success | scored; the result is in the log (and the SR with --sr-dir, the Secondary Capture with --sc-dir) |
 | 0x0122 Refused: SOP class not supported | not a CR or DX image (a CT, an SR, a PDF...) |
 | 0xA900 Error: data set does not match SOP class | an image SOP class without PixelData |
 | 0xC000 Error: cannot understand | a refused radiograph: modality, body part, lateral, colour, frames, syntax |
@@ -14,6 +14,11 @@ prepare and predict), scored through the served model over gRPC, and answered wi
 
 Every instance gives one JSON line in the log, answered or not: the SOP Instance UID only as a keyed hash,
 then probability, class, threshold, the OOD outputs when the model has them, model version and latency.
+
+With --sc-dir the film is scored through `explain_images` instead of `predict_images` (the same outputs plus
+Grad-CAM, for a backward pass more) and written as a Secondary Capture with the heatmap over it. A capture
+that cannot be written is logged (`sc_error`) and the film still answered Success: the result is in the log
+(and the SR), and a failure status would report a scored film to the PACS as failed.
 """
 from __future__ import annotations
 
@@ -26,13 +31,14 @@ import threading
 import time
 from typing import Optional
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing)
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from serving import dicom
+from serving import capture, dicom
 from serving.client import ClientError, Prediction, PredictionClient
 
 LOG = logging.getLogger("serving.dicom_node")
@@ -61,6 +67,7 @@ class NodeConfig:
     retry_seconds: float = 20.0  # below a typical sender's 30 s DIMSE timeout
     timeout_seconds: float = 10.0
     sr_dir: Optional[str] = None
+    sc_dir: Optional[str] = None  # Secondary Captures with the heatmap; scores through explain_images
     ca_cert: Optional[str] = None  # TLS to the model server, as `pneumonia predict`
     client_cert: Optional[str] = None
     client_key: Optional[str] = None
@@ -72,6 +79,14 @@ class Outcome(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
         self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    prediction: Prediction
+    dataset: Dataset
+    png: bytes  # what the model read
+    gradcam: Optional[np.ndarray]  # only when the node writes Secondary Captures
 
 
 class DicomNode:
@@ -124,10 +139,13 @@ class DicomNode:
                  "sop_class": UID(event.request.AffectedSOPClassUID).name,
                  "sop_instance": dicom.pseudonym(str(event.request.AffectedSOPInstanceUID), self.config.salt)}
         try:
-            prediction, dataset = self._score(event, entry)
-            entry.update(status=f"0x{SUCCESS:04X}", outcome="scored", **_result(prediction))
+            scored = self._score(event, entry)
+            entry.update(status=f"0x{SUCCESS:04X}", outcome="scored", **_result(scored.prediction))
             if self.config.sr_dir:
-                entry["sr"] = self._write_report(dataset, prediction)
+                report = result_report(scored.dataset, scored.prediction, self.config.model_name)
+                entry["sr"] = self._save(report, self.config.sr_dir)
+            if self.config.sc_dir:
+                self._write_capture(scored, entry)
             status = _status(SUCCESS)
         except Outcome as outcome:
             entry.update(status=f"0x{outcome.status:04X}", reason=str(outcome),
@@ -141,7 +159,7 @@ class DicomNode:
         self._append(entry)
         return status
 
-    def _score(self, event, entry: dict):
+    def _score(self, event, entry: dict) -> Scored:
         if event.request.AffectedSOPClassUID not in RADIOGRAPH_SOP_CLASSES:
             raise Outcome(SOP_CLASS_NOT_SUPPORTED, f"SOP class {entry['sop_class']} is not a CR or DX image")
         try:
@@ -155,17 +173,22 @@ class DicomNode:
             status = DOES_NOT_MATCH_SOP_CLASS if "PixelData" not in dataset else CANNOT_UNDERSTAND
             raise Outcome(status, str(refused)) from None
         entry.update(view_position=converted.view_position, windowing=converted.windowing)
-        return self._predict(converted.png, entry), dataset
+        png = converted.png
+        if self.config.sc_dir:
+            explanation = self._ask(lambda: self._client.explain([png])[0], entry)
+            return Scored(explanation.prediction, dataset, png, explanation.gradcam)
+        return Scored(self._ask(lambda: self._client.predict([png])[0], entry), dataset, png, None)
 
-    def _predict(self, png: bytes, entry: dict) -> Prediction:
-        """Retries an unavailable server (starting, restarting) until --retry-seconds have passed."""
+    def _ask(self, call, entry: dict):
+        """`call()` to the model server, retrying an unavailable one (starting, restarting) until
+        --retry-seconds have passed."""
         deadline, attempts = time.monotonic() + self.config.retry_seconds, 0
         while True:
             attempts += 1
             try:
-                prediction = self._client.predict([png])[0]
+                answer = call()
                 entry["attempts"] = attempts
-                return prediction
+                return answer
             except ClientError as error:
                 entry["attempts"] = attempts
                 if not error.retryable:
@@ -175,14 +198,32 @@ class DicomNode:
                                                     f"{error}") from None
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
-    def _write_report(self, source: Dataset, prediction: Prediction) -> str:
-        """A Comprehensive SR with the result, in the source's study, written as <sr_dir>/<its hashed UID>.dcm."""
-        report = result_report(source, prediction, self.config.model_name)
-        name = f"{dicom.pseudonym(str(report.SOPInstanceUID), self.config.salt)}.dcm"
-        os.makedirs(self.config.sr_dir, exist_ok=True)
-        staging = os.path.join(self.config.sr_dir, f".{name}.partial")
-        report.save_as(staging, enforce_file_format=True)
-        os.replace(staging, os.path.join(self.config.sr_dir, name))  # a router never picks up half a file
+    def _write_capture(self, scored: Scored, entry: dict) -> None:
+        """The Secondary Capture into --sc-dir, its file name logged as `sc`; a failure is logged as `sc_error`
+        and does not change the film's status (see the module docstring)."""
+        try:
+            pixels = capture.overlay(scored.png, scored.gradcam, capture.caption(scored.prediction))
+            image = capture.secondary_capture(scored.dataset, pixels, self.config.model_name,
+                                              scored.prediction.model_version)
+            entry["sc"] = self._save(image, self.config.sc_dir)
+        except Exception as error:  # only the type and an OS reason: other messages may quote header values
+            reason = type(error).__name__ + (f": {error.strerror}" if isinstance(error, OSError) else "")
+            LOG.error("could not write a Secondary Capture: %s", reason)
+            entry["sc_error"] = reason
+
+    def _save(self, dataset: Dataset, folder: str) -> str:
+        """Writes <folder>/<the hashed SOP Instance UID>.dcm whole: aside first, then renamed, so a router
+        never picks up half a file."""
+        name = f"{dicom.pseudonym(str(dataset.SOPInstanceUID), self.config.salt)}.dcm"
+        os.makedirs(folder, exist_ok=True)
+        staging = os.path.join(folder, f".{name}.partial")
+        try:
+            dataset.save_as(staging, enforce_file_format=True)
+            os.replace(staging, os.path.join(folder, name))
+        except BaseException:
+            if os.path.exists(staging):
+                os.remove(staging)  # no half file left behind (a full disk, a stop mid-write)
+            raise
         return name
 
     def _append(self, entry: dict) -> None:

@@ -1,5 +1,6 @@
 """`pneumonia dicom-node` with pynetdicom's own SCU on loopback: statuses, the log, bad associations, restarts."""
 import glob
+import io
 import json
 import os
 import signal
@@ -9,11 +10,14 @@ import sys
 import threading
 import time
 
+import numpy as np
 import portpicker
 import pydicom
 import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.uid import (CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
-                         JPEG2000Lossless, JPEGLosslessSV1)
+                         JPEG2000Lossless, JPEGLosslessSV1, SecondaryCaptureImageStorage)
 from pynetdicom import AE
 
 from serving import config, dicom
@@ -91,6 +95,75 @@ def test_many_images_over_several_associations_answered_and_logged(served, films
         assert all(value not in text for value in make.identifying_values(dataset))
 
 
+NEW_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "MediaStorageSOPInstanceUID")
+# The identifying attributes of the Patient and General Study modules, which an image in the study must repeat.
+STUDY_LINKS = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyID", "AccessionNumber",
+               "ReferringPhysicianName")
+
+
+def test_secondary_captures_show_the_heatmap_over_the_film_in_its_study(served, films, tmp_path):
+    node = start_node(tmp_path, f"127.0.0.1:{served.grpc_port}", sc_dir=str(tmp_path / "sc"))
+    equipment = {"Manufacturer": "ACME", "StationName": "XRAY-ROOM-3", "DeviceSerialNumber": "SN-448812"}
+    sent = [make.xray_dicom(films[0], **equipment), make.monochrome1(films[1]), make.twelve_bit(films[2])]
+    try:
+        assert send(node.port, sent) == [0x0000] * 3
+    finally:
+        node.stop()
+    lines = log_lines(node)
+    with PredictionClient(f"127.0.0.1:{served.grpc_port}") as client:
+        for line, dataset in zip(lines, sent):
+            png = dicom.to_model_input(dataset).png
+            predicted, explained = client.predict([png])[0], client.explain([png])[0]
+            # scored through explain_images, the logged result is predict_images' own
+            assert explained.prediction == predicted
+            assert (line["probability"], line["class"], line["threshold"]) == (
+                predicted.probability, predicted.label, predicted.threshold)
+            written = (tmp_path / "sc" / line["sc"]).read_bytes()
+            image = pydicom.dcmread(io.BytesIO(written))
+            assert image.SOPClassUID == SecondaryCaptureImageStorage and list(image.ImageType)[0] == "DERIVED"
+            assert image.StudyInstanceUID == dataset.StudyInstanceUID
+            assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == dataset.SOPInstanceUID
+            film = np.asarray(Image.open(io.BytesIO(png)), dtype=np.int64)
+            assert image.PhotometricInterpretation == "RGB" and image.pixel_array.shape == film.shape + (3,)
+            heat = np.asarray(Image.fromarray(explained.gradcam, "F").resize(film.shape[::-1], Image.BILINEAR))
+            above_caption = slice(0, film.shape[0] * 9 // 10)
+            heat, pixels = heat[above_caption], image.pixel_array[above_caption].astype(np.int64)
+            change = np.abs(pixels - film[above_caption, :, np.newaxis]).max(axis=-1)
+            warm, cool = heat >= 0.6, heat < 0.35  # the ramp is red-yellow above 0.6, blue below 0.35
+            assert warm.any() and cool.any()
+            assert change[warm].mean() > 30 and change[warm].mean() > 1.5 * change[cool].mean()
+            red_minus_blue = pixels[..., 0] - pixels[..., 2]  # 0 on the grey film
+            assert red_minus_blue[warm].mean() > 20 and red_minus_blue[cool].mean() < -5
+            for keyword in make.IDENTIFYING_KEYWORDS:  # what links it to the study is copied; nothing else
+                for held in (image, image.file_meta):
+                    if keyword in NEW_UIDS:
+                        assert held.get(keyword) not in make.identifying_values(dataset)
+                    elif keyword in STUDY_LINKS:
+                        assert held.get(keyword) in (None, dataset.get(keyword))
+                    else:
+                        assert keyword not in held
+            unlinked = Dataset()
+            for keyword in set(make.IDENTIFYING_KEYWORDS) - set(STUDY_LINKS) - set(NEW_UIDS):
+                if keyword in dataset:
+                    unlinked[keyword] = dataset[keyword]
+            assert not [value for value in make.identifying_values(unlinked) if value.encode() in written]
+    text = open(node.config.log_path, encoding="utf-8").read()
+    assert not [value for dataset in sent for value in make.identifying_values(dataset) if value in text]
+
+
+def test_a_secondary_capture_that_cannot_be_written_keeps_the_result(served, films, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    node = start_node(tmp_path, f"127.0.0.1:{served.grpc_port}", sc_dir=str(blocked))
+    try:
+        assert send(node.port, [make.xray_dicom(films[0])]) == [0x0000]
+    finally:
+        node.stop()
+    [line] = log_lines(node)
+    assert line["outcome"] == "scored" and line["class"] in ("NORMAL", "PNEUMONIA") and "sc" not in line
+    assert line["sc_error"] == "FileExistsError: File exists"
+
+
 def test_bad_associations_leave_the_node_serving(served, films, tmp_path):
     node = start_node(tmp_path, f"127.0.0.1:{served.grpc_port}")
     try:
@@ -148,8 +221,9 @@ def test_a_model_server_restart_is_retried_and_an_outage_answered_with_a_failure
 def test_command_listens_answers_and_stops_on_sigterm(served, films, tmp_path):
     log = tmp_path / "cli.jsonl"
     command = [sys.executable, "-m", "pneumonia.cli", "dicom-node", "--port", "0", "--server",
-               f"127.0.0.1:{served.grpc_port}", "--log", str(log), "--ae-title", "PNEUMONIA"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               f"127.0.0.1:{served.grpc_port}", "--log", str(log), "--ae-title", "PNEUMONIA", "--sc-dir", "sc"]
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     lines = []
     threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
     try:
@@ -172,7 +246,8 @@ def test_command_listens_answers_and_stops_on_sigterm(served, films, tmp_path):
             process.kill()
     assert "".join(lines).rstrip().endswith("stopped")
     assert not [value for value in make.identifying_values(sent) if value in "".join(lines) + log.read_text()]
-    assert json.loads(log.read_text())["outcome"] == "scored"
+    logged = json.loads(log.read_text())
+    assert logged["outcome"] == "scored" and os.listdir(tmp_path / "sc") == [logged["sc"]]  # relative to the cwd
 
 
 def test_wrong_ae_title_is_a_one_line_error(capsys):
