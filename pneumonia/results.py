@@ -174,7 +174,7 @@ def format_table(table: Dict[str, Dict[str, float]]) -> str:
     rows = [["slice"] + [title for title, _ in columns]]
     for name, label in labels.items():
         rows.append([label] + [format_count(table[name].get(key)) if key == "example_count"
-                               else interval_cell(table[name], key) for title, key in columns])
+                               else tfma_metrics.interval_cell(table[name], key) for title, key in columns])
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
     return "\n".join((row[0].ljust(widths[0] + 2) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:])))
                      .rstrip() for row in rows)

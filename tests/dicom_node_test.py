@@ -21,7 +21,7 @@ from pydicom.uid import (CTImageStorage, DigitalXRayImageStorageForPresentation,
 from pynetdicom import AE
 
 from serving import config, dicom
-from serving.client import PredictionClient
+from serving.client import ClientError, PredictionClient
 from serving.dicom_node import DicomNode, NodeConfig
 from tests import dicom_fixtures as make
 from tests.serving_fixtures import MODEL_NAME, exported_models, model_base, served, start_server  # noqa: F401
@@ -39,6 +39,22 @@ def start_node(tmp_path, server: str, **options) -> DicomNode:
     settings = {"port": 0, "server": server, "log_path": str(tmp_path / "node.jsonl"), "salt": "s",
                 "retry_seconds": 5.0, **options}
     return DicomNode(NodeConfig(**settings)).start()
+
+
+def failed_calls(node: DicomNode) -> threading.Event:
+    """Set once a call from the node to the model server has failed: a restart test waits for it instead of a
+    fixed sleep, which a loaded machine can outlast before the node even calls."""
+    event, predict = threading.Event(), node._client.predict
+
+    def watched(*args, **kwargs):
+        try:
+            return predict(*args, **kwargs)
+        except ClientError:
+            event.set()
+            raise
+
+    node._client.predict = watched
+    return event
 
 
 def log_lines(node: DicomNode):
@@ -199,11 +215,12 @@ def test_a_model_server_restart_is_retried_and_an_outage_answered_with_a_failure
     try:
         assert send(node.port, [make.xray_dicom(films[0])]) == [0x0000]
         server.stop(grace_seconds=1)
+        refused = failed_calls(node)
         answered = {}
         sender = threading.Thread(target=lambda: answered.update(statuses=send(node.port, [make.xray_dicom(films[1])])))
         sender.start()
-        time.sleep(1.0)  # the node is retrying the stopped server
-        server = start_server(models, grpc_port=port, rest_port=None)
+        assert refused.wait(timeout=30), "the node never reached the stopped server"
+        server = start_server(models, grpc_port=port, rest_port=None)  # while the node is retrying
         sender.join(timeout=60)
         assert answered["statuses"] == [0x0000]
         server.stop(grace_seconds=1)
