@@ -424,6 +424,21 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
     return keras.Model(inputs, outputs, name="swin")
 
 
+class MemberResize(layers.Layer):
+    """The ensemble's input resized (antialiased) to a member's size. Not `layers.Resizing`: that preprocessing
+    layer carries a random seed generator whose state a SavedModel signature cannot capture."""
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def call(self, pixels):
+        return ops.image.resize(pixels, (self.size, self.size), interpolation="bilinear", antialias=True)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
 class ChannelSlice(layers.Layer):
     """Channels [start, stop) of a feature map: one member's part of the ensemble's shared map."""
 
@@ -490,7 +505,7 @@ def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.M
     for index, (part, layer, size) in enumerate(zip(parts, feature_layers, grids)):
         member_size = int(part.input.shape[1])
         pixels = (inputs if member_size == image_size else
-                  layers.Resizing(member_size, member_size, antialias=True, name=f"member{index}_resize")(inputs))
+                  MemberResize(member_size, name=f"member{index}_resize")(inputs))
         features = keras.Model(part.input, layer.output, name=f"member{index}_features")(pixels)
         upsampled.append(layers.UpSampling2D(grid // size, interpolation="nearest",
                                              name=f"member{index}_to_grid")(features))
