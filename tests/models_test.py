@@ -174,6 +174,15 @@ def test_ensemble_averages_its_members_logits(tmp_path):
              .get_layer(models.FEATURE_MAP).output.shape[1] for spec in members]
     grid = int(np.lcm.reduce(grids))
     assert len(set(grids)) > 1 and model.get_layer(models.FEATURE_MAP).output.shape[1:3] == (grid, grid)
+    # and it exports and serves like any model, members of another size included
+    from trainer import ood, signatures
+    from trainer.threshold import Threshold
+    export_dir = str(tmp_path / "export")
+    signatures.export(model, export_dir, 64, Threshold(0.5, "youden", 1.0, 1.0, 3), str(tmp_path / "work"), "ensemble",
+                      {"members": members}, guard=ood.noise_guard(model, 64))
+    encoded = [tf.io.encode_png(image.astype("uint8")).numpy() for image in pixels.round()]
+    served = tf.saved_model.load(export_dir).signatures["predict_images"](images=tf.constant(encoded))
+    np.testing.assert_allclose(served["probability"].numpy(), model.predict(pixels.round(), verbose=0)[:, 0], atol=1e-5)
 
 
 @pytest.mark.parametrize("members, message", [
