@@ -185,6 +185,15 @@ def test_ensemble_averages_its_members_logits(tmp_path):
     np.testing.assert_allclose(served["probability"].numpy(), model.predict(pixels.round(), verbose=0)[:, 0], atol=1e-5)
 
 
+def test_ensemble_refuses_members_whose_grids_need_a_huge_shared_map():
+    """cnn at 224 px (52 x 52) with a small swin at 160 px (20 x 20) share a 260 x 260 grid, as the full-data
+    ensemble of the lungs recipes did (5 x 5 there): it ran out of memory instead of saying so."""
+    members = [{"architecture": "cnn", "image_size": 224, "model_config": {"filters": [4, 8, 256], "dense_units": 4}},
+               {"architecture": "swin", "image_size": 160, "model_config": models.REGISTRY["swin"].tiny}]
+    with pytest.raises(ValueError, match=r"grids \[52, 20\] share a 260 x 260"):
+        models.build("ensemble", 224, members=members)
+
+
 @pytest.mark.parametrize("members, message", [
     ([{"architecture": "cnn"}], "at least 2 members"),
     ([{"architecture": "cnn", "epochs": 3}, {"architecture": "cnn"}], "member 0: expected architecture"),

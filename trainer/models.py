@@ -424,6 +424,10 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
     return keras.Model(inputs, outputs, name="swin")
 
 
+# The ensemble's shared feature map, per image: 4M floats (16 MB) keeps a batch of 128 within 2 GB.
+MAX_SHARED_MAP_VALUES = 4 * 2 ** 20
+
+
 class MemberResize(layers.Layer):
     """The ensemble's input resized (antialiased) to a member's size. Not `layers.Resizing`: that preprocessing
     layer carries a random seed generator whose state a SavedModel signature cannot capture."""
@@ -496,6 +500,11 @@ def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.M
                       for part, spec in zip(parts, members)]
     grids = [int(layer.output.shape[1]) for layer in feature_layers]
     grid = int(np.lcm.reduce(grids))
+    channels = sum(int(layer.output.shape[-1]) for layer in feature_layers)
+    if grid * grid * channels > MAX_SHARED_MAP_VALUES:
+        raise ValueError(f"ensemble: members' Grad-CAM grids {grids} share a {grid} x {grid} x {channels} map "
+                         f"({grid * grid * channels * 4 / 2 ** 20:.0f} MB per image); combine members whose grids "
+                         "divide one another (e.g. the same architecture family at sizes with a common factor)")
     crops = {view_crop(part) for part in parts}
     if len(crops) > 1:  # one shared Grad-CAM grid needs one geometry
         raise ValueError(f"ensemble: members crop their input differently ({sorted(crops)}); "
