@@ -71,24 +71,24 @@ def choose(candidates: Sequence) -> Tuple[object, str]:
     return candidates[index], why
 
 
-def false_positive_images(item, split: str = TEST) -> Tuple[List[bytes], int]:
-    """(encoded images the model calls PNEUMONIA at its threshold although NORMAL, the split's size)."""
+def false_positive_images(item, split: str = TEST) -> List[bytes]:
+    """The encoded images the model calls PNEUMONIA at its threshold although they are NORMAL."""
     from pneumonia import results
 
     sample, outputs = results.scored_outputs(item.examples_uri, [split], item.model_uri)[split]
     wrong = (np.array(sample.labels) == 0) & (outputs["probability"] >= outputs["threshold"])
-    return [image for image, flagged in zip(sample.images, wrong) if flagged], len(sample.labels)
+    return [image for image, flagged in zip(sample.images, wrong) if flagged]
 
 
-def border_share_on(item, images: List[bytes]) -> float:
-    """The model's mean Grad-CAM border share on these images (explaining the class it predicts)."""
+def border_shares_on(item, *image_sets: List[bytes]) -> List[float]:
+    """The model's mean Grad-CAM border share on each set of images (explaining the class it predicts), the
+    Keras model rebuilt once for all sets."""
     from components.report import executor
 
-    if not images:
-        return math.nan
     model, layer = executor.keras_model(item.model_uri, item.model)
-    shares = executor.border_shares(model, layer, item.image_size, images, float(item.model["value"]))
-    return float(np.nanmean(shares))
+    threshold = float(item.model["value"])
+    return [float(np.nanmean(executor.border_shares(model, layer, item.image_size, images, threshold)))
+            if images else math.nan for images in image_sets]
 
 
 def figures(item) -> Dict[str, str]:
@@ -117,9 +117,9 @@ def figures(item) -> Dict[str, str]:
 def ablation_rows(rows: Sequence[Tuple[str, object]]) -> List[List[str]]:
     """Header plus one row per (label, model); the first is the baseline, whose test false positives every row
     is explained on again (`border on baseline FPs`), so the border column compares the same images."""
-    baseline_fps, _ = false_positive_images(rows[0][1])
+    baseline_fps = false_positive_images(rows[0][1])
     table = [[label, item.architecture, {**figures(item), "border on baseline FPs":
-                                         f"{format_number(border_share_on(item, baseline_fps))} ({len(baseline_fps)})"}]
+                                         f"{format_number(border_shares_on(item, baseline_fps)[0])} ({len(baseline_fps)})"}]
              for label, item in rows]
     header = ["row", "architecture"] + list(table[0][2])
     return [header] + [[label, architecture] + list(shown.values()) for label, architecture, shown in table]
@@ -133,11 +133,13 @@ def target_rows(candidates: Sequence, baseline) -> List[List[str]]:
     chosen, why = choose(candidates)
     table = results.slice_metrics(chosen.evaluation)
     test, external = find_slice(table, split=TEST), find_slice(table, split=EXTERNAL)
-    fps, _ = false_positive_images(chosen)
+    baseline_fps = false_positive_images(baseline)
+    own_on_own, own = border_shares_on(chosen, false_positive_images(chosen), baseline_fps)
+    [theirs] = border_shares_on(baseline, baseline_fps)
     achieved = {"test AUC": test.get("auc"), "test accuracy at the validation threshold":
                 test.get("binary_accuracy@threshold"), "test sensitivity at the validation threshold":
                 test.get("recall@threshold"), "external AUC": external.get("auc"),
-                "border share on test false positives": border_share_on(chosen, fps)}
+                "border share on test false positives": own_on_own}
     rows = [["target", "bound", f"{chosen.architecture} ({why})", "met", "margin"]]
     for target in targets():
         value = achieved[target.name]
@@ -145,8 +147,6 @@ def target_rows(candidates: Sequence, baseline) -> List[List[str]]:
                                                                  else value < target.bound)
         rows.append([target.name, f"{'>=' if target.at_least else '<'} {target.bound:.4g}",
                      format_number(value), "yes" if met else "no", signed(value, target.bound)])
-    baseline_fps, _ = false_positive_images(baseline)
-    own, theirs = border_share_on(chosen, baseline_fps), border_share_on(baseline, baseline_fps)
     rows.append([f"border share on the baseline's {len(baseline_fps)} test false positives", f"< {format_number(theirs)} "
                  f"({baseline.architecture} baseline)", format_number(own), "yes" if own < theirs else "no",
                  signed(own, theirs)])
