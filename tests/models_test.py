@@ -33,8 +33,8 @@ def test_unknown_architecture_names_the_choices():
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_every_architecture_names_its_last_spatial_feature_map(name):
     model = models.build(name, 64, **models.REGISTRY[name].tiny)
-    feature_map = model.get_layer(models.REGISTRY[name].gradcam_layer).output
-    assert len(feature_map.shape) == 4 and feature_map.shape[1] == feature_map.shape[2] > 1
+    for layer in models.feature_map_layers(model, models.REGISTRY[name].gradcam_layer):
+        assert len(layer.output.shape) == 4 and layer.output.shape[1] == layer.output.shape[2] > 1
 
 
 def test_densenet_loads_a_local_weights_file_into_its_frozen_backbone(tmp_path):
@@ -169,11 +169,10 @@ def test_ensemble_averages_its_members_logits(tmp_path):
         logits.append(np.log(probability / (1 - probability)))
     expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
     np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=1e-5)
-    # one map for Grad-CAM, on the least common multiple of the members' grids
+    # each member's Grad-CAM map stays on its own grid
     grids = [models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
              .get_layer(models.FEATURE_MAP).output.shape[1] for spec in members]
-    grid = int(np.lcm.reduce(grids))
-    assert len(set(grids)) > 1 and model.get_layer(models.FEATURE_MAP).output.shape[1:3] == (grid, grid)
+    assert len(set(grids)) > 1 and [layer.output.shape[1] for layer in models.feature_map_layers(model)] == grids
     # and it exports and serves like any model, members of another size included
     from trainer import ood, signatures
     from trainer.threshold import Threshold
@@ -185,13 +184,50 @@ def test_ensemble_averages_its_members_logits(tmp_path):
     np.testing.assert_allclose(served["probability"].numpy(), model.predict(pixels.round(), verbose=0)[:, 0], atol=1e-5)
 
 
-def test_ensemble_refuses_members_whose_grids_need_a_huge_shared_map():
-    """cnn at 224 px (52 x 52) with a small swin at 160 px (20 x 20) share a 260 x 260 grid, as the full-data
-    ensemble of the lungs recipes did (5 x 5 there): it ran out of memory instead of saying so."""
-    members = [{"architecture": "cnn", "image_size": 224, "model_config": {"filters": [4, 8, 256], "dense_units": 4}},
-               {"architecture": "swin", "image_size": 160, "model_config": models.REGISTRY["swin"].tiny}]
-    with pytest.raises(ValueError, match=r"grids \[52, 20\] share a 260 x 260"):
-        models.build("ensemble", 224, members=members)
+def test_an_ensemble_of_one_member_twice_explains_like_the_member(tmp_path):
+    """Grad-CAM sums the members' maps, each weighted by its share of the averaged logit: two copies of a member
+    (each half the logit) give the member's own map. Normalising each member's map first would double it."""
+    from components.report import gradcam
+    spec = _member_file(tmp_path, "cnn", 64, 1)
+    member = models.build("cnn", 64, **spec["model_config"])
+    member.load_weights(spec["weights"])
+    pixels = np.random.default_rng(1).uniform(0, 255, size=(4, 64, 64, 1)).astype("float32")
+    threshold = float(np.median(member.predict(pixels, verbose=0)))  # both classes predicted
+    alone = gradcam.heatmaps(member, models.FEATURE_MAP, pixels, threshold)
+    twice = gradcam.heatmaps(models.build("ensemble", 64, members=[spec, spec]), models.FEATURE_MAP, pixels, threshold)
+    assert alone[0].max() > 0.5
+    np.testing.assert_allclose(twice[0], alone[0], atol=1e-4)
+    np.testing.assert_allclose(twice[2], alone[2], atol=1e-5)
+
+
+def test_members_with_coprime_grids_explain_at_full_size_without_a_shared_grid(tmp_path):
+    """cnn at 224 px (a 52 x 52 map) with swin at 160 px (5 x 5 here) needed a 260 x 260 shared grid, which ran
+    the full-data ensemble out of memory. A member whose logit is constant (its head zeroed) adds nothing: the
+    ensemble's Grad-CAM is the other member's, at that member's decision boundary in the ensemble."""
+    from components.report import gradcam
+    cnn = {"architecture": "cnn", "image_size": 224, "model_config": {"filters": [4, 8, 16], "dense_units": 4}}
+    swin = {"architecture": "swin", "image_size": 160,
+            "model_config": {**models.REGISTRY["swin"].tiny, "patch_size": 16}}
+    for spec, seed, bias in ((cnn, 1, None), (swin, 2, 0.7)):
+        keras.utils.set_random_seed(seed)
+        member = models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
+        if bias is not None:
+            head = member.get_layer("probability")
+            head.set_weights([1e-8 * head.get_weights()[0], np.full(1, bias, "float32")])
+        spec["weights"] = str(tmp_path / f"{spec['architecture']}.weights.h5")
+        member.save_weights(spec["weights"])
+    model = models.build("ensemble", 224, members=[cnn, swin])
+    assert [layer.output.shape[1] for layer in models.feature_map_layers(model)] == [52, 5]
+    member = models.build("cnn", 224, **cnn["model_config"])
+    member.load_weights(cnn["weights"])
+    pixels = np.random.default_rng(2).uniform(0, 255, size=(4, 224, 224, 1)).astype("float32")
+    logits = np.log(member.predict(pixels, verbose=0)) - np.log1p(-member.predict(pixels, verbose=0))
+    threshold = 1 / (1 + np.exp(-np.median((logits + 0.7) / 2)))  # the ensemble predicts both classes
+    ensemble_cam, _, _ = gradcam.heatmaps(model, models.FEATURE_MAP, pixels, threshold)
+    member_threshold = 1 / (1 + np.exp(-(2 * np.log(threshold / (1 - threshold)) - 0.7)))
+    member_cam, _, _ = gradcam.heatmaps(member, models.FEATURE_MAP, pixels, member_threshold)
+    assert ensemble_cam.shape == (4, 224, 224) and member_cam.max() > 0.5
+    np.testing.assert_allclose(ensemble_cam, member_cam, atol=1e-3)
 
 
 @pytest.mark.parametrize("members, message", [

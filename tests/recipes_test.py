@@ -42,10 +42,12 @@ def test_results_document_reproduces_every_recipe():
 
 
 def test_each_ablation_row_of_issue_12_adds_one_remedy_to_the_cnn_recipe():
-    """Rows differ from the previous one in exactly the remedy they name, and the last row is the recipe."""
+    """Rows differ from the previous one in exactly the remedy they name; row 3 is the recipe, row 4 adds the
+    in-model view standardisation to it."""
     rows = [os.path.join(ROOT, "pipeline", "configs", *parts) for parts in (
         ("cnn.yaml",), ("ablations", "cnn_crop.yaml"), ("ablations", "cnn_crop_acquisition.yaml"),
-        ("lungs", "cnn.yaml"))]
+        ("lungs", "cnn.yaml"), ("ablations", "cnn_lungs_view.yaml"))]
     configs = [RunConfig.load(path).trainer_config() for path in rows]
     added = [{key for key in after if after[key] != before[key]} for before, after in zip(configs, configs[1:])]
-    assert added == [{"crop_min_area"}, {"acquisition_augment"}, {"ema_epochs"}]
+    assert added == [{"crop_min_area"}, {"acquisition_augment"}, {"ema_epochs"}, {"model_config"}]
+    assert configs[-1]["model_config"] == {"central_crop": 0.875, "intensity": "percentile"}

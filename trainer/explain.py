@@ -5,7 +5,7 @@ One implementation for the report (eager, on the Keras model) and the `explain_i
 sigmoid output: the score is the logit of the pneumonia probability for a PNEUMONIA prediction and its
 negative for a NORMAL one, because the probability saturates near 0 and 1 and its gradients vanish there.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import keras
 import tensorflow as tf
@@ -24,15 +24,14 @@ def heatmap_size(image_size: int) -> int:
 
 
 def feature_model(model: keras.Model, layer_name: str) -> keras.Model:
-    """A model returning (probability [N, 1], feature map [N, H, W, C]) from the same weights."""
-    try:
-        layer = model.get_layer(layer_name)
-    except ValueError:
-        raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of model {model.name!r}") from None
-    if len(layer.output.shape) != 4:
-        raise ValueError(f"Grad-CAM layer {layer_name!r} outputs shape {tuple(layer.output.shape)}; it needs a "
-                         f"spatial feature map [N, H, W, C] (reshape token sequences to a grid first)")
-    return keras.Model(model.inputs, [model.outputs[0], layer.output])
+    """A model returning (probability [N, 1], feature map [N, H, W, C], ...) from the same weights: the map of
+    layer `layer_name`, or one map per member of an ensemble, named `<layer_name>_0`, `<layer_name>_1`, ..."""
+    maps = models.feature_map_layers(model, layer_name)
+    for layer in maps:
+        if len(layer.output.shape) != 4:
+            raise ValueError(f"Grad-CAM layer {layer.name!r} outputs shape {tuple(layer.output.shape)}; it needs a "
+                             f"spatial feature map [N, H, W, C] (reshape token sequences to a grid first)")
+    return keras.Model(model.inputs, [model.outputs[0], *(layer.output for layer in maps)])
 
 
 def predicted_class_score(probability: tf.Tensor, threshold) -> tf.Tensor:
@@ -50,7 +49,7 @@ def _normalise(maps: tf.Tensor) -> tf.Tensor:
 
 
 def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(Grad-CAM, Grad-CAM++) [N, h, w] at the feature map's resolution, each scaled to [0, 1]."""
+    """(Grad-CAM, Grad-CAM++) [N, h, w] at the feature map's resolution, before ReLU and scaling."""
     # Grad-CAM: channel weights are the spatially averaged gradients.
     cam = tf.reduce_sum(tf.reduce_mean(gradients, axis=[1, 2], keepdims=True) * features, axis=-1)
     # Grad-CAM++ (Chattopadhay et al. 2018) with the exponential-score closed form for the
@@ -60,34 +59,43 @@ def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor,
     denominator = 2.0 * squared + activation_sum * cubed
     alpha = squared / tf.where(tf.abs(denominator) > EPSILON, denominator, tf.ones_like(denominator))
     weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2], keepdims=True)
-    cam_plus_plus = tf.reduce_sum(weights * features, axis=-1)
-    return _normalise(cam), _normalise(cam_plus_plus)
+    return cam, tf.reduce_sum(weights * features, axis=-1)
 
 
 def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
-             threshold) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(Grad-CAM, Grad-CAM++, probability [N], feature map) for pixels [N, S, S, 1] from one pass of a
-    `feature_model`; the maps [N, S, S] are in [0, 1], resized bilinearly to the input's size (to the part of
-    it the model sees, when it crops)."""
+             threshold) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, List[tf.Tensor]]:
+    """(Grad-CAM, Grad-CAM++, probability [N], feature maps) for pixels [N, S, S, 1] from one pass of a
+    `feature_model`; the maps [N, S, S] are in [0, 1] over the input (over the part of it the model sees, when
+    it crops).
+
+    Each feature map's weighted map is resized bilinearly to the model's view before ReLU and scaling. With
+    several maps (an ensemble's members) they are summed there: Grad-CAM is a sum over channels, so this is
+    Grad-CAM over all members' channels, each member weighted by its share of the averaged logit, without a
+    common grid for maps of coprime sizes.
+    """
     pixels = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape() as tape:
-        tape.watch(pixels)  # the feature map is recorded even when no trainable variable precedes it
-        probability, features = features_and_output(pixels, training=False)
+        tape.watch(pixels)  # the feature maps are recorded even when no trainable variable precedes them
+        probability, *features = features_and_output(pixels, training=False)
         probability = tf.reshape(probability, [-1])
         score = predicted_class_score(probability, threshold)
-    gradients = tape.gradient(score, features)  # [N, h, w, C]; scores are independent per example
+    gradients = tape.gradient(score, features)  # [N, h, w, C] each; scores are independent per example
     size = int(pixels.shape[1])
-    cam, cam_plus_plus = (_on_input(m, size, models.view_crop(features_and_output))
-                          for m in weighted_maps(features, gradients))
+    offset, kept = models.crop_box(size, models.view_crop(features_and_output))
+    cams, cams_plus_plus = zip(*(weighted_maps(map_, gradient) for map_, gradient in zip(features, gradients)))
+    cam, cam_plus_plus = (_on_input(_normalise(tf.add_n([_resized(m, kept) for m in maps])), size, offset)
+                          for maps in (cams, cams_plus_plus))
     return cam, cam_plus_plus, probability, features
 
 
-def _on_input(maps: tf.Tensor, size: int, central_crop: float) -> tf.Tensor:
-    """Feature-grid maps [N, h, w] -> [N, size, size] over the input image: a model that crops its input
-    (`central_crop` < 1) saw only the central box, so the map is placed there and the cut border is zero."""
-    offset, kept = models.crop_box(size, central_crop)
-    resized = tf.image.resize(maps[..., tf.newaxis], [kept, kept], method="bilinear")
-    return tf.pad(resized, [[0, 0], [offset, size - kept - offset], [offset, size - kept - offset], [0, 0]])[..., 0]
+def _resized(maps: tf.Tensor, side: int) -> tf.Tensor:
+    return tf.image.resize(maps[..., tf.newaxis], [side, side], method="bilinear")[..., 0]
+
+
+def _on_input(maps: tf.Tensor, size: int, offset: int) -> tf.Tensor:
+    """Maps [N, kept, kept] over a model's central crop -> [N, size, size] over its input: the cut border is 0."""
+    after = size - int(maps.shape[1]) - offset
+    return tf.pad(maps, [[0, 0], [offset, after], [offset, after]])
 
 
 def served_heatmap(maps: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -6,12 +6,13 @@ Normalisation happens inside the model, so serving feeds raw decoded pixels; so 
 every builder takes (`central_crop`, `intensity`: `ViewStandardization`), so no consumer can skip them.
 
 Every model names its last spatial feature map [N, H, W, C] `feature_map` (an identity layer), the
-layer Grad-CAM differentiates against; `REGISTRY[name].gradcam_layer` says so.
+layer Grad-CAM differentiates against; `REGISTRY[name].gradcam_layer` says so. An ensemble names each
+member's map `feature_map_<index>`.
 """
 import dataclasses
 import inspect
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -62,6 +63,18 @@ def check_settings(name: str, settings: Dict[str, Any]) -> None:
 def build(name: str, image_size: int, **settings: Any) -> keras.Model:
     check_settings(name, settings)
     return architecture(name).build(image_size, **settings)
+
+
+def feature_map_layers(model: keras.Model, layer_name: str = FEATURE_MAP) -> List[layers.Layer]:
+    """The layers Grad-CAM and the OOD guard read: `layer_name`, or an ensemble's `<layer_name>_0`, `_1`, ..."""
+    names = {layer.name for layer in model.layers}
+    if layer_name in names:
+        return [model.get_layer(layer_name)]
+    members = [model.get_layer(f"{layer_name}_{index}") for index in range(len(names))
+               if f"{layer_name}_{index}" in names]
+    if not members:
+        raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of model {model.name!r}")
+    return members
 
 
 def unfreeze_top(model: keras.Model, first_layer: str) -> None:
@@ -424,10 +437,6 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
     return keras.Model(inputs, outputs, name="swin")
 
 
-# The ensemble's shared feature map, per image: 4M floats (16 MB) keeps a batch of 128 within 2 GB.
-MAX_SHARED_MAP_VALUES = 4 * 2 ** 20
-
-
 class MemberResize(layers.Layer):
     """The ensemble's input resized (antialiased) to a member's size. Not `layers.Resizing`: that preprocessing
     layer carries a random seed generator whose state a SavedModel signature cannot capture."""
@@ -441,17 +450,6 @@ class MemberResize(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
-
-
-class ChannelSlice(layers.Layer):
-    """Channels [start, stop) of a feature map: one member's part of the ensemble's shared map."""
-
-    def __init__(self, start: int, stop: int, **kwargs):
-        super().__init__(**kwargs)
-        self.start, self.stop = start, stop
-
-    def call(self, x):
-        return x[..., self.start:self.stop]
 
 
 def _member(spec: Dict[str, Any], image_size: int, index: int) -> keras.Model:
@@ -488,43 +486,26 @@ def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.M
     Each member is {"architecture", "image_size" (default: the ensemble's), "model_config", "weights": its
     Keras weights file}; members are frozen and each sees the input resized to its own size.
 
-    Grad-CAM needs one spatial map the output depends on: each member's last feature map is upsampled
-    (nearest) to a common grid and the maps are concatenated into the ensemble's `feature_map`; each member's
-    head reads its channels back by average pooling, which undoes nearest upsampling exactly. Grad-CAM on
-    that map is the sum of the members' Grad-CAMs, each weighted by its share of the averaged logit.
+    Each member's last feature map stays on its own grid as `feature_map_<index>`: Grad-CAM sums the members'
+    maps on the input (`explain.heatmaps`), so members of any grid combine, and the OOD guard reads all of them.
     """
     if len(members) < 2:
         raise ValueError(f"ensemble: needs at least 2 members, got {len(members)}")
     parts = [_member(spec, image_size, index) for index, spec in enumerate(members)]
-    feature_layers = [part.get_layer(REGISTRY[spec["architecture"]].gradcam_layer)
-                      for part, spec in zip(parts, members)]
-    grids = [int(layer.output.shape[1]) for layer in feature_layers]
-    grid = int(np.lcm.reduce(grids))
-    channels = sum(int(layer.output.shape[-1]) for layer in feature_layers)
-    if grid * grid * channels > MAX_SHARED_MAP_VALUES:
-        raise ValueError(f"ensemble: members' Grad-CAM grids {grids} share a {grid} x {grid} x {channels} map "
-                         f"({grid * grid * channels * 4 / 2 ** 20:.0f} MB per image); combine members whose grids "
-                         "divide one another (e.g. the same architecture family at sizes with a common factor)")
     crops = {view_crop(part) for part in parts}
-    if len(crops) > 1:  # one shared Grad-CAM grid needs one geometry
+    if len(crops) > 1:  # Grad-CAM places every member's map on one view of the input
         raise ValueError(f"ensemble: members crop their input differently ({sorted(crops)}); "
                          "combine members trained with the same central_crop")
     inputs, _ = _pixels(image_size)
-    upsampled, channels = [], [0]
-    for index, (part, layer, size) in enumerate(zip(parts, feature_layers, grids)):
+    logits = []
+    for index, (part, spec) in enumerate(zip(parts, members)):
         member_size = int(part.input.shape[1])
         pixels = (inputs if member_size == image_size else
                   MemberResize(member_size, name=f"member{index}_resize")(inputs))
+        layer = part.get_layer(REGISTRY[spec["architecture"]].gradcam_layer)
         features = keras.Model(part.input, layer.output, name=f"member{index}_features")(pixels)
-        upsampled.append(layers.UpSampling2D(grid // size, interpolation="nearest",
-                                             name=f"member{index}_to_grid")(features))
-        channels.append(channels[-1] + int(layer.output.shape[-1]))
-    shared = layers.Identity(name=FEATURE_MAP)(layers.Concatenate(name="member_maps")(upsampled))
-    logits = []
-    for index, (part, layer, size) in enumerate(zip(parts, feature_layers, grids)):
-        own = ChannelSlice(channels[index], channels[index + 1], name=f"member{index}_channels")(shared)
-        own = layers.AveragePooling2D(grid // size, name=f"member{index}_from_grid")(own)
-        probability = keras.Model(layer.output, part.output, name=f"member{index}_head")(own)
+        features = layers.Identity(name=f"{FEATURE_MAP}_{index}")(features)
+        probability = keras.Model(layer.output, part.output, name=f"member{index}_head")(features)
         logits.append(layers.Lambda(_logit, name=f"member{index}_logit")(probability))
     mean_logit = layers.Average(name="mean_logit")(logits)
     outputs = layers.Activation("sigmoid", name="probability")(mean_logit)

@@ -13,7 +13,7 @@ threshold is a high percentile of the validation images' distances: that share o
 is flagged by construction, and nothing else is tuned.
 """
 import dataclasses
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Iterable, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -44,9 +44,10 @@ class OodGuard:
                 "validation_images": self.validation_images}
 
 
-def pooled(feature_map: tf.Tensor) -> tf.Tensor:
-    """The guard's features [N, C]: the spatial mean of a feature map [N, H, W, C]."""
-    return tf.reduce_mean(feature_map, axis=[1, 2])
+def pooled(feature_maps: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The guard's features [N, C]: the spatial mean of the feature map [N, H, W, C], or of each ensemble
+    member's map, concatenated."""
+    return tf.concat([tf.reduce_mean(feature_map, axis=[1, 2]) for feature_map in feature_maps], axis=-1)
 
 
 def distances(features, means, precision) -> tf.Tensor:
@@ -74,9 +75,9 @@ def features(features_and_output: keras.Model, batches: Iterable) -> Tuple[np.nd
     `explain.feature_model`."""
     probabilities, pooled_maps, labels = [], [], []
     for pixels, batch_labels in batches:
-        probability, feature_map = features_and_output(pixels, training=False)
+        probability, *feature_maps = features_and_output(pixels, training=False)
         probabilities.append(np.reshape(probability, [-1]))
-        pooled_maps.append(pooled(feature_map).numpy())
+        pooled_maps.append(pooled(feature_maps).numpy())
         labels.append(np.reshape(batch_labels, [-1]))
     if not pooled_maps:
         raise ValueError("the OOD guard got no images")

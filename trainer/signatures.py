@@ -19,7 +19,7 @@ method name `tensorflow/serving/classify`, one input `inputs` of serialized tf.E
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import keras
 import tensorflow as tf
@@ -48,7 +48,7 @@ class PneumoniaModule(tf.Module):
     def __init__(self, model: keras.Model, image_size: int, threshold: Threshold, asset_path: str,
                  gradcam_layer: str, guard: ood.OodGuard):
         super().__init__()
-        # One pass gives the probability and the feature map that both Grad-CAM and the OOD guard read.
+        # One pass gives the probability and the feature map(s) that both Grad-CAM and the OOD guard read.
         self.model = explain.feature_model(model, gradcam_layer)
         self.image_size = image_size
         self.threshold_value = tf.constant(threshold.value, tf.float32)
@@ -59,14 +59,14 @@ class PneumoniaModule(tf.Module):
         self.ood_threshold = tf.Variable(guard.threshold, dtype=tf.float32, trainable=False, name="ood_threshold")
 
     def _forward(self, encoded: tf.Tensor):
-        """(probability [N], Grad-CAM feature map) of encoded images."""
-        probability, feature_map = self.model(decode_batch(encoded, self.image_size), training=False)
-        return tf.reshape(probability, [-1]), feature_map
+        """(probability [N], Grad-CAM feature maps) of encoded images."""
+        probability, *feature_maps = self.model(decode_batch(encoded, self.image_size), training=False)
+        return tf.reshape(probability, [-1]), feature_maps
 
     def _predict(self, encoded: tf.Tensor):
         return self._answer(*self._forward(encoded))
 
-    def _answer(self, probability: tf.Tensor, feature_map: tf.Tensor):
+    def _answer(self, probability: tf.Tensor, feature_maps: List[tf.Tensor]):
         """The outputs `serving_default`, `predict_images` and `explain_images` share."""
         threshold = tf.fill(tf.shape(probability), self.threshold_value)
         positive = probability >= threshold
@@ -75,7 +75,7 @@ class PneumoniaModule(tf.Module):
         below = tf.math.divide_no_nan(probability, threshold)
         decision_score = tf.where(positive, 0.5 + DECISION_MARGIN + (0.5 - DECISION_MARGIN) * above,
                                   0.5 * tf.minimum(below, 1.0 - DECISION_MARGIN))
-        ood_score = ood.distances(ood.pooled(feature_map), self.ood_means, self.ood_precision)
+        ood_score = ood.distances(ood.pooled(feature_maps), self.ood_means, self.ood_precision)
         return {PROBABILITY_OUTPUT: probability, "label": label, "threshold": threshold,
                 DECISION_OUTPUT: tf.clip_by_value(decision_score, 0.0, 1.0), "ood_score": ood_score,
                 "ood_threshold": tf.fill(tf.shape(probability), self.ood_threshold),
@@ -99,8 +99,8 @@ class PneumoniaModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def explain_images(self, images):
         pixels = decode_batch(images, self.image_size)
-        cam, cam_plus_plus, probability, feature_map = explain.heatmaps(self.model, pixels, self.threshold_value)
-        return {**self._answer(probability, feature_map), "gradcam": explain.served_heatmap(cam, self.image_size),
+        cam, cam_plus_plus, probability, feature_maps = explain.heatmaps(self.model, pixels, self.threshold_value)
+        return {**self._answer(probability, feature_maps), "gradcam": explain.served_heatmap(cam, self.image_size),
                 "gradcam_plus_plus": explain.served_heatmap(cam_plus_plus, self.image_size)}
 
 
