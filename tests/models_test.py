@@ -213,7 +213,7 @@ def test_members_with_coprime_grids_explain_at_full_size_without_a_shared_grid(t
         member = models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
         if bias is not None:
             head = member.get_layer("probability")
-            head.set_weights([1e-8 * head.get_weights()[0], np.full(1, bias, "float32")])
+            head.set_weights([1e-12 * head.get_weights()[0], np.full(1, bias, "float32")])
         spec["weights"] = str(tmp_path / f"{spec['architecture']}.weights.h5")
         member.save_weights(spec["weights"])
     model = models.build("ensemble", 224, members=[cnn, swin])

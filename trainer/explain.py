@@ -41,15 +41,13 @@ def predicted_class_score(probability: tf.Tensor, threshold) -> tf.Tensor:
     return tf.where(probability >= threshold, logit, -logit)
 
 
-def _normalise(maps: tf.Tensor) -> tf.Tensor:
-    """ReLU, then each map scaled to [0, 1] (an all-zero map stays zero)."""
-    maps = tf.nn.relu(maps)
-    peak = tf.reduce_max(maps, axis=[1, 2], keepdims=True)
-    return maps / tf.maximum(peak, EPSILON)
+def _scaled(maps: tf.Tensor) -> tf.Tensor:
+    """Each map [N, h, w] scaled to peak 1 (an all-zero map stays zero)."""
+    return maps / tf.maximum(tf.reduce_max(maps, axis=[1, 2], keepdims=True), EPSILON)
 
 
 def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(Grad-CAM, Grad-CAM++) [N, h, w] at the feature map's resolution, before ReLU and scaling."""
+    """(Grad-CAM, Grad-CAM++) [N, h, w] at the feature map's resolution, after ReLU, before scaling."""
     # Grad-CAM: channel weights are the spatially averaged gradients.
     cam = tf.reduce_sum(tf.reduce_mean(gradients, axis=[1, 2], keepdims=True) * features, axis=-1)
     # Grad-CAM++ (Chattopadhay et al. 2018) with the exponential-score closed form for the
@@ -59,7 +57,7 @@ def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor,
     denominator = 2.0 * squared + activation_sum * cubed
     alpha = squared / tf.where(tf.abs(denominator) > EPSILON, denominator, tf.ones_like(denominator))
     weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2], keepdims=True)
-    return cam, tf.reduce_sum(weights * features, axis=-1)
+    return tf.nn.relu(cam), tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
 
 
 def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
@@ -68,10 +66,10 @@ def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
     `feature_model`; the maps [N, S, S] are in [0, 1] over the input (over the part of it the model sees, when
     it crops).
 
-    Each feature map's weighted map is resized bilinearly to the model's view before ReLU and scaling. With
-    several maps (an ensemble's members) they are summed there: Grad-CAM is a sum over channels, so this is
-    Grad-CAM over all members' channels, each member weighted by its share of the averaged logit, without a
-    common grid for maps of coprime sizes.
+    Each feature map's weighted map, after ReLU, is resized bilinearly to the model's view, then scaled to peak 1.
+    Several maps (an ensemble's members) are summed there before scaling: each member's positive evidence,
+    weighted by its gradient, that is by its share of the averaged logit; members of coprime grids need no
+    common grid.
     """
     pixels = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape() as tape:
@@ -83,7 +81,7 @@ def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
     size = int(pixels.shape[1])
     offset, kept = models.crop_box(size, models.view_crop(features_and_output))
     cams, cams_plus_plus = zip(*(weighted_maps(map_, gradient) for map_, gradient in zip(features, gradients)))
-    cam, cam_plus_plus = (_on_input(_normalise(tf.add_n([_resized(m, kept) for m in maps])), size, offset)
+    cam, cam_plus_plus = (_on_input(_scaled(tf.add_n([_resized(m, kept) for m in maps])), size, offset)
                           for maps in (cams, cams_plus_plus))
     return cam, cam_plus_plus, probability, features
 
