@@ -186,7 +186,7 @@ def test_ensemble_averages_its_members_logits(tmp_path):
 
 def test_an_ensemble_of_one_member_twice_explains_like_the_member(tmp_path):
     """Grad-CAM sums the members' maps, each weighted by its share of the averaged logit: two copies of a member
-    (each half the logit) give the member's own map. Normalising each member's map first would double it."""
+    (each carrying half the logit's gradient) give the member's own map."""
     from components.report import gradcam
     spec = _member_file(tmp_path, "cnn", 64, 1)
     member = models.build("cnn", 64, **spec["model_config"])
@@ -202,8 +202,9 @@ def test_an_ensemble_of_one_member_twice_explains_like_the_member(tmp_path):
 
 def test_members_with_coprime_grids_explain_at_full_size_without_a_shared_grid(tmp_path):
     """cnn at 224 px (a 52 x 52 map) with swin at 160 px (5 x 5 here) needed a 260 x 260 shared grid, which ran
-    the full-data ensemble out of memory. A member whose logit is constant (its head zeroed) adds nothing: the
-    ensemble's Grad-CAM is the other member's, at that member's decision boundary in the ensemble."""
+    the full-data ensemble out of memory. A member whose logit barely moves (its head scaled by 1e-12) adds almost
+    nothing: the ensemble's Grad-CAM is the other member's, at that member's decision boundary in the ensemble.
+    Scaling each member's map to peak 1 before summing would count both members alike and fail here."""
     from components.report import gradcam
     cnn = {"architecture": "cnn", "image_size": 224, "model_config": {"filters": [4, 8, 16], "dense_units": 4}}
     swin = {"architecture": "swin", "image_size": 160,
