@@ -2,7 +2,7 @@
 
 JPEG path: what prepare and predict do with a JPEG file (read, full decode check; the bytes go to the model
 as they are). DICOM path: parse, check, decode, rescale, window, invert, PNG-encode (serving/dicom.py), then
-the same decode check of the PNG. Each encoding wraps the same films (tests/dicom_fixtures.py builds them),
+the same decode check of the PNG. Each encoding wraps the same films (fixtures/dicom_files.py builds them),
 so the ratio is the cost of DICOM itself. Both run in this process, one after the other.
 Usage: .venv/bin/python bench/dicom_bench.py [DATA_DIR] [--originals] (default ../shared/data; --originals
 uses the full-size files in originals/ instead of the 224 px test images).
@@ -15,10 +15,10 @@ import time
 
 from PIL import Image
 
-from pneumonia import cli
-from pneumonia.images import inspect_image
+from pneumonia.data import sources as data_sources
+from pneumonia.data.images import inspect_image
 from serving import dicom
-from tests import dicom_fixtures as make
+from fixtures import dicom_files as make
 
 REPEATS = 3
 
@@ -49,7 +49,7 @@ def dicom_path(data: bytes) -> None:
 
 def main():
     arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
-    data = arguments[0] if arguments else cli.shared_data_dir()
+    data = arguments[0] if arguments else data_sources.shared_data_dir()
     pattern = "originals/*/*" if "--originals" in sys.argv else "chest_xray/test/*/*.jpeg"
     paths = sorted(glob.glob(os.path.join(data, pattern)))[:24 if "--originals" in sys.argv else 200]
     jpegs = [open(path, "rb").read() for path in paths]

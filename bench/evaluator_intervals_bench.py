@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
 from pipeline import evaluation
-from pneumonia import cli
+from pneumonia.data import sources as data_sources
 from trainer import models, ood, signatures
 from trainer.threshold import Threshold
 
@@ -51,7 +51,7 @@ def evaluate(model_dir, data, output, intervals: str):
 
 def main():
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    data_dir = cli.shared_data_dir()
+    data_dir = data_sources.shared_data_dir()
     files = sorted(glob.glob(os.path.join(data_dir, "chest_xray", "test", "*", "*.jpeg")))
     files = (files[::max(1, len(files) // count)])[:count]
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from pneumonia.cli import shared_data_dir
+from pneumonia.data.sources import shared_data_dir
 from trainer import explain, models, ood, threshold
 from trainer.preprocessing import decode_image
 from trainer.task import class_weights

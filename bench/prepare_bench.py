@@ -12,8 +12,10 @@ import time
 
 import tensorflow as tf
 
-from pneumonia import cli, prepare
-from pneumonia.images import inspect_image, parse_patient_and_pathogen
+from pneumonia.data import prepare
+from pneumonia.data import records as data_records
+from pneumonia.data import sources as data_sources
+from pneumonia.data.images import inspect_image, parse_patient_and_pathogen
 
 
 def floor(sources, out_dir):
@@ -22,17 +24,17 @@ def floor(sources, out_dir):
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     with tf.io.TFRecordWriter(os.path.join(out_dir, "floor.tfrecord.gz"), options) as writer:
         for source in sources:
-            for relpath in prepare._walk(source.path):
-                candidate, _ = prepare.classify(source, relpath)
+            for relpath in data_sources.walk(source.path):
+                candidate, _ = data_sources.classify(source, relpath)
                 if candidate is None:
                     continue
                 with open(os.path.join(source.path, relpath), "rb") as f:
                     data = f.read()
                 height, width, channels = inspect_image(data)
                 patient, pathogen = parse_patient_and_pathogen(os.path.basename(relpath), candidate.label)
-                record = prepare.Record(candidate, candidate.split, patient or relpath, pathogen, height, width,
+                record = data_records.Record(candidate, candidate.split, patient or relpath, pathogen, height, width,
                                         channels, hashlib.sha256(data).hexdigest())
-                writer.write(prepare.to_example(record, data).SerializeToString(deterministic=True))
+                writer.write(data_records.to_example(record, data).SerializeToString(deterministic=True))
                 written += 1
     return written
 
@@ -44,8 +46,8 @@ def timed(fn, *args, **kwargs):
 
 
 def main():
-    data = sys.argv[1] if len(sys.argv) > 1 else cli.shared_data_dir()
-    sources = [prepare.Source.parse(s) for s in cli.sources_for(data)]
+    data = sys.argv[1] if len(sys.argv) > 1 else data_sources.shared_data_dir()
+    sources = [data_sources.Source.parse(s) for s in data_sources.sources_for(data)]
     with tempfile.TemporaryDirectory() as tmp:
         images, floor_s = timed(floor, sources, tmp)
         rows = [("floor: one process, no Beam", images, floor_s)]

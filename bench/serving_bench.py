@@ -37,7 +37,7 @@ from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, predictio
 
 from components.pusher.executor import model_fingerprint, push_atomically
 from components.pusher.warmup import write_warmup_requests
-from pneumonia.cli import shared_data_dir
+from pneumonia.data.sources import shared_data_dir
 from serving.client import PredictionClient
 from trainer import models, ood, signatures
 from trainer.threshold import Threshold

@@ -21,7 +21,7 @@ import time
 import keras
 import tensorflow as tf
 
-from pneumonia.cli import shared_data_dir
+from pneumonia.data.sources import shared_data_dir
 from trainer import models, ood, signatures, task
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold

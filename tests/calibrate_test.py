@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 from components.threshold_calibrator.executor import SAVED_MODEL_RECORD
-from pneumonia import calibrate, cli
+from components.threshold_calibrator import prevalence
+from pneumonia import cli
 from serving import config
 from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base,  # noqa: F401 (fixtures)
                                     start_server, stub)
@@ -119,7 +120,7 @@ def test_unlabelled_site_gets_a_prevalence_a_shift_test_and_a_prior_adjusted_ver
     with open(os.path.join(serving_dir, MODEL_NAME, str(new_version), SAVED_MODEL_RECORD)) as f:
         record = json.load(f)
     assert record["new_threshold"] == pytest.approx(
-        calibrate.prior_adjusted_threshold(0.5, 0.5, record["prevalence"]))
+        prevalence.prior_adjusted_threshold(0.5, 0.5, record["prevalence"]))
     wait_for(lambda: predict(server, [open(site_images["NORMAL"][0], "rb").read()])[0] == new_version)
     np.testing.assert_allclose(predict(server, [open(site_images["NORMAL"][0], "rb").read()])[1],
                                record["new_threshold"], rtol=1e-6)
@@ -130,10 +131,10 @@ def test_em_recovers_a_shifted_prevalence_and_the_prior_moves_the_threshold():
     labels = rng.random(4000) < 0.2
     evidence = rng.normal(np.where(labels, 1.0, -1.0), 1.0)
     posteriors = 1 / (1 + np.exp(-2 * evidence))  # exact posteriors for equal priors (0.5)
-    prevalence, _ = calibrate.em_prevalence(posteriors, 0.5)
-    assert abs(prevalence - 0.2) < 0.03 and abs(posteriors.mean() - 0.2) > 0.05  # better than the mean score
-    assert calibrate.prior_adjusted_threshold(0.5, 0.5, 0.5) == pytest.approx(0.5)
-    assert calibrate.prior_adjusted_threshold(0.5, 0.5, 0.2) > 0.5  # rarer disease: a higher bar
+    estimate, _ = prevalence.em_prevalence(posteriors, 0.5)
+    assert abs(estimate - 0.2) < 0.03 and abs(posteriors.mean() - 0.2) > 0.05  # better than the mean score
+    assert prevalence.prior_adjusted_threshold(0.5, 0.5, 0.5) == pytest.approx(0.5)
+    assert prevalence.prior_adjusted_threshold(0.5, 0.5, 0.2) > 0.5  # rarer disease: a higher bar
 
 
 @pytest.mark.parametrize("layout, extra, message", [

@@ -9,8 +9,12 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 
+from pneumonia.runs import scoring
 from pneumonia import cli
-from pneumonia import report as report_lib
+from pneumonia.analysis import compare as compare_lib
+from pneumonia.analysis import generated
+from pneumonia.analysis import policies
+from pneumonia.runs import store as run_store
 from trainer.signatures import THRESHOLD_ASSET
 
 ARTIFACT_TYPES = ("Examples", "Model", "ModelEvaluation", "ModelBlessing", "File")
@@ -137,7 +141,7 @@ def runs(tmp_path):
 
 
 def test_table_lists_the_latest_finished_evaluation_of_each_architecture(runs):
-    rows = report_lib.compare_rows(report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
+    rows = compare_lib.compare_rows(run_store.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
     assert rows[0][:2] == ["architecture", "slice"]
     # Whole splits in split order, then the sources of the split that pools several; test has only one.
     assert [row[1] for row in rows[1:] if row[0] == "cnn"] == ["test", "external", "external: ieee8023",
@@ -154,7 +158,7 @@ def test_table_lists_the_latest_finished_evaluation_of_each_architecture(runs):
 
 
 def test_model_table_shows_the_recipe_cost_and_threshold(runs):
-    rows = report_lib.model_rows(report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
+    rows = compare_lib.model_rows(run_store.latest_evaluations(os.path.join(runs, "metadata.sqlite")))
     cnn = dict(zip(rows[0], rows[1]))
     assert [row[0] for row in rows[1:]] == ["cnn", "densenet121"]
     assert cnn["weights"] == "none" and cnn["parameters"] == "1,234,567" and cnn["best epoch / run"] == "3 / 7"
@@ -179,8 +183,8 @@ def test_cli_prints_plain_and_markdown_tables(runs, capsys):
 
 def test_into_rewrites_only_the_generated_section(runs, tmp_path):
     document = tmp_path / "RESULTS.md"
-    begin, end = report_lib.generated_markers()
-    other_begin, other_end = report_lib.generated_markers("ablation")
+    begin, end = generated.generated_markers()
+    other_begin, other_end = generated.generated_markers("ablation")
     before, after = "# Results\n\nwritten by hand\n", f"\n## Ablation\n{other_begin}\nkept\n{other_end}\n"
     document.write_text(f"{before}{begin}\nstale\n{end}{after}")
     cli.main(["compare", "--root", runs, "--into", str(document)])
@@ -203,15 +207,13 @@ def test_a_root_without_evaluations_is_a_one_line_error(tmp_path):
 
 
 def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(runs, monkeypatch):
-    from pneumonia import policies, results
-
     # Validation separates perfectly; test NORMAL images score higher than validation's (the shift).
     scores = {"eval": ([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.15, 0.2, 0.6, 0.8, 0.9, 0.95]),
               "test": ([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.3, 0.5, 0.7, 0.55, 0.8, 0.9, 0.95]),
               "external": ([1, 1], [0.4, 0.9])}
-    monkeypatch.setattr(results, "score_splits", lambda examples, splits, model: {
+    monkeypatch.setattr(scoring, "score_splits", lambda examples, splits, model: {
         split: (np.array(scores[split][0]), np.array(scores[split][1]), []) for split in splits})
-    evaluated = report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
+    evaluated = run_store.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
     rows = policies.policy_rows(evaluated[:1])
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
     assert list(table) == ["youden", "sensitivity:0.95", "**sensitivity:0.98** (recipe)", "sensitivity:0.99",
@@ -225,7 +227,6 @@ def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(r
 
 def test_ood_table_gives_the_flagged_share_and_error_rates_per_split(runs, monkeypatch, capsys):
     from components.report.executor import SplitSample
-    from pneumonia import results
 
     def scored_outputs(examples, splits, model):
         # external: 2 of 4 flagged, one of them a mistake, none of the others; the other splits: nothing flagged.
@@ -234,9 +235,9 @@ def test_ood_table_gives_the_flagged_share_and_error_rates_per_split(runs, monke
             "probability": np.array([0.9, 0.1, 0.9, 0.8]), "threshold": np.full(4, 0.5),
             "in_distribution": ~np.array(flagged.get(split, [False] * 4))}) for split in splits}
 
-    monkeypatch.setattr(results, "scored_outputs", scored_outputs)
-    evaluated = report_lib.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
-    rows = report_lib.ood_rows(evaluated[:1])
+    monkeypatch.setattr(scoring, "scored_outputs", scored_outputs)
+    evaluated = run_store.latest_evaluations(os.path.join(runs, "metadata.sqlite"))
+    rows = compare_lib.ood_rows(evaluated[:1])
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
     assert list(table) == ["train", "eval", "test", "external"]
     assert table["external"]["flagged OOD"] == "0.500" and table["external"]["error rate flagged"] == "0.500"

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from pneumonia.cli import shared_data_dir
+from pneumonia.data.sources import shared_data_dir
 
 
 @pytest.fixture(scope="session")

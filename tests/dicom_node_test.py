@@ -23,7 +23,7 @@ from pynetdicom import AE
 from serving import config, dicom
 from serving.client import ClientError, PredictionClient
 from serving.dicom_node import DicomNode, NodeConfig
-from tests import dicom_fixtures as make
+from fixtures import dicom_files as make
 from tests.serving_fixtures import MODEL_NAME, exported_models, model_base, served, start_server  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,7 @@ import pytest
 from serving import config, dicom
 from serving.pixels import PixelBudget
 from serving.rest import DICOM_PATH
-from tests import dicom_fixtures as make
+from fixtures import dicom_files as make
 from tests.serving_fixtures import MODEL_NAME, start_server
 
 BODY_LIMIT = 200_000  # bytes; a 224 px 8-bit film is about 51 KB as DICOM

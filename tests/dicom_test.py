@@ -13,11 +13,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from pneumonia import prepare
+from pneumonia.data import audit
+from pneumonia.data import prepare
+from pneumonia.data import sources as data_sources
 from pneumonia.cli import main
 from serving import dicom
-from tests import dicom_fixtures as make
-from tests.dicom_fixtures import IDENTITY_WINDOW
+from fixtures import dicom_files as make
+from fixtures.dicom_files import IDENTITY_WINDOW
 from tests.serving_fixtures import exported_models, model_base, served  # noqa: F401
 
 SALT = "test-salt"
@@ -213,7 +215,7 @@ def read_examples(out: str):
 def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_hospital, hospital):
     out, printed = prepared_hospital
     _, files = hospital
-    report = prepare.read_report(out)
+    report = audit.read_report(out)
     reasons = {item["path"]: item["reason"] for item in report["quarantined"]}
     assert reasons == {
         "hospital/NORMAL/ct.dcm": "modality CT is not a radiograph (CR, DX, DR)",
@@ -234,10 +236,10 @@ def test_prepare_writes_dicom_as_the_modules_png_with_hashed_patients(prepared_h
     assert report["formats"] == {"dicom": 6, "jpeg": 4}
     assert "written from DICOM: 6" in printed
     examples = read_examples(out)
-    written = {name: dataset for name, dataset in files.items() if prepare.recorded_path(name, SALT) in examples}
+    written = {name: dataset for name, dataset in files.items() if data_sources.recorded_path(name, SALT) in examples}
     assert len(written) == 6
     for name, dataset in written.items():
-        example, expected = examples[prepare.recorded_path(name, SALT)], dicom.to_model_input(dataset)
+        example, expected = examples[data_sources.recorded_path(name, SALT)], dicom.to_model_input(dataset)
         assert example["image"] == expected.png and example["channels"] == 1
         assert example["patient_id"].decode() == f"hospital:{dicom.pseudonym(dataset.PatientID, SALT)}"
         assert (example["view_position"], example["sex"], example["age_band"]) == (
@@ -297,7 +299,7 @@ def test_predict_scores_dicom_exactly_as_the_png_the_module_makes(served, xray, 
 
 
 def test_allow_lateral_writes_lateral_films_marked_as_such(hospital, tmp_path):
-    report = prepare.prepare([prepare.Source.parse(f"hospital={hospital[0]}")], str(tmp_path / "out"),
+    report = prepare.prepare([data_sources.Source.parse(f"hospital={hospital[0]}")], str(tmp_path / "out"),
                              max_bad_fraction=1.0, patient_salt=SALT, allow_lateral=True)
     assert "hospital/NORMAL/lateral.dcm" not in {item["path"] for item in report["quarantined"]}
     assert report["written"] == 11 and report["formats"] == {"dicom": 7, "jpeg": 4}

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from pneumonia import cli, errors, results
+from pneumonia.runs import scoring
+from pneumonia import cli
+from pneumonia.analysis import errors
 from tests.compare_test import runs  # noqa: F401 (fixture: two evaluated architectures in ML Metadata)
 
 
@@ -33,7 +35,7 @@ def test_worst_rows_list_the_most_confident_mistakes_first():
 
 
 def test_cli_scores_each_architecture_or_the_one_asked(runs, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setattr(results, "score_splits",
+    monkeypatch.setattr(scoring, "score_splits",
                         lambda examples, splits, model: {split: (LABELS, PROBABILITIES, PATHS) for split in splits})
     cli.main(["errors", "--root", runs])
     out = capsys.readouterr().out

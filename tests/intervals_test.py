@@ -8,7 +8,7 @@ from tensorflow_model_analysis.evaluators import metrics_validator
 
 from pipeline import evaluation
 from components.report import tfma_metrics
-from pneumonia import results
+from pneumonia.runs import evaluation as run_evaluation
 
 
 def scored_examples(path: str, seed: int = 0) -> None:
@@ -53,7 +53,7 @@ def gated(tmp_path_factory):
 
 
 def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
-    table = results.slice_metrics(gated)
+    table = run_evaluation.slice_metrics(gated)
     row = table["split=eval"]
     assert (row[tfma_metrics.POSITIVES], row[tfma_metrics.NEGATIVES]) == (30, 30)
     for key in ("auc", "recall@threshold", "specificity@threshold", "binary_accuracy"):
@@ -64,13 +64,13 @@ def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
 
 
 def test_a_slice_too_small_for_an_interval_says_so_instead_of_a_number(gated):
-    row = results.slice_metrics(gated)["split=tiny"]
+    row = run_evaluation.slice_metrics(gated)["split=tiny"]
     assert tfma_metrics.interval_cell(row, "recall") == f"{row['recall']:.3f} (n=4: too few for a CI)"
     assert "n=8" in tfma_metrics.interval_cell(row, "binary_accuracy")
 
 
 def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
-    row = results.slice_metrics(gated)["split=calibration"]
+    row = run_evaluation.slice_metrics(gated)["split=calibration"]
     validation = tfma.load_validation_result(gated)
     [failures] = [s.failures for s in validation.metric_validations_per_slice]
     judged = {f.metric_key.name: f.metric_value.double_value.value for f in failures}
@@ -78,7 +78,7 @@ def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
     assert "recall_lower_bound" in judged
     assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + tfma_metrics.LOWER], abs=1e-6)
     assert not validation.validation_ok
-    lines = results.validation_failures(gated)
+    lines = run_evaluation.validation_failures(gated)
     assert any(line.startswith("site gate: sensitivity lower 95% bound") and "--site-min-sensitivity 0.5" in line
                for line in lines), lines
 

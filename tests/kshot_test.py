@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from pneumonia import kshot, results
-from pneumonia import report as report_lib
+from pneumonia.runs import scoring
+from pneumonia.analysis import compare as compare_lib
+from pneumonia.analysis import kshot
 from tests.compare_test import runs  # noqa: F401 (fixture)
 
 
@@ -46,8 +47,8 @@ def test_external_draws_are_stratified_by_source():
 def test_compare_kshot_prints_a_row_per_model_split_and_k(runs, monkeypatch):  # noqa: F811
     for split in ("test", "external"):
         os.makedirs(os.path.join(runs, "examples", f"Split-{split}"), exist_ok=True)
-    monkeypatch.setattr(results, "score_splits", lambda uri, splits, model: {s: shifted_split() for s in splits})
-    text = report_lib.compare(os.path.join(runs, "metadata.sqlite"), markdown=True, kshot=True)
+    monkeypatch.setattr(scoring, "score_splits", lambda uri, splits, model: {s: shifted_split() for s in splits})
+    text = compare_lib.compare(os.path.join(runs, "metadata.sqlite"), markdown=True, kshot=True)
     kshot_table, prior_table = (part.splitlines()[2:] for part in text.split("\n\n"))
     assert len(kshot_table) == 2 * 2 * 3  # cnn and densenet121, test and external, k = 20, 50, 100
     cells = [cell.strip() for cell in kshot_table[0].strip("|").split("|")]

@@ -14,7 +14,9 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from components.pusher import executor as pusher
 from components.validation_gate import executor as gate
-from pneumonia import prepare
+from pneumonia.data import audit
+from pneumonia.data import prepare
+from pneumonia.data import sources as data_sources
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 from tests.prepare_test import synthetic_xrays
 from tests.serving_fixtures import IMAGE_SIZE, export_tiny_model, png
@@ -54,15 +56,15 @@ def test_prepare_writes_its_shards_and_report_into_the_bucket(bucket, tmp_path):
     names = [f"{split}/NORMAL/{split}-IM-{i:04d}-0001.jpeg" for split, n in (("train", 4), ("test", 2)) for i in range(n)]
     names += [f"{split}/PNEUMONIA/{split}-person{i}_bacteria_{i}.jpeg" for split, n in (("train", 4), ("test", 2))
               for i in range(n)]
-    source = prepare.Source.parse(f"kermany={synthetic_xrays(str(tmp_path / 'raw'), names)}")
+    source = data_sources.Source.parse(f"kermany={synthetic_xrays(str(tmp_path / 'raw'), names)}")
     out = f"{bucket}/data"
     report = prepare.prepare([source], out, eval_fraction=0.25)
     assert report["written"] == report["files_seen"] == 12
     written = files_under(out)
-    assert prepare.REPORT_NAME in written
-    assert sorted({name.split("/")[0] for name in written if name != prepare.REPORT_NAME}) == ["eval", "test", "train"]
+    assert audit.REPORT_NAME in written
+    assert sorted({name.split("/")[0] for name in written if name != audit.REPORT_NAME}) == ["eval", "test", "train"]
     assert not gfile.exists(f"{out}.staging")
-    assert prepare.read_report(out) == report
+    assert audit.read_report(out) == report
     assert prepare.prepare([source], out, eval_fraction=0.25) == report  # found again: reused, not rewritten
 
 

@@ -16,9 +16,12 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.threshold_calibrator import executor
 from pipeline.config import RunConfig
-from pneumonia import cli, prepare, results
-from pneumonia.policies import POLICIES
-from pneumonia.runners import run_pipeline
+from pneumonia import cli
+from pneumonia.data import audit
+from pneumonia.runs import evaluation as run_evaluation
+from pneumonia.runs import store as run_store
+from pneumonia.analysis.policies import POLICIES
+from pneumonia.runs.runner import run_pipeline
 from tests.signatures_test import serve_both
 from trainer import models, signatures
 
@@ -40,7 +43,7 @@ def tiny_config(tmp_path) -> str:
 
 
 def node_executions(metadata_path, node):
-    return results.node_executions(results.open_store(metadata_path), "pneumonia", node)
+    return run_store.node_executions(run_store.open_store(metadata_path), "pneumonia", node)
 
 
 def versions(serving_dir):
@@ -65,7 +68,7 @@ def test_every_component_ran_and_a_version_was_pushed(first_run, capsys):
         assert [e for e in node_executions(os.path.join(root, "metadata.sqlite"), node)
                 if e.last_known_state in DONE], f"no finished execution of {node}"
     assert len(versions(os.path.join(root, "serving"))) == 1
-    assert os.path.exists(os.path.join(root, "data", prepare.REPORT_NAME))  # prepared into the run root
+    assert os.path.exists(os.path.join(root, "data", audit.REPORT_NAME))  # prepared into the run root
 
 
 def test_pushed_model_serves_real_images_through_both_signatures(first_run, shared_data):
@@ -78,7 +81,7 @@ def test_pushed_model_serves_real_images_through_both_signatures(first_run, shar
 
 def test_pushed_model_serves_the_calibrated_threshold_through_both_signatures(first_run, shared_data):
     root, _ = first_run
-    outputs = results.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
+    outputs = run_store.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
     version = os.path.join(root, "serving", "pneumonia", versions(os.path.join(root, "serving"))[0])
     with open(os.path.join(version, executor.SAVED_MODEL_RECORD)) as f:
         record = json.load(f)
@@ -109,7 +112,7 @@ def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, c
     assert versions(os.path.join(root, "serving")) == before
     printed = capsys.readouterr().out
     assert "already the latest served version" in printed
-    compared = [m for m in tfma.load_metrics(results.latest_run_outputs(metadata, "pneumonia").evaluation)
+    compared = [m for m in tfma.load_metrics(run_store.latest_run_outputs(metadata, "pneumonia").evaluation)
                 if any(item.key.is_diff for item in m.metric_keys_and_values)]
     assert compared  # the Evaluator compared the cached model with the latest blessed one (the baseline)
     assert "dataset=external, split=external" in printed and "dataset=kermany, split=test" in printed
@@ -138,9 +141,9 @@ def test_an_untrained_model_is_not_blessed_on_a_first_run(first_run, tmp_path):
                             epochs=0, min_auc=0.8)
     config.splits = ["train", "eval", "test", "external"]
     run_pipeline(config)
-    outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
+    outputs = run_store.latest_run_outputs(config.metadata_path, config.pipeline_name)
     assert outputs.blessed is False and outputs.pushed is False
-    failures = results.validation_failures(outputs.evaluation)
+    failures = run_evaluation.validation_failures(outputs.evaluation)
     assert failures and all(f.startswith("split=eval: auc = ") and "lower_bound" in f for f in failures)
     assert not os.path.exists(config.serving_dir)
 
@@ -195,7 +198,7 @@ def test_compare_and_its_policy_table_read_the_real_run(first_run, capsys):
     """`compare --policies` on what the pipeline's own Trainer and Evaluator recorded: the exported model scores
     every record of each split (no stand-in), and the split sizes are those prepare wrote."""
     root, _ = first_run
-    counts = prepare.read_report(os.path.join(root, "data"))["counts"]
+    counts = audit.read_report(os.path.join(root, "data"))["counts"]
     cli.main(["compare", "--root", root, "--policies"])
     lines = capsys.readouterr().out.splitlines()
     rows = {}
@@ -226,7 +229,7 @@ def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run
     cli.main(["ensemble", "--root", root, "--config", str(open_bounds), "--include-unblessed"])
     printed = capsys.readouterr().out
     assert "members: cnn (64 px), swin (64 px)" in printed
-    outputs = results.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
+    outputs = run_store.latest_run_outputs(os.path.join(root, "metadata.sqlite"), "pneumonia")
     metadata = signatures.read_metadata(os.path.join(outputs.model, "Format-Serving"))
     assert metadata["architecture"] == "ensemble" and metadata["training"]["epochs_run"] == 0
     assert [m["architecture"] for m in metadata["model_config"]["members"]] == ["cnn", "swin"]

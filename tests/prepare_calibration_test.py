@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from pneumonia import prepare
+from pneumonia.data import carve
+from pneumonia.data import prepare
+from pneumonia.data import sources as data_sources
 from tests.conftest import copy_subset
 from tests.prepare_test import feature, read_examples
 
@@ -19,8 +21,8 @@ def raw(shared_data, tmp_path_factory):
 
 
 def sources(raw, *extra):
-    return [prepare.Source.parse(f"kermany={raw}/chest_xray"), prepare.Source.parse(f"external={raw}/external"),
-            *(prepare.Source.parse(text) for text in extra)]
+    return [data_sources.Source.parse(f"kermany={raw}/chest_xray"), data_sources.Source.parse(f"external={raw}/external"),
+            *(data_sources.Source.parse(text) for text in extra)]
 
 
 def by_split(out):
@@ -50,7 +52,7 @@ def test_carved_images_leave_their_split_whole_patients_at_a_time(carved):
     assert not {p for p, _, _ in calibration} & {p for p, _, _ in test}
     assert not {path for _, _, path in calibration} & {path for _, _, path in test}
     assert report["counts"]["calibration"]["kermany"] == dict(collections.Counter(
-        prepare.LABEL_NAMES[label] for _, label, _ in calibration))
+        data_sources.LABEL_NAMES[label] for _, label, _ in calibration))
     assert "16 images carved from test by patient" in report["calibration_policy"]
 
 
@@ -65,9 +67,9 @@ def test_carve_is_stratified_by_label(carved):
 
 def test_carve_is_seeded():
     images = [(f"p{i}", "kermany", i % 2) for i in range(200)]
-    first = prepare.choose_calibration_patients(images, 20, seed=1)
-    assert first == prepare.choose_calibration_patients(images, 20, seed=1)
-    assert first != prepare.choose_calibration_patients(images, 20, seed=2)
+    first = carve.choose_calibration_patients(images, 20, seed=1)
+    assert first == carve.choose_calibration_patients(images, 20, seed=1)
+    assert first != carve.choose_calibration_patients(images, 20, seed=2)
     chosen = collections.Counter(label for patient, _, label in images if patient in first)
     assert chosen == {0: 10, 1: 10}
 
@@ -75,15 +77,15 @@ def test_carve_is_seeded():
 def test_stratification_keeps_each_source_s_share():
     images = [(f"r{i}", "rsna", 0) for i in range(60)] + [(f"i{i}", "ieee8023", 1) for i in range(30)] + [
         (f"i{i}n", "ieee8023", 0) for i in range(10)]
-    chosen = set(prepare.choose_calibration_patients(images, 10, seed=0))
+    chosen = set(carve.choose_calibration_patients(images, 10, seed=0))
     strata = collections.Counter((source, label) for patient, source, label in images if patient in chosen)
     assert strata == {("rsna", 0): 6, ("ieee8023", 1): 3, ("ieee8023", 0): 1}
 
 
 def test_a_site_folder_becomes_the_calibration_split(raw, tmp_path):
     out = str(tmp_path / "out")
-    site = prepare.Source.parse(f"calibration:site={raw}/external")
-    report = prepare.prepare([prepare.Source.parse(f"kermany={raw}/chest_xray"), site], out)
+    site = data_sources.Source.parse(f"calibration:site={raw}/external")
+    report = prepare.prepare([data_sources.Source.parse(f"kermany={raw}/chest_xray"), site], out)
     examples = read_examples(os.path.join(out, "calibration"))
     assert {feature(e, "dataset") for e in examples} == {"site"} and len(examples) == 12
     assert {feature(e, "source") for e in examples} == {"ieee8023"}  # its file-name prefix, as in external
@@ -98,14 +100,14 @@ def test_a_site_folder_becomes_the_calibration_split(raw, tmp_path):
     ({"calibration_size": 5}, "needs --calibration-from"),
 ])
 def test_bad_calibration_requests_fail_with_one_line_and_write_nothing(raw, tmp_path, options, message):
-    with pytest.raises(prepare.PrepareError, match=message):
+    with pytest.raises(data_sources.PrepareError, match=message):
         prepare.prepare(sources(raw), str(tmp_path / "out"), **options)
     assert not os.path.exists(tmp_path / "out")
 
 
 def test_one_calibration_split_only(raw, tmp_path):
-    with pytest.raises(prepare.PrepareError, match="one calibration split only"):
+    with pytest.raises(data_sources.PrepareError, match="one calibration split only"):
         prepare.prepare(sources(raw, f"calibration:site={raw}/external"), str(tmp_path / "out"),
                         calibration_from="test", calibration_size=4)
-    with pytest.raises(prepare.PrepareError, match="unknown role 'holdout'"):
-        prepare.Source.parse(f"holdout:site={raw}/external")
+    with pytest.raises(data_sources.PrepareError, match="unknown role 'holdout'"):
+        data_sources.Source.parse(f"holdout:site={raw}/external")

@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pneumonia import prepare
-from pneumonia.images import parse_patient_and_pathogen
+from pneumonia.data import audit
+from pneumonia.data import prepare
+from pneumonia.data import sources as data_sources
+from pneumonia.data.images import parse_patient_and_pathogen
 from tests.conftest import copy_subset
 
 
@@ -67,8 +69,8 @@ def test_file_names_give_patient_and_pathogen(name, label, patient, pathogen):
 
 
 def test_source_needs_name_and_path():
-    with pytest.raises(prepare.PrepareError, match="NAME=PATH"):
-        prepare.Source.parse("/data/chest_xray")
+    with pytest.raises(data_sources.PrepareError, match="NAME=PATH"):
+        data_sources.Source.parse("/data/chest_xray")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def prepared(shared_data, tmp_path_factory):
         "chest_xray/train/NORMAL": 40, "chest_xray/train/PNEUMONIA": 40,
         "chest_xray/test/NORMAL": 5, "chest_xray/test/PNEUMONIA": 5,
         "external/NORMAL": 4, "external/PNEUMONIA": 4})
-    sources = [prepare.Source.parse(f"kermany={data}/chest_xray"), prepare.Source.parse(f"external={data}/external")]
+    sources = [data_sources.Source.parse(f"kermany={data}/chest_xray"), data_sources.Source.parse(f"external={data}/external")]
     report = prepare.prepare(sources, str(tmp / "out"))
     return data, sources, str(tmp / "out"), report
 
@@ -118,9 +120,9 @@ def test_output_is_deterministic_and_reused(prepared, tmp_path):
     _, sources, out, _ = prepared
     again = str(tmp_path / "again")
     prepare.prepare(sources, again)
-    for name in [prepare.REPORT_NAME] + [s for shards in prepare.read_report(out)["shards"].values() for s in shards]:
+    for name in [audit.REPORT_NAME] + [s for shards in audit.read_report(out)["shards"].values() for s in shards]:
         assert open(os.path.join(out, name), "rb").read() == open(os.path.join(again, name), "rb").read(), name
-    shard = os.path.join(again, prepare.read_report(again)["shards"]["test"][0])
+    shard = os.path.join(again, audit.read_report(again)["shards"]["test"][0])
     before = os.stat(shard).st_mtime_ns
     prepare.prepare(sources, again)  # same input: nothing rewritten (keeps ExampleGen's cache valid)
     assert os.stat(shard).st_mtime_ns == before
@@ -160,7 +162,7 @@ def test_every_bad_file_is_accounted_for_with_a_reason(shared_data, tmp_path):
     os.symlink(str(tmp_path), os.path.join(root, "NORMAL", "outside"))  # a folder link leaving the source
     os.symlink(real_path, os.path.join(root, "PNEUMONIA", "link.jpeg"))
 
-    report = prepare.prepare([prepare.Source.parse(f"external={root}")], str(tmp_path / "out"), max_bad_fraction=0.2)
+    report = prepare.prepare([data_sources.Source.parse(f"external={root}")], str(tmp_path / "out"), max_bad_fraction=0.2)
     reasons = {item["path"].split("/", 1)[1]: item["reason"] for item in report["quarantined"]}
     for name, (_, reason) in quarantined.items():
         assert reason in reasons[name], (name, reasons.get(name))
@@ -172,7 +174,7 @@ def test_every_bad_file_is_accounted_for_with_a_reason(shared_data, tmp_path):
     examples = {feature(e, "source_path"): e for e in read_examples(str(tmp_path / "out" / "external"))}
     for name, (_, channels) in accepted.items():
         assert feature(examples[name], "channels") == channels
-    saved = json.load(open(tmp_path / "out" / prepare.REPORT_NAME))
+    saved = json.load(open(tmp_path / "out" / audit.REPORT_NAME))
     assert saved["accounted"] and len(saved["quarantined"]) == len(quarantined) + 2
 
 
@@ -180,11 +182,11 @@ def test_too_many_bad_files_fail_with_one_line_and_publish_nothing(shared_data, 
     data = copy_subset(shared_data, str(tmp_path / "raw"), {"external/NORMAL": 5, "external/PNEUMONIA": 5})
     write(os.path.join(data, "external", "NORMAL", "empty.jpeg"), b"")
     out = str(tmp_path / "out")
-    with pytest.raises(prepare.PrepareError) as error:
-        prepare.prepare([prepare.Source.parse(f"external={data}/external")], out)
+    with pytest.raises(data_sources.PrepareError) as error:
+        prepare.prepare([data_sources.Source.parse(f"external={data}/external")], out)
     assert "1 of 11 files quarantined, more than --max-bad-fraction 0.01: empty file (0 bytes) (1)" in str(error.value)
     assert "\n" not in str(error.value)
-    assert not os.path.exists(out) and os.path.exists(os.path.join(out + ".rejected", prepare.REPORT_NAME))
+    assert not os.path.exists(out) and os.path.exists(os.path.join(out + ".rejected", audit.REPORT_NAME))
 
 
 def test_leaks_across_splits_are_reported_and_strict_fails(shared_data, tmp_path):
@@ -193,11 +195,11 @@ def test_leaks_across_splits_are_reported_and_strict_fails(shared_data, tmp_path
         "chest_xray/test/NORMAL": 3, "chest_xray/test/PNEUMONIA": 3})
     leaked = sorted(glob.glob(f"{data}/chest_xray/test/NORMAL/*"))[0]
     write(os.path.join(data, "chest_xray", "train", "NORMAL", "leaked.jpeg"), open(leaked, "rb").read())
-    sources = [prepare.Source.parse(f"kermany={data}/chest_xray")]
+    sources = [data_sources.Source.parse(f"kermany={data}/chest_xray")]
     report = prepare.prepare(sources, str(tmp_path / "out"))
     assert [leak["path"] for leak in report["leaks"]] == ["kermany/train/NORMAL/leaked.jpeg"]  # test copy kept
     assert report["leaks"][0]["splits"] == ["test", "train"]
-    with pytest.raises(prepare.PrepareError, match="--strict: 1 identical file"):
+    with pytest.raises(data_sources.PrepareError, match="--strict: 1 identical file"):
         prepare.prepare(sources, str(tmp_path / "strict"), strict=True)
 
 
@@ -212,39 +214,39 @@ def test_official_val_is_kept_and_shared_patients_are_reported(shared_data, tmp_
     in_val, in_train = names[::2], names[1::2]  # alternate files: some patients land on both sides
     for name in in_val:
         os.rename(os.path.join(train, name), os.path.join(val, name))
-    sources = [prepare.Source.parse(f"kermany={raw}/chest_xray")]
+    sources = [data_sources.Source.parse(f"kermany={raw}/chest_xray")]
     report = prepare.prepare(sources, str(tmp_path / "out"))
     assert report["counts"]["eval"]["kermany"]["PNEUMONIA"] == prepare.MIN_USABLE_VAL
     assert "official val/" in report["eval_policy"]
     shared = {f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_val} & {
         f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_train}
     assert shared and report["patients_in_train_and_eval"] == sorted(shared)
-    with pytest.raises(prepare.PrepareError, match="--strict: .* patient"):
+    with pytest.raises(data_sources.PrepareError, match="--strict: .* patient"):
         prepare.prepare(sources, str(tmp_path / "strict"), strict=True)
 
 
 def test_refuses_a_different_dataset_unless_overwrite(shared_data, tmp_path):
     data = copy_subset(shared_data, str(tmp_path / "raw"), {"external/NORMAL": 2, "external/PNEUMONIA": 2})
     out = str(tmp_path / "out")
-    sources = [prepare.Source.parse(f"external={data}/external")]
+    sources = [data_sources.Source.parse(f"external={data}/external")]
     prepare.prepare(sources, out)
     os.remove(sorted(glob.glob(f"{data}/external/NORMAL/*"))[0])
-    with pytest.raises(prepare.PrepareError, match="different prepared dataset"):
+    with pytest.raises(data_sources.PrepareError, match="different prepared dataset"):
         prepare.prepare(sources, out)
     assert prepare.prepare(sources, out, overwrite=True)["written"] == 3
 
 
 def test_missing_or_empty_source_is_an_error(tmp_path):
-    with pytest.raises(prepare.PrepareError, match="does not exist"):
-        prepare.prepare([prepare.Source("x", str(tmp_path / "nope"))], str(tmp_path / "out"))
+    with pytest.raises(data_sources.PrepareError, match="does not exist"):
+        prepare.prepare([data_sources.Source("x", str(tmp_path / "nope"))], str(tmp_path / "out"))
     (tmp_path / "empty" / "NORMAL").mkdir(parents=True)
-    with pytest.raises(prepare.PrepareError, match="no images"):
-        prepare.prepare([prepare.Source("x", str(tmp_path / "empty"))], str(tmp_path / "out"))
+    with pytest.raises(data_sources.PrepareError, match="no images"):
+        prepare.prepare([data_sources.Source("x", str(tmp_path / "empty"))], str(tmp_path / "out"))
 
 
 def test_full_resolution_originals_are_written_as_stored(shared_data, tmp_path):
     """The untouched full-size Kermany files: accepted with their real geometry, bytes unchanged."""
-    report = prepare.prepare([prepare.Source.parse(f"originals={shared_data}/originals")], str(tmp_path / "out"))
+    report = prepare.prepare([data_sources.Source.parse(f"originals={shared_data}/originals")], str(tmp_path / "out"))
     assert report["written"] == report["files_seen"] == 24
     for example in read_examples(str(tmp_path / "out" / "originals")):
         stored = open(os.path.join(shared_data, "originals", feature(example, "source_path")), "rb").read()
@@ -263,11 +265,11 @@ def test_every_evaluation_split_is_audited_for_patients_seen_in_train(tmp_path):
             "test/PNEUMONIA/person99_virus_102.jpeg", "test/NORMAL/IM-0200-0001.jpeg"]
     raw = synthetic_xrays(str(tmp_path / "raw"), train + test)
     out = str(tmp_path / "out")
-    report = prepare.prepare([prepare.Source.parse(f"kermany={raw}")], out, eval_fraction=0.25)
+    report = prepare.prepare([data_sources.Source.parse(f"kermany={raw}")], out, eval_fraction=0.25)
     carved = {feature(e, "patient_id") for e in read_examples(os.path.join(out, "eval"))}
     assert report["patients_shared_with_train"] == {"eval": [], "test": ["kermany:person1"]}
     assert report["images_of_patients_in_train"] == {"eval": 0, "test": 2}
-    assert "test: 1 patient ID(s) also in train, 2 image(s)" in prepare.summary(report)
+    assert "test: 1 patient ID(s) also in train, 2 image(s)" in audit.summary(report)
     seen = {split: {feature(e, "source_path"): feature(e, "patient_in_train")
                     for e in read_examples(os.path.join(out, split))} for split in ("train", "eval", "test")}
     assert set(seen["train"].values()) == {1} and set(seen["eval"].values()) == {0} and carved
@@ -278,5 +280,5 @@ def test_every_evaluation_split_is_audited_for_patients_seen_in_train(tmp_path):
 def test_a_report_whose_files_do_not_add_up_fails(prepared):
     """`accounted` is enforced: a file neither written, quarantined nor skipped as a duplicate is an error."""
     report = dict(prepared[3], written=prepared[3]["written"] - 1, accounted=False)  # one file lost
-    with pytest.raises(prepare.PrepareError, match="98 files seen, but 97 written .* do not add up"):
-        prepare._check_report(report, max_bad_fraction=0.01, strict=False)
+    with pytest.raises(data_sources.PrepareError, match="98 files seen, but 97 written .* do not add up"):
+        audit.check_report(report, max_bad_fraction=0.01, strict=False)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipeline.config import RunConfig
-from pneumonia import report
+from pneumonia.analysis import generated
 from trainer import models, task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def test_results_document_reproduces_every_recipe():
     for path in RECIPES + ABLATIONS + LUNGS:
         assert f"--config {os.path.relpath(path, ROOT)}" in text
     for section in ("", "ablation", "errors"):
-        begin, end = report.generated_markers(section)
+        begin, end = generated.generated_markers(section)
         assert text.index(begin) < text.index(end)
 
 

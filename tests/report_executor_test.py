@@ -19,8 +19,15 @@ from tfx_bsl.tfxio import tf_example_record
 
 from components.report import executor
 from pipeline.evaluation import create_eval_config
-from pneumonia import cli, prepare
-from pneumonia import report as report_lib
+from pneumonia import cli
+from pneumonia.analysis import ablation
+from pneumonia.analysis import compare as compare_lib
+from pneumonia.analysis import policies
+from pneumonia.analysis import tables
+from pneumonia.data import prepare
+from pneumonia.data import sources as data_sources
+from pneumonia.runs import scoring
+from pneumonia.runs import store as run_store
 from tests.compare_test import Metadata
 from tests.conftest import copy_subset
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
@@ -42,7 +49,7 @@ def prepared_examples(shared_data: str, tmp: str) -> str:
     """An Examples artifact folder (Split-<name>/) holding real prepared records."""
     raw = copy_subset(shared_data, os.path.join(tmp, "raw"), TINY_SUBSET)
     data = os.path.join(tmp, "data")
-    sources = [prepare.Source.parse(f"kermany={raw}/chest_xray"), prepare.Source.parse(f"external={raw}/external")]
+    sources = [data_sources.Source.parse(f"kermany={raw}/chest_xray"), data_sources.Source.parse(f"external={raw}/external")]
     prepare.prepare(sources, data, eval_fraction=0.3)
     examples = os.path.join(tmp, "examples")
     for split in ("train",) + EVALUATED:
@@ -222,7 +229,6 @@ def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny
     from components.report import attention
     from sklearn.metrics import roc_auc_score
 
-    from pneumonia import policies, results
 
     uris = {key: copy_into(tiny_run[key], f"{bucket}/{key}") for key in ("examples", "model", "evaluation")}
     index = executor.generate(uris["examples"], tiny_run["split_names"], uris["model"], uris["evaluation"],
@@ -243,17 +249,17 @@ def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny
                         "blessing": metadata.artifact("ModelBlessing", "", blessed=True)})
     metadata.execution("pneumonia", "run-1", "EvaluationReport", {"model": model},
                        {"report": metadata.artifact("File", f"{bucket}/report")})
-    evaluated = report_lib.latest_evaluations(metadata_path)
-    shown = report_lib.attention_rows(evaluated)  # the report's border attention, read from the bucket
+    evaluated = run_store.latest_evaluations(metadata_path)
+    shown = compare_lib.attention_rows(evaluated)  # the report's border attention, read from the bucket
     assert [row[:2] for row in shown[1:]] == [["cnn", "eval"], ["cnn", "test"], ["cnn", "external"]]
     written = attention.read(f"{bucket}/report/{attention.ATTENTION_FILE}")
     assert [row[-1] for row in shown[1:]] == [
-        f"{report_lib.format_number(written[split]['all'].mean)} ({written[split]['all'].images})"
+        f"{tables.format_number(written[split]['all'].mean)} ({written[split]['all'].images})"
         for split in ("eval", "test", "external")]
     assert written["test"]["all"].images == 10  # every scored image of the split
-    rows = report_lib.compare_rows(evaluated)
+    rows = compare_lib.compare_rows(evaluated)
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
-    labels, scores, _ = results.score_splits(uris["examples"], ["test"], uris["model"])["test"]
+    labels, scores, _ = scoring.score_splits(uris["examples"], ["test"], uris["model"])["test"]
     assert table["test"]["examples"] == str(len(labels)) == "24"
     auc = float(table["test"]["AUC"].split()[0])  # the cell may carry an interval or a case count after it
     assert auc == pytest.approx(roc_auc_score(labels, scores), abs=0.01)  # TFMA interpolates
@@ -282,7 +288,7 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
 
 
 def test_the_rule_picks_the_lowest_validation_brier_and_breaks_near_ties_on_border_share():
-    from pneumonia.ablation import pick
+    from pneumonia.analysis.ablation import pick
 
     assert pick([(0.10, 0.2), (0.08, 0.4), (0.09, 0.1)]) == (1, 1)
     assert pick([(0.080, 0.4), (0.0815, 0.3), (0.09, 0.1)]) == (1, 2)  # within 0.002: the lower border share
@@ -295,19 +301,18 @@ def test_ablation_and_targets_tables_read_the_real_model_and_evaluation(tiny_run
     """Every figure comes from the exported model and TFMA's output: the ablation cells equal `compare`'s, the
     re-explained false positives are the model's own at its threshold, and a model is not better than itself."""
     from components.report import attention
-    from pneumonia import ablation, results
 
     index, _ = report
-    item = report_lib.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], executor.model_info(tiny_run["model"]),
+    item = run_store.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], executor.model_info(tiny_run["model"]),
                                 {}, tiny_run["model"], tiny_run["examples"],
                                 attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE)))
     rows = ablation.ablation_rows([("baseline", item), ("again", item)])
     header, first, second = rows
     assert first[1:] == second[1:]
     shown = dict(zip(header, first))
-    compared = {row[1]: dict(zip(report_lib.compare_rows([item])[0], row)) for row in report_lib.compare_rows([item])}
+    compared = {row[1]: dict(zip(compare_lib.compare_rows([item])[0], row)) for row in compare_lib.compare_rows([item])}
     assert shown["test AUC"] == compared["test"]["AUC"]
-    labels, probabilities, _ = results.score_splits(tiny_run["examples"], ["test"], tiny_run["model"])["test"]
+    labels, probabilities, _ = scoring.score_splits(tiny_run["examples"], ["test"], tiny_run["model"])["test"]
     false_positives = int(np.sum((labels == 0) & (probabilities >= float(item.model["value"]))))
     assert false_positives > 0 and shown["border on baseline FPs"].endswith(f"({false_positives})")
     assert 0.0 <= float(shown["border on baseline FPs"].split()[0]) <= 1.0

@@ -89,7 +89,7 @@ def wait_for_answers(page, count: int, timeout_ms: float = 30000) -> None:
 
 def regenerate_readme_screenshot(path: str) -> None:
     """The page at laptop width after a photograph, a CT-like phantom and a text file were dropped on it."""
-    from pneumonia.cli import shared_data_dir
+    from pneumonia.data.sources import shared_data_dir
     from tests.serving_fixtures import xray_guard
 
     data = shared_data_dir()

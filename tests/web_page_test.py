@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from serving import config, dicom
 from serving.rest import DICOM_PATH
-from tests import dicom_fixtures as make
+from fixtures import dicom_files as make
 from tests.serving_fixtures import (MODEL_NAME, export_tiny_model, image_request, place_version, start_server, stub,
                                     xray_guard)
 from tests.web_harness import (chromium, ct_like_slice, missing_browser, photograph, screenshot, text_file,

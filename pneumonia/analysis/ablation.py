@@ -10,7 +10,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pneumonia.tables import format_number
+from components.report import executor, tfma_metrics
+from components.report.attention import BORDER_AREA
+from components.report.executor import slice_parts
+from pipeline.config import RunConfig
+from pneumonia.analysis.tables import format_number
+from pneumonia.runs import evaluation, scoring
+from pneumonia.runs.store import latest_evaluations
 
 BRIER_TIE = 0.002
 VALIDATION, TEST, EXTERNAL = "eval", "test", "external"
@@ -24,8 +30,6 @@ class Target:
 
 
 def targets() -> Tuple[Target, ...]:
-    from components.report.attention import BORDER_AREA
-
     return (Target("test AUC", True, 0.97), Target("test accuracy at the validation threshold", True, 0.90),
             Target("test sensitivity at the validation threshold", True, 0.95), Target("external AUC", True, 0.80),
             Target("border share on test false positives", False, BORDER_AREA))
@@ -33,15 +37,11 @@ def targets() -> Tuple[Target, ...]:
 
 def find_slice(table: Dict[str, Dict[str, float]], **parts: str) -> Dict[str, float]:
     """The row of the slice made of exactly these features (e.g. split=test), {} when TFMA wrote none."""
-    from components.report.executor import slice_parts
-
     return next((row for name, row in table.items() if slice_parts(name) == parts), {})
 
 
 def validation_brier(item) -> float:
-    from pneumonia import results
-
-    return find_slice(results.slice_metrics(item.evaluation), split=VALIDATION).get("brier_score", math.nan)
+    return find_slice(evaluation.slice_metrics(item.evaluation), split=VALIDATION).get("brier_score", math.nan)
 
 
 def validation_border_share(item) -> float:
@@ -73,9 +73,7 @@ def choose(candidates: Sequence) -> Tuple[object, str]:
 
 def false_positive_images(item, split: str = TEST) -> List[bytes]:
     """The encoded images the model calls PNEUMONIA at its threshold although they are NORMAL."""
-    from pneumonia import results
-
-    sample, outputs = results.scored_outputs(item.examples_uri, [split], item.model_uri)[split]
+    sample, outputs = scoring.scored_outputs(item.examples_uri, [split], item.model_uri)[split]
     wrong = (np.array(sample.labels) == 0) & (outputs["probability"] >= outputs["threshold"])
     return [image for image, flagged in zip(sample.images, wrong) if flagged]
 
@@ -83,8 +81,6 @@ def false_positive_images(item, split: str = TEST) -> List[bytes]:
 def border_shares_on(item, *image_sets: List[bytes]) -> List[float]:
     """The model's mean Grad-CAM border share on each set of images (explaining the class it predicts), the
     Keras model rebuilt once for all sets."""
-    from components.report import executor
-
     model, layer = executor.keras_model(item.model_uri, item.model)
     threshold = float(item.model["value"])
     return [float(np.nanmean(executor.border_shares(model, layer, item.image_size, images, threshold)))
@@ -93,10 +89,7 @@ def border_shares_on(item, *image_sets: List[bytes]) -> List[float]:
 
 def figures(item) -> Dict[str, str]:
     """What an ablation row shows of one model, each metric with its TFMA 95% interval where it has one."""
-    from components.report import tfma_metrics
-    from pneumonia import results
-
-    table = results.slice_metrics(item.evaluation)
+    table = evaluation.slice_metrics(item.evaluation)
     test, external = find_slice(table, split=TEST), find_slice(table, split=EXTERNAL)
     cell = tfma_metrics.interval_cell
     shown = {"val Brier": format_number(find_slice(table, split=VALIDATION).get("brier_score"), 4),
@@ -128,10 +121,8 @@ def ablation_rows(rows: Sequence[Tuple[str, object]]) -> List[List[str]]:
 def target_rows(candidates: Sequence, baseline) -> List[List[str]]:
     """The pick of `choose` against each target, with its margin; the border target also against `baseline`
     on the baseline's own test false positives."""
-    from pneumonia import results
-
     chosen, why = choose(candidates)
-    table = results.slice_metrics(chosen.evaluation)
+    table = evaluation.slice_metrics(chosen.evaluation)
     test, external = find_slice(table, split=TEST), find_slice(table, split=EXTERNAL)
     baseline_fps = false_positive_images(baseline)
     own_on_own, own = border_shares_on(chosen, false_positive_images(chosen), baseline_fps)
@@ -161,9 +152,6 @@ def signed(value: Optional[float], bound: float) -> str:
 def labelled_roots(specs: Sequence[str]) -> List[Tuple[str, object]]:
     """`LABEL=ROOT[:ARCHITECTURE]` -> (label, that root's latest evaluated model of the architecture, or its only
     one)."""
-    from pipeline.config import RunConfig
-    from pneumonia.report import latest_evaluations
-
     rows = []
     for spec in specs:
         label, _, place = spec.partition("=")
@@ -179,3 +167,14 @@ def labelled_roots(specs: Sequence[str]) -> List[Tuple[str, object]]:
             raise ValueError(f"--ablation {spec!r}: no evaluated {architecture} under {root}")
         rows.append((label, item))
     return rows
+
+
+def lungs_rows(metadata_path: str, ablation: Optional[Sequence[str]], baseline: Optional[str]) -> List[List[str]]:
+    """The ablation table (`--ablation`, one LABEL=ROOT[:ARCHITECTURE] per row), or else the targets table of
+    the model the rule picks under `metadata_path` (`--targets`, against `baseline`)."""
+    if ablation:
+        return ablation_rows(labelled_roots(ablation))
+    if not baseline:
+        raise ValueError("--targets needs --baseline LABEL=ROOT[:ARCHITECTURE]: the recipe whose false positives "
+                         "the border target compares on")
+    return target_rows(latest_evaluations(metadata_path), labelled_roots([baseline])[0][1])

@@ -7,10 +7,13 @@ on one acquisition batch rather than at random.
 import collections
 import os
 import re
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
+from pneumonia.analysis.tables import format_rows
+from pneumonia.runs import scoring
+from pneumonia.runs.store import RunLookupError, latest_evaluations
 from trainer.signatures import CLASS_NAMES
 
 
@@ -46,3 +49,22 @@ def worst_rows(labels: np.ndarray, probabilities: np.ndarray, paths: List[str], 
     for index in wrong[np.argsort(-confidence, kind="stable")[:count]]:
         rows.append([paths[index], CLASS_NAMES[int(labels[index])], f"{probabilities[index]:.3f}"])
     return rows
+
+
+def errors_report(metadata_path: str, split: str, architecture: Optional[str], top: int,
+                  markdown: bool) -> str:
+    """Per architecture (its latest evaluated model): error rates by file-name family on `split` at the model's
+    own threshold, then its most confident mistakes."""
+    evaluated = [item for item in latest_evaluations(metadata_path)
+                 if architecture in (None, item.architecture)]
+    if not evaluated:
+        raise RunLookupError(f"no evaluated {architecture} model in {metadata_path}")
+    parts = []
+    for item in evaluated:
+        value = float(item.model["value"])
+        labels, probabilities, paths = scoring.score_splits(item.examples_uri, [split], item.model_uri)[split]
+        title = f"{item.architecture} on {split}, at its threshold {value:.3f}"
+        parts += [f"**{title}**" if markdown else title,
+                  format_rows(family_rows(labels, probabilities, paths, value), markdown),
+                  format_rows(worst_rows(labels, probabilities, paths, value, top), markdown)]
+    return "\n\n".join(parts)

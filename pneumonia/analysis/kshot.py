@@ -16,10 +16,12 @@ import tensorflow as tf
 
 from components.threshold_calibrator.calibration import policy_of
 from components.threshold_calibrator.executor import RECORD
-from pneumonia.images import parse_patient_and_pathogen
-from pneumonia.policies import rates
-from pneumonia.tables import format_number
-from pneumonia.prepare import choose_calibration_patients
+from components.threshold_calibrator.prevalence import TRAINING_PRIOR, em_prevalence, prior_adjusted_threshold
+from pneumonia.analysis.policies import rates
+from pneumonia.analysis.tables import format_number
+from pneumonia.data.carve import choose_calibration_patients
+from pneumonia.data.images import parse_patient_and_pathogen
+from pneumonia.runs import scoring
 from trainer import threshold
 
 KS = (20, 50, 100)
@@ -80,8 +82,6 @@ def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
                splits: Sequence[str] = SPLITS) -> Tuple[List[List[str]], List[List[str]]]:
     """Two tables, each a header plus rows: per architecture, split and k, the k-shot calibration; and per
     architecture and split, what `calibrate --unlabeled --adjust-prior` does with the whole split unlabelled."""
-    from pneumonia import results
-
     header = ["architecture", "split", "k", "images drawn", "threshold (val)", "calibrated threshold"]
     header += [f"{measure} calibrated" for measure in MEASURES] + [f"{measure} at val thr" for measure in MEASURES]
     rows, prior_rows = [header], [PRIOR_HEADER]
@@ -89,7 +89,7 @@ def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
         validation_threshold = trained_threshold(item.model_uri, float(item.model["value"]))
         policy = policy_of(item.model.get("policy", "youden"))
         present = [split for split in splits if tf.io.gfile.isdir(os.path.join(item.examples_uri, f"Split-{split}"))]
-        scored = results.score_splits(item.examples_uri, present, item.model_uri)
+        scored = scoring.score_splits(item.examples_uri, present, item.model_uri)
         for split in present:
             labels, probabilities, paths = scored[split]
             patients, sources = patients_and_sources(split, labels, paths)
@@ -109,8 +109,6 @@ PRIOR_HEADER = (["architecture", "split", "pneumonia share", "EM estimate", "thr
 def prior_adjustment(labels: np.ndarray, probabilities: np.ndarray, validation_threshold: float) -> List[str]:
     """The cells of one `PRIOR_HEADER` row: the split's true pneumonia share, Saerens' EM estimate of it from the
     probabilities alone, and the rates at the validation threshold and at the threshold moved to that prior."""
-    from pneumonia.calibrate import TRAINING_PRIOR, em_prevalence, prior_adjusted_threshold
-
     prevalence, _ = em_prevalence(probabilities, TRAINING_PRIOR)
     adjusted = prior_adjusted_threshold(validation_threshold, TRAINING_PRIOR, prevalence)
     before, after = rates(labels, probabilities, validation_threshold), rates(labels, probabilities, adjusted)

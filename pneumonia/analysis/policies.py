@@ -10,8 +10,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from pipeline.config import BLESSING_SPLIT
-from pneumonia import results
-from pneumonia.tables import format_number
+from pneumonia.analysis.tables import format_number
+from pneumonia.runs import scoring
 from trainer import threshold
 
 POLICIES = ("youden", "sensitivity:0.95", "sensitivity:0.98", "sensitivity:0.99", "median-midpoint", "fixed:0.5")
@@ -32,7 +32,7 @@ def policy_rows(evaluated, splits: Tuple[str, ...] = ("test", "external")) -> Li
     header += [f"{split} {measure}" for split in splits for measure in ("acc", "sens", "spec")]
     rows = [header]
     for item in evaluated:
-        scored = results.score_splits(item.examples_uri, [BLESSING_SPLIT, *splits], item.model_uri)
+        scored = scoring.score_splits(item.examples_uri, [BLESSING_SPLIT, *splits], item.model_uri)
         validation = scored[BLESSING_SPLIT][:2]
         for policy in POLICIES:
             chosen = threshold.choose(*validation, policy)

@@ -1,210 +1,35 @@
-"""`pneumonia`: prepare data, run the TFX pipeline, and (in later subcommands) serve and predict."""
+"""The `pneumonia` command line: argparse and printing only.
+
+Each command group registers its flags here without importing TensorFlow; a command's handler imports the
+layer it drives when it runs, so `pneumonia --help` and every `COMMAND --help` print at once.
+"""
 import argparse
-import os
 import sys
 from typing import List, Optional
 
-KAGGLE_HINT = ("download the Kaggle dataset 'paultimothymooney/chest-xray-pneumonia', unzip it, and pass "
-               "--data PATH/chest_xray (the folder holding train/ and test/)")
+from kubeflow import cli as kubeflow_cli
+from pneumonia.cli import pipeline_commands, quiet, result_commands, site_commands
+from serving import cli as serving_cli
 
-
-def shared_data_dir() -> Optional[str]:
-    """The project's sample data: $PNEUMONIA_SHARED_DATA, else ../shared/data beside the checkout."""
-    candidates = [os.environ.get("PNEUMONIA_SHARED_DATA", ""),
-                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")]
-    for candidate in candidates:
-        if candidate and os.path.isdir(os.path.join(candidate, "chest_xray")):
-            return os.path.abspath(candidate)
-    return None
-
-
-def sources_for(data_dir: str) -> List[str]:
-    """NAME=PATH sources for a raw data folder: a Kaggle layout, or chest_xray/ (+ external/) inside."""
-    if os.path.isdir(os.path.join(data_dir, "train")):
-        return [f"kermany={data_dir}"]
-    if os.path.isdir(os.path.join(data_dir, "chest_xray", "train")):
-        sources = [f"kermany={os.path.join(data_dir, 'chest_xray')}"]
-        if os.path.isdir(os.path.join(data_dir, "external")):
-            sources.append(f"external={os.path.join(data_dir, 'external')}")
-        return sources
-    raise SystemExit(f"error: {data_dir} holds neither prepared TFRecords nor train/ and test/ image folders; "
-                     f"{KAGGLE_HINT}")
-
-
-def _prepare(sources: List[str], out: str, **options) -> dict:
-    from pneumonia import prepare
-
-    try:
-        report = prepare.prepare([prepare.Source.parse(s) for s in sources], out, **options)
-    except prepare.PrepareError as error:
-        raise SystemExit(f"error: {error}")
-    print(prepare.summary(report))
-    print(f"prepared TFRecords and {prepare.REPORT_NAME} in {out}")
-    return report
-
-
-def cmd_prepare(args: argparse.Namespace) -> None:
-    from pipeline.config import absolute_uri
-
-    _prepare(args.sources, absolute_uri(args.out), eval_fraction=args.eval_fraction, seed=args.seed,
-             overwrite=args.overwrite, max_bad_fraction=args.max_bad_fraction, strict=args.strict,
-             beam_args=args.beam_arg, patient_salt=args.patient_salt or None, allow_lateral=args.allow_lateral,
-             calibration_from=args.calibration_from, calibration_size=args.calibration_size)
-
-
-def cmd_run(args: argparse.Namespace) -> None:
-    from pipeline.config import RunConfig, absolute_uri
-    from pneumonia import prepare
-
-    try:
-        config = RunConfig.load(
-            args.config, root=args.root, serving_dir=args.serving_dir, architecture=args.architecture,
-            epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, runner=args.runner,
-            model_name=args.model_name, min_auc=args.min_auc, beam_args=args.beam_arg or None,
-            weights=args.weights, warm_start=args.warm_start, threshold_policy=args.threshold_policy,
-            loss=args.loss, site_min_sensitivity=args.site_min_sensitivity,
-            site_min_specificity=args.site_min_specificity, gate_on_lower_bound=args.gate_on_lower_bound)
-        config.site_gate()  # a bad gate setting fails before anything runs
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: {error}")
-    data = args.data or shared_data_dir()
-    if data is None:
-        raise SystemExit(f"error: no --data given and no ../shared/data beside the checkout; {KAGGLE_HINT}")
-    data = absolute_uri(data)
-    if prepare.is_prepared(data):
-        config.data = data
-    else:
-        if not os.path.isdir(data):
-            raise SystemExit(f"error: --data {data} does not exist; {KAGGLE_HINT}")
-        _prepare(sources_for(data), config.data, seed=config.seed, calibration_from=args.calibration_from,
-                 calibration_size=args.calibration_size)
-    run_and_summarize(config)
-
-
-def run_and_summarize(config) -> None:
-    """Runs the pipeline on the prepared data of `config` (every split it has), then prints where the model,
-    evaluation, report and push went, the metrics table and what the ThresholdCalibrator did."""
-    from pneumonia import prepare, results
-    from pneumonia.runners import run_pipeline
-
-    report = prepare.read_report(config.data)
-    fixed = ["train", "eval", "test"]
-    config.splits = [s for s in fixed if s in report["shards"]] + sorted(set(report["shards"]) - set(fixed))
-    run_pipeline(config)
-    outputs = results.latest_run_outputs(config.metadata_path, config.pipeline_name)
-    print()
-    print(f"model:      {outputs.model}")
-    if outputs.calibration:
-        print(f"calibrated: {outputs.calibration}")
-    print(f"evaluation: {outputs.evaluation}")
-    if outputs.evaluation:
-        print(results.format_table(results.slice_metrics(outputs.evaluation)))
-        for failure in results.validation_failures(outputs.evaluation):
-            print(f"not blessed: {failure}")
-    print(f"report:     {outputs.report}")
-    print(f"blessed:    {outputs.blessed}")
-    if outputs.pushed:
-        print(f"pushed:     {outputs.pushed_destination}")
-    else:
-        note = outputs.push_note or ("model not blessed" if outputs.blessed is False else "not pushed")
-        print(f"pushed:     no ({note}); serving directory {os.path.join(config.serving_dir, config.model_name)}")
+DESCRIPTION = ("Prepare chest X-ray data, run the TFX pipeline (validate, train, evaluate, push), read its "
+               "results, calibrate for a site, serve the model, and run it on Kubeflow.")
+COMMAND_GROUPS = (pipeline_commands, result_commands, site_commands, serving_cli, kubeflow_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pneumonia", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pneumonia", description=DESCRIPTION)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's, CUDA's and absl's own log lines (hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    prep = commands.add_parser("prepare", help="convert image folders into TFRecords for the pipeline",
-                               description="Convert image folders into gzipped TFRecords, one folder per split, "
-                                           "plus prepare_report.json.")
-    prep.add_argument("sources", nargs="+", metavar="SOURCE",
-                      help="NAME=PATH: a folder with train/ [val/] test/ (Kaggle layout) keeps its splits; "
-                           "a folder with only NORMAL/ and PNEUMONIA/ becomes an evaluation-only split NAME; "
-                           "calibration:NAME=PATH makes such a folder the site's calibration split")
-    prep.add_argument("--out", required=True, help="output folder")
-    prep.add_argument("--eval-fraction", type=float, default=0.1,
-                      help="share of train carved (by patient) as validation when val/ is too small (default 0.1)")
-    prep.add_argument("--seed", type=int, default=42, help="seed of the carve and the record order")
-    prep.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
-    prep.add_argument("--max-bad-fraction", type=float, default=0.01,
-                      help="fail when more than this share of files is quarantined (default 0.01)")
-    prep.add_argument("--strict", action="store_true",
-                      help="fail on identical files across splits or a patient in both train and eval")
-    prep.add_argument("--calibration-from", metavar="SPLIT",
-                      help="carve the site's labelled calibration sample from this split (test or an "
-                           "evaluation-only split): whole patients, stratified by source and label, seeded; "
-                           "the carved images leave SPLIT. Or give a calibration:NAME=PATH SOURCE instead")
-    prep.add_argument("--calibration-size", type=int, default=0, metavar="N",
-                      help="images to carve with --calibration-from (whole patients, so about N)")
-    prep.add_argument("--beam-arg", action="append", metavar="ARG",
-                      help="Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
-    prep.add_argument("--patient-salt", default=os.environ.get("PNEUMONIA_SALT"),
-                      help="key of the hash DICOM PatientIDs and UID-shaped file names are stored as "
-                           "(default $PNEUMONIA_SALT, else "
-                           "the public built-in salt, which only hides IDs from a casual reader: set a secret one)")
-    prep.add_argument("--allow-lateral", action="store_true",
-                      help="keep lateral DICOM views (refused by default: the model reads frontal films)")
-    prep.set_defaults(func=cmd_prepare)
-
-    run = commands.add_parser("run", help="run the TFX pipeline: validate, train, evaluate, push",
-                              description="Build and run the TFX pipeline. Flags override --config.")
-    run.add_argument("--config", help="YAML file of run settings (see pipeline/config.py)")
-    run.add_argument("--data", help="prepared TFRecords folder, or a raw image folder (Kaggle layout) to prepare "
-                                    "first; default: ../shared/data beside the checkout")
-    run.add_argument("--root", help="run root: pipeline outputs, ML Metadata, prepared data (default ~/pneumonia-runs)")
-    run.add_argument("--serving-dir", help="TF Serving base path; models go to DIR/<model-name>/<version>/")
-    run.add_argument("--model-name", help="served model name (default pneumonia)")
-    run.add_argument("--architecture", help="model architecture (default cnn)")
-    run.add_argument("--weights", help="pretrained backbone weights: imagenet (needs internet), a local "
-                                       ".h5/.keras file, or none (default)")
-    run.add_argument("--warm-start", action="store_true", default=None,
-                     help="initialise from the latest trained model of the same architecture")
-    run.add_argument("--threshold-policy", help="how the operating threshold is chosen on validation: youden "
-                                                "(default), sensitivity:X (e.g. sensitivity:0.98), cost:R (a "
-                                                "missed pneumonia costs R false alarms), fixed:X or median-midpoint; "
-                                                "the ThresholdCalibrator applies it again on a calibration split")
-    run.add_argument("--loss", choices=["bce", "focal"], help="training loss (default bce with class weights)")
-    run.add_argument("--epochs", type=int, help="training epochs (default 5)")
-    run.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
-    run.add_argument("--batch-size", type=int, help="batch size (default 32)")
-    run.add_argument("--min-auc", type=float, help="validation AUC a model needs to be blessed (default 0.80)")
-    run.add_argument("--calibration-from", metavar="SPLIT",
-                     help="when --data is raw images: carve the calibration split from SPLIT (see prepare)")
-    run.add_argument("--calibration-size", type=int, default=0, metavar="N",
-                     help="with --calibration-from: images to carve (whole patients)")
-    run.add_argument("--site-min-sensitivity", type=float, metavar="X",
-                     help="site gate: no push unless sensitivity at the served threshold on the calibration split "
-                          "is at least X")
-    run.add_argument("--site-min-specificity", type=float, metavar="X",
-                     help="site gate: the same bound for specificity")
-    run.add_argument("--gate-on-lower-bound", action="store_true", default=None,
-                     help="judge the site gate on the lower 95%% confidence bound (TFMA bootstrap), not the "
-                          "point estimate")
-    run.add_argument("--runner", choices=["local", "beam"], help="orchestrator (default local)")
-    run.add_argument("--beam-arg", action="append", metavar="ARG",
-                     help="Beam pipeline argument for the data components, repeatable (e.g. --beam-arg=--runner=...)")
-    run.set_defaults(func=cmd_run)
-
-    from pneumonia.report import add_commands as add_report_commands
-
-    add_report_commands(commands)
-    from pneumonia.ensemble import add_command as add_ensemble_command
-
-    add_ensemble_command(commands)
-    from serving.cli import add_commands as add_serving_commands
-
-    add_serving_commands(commands)
-    from kubeflow.cli import add_commands as add_kubeflow_commands
-
-    add_kubeflow_commands(commands)
-    from pneumonia.calibrate import add_commands as add_calibrate_commands
-
-    add_calibrate_commands(commands)
+    for group in COMMAND_GROUPS:
+        group.add_commands(commands)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet.silence_library_logs()
     args.func(args)
 
 

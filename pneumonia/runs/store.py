@@ -1,18 +1,28 @@
-"""Reads what the latest pipeline run produced from ML Metadata, and its TFMA metrics."""
+"""The run store: what pipeline runs produced, read back from ML Metadata.
+
+Every reader opens the store read-only, so a running pipeline is never disturbed: the latest run's outputs
+(what `pneumonia run` prints), the inputs a run's EvaluationReport node recorded (so `pneumonia report`
+regenerates exactly that run's report), and the newest evaluation of each architecture (what `compare` and
+the ensemble read).
+"""
 import dataclasses
+import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import numpy as np
-
-import tensorflow_model_analysis as tfma
-from google.protobuf import text_format
+import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.report import tfma_metrics
-from components.report.tfma_metrics import slice_name
-from pipeline.evaluation import DECISION_OUTPUT, METRICS
+from components.report import attention, executor
+
+REPORT_NODE = "EvaluationReport"
+EVALUATOR_NODE = "Evaluator"
+FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
+
+class RunLookupError(Exception):
+    """The metadata store holds no run to report on or compare."""
 
 
 @dataclasses.dataclass
@@ -95,90 +105,126 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
     return outputs
 
 
-def scored_outputs(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, tuple]:
-    """{split: (its examples, the numeric outputs of the exported model's serving signature for them)} over
-    every example of each split, the model loaded once."""
-    from components.report import executor
 
-    serve = executor.serving_function(model_uri)
-    scored = {}
-    for split in splits:
-        sample = executor.read_split(examples_uri, split, cap=10 ** 9)
-        scored[split] = (sample, executor.score(serve, sample.serialized))
-    return scored
+def artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metadata_store_pb2.Artifact]:
+    """{input or output key: artifact} of one execution.
 
-
-def score_splits(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, Tuple[np.ndarray, np.ndarray,
-                                                                                         List[str]]]:
-    """{split: (labels, pneumonia probabilities, source paths)} over every example of each split."""
-    return {split: (np.array(sample.labels), outputs["probability"],
-                    [source.split(":", 1)[1] for source in sample.sources])
-            for split, (sample, outputs) in scored_outputs(examples_uri, splits, model_uri).items()}
+    One event lists every key an artifact fills (an Evaluator whose model is also its baseline records
+    `baseline_model` and `model` in one path), so each keyed step counts.
+    """
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in event_types]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    return {step.key: artifacts[e.artifact_id] for e in events for step in e.path.steps if step.HasField("key")}
 
 
-def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-    """The pipeline's metrics (pipeline/evaluation.py METRICS) per slice: see `tfma_metrics.slice_metrics`."""
-    return tfma_metrics.slice_metrics(evaluation_uri, [key for _, key, _ in METRICS])
+def _run_name(store, execution_id: int) -> str:
+    runs = [c for c in store.get_contexts_by_execution(execution_id)
+            if c.type_id == store.get_context_type("pipeline_run").id]
+    return runs[0].name if runs else str(execution_id)
 
 
-def validation_failures(evaluation_uri: str) -> List[str]:
-    """Why the model was not blessed: one line per failed threshold."""
-    failures = []
-    for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
-        for failure in per_slice.failures:
-            key = failure.metric_key
-            site_gate = site_gate_failure(slice_name(per_slice.slice_key), failure)
-            if site_gate:
-                failures.append(site_gate)
-                continue
-            metric = f"{key.name} change vs baseline" if key.is_diff else key.name
-            bound = text_format.MessageToString(failure.metric_threshold, as_one_line=True)
-            failures.append(f"{slice_name(per_slice.slice_key)}: {metric} = "
-                            f"{failure.metric_value.double_value.value:.4f} fails {bound} {failure.message}".rstrip())
-    return failures
+@dataclasses.dataclass(frozen=True)
+class ReportInputs:
+    run: str
+    examples: str
+    split_names: List[str]
+    model: str
+    evaluation: str
+    blessed: Optional[bool]
 
 
-def site_gate_failure(slice_shown: str, failure) -> Optional[str]:
-    """One line naming the failed site bound (`--site-min-...`), or None for another threshold."""
-    from pipeline.evaluation import GATE_NAMES
-    from pipeline.interval_metrics import LOWER_BOUND_SUFFIX
-
-    key = failure.metric_key
-    if key.output_name != DECISION_OUTPUT or key.is_diff:
-        return None
-    base = key.name[:-len(LOWER_BOUND_SUFFIX)] if key.name.endswith(LOWER_BOUND_SUFFIX) else key.name
-    if base not in GATE_NAMES:
-        return None
-    measure, flag = GATE_NAMES[base]
-    judged = f"{measure} lower 95% bound" if base != key.name else measure
-    bound = failure.metric_threshold.value_threshold.lower_bound.value
-    return (f"site gate: {judged} {failure.metric_value.double_value.value:.3f} on {slice_shown} at the served "
-            f"threshold is below {flag} {bound:g}")
-
-
-def format_table(table: Dict[str, Dict[str, float]]) -> str:
-    """Per split (each split is one dataset) and pooled, with the clinical metric names; `@thr` is at the
-    model's tuned threshold (chosen on validation), `@0.5` at 0.5; each with its 95% interval."""
-    columns = (("examples", "example_count"), ("AUC", "auc"), ("acc@0.5", "binary_accuracy"),
-               ("sens@0.5", "recall"), ("spec@0.5", "specificity"), ("acc@thr", "binary_accuracy@threshold"),
-               ("sens@thr", "recall@threshold"), ("spec@thr", "specificity@threshold"))
-    def columns_of(name):
-        return {part.split("=")[0] for part in name.split(", ")}
-
-    per_split = sorted(name for name in table if columns_of(name) == {"dataset", "split"})
-    pooled = sorted(name for name in table if columns_of(name) == {"dataset"})
-    labels = {name: name for name in per_split}
-    labels.update({name: f"{name} (splits pooled)" for name in pooled})
-    if "overall" in table:
-        labels["overall"] = "all evaluated splits pooled"
-    rows = [["slice"] + [title for title, _ in columns]]
-    for name, label in labels.items():
-        rows.append([label] + [format_count(table[name].get(key)) if key == "example_count"
-                               else tfma_metrics.interval_cell(table[name], key) for title, key in columns])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
-    return "\n".join((row[0].ljust(widths[0] + 2) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:])))
-                     .rstrip() for row in rows)
+def report_inputs(metadata_path: str, pipeline_name: str, run: Optional[str] = None) -> ReportInputs:
+    """What the EvaluationReport node of the latest run (or the run named `run`) read."""
+    if not os.path.exists(metadata_path):
+        raise RunLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
+    store = open_store(metadata_path)
+    executions = node_executions(store, pipeline_name, REPORT_NODE)
+    if run is not None:
+        executions = [e for e in executions if _run_name(store, e.id) == run]
+    if not executions:
+        where = f"run {run!r}" if run else f"pipeline {pipeline_name!r}"
+        raise RunLookupError(f"{where} has no {REPORT_NODE} execution in {metadata_path}")
+    execution = executions[-1]
+    inputs = artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+    missing = sorted({"examples", "model", "evaluation"} - set(inputs))
+    if missing:
+        raise RunLookupError(f"{REPORT_NODE} execution {execution.id} recorded no {', '.join(missing)} input")
+    return ReportInputs(
+        run=_run_name(store, execution.id),
+        examples=inputs["examples"].uri,
+        split_names=json.loads(inputs["examples"].properties["split_names"].string_value),
+        model=inputs["model"].uri,
+        evaluation=inputs["evaluation"].uri,
+        blessed=is_blessed(inputs.get("model_blessing")),
+    )
 
 
-def format_count(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.0f}"
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+    architecture: str
+    image_size: int
+    blessed: Optional[bool]
+    evaluation: str
+    model: dict  # the export's threshold JSON: threshold, policy, validation figures, training cost
+    recipe: dict  # the producing Trainer's custom_config (empty when the store does not record it)
+    model_uri: str
+    examples_uri: str  # what the Evaluator read
+    attention: dict = dataclasses.field(default_factory=dict)  # the report's border attention: split -> outcome
+
+
+def _report_attention(store, model: metadata_store_pb2.Artifact) -> dict:
+    """The border-attention table that the newest report made from `model` wrote ({} when none did)."""
+    consumers = sorted({e.execution_id for e in store.get_events_by_artifact_ids([model.id])
+                        if e.type == metadata_store_pb2.Event.INPUT}, reverse=True)
+    for execution_id in consumers:
+        report = artifacts_by_key(store, execution_id, (metadata_store_pb2.Event.OUTPUT,
+                                                         metadata_store_pb2.Event.DECLARED_OUTPUT)).get("report")
+        path = report and os.path.join(report.uri, attention.ATTENTION_FILE)
+        if path and tf.io.gfile.exists(path):
+            return attention.read(path)
+    return {}
+
+
+def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
+    """The custom_config of the Trainer execution that produced `model` (through the ThresholdCalibrator, which
+    re-exports the Trainer's model): the run's whole training recipe."""
+    producers = [e.execution_id for e in store.get_events_by_artifact_ids([model.id])
+                 if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    for execution in store.get_executions_by_id(producers):
+        if "custom_config" in execution.custom_properties:
+            return json.loads(execution.custom_properties["custom_config"].string_value or "{}") or {}
+        inputs = artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+        if "model" in inputs:
+            return _trainer_config(store, inputs["model"])
+    return {}
+
+
+def latest_evaluations(metadata_path: str) -> List[Evaluated]:
+    """The newest finished evaluation of each architecture, over every pipeline in the store."""
+    if not os.path.exists(metadata_path):
+        raise RunLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
+    store = open_store(metadata_path)
+    nodes = [c for c in store.get_contexts_by_type("node") if c.name.endswith(f".{EVALUATOR_NODE}")]
+    executions = sorted((e for node in nodes for e in store.get_executions_by_context(node.id)
+                         if e.last_known_state in FINISHED), key=lambda e: e.id)
+    latest: Dict[str, Evaluated] = {}
+    models: Dict[str, metadata_store_pb2.Artifact] = {}
+    for execution in executions:
+        inputs = artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
+        outputs = artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.OUTPUT,
+                                                          metadata_store_pb2.Event.DECLARED_OUTPUT))
+        if "model" not in inputs or "examples" not in inputs or "evaluation" not in outputs:
+            continue
+        info = executor.model_info(inputs["model"].uri)
+        latest[info["architecture"]] = Evaluated(info["architecture"], int(info["image_size"]),
+                                                 is_blessed(outputs.get("blessing")),
+                                                 outputs["evaluation"].uri, info,
+                                                 _trainer_config(store, inputs["model"]), inputs["model"].uri,
+                                                 inputs["examples"].uri)
+        models[info["architecture"]] = inputs["model"]
+    if not latest:
+        raise RunLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
+    return [dataclasses.replace(latest[name], attention=_report_attention(store, models[name]))
+            for name in sorted(latest)]
+
+

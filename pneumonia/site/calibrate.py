@@ -13,25 +13,58 @@ version number; `--label`
 points a version label in the server's model config file at it. Every check runs before anything is
 written, so a bad input leaves the serving directory and the config file as they were.
 """
-import argparse
 import dataclasses
+import glob
 import os
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from scipy import stats
 
+from components.pusher.executor import model_fingerprint, push_atomically, served_versions
+from components.pusher.warmup import write_warmup_requests
+from components.threshold_calibrator import calibration
+from components.threshold_calibrator.executor import predict_images, reexport
+from components.threshold_calibrator.prevalence import TRAINING_PRIOR, bootstrap_prevalence, em_prevalence, \
+    prior_adjusted_threshold
 from pipeline.config import BLESSING_SPLIT, RunConfig
-from pneumonia.images import BadImage, inspect_image
+from pneumonia.data.images import BadImage, inspect_image
+from serving import config as serving_config
+from trainer import signatures, threshold
 
 LABEL_FOLDERS = {"NORMAL": 0, "PNEUMONIA": 1}
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 MIN_UNLABELED = 20
-EM_TOLERANCE, EM_MAX_ITERATIONS = 1e-6, 1000
 
 
 class CalibrateError(Exception):
     """A bad request or input; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteOptions:
+    """What `pneumonia calibrate` was asked: which served version, which site folder, and how."""
+
+    serving_dir: str
+    model_name: str
+    version: Optional[int] = None
+    site: Optional[str] = None  # labelled: FOLDER/NORMAL/, FOLDER/PNEUMONIA/
+    unlabeled: Optional[str] = None
+    policy: Optional[str] = None
+    label: Optional[str] = None
+    model_config_file: Optional[str] = None
+    reference: Optional[str] = None
+    adjust_prior: bool = False
+    model_prior: float = TRAINING_PRIOR
+    seed: int = 0
+
+
+def calibrate(options: SiteOptions) -> None:
+    """Labelled when `options.site` is given, else unlabelled; prints what it measured and wrote."""
+    (calibrate_labelled if options.site else calibrate_unlabeled)(options)
 
 
 @dataclasses.dataclass
@@ -85,8 +118,6 @@ def read_site(folder: str, labelled: bool) -> SiteImages:
 
 def resolve_version(model_base: str, version: Optional[int]) -> int:
     """The version to calibrate: `version`, which must exist, or the latest."""
-    from components.pusher.executor import served_versions
-
     versions = served_versions(model_base)
     if not versions:
         raise CalibrateError(f"no model versions under {model_base}")
@@ -98,47 +129,8 @@ def resolve_version(model_base: str, version: Optional[int]) -> int:
     return version
 
 
-# Training weights the classes equally, so the model's probabilities assume a pneumonia prior of one half.
-TRAINING_PRIOR = 0.5
-
-
-def em_prevalence(probabilities: np.ndarray, model_prior: float) -> Tuple[float, int]:
-    """Saerens et al. (2002): the class prior of unlabelled data that makes the model's posteriors, adjusted to
-    it, average to it. Returns (prevalence, iterations)."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    prior = model_prior
-    for iteration in range(1, EM_MAX_ITERATIONS + 1):
-        positive = p * prior / model_prior
-        adjusted = positive / (positive + (1 - p) * (1 - prior) / (1 - model_prior))
-        updated = float(adjusted.mean())
-        if abs(updated - prior) < EM_TOLERANCE:
-            return updated, iteration
-        prior = updated
-    return prior, EM_MAX_ITERATIONS
-
-
-def prior_adjusted_threshold(value: float, model_prior: float, prevalence: float) -> float:
-    """The threshold on the model's probability that equals `value` on the posterior adjusted to `prevalence`."""
-    positive, negative = prevalence / model_prior, (1 - prevalence) / (1 - model_prior)
-    return float(value * negative / (positive * (1 - value) + value * negative))
-
-
-def bootstrap_prevalence(probabilities: np.ndarray, model_prior: float, samples: int = 200,
-                         seed: int = 0) -> Tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    estimates = [em_prevalence(rng.choice(probabilities, probabilities.size), model_prior)[0] for _ in range(samples)]
-    lower, upper = np.percentile(estimates, [2.5, 97.5])
-    return float(lower), float(upper)
-
-
 def validation_scores(saved_model_dir: str, data: str) -> np.ndarray:
     """The model's probabilities on the prepared validation split under `data` (pneumonia prepare's output)."""
-    import glob
-
-    import tensorflow as tf
-
-    from components.threshold_calibrator.executor import predict_images
-
     files = sorted(glob.glob(os.path.join(data, BLESSING_SPLIT, "*.tfrecord.gz")))
     if not files:
         raise CalibrateError(f"no prepared {BLESSING_SPLIT} split under {data}: pass --reference, the folder "
@@ -152,8 +144,6 @@ def _check_label_target(model_config_file: Optional[str], label: Optional[str], 
     """The parsed model config to write the label into (checked before anything is written)."""
     if not label:
         return None
-    from serving import config as serving_config
-
     if not model_config_file:
         raise CalibrateError("--label needs --model-config-file FILE: the model server's config, where version "
                              "labels live (serve it with --model-config-file FILE --config-poll-seconds N)")
@@ -169,8 +159,6 @@ def _check_label_target(model_config_file: Optional[str], label: Optional[str], 
 def _write_label(model_config_file: str, parsed, model_name: str, label: str, version: int) -> None:
     """Points `label` at `version` in the config file (written aside, then renamed over it); a `specific`
     policy gets the version added, so the label always names a served version."""
-    from google.protobuf import text_format
-
     model = next(m for m in parsed.model_config_list.config if m.name == model_name)  # base paths now absolute
     model.version_labels[label] = version
     if model.model_version_policy.WhichOneof("policy_choice") == "specific":
@@ -185,10 +173,6 @@ def _write_label(model_config_file: str, parsed, model_name: str, label: str, ve
 def _push(saved_model_dir: str, model_base: str, chosen, record: Dict, check_images: List[bytes]) -> int:
     """Re-exports the version with threshold `chosen` (aside, in a temporary folder) and pushes it atomically
     as the next version; returns its number."""
-    from components.pusher.executor import model_fingerprint, push_atomically
-    from components.pusher.warmup import write_warmup_requests
-    from components.threshold_calibrator.executor import reexport
-
     with tempfile.TemporaryDirectory(prefix="pneumonia-calibrate-") as work:
         export_dir = os.path.join(work, "model")
         reexport(saved_model_dir, export_dir, chosen, os.path.join(work, "assets"), record, check_images)
@@ -205,135 +189,83 @@ class Request:
     label_config: object  # the parsed model config to label in, or None
 
 
-def _request(args: argparse.Namespace) -> Request:
-    from trainer import signatures
-
-    model_base = os.path.join(os.path.abspath(args.serving_dir), args.model_name)
-    version = resolve_version(model_base, args.version)
+def _request(options: SiteOptions) -> Request:
+    model_base = os.path.join(os.path.abspath(options.serving_dir), options.model_name)
+    version = resolve_version(model_base, options.version)
     saved_model_dir = os.path.join(model_base, str(version))
     try:
         metadata = signatures.read_metadata(saved_model_dir)
     except ValueError as error:
         raise CalibrateError(str(error))
     return Request(model_base, version, saved_model_dir, metadata,
-                   _check_label_target(args.model_config_file, args.label, args.model_name))
+                   _check_label_target(options.model_config_file, options.label, options.model_name))
 
 
-def _finish(args: argparse.Namespace, request: Request, chosen, record: Dict, check_images: List[bytes]) -> None:
+def _finish(options: SiteOptions, request: Request, chosen, record: Dict, check_images: List[bytes]) -> None:
     new_version = _push(request.saved_model_dir, request.model_base, chosen, record, check_images)
-    print(f"wrote {args.model_name} version {new_version} (from version {request.version}) with threshold "
+    print(f"wrote {options.model_name} version {new_version} (from version {request.version}) with threshold "
           f"{chosen.value:.4f} in {request.model_base}")
-    if args.label:
-        _write_label(args.model_config_file, request.label_config, args.model_name, args.label, new_version)
-        print(f"version label {args.label} -> {new_version} in {args.model_config_file}")
+    if options.label:
+        _write_label(options.model_config_file, request.label_config, options.model_name, options.label, new_version)
+        print(f"version label {options.label} -> {new_version} in {options.model_config_file}")
 
 
-def calibrate_labelled(args: argparse.Namespace) -> None:
-    from components.threshold_calibrator import calibration
-    from components.threshold_calibrator.executor import predict_images
-    from trainer import threshold
-
-    request = _request(args)
-    policy = args.policy or calibration.policy_of(request.metadata["policy"])
+def calibrate_labelled(options: SiteOptions) -> None:
+    request = _request(options)
+    policy = options.policy or calibration.policy_of(request.metadata["policy"])
     try:
         threshold.parse(policy)
     except ValueError as error:
         raise CalibrateError(str(error))
-    site = read_site(args.site, labelled=True)
+    site = read_site(options.site, labelled=True)
     try:
-        calibration.check_sample(site.labels, f"site folder {args.site}")
+        calibration.check_sample(site.labels, f"site folder {options.site}")
     except calibration.CalibrationError as error:
         raise CalibrateError(str(error))
     scores = predict_images(request.saved_model_dir, site.images)
     chosen, record = calibration.calibrate(site.labels, scores, policy, float(request.metadata["value"]),
-                                           f"site {args.label or os.path.basename(os.path.abspath(args.site))}",
-                                           seed=args.seed)
-    record.update(source_version=request.version, site_folder=os.path.abspath(args.site))
+                                           f"site {options.label or os.path.basename(os.path.abspath(options.site))}",
+                                           seed=options.seed)
+    record.update(source_version=request.version, site_folder=os.path.abspath(options.site))
     before, after = (calibration.Rates(**record[key]) for key in ("before", "after"))
-    print(f"site {args.site}: {record['normal']} NORMAL, {record['pneumonia']} PNEUMONIA images; policy {policy}")
+    print(f"site {options.site}: {record['normal']} NORMAL, {record['pneumonia']} PNEUMONIA images; policy {policy}")
     print(f"  before (version {request.version}): {before.describe()}")
     print(f"  after:  {after.describe()}; threshold bootstrap 95% interval "
           f"[{record['threshold_interval'][0]:.4f}, {record['threshold_interval'][1]:.4f}]")
-    _finish(args, request, chosen, record, site.images[:64])
+    _finish(options, request, chosen, record, site.images[:64])
 
 
-def calibrate_unlabeled(args: argparse.Namespace) -> None:
-    from scipy import stats
-
-    from components.threshold_calibrator.executor import predict_images
-    from trainer.threshold import Threshold
-
-    request = _request(args)
-    if not 0.0 < args.model_prior < 1.0:
-        raise CalibrateError(f"--model-prior {args.model_prior} must be between 0 and 1")
-    site = read_site(args.unlabeled, labelled=False)
+def calibrate_unlabeled(options: SiteOptions) -> None:
+    request = _request(options)
+    if not 0.0 < options.model_prior < 1.0:
+        raise CalibrateError(f"--model-prior {options.model_prior} must be between 0 and 1")
+    site = read_site(options.unlabeled, labelled=False)
     if len(site.images) < MIN_UNLABELED:
-        raise CalibrateError(f"{args.unlabeled} holds {len(site.images)} images: at least {MIN_UNLABELED} are needed "
+        raise CalibrateError(f"{options.unlabeled} holds {len(site.images)} images: at least {MIN_UNLABELED} are needed "
                              f"to estimate a prevalence")
-    reference = args.reference or RunConfig().data
+    reference = options.reference or RunConfig().data
     validation = validation_scores(request.saved_model_dir, reference)
     scores = predict_images(request.saved_model_dir, site.images)
-    prevalence, iterations = em_prevalence(scores, args.model_prior)
-    lower, upper = bootstrap_prevalence(scores, args.model_prior, seed=args.seed)
+    prevalence, iterations = em_prevalence(scores, options.model_prior)
+    lower, upper = bootstrap_prevalence(scores, options.model_prior, seed=options.seed)
     shift = stats.ks_2samp(scores, validation)
     old = float(request.metadata["value"])
-    print(f"site {args.unlabeled}: {len(site.images)} unlabelled images, version {request.version} "
+    print(f"site {options.unlabeled}: {len(site.images)} unlabelled images, version {request.version} "
           f"(threshold {old:.4f})")
     print(f"  estimated pneumonia prevalence {prevalence:.3f} (bootstrap 95% interval [{lower:.3f}, {upper:.3f}]; "
-          f"EM of Saerens et al. 2002, {iterations} iterations, model prior {args.model_prior:g})")
+          f"EM of Saerens et al. 2002, {iterations} iterations, model prior {options.model_prior:g})")
     print(f"  score shift vs validation ({validation.size} images): Kolmogorov-Smirnov D = {shift.statistic:.3f}, "
           f"p = {shift.pvalue:.3g}" + ("  (the site's scores differ from validation's)" if shift.pvalue < 0.05 else ""))
-    if not args.adjust_prior:
+    if not options.adjust_prior:
         print("  threshold unchanged: pass --adjust-prior to move it to the estimated prevalence")
         return
-    value = prior_adjusted_threshold(old, args.model_prior, prevalence)
-    chosen = Threshold(value, f"prior-adjusted to {prevalence:.3f} on site {args.label or 'unlabelled'}",
+    value = prior_adjusted_threshold(old, options.model_prior, prevalence)
+    chosen = threshold.Threshold(value, f"prior-adjusted to {prevalence:.3f} on site {options.label or 'unlabelled'}",
                        float("nan"), float("nan"), len(site.images))
-    record = {"calibrated": True, "where": os.path.abspath(args.unlabeled), "policy": "prior adjustment",
+    record = {"calibrated": True, "where": os.path.abspath(options.unlabeled), "policy": "prior adjustment",
               "old_threshold": old, "new_threshold": value, "prevalence": prevalence,
-              "prevalence_interval": [lower, upper], "model_prior": args.model_prior,
+              "prevalence_interval": [lower, upper], "model_prior": options.model_prior,
               "ks_statistic": float(shift.statistic), "ks_pvalue": float(shift.pvalue),
               "images": len(site.images), "source_version": request.version}
     print(f"  threshold {old:.4f} -> {value:.4f} for prevalence {prevalence:.3f}")
-    _finish(args, request, chosen, record, site.images[:64])
-
-
-def cmd_calibrate(args: argparse.Namespace) -> None:
-    try:
-        (calibrate_labelled if args.site else calibrate_unlabeled)(args)
-    except CalibrateError as error:
-        raise SystemExit(f"error: {error}")
-
-
-def add_commands(commands) -> None:
-    """`calibrate` on the `pneumonia` CLI's subparsers."""
-    from serving.cli import DEFAULT_SERVING_DIR
-
-    parser = commands.add_parser(
-        "calibrate", help="set a deployed model's threshold for a site, as a new version",
-        description="Choose a deployed model's threshold on a site's labelled images (--site FOLDER with NORMAL/ "
-                    "and PNEUMONIA/), or estimate the site's prevalence from unlabelled images (--unlabeled "
-                    "FOLDER) and, with --adjust-prior, move the threshold to it. Writes a new version (same "
-                    "weights, new threshold) atomically; --label points a version label at it.")
-    parser.add_argument("--serving-dir", default=DEFAULT_SERVING_DIR,
-                        help=f"TF Serving base path holding <model-name>/<version>/ (default {DEFAULT_SERVING_DIR})")
-    parser.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
-    parser.add_argument("--version", type=int, help="version to calibrate (default: the latest)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--site", metavar="FOLDER", help="labelled site images: FOLDER/NORMAL/, FOLDER/PNEUMONIA/")
-    source.add_argument("--unlabeled", metavar="FOLDER", help="unlabelled site images (any layout)")
-    parser.add_argument("--policy", help="threshold policy on the site's images: youden, sensitivity:X, cost:R, "
-                                         "... (default: the one the model was trained with)")
-    parser.add_argument("--label", metavar="NAME", help="version label to point at the new version (e.g. site-a)")
-    parser.add_argument("--model-config-file", metavar="FILE",
-                        help="with --label: the model server's ModelServerConfig file, updated in place")
-    parser.add_argument("--reference", metavar="DATA",
-                        help="with --unlabeled: prepared TFRecords whose eval split is the validation reference "
-                             "(default ~/pneumonia-runs/data)")
-    parser.add_argument("--adjust-prior", action="store_true",
-                        help="with --unlabeled: write a version whose threshold follows the estimated prevalence")
-    parser.add_argument("--model-prior", type=float, default=TRAINING_PRIOR,
-                        help="with --unlabeled: the pneumonia prior the model's probabilities assume (default 0.5: "
-                             "training weights the classes equally)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
-    parser.set_defaults(func=cmd_calibrate)
+    _finish(options, request, chosen, record, site.images[:64])

@@ -1,0 +1,49 @@
+"""A run's TFMA results: the pipeline's metrics per slice, and why a model was not blessed, in one line each."""
+from typing import Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from google.protobuf import text_format
+
+from components.report import tfma_metrics
+from components.report.tfma_metrics import slice_name
+from pipeline.evaluation import DECISION_OUTPUT, GATE_NAMES, METRICS
+from pipeline.interval_metrics import LOWER_BOUND_SUFFIX
+
+
+def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    """The pipeline's metrics (pipeline/evaluation.py METRICS) per slice: see `tfma_metrics.slice_metrics`."""
+    return tfma_metrics.slice_metrics(evaluation_uri, [key for _, key, _ in METRICS])
+
+
+def validation_failures(evaluation_uri: str) -> List[str]:
+    """Why the model was not blessed: one line per failed threshold."""
+    failures = []
+    for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
+        for failure in per_slice.failures:
+            key = failure.metric_key
+            site_gate = site_gate_failure(slice_name(per_slice.slice_key), failure)
+            if site_gate:
+                failures.append(site_gate)
+                continue
+            metric = f"{key.name} change vs baseline" if key.is_diff else key.name
+            bound = text_format.MessageToString(failure.metric_threshold, as_one_line=True)
+            failures.append(f"{slice_name(per_slice.slice_key)}: {metric} = "
+                            f"{failure.metric_value.double_value.value:.4f} fails {bound} {failure.message}".rstrip())
+    return failures
+
+
+def site_gate_failure(slice_shown: str, failure) -> Optional[str]:
+    """One line naming the failed site bound (`--site-min-...`), or None for another threshold."""
+    key = failure.metric_key
+    if key.output_name != DECISION_OUTPUT or key.is_diff:
+        return None
+    base = key.name[:-len(LOWER_BOUND_SUFFIX)] if key.name.endswith(LOWER_BOUND_SUFFIX) else key.name
+    if base not in GATE_NAMES:
+        return None
+    measure, flag = GATE_NAMES[base]
+    judged = f"{measure} lower 95% bound" if base != key.name else measure
+    bound = failure.metric_threshold.value_threshold.lower_bound.value
+    return (f"site gate: {judged} {failure.metric_value.double_value.value:.3f} on {slice_shown} at the served "
+            f"threshold is below {flag} {bound:g}")
+
+
