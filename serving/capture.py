@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import highdicom as hd
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
@@ -72,8 +73,6 @@ def _burn_in(image: Image.Image, text: str) -> None:
 
 def secondary_capture(source: Dataset, pixels: np.ndarray, model_name: str, model_version: int) -> Dataset:
     """A highdicom SC image (DERIVED) of `pixels` in the source's study, as a new series, referencing the source."""
-    import highdicom as hd
-
     reference = Dataset()
     for keyword in LINKING_KEYWORDS:
         if keyword in source:

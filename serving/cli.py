@@ -25,7 +25,7 @@ def _labels(pairs: List[str]) -> Dict[str, int]:
 
 
 def server_config(args: argparse.Namespace):
-    from serving import config
+    from serving import config  # keeps TensorFlow out of CLI start-up
 
     try:
         if args.model_config_file:
@@ -49,7 +49,7 @@ def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
 
 def serving_security(args: argparse.Namespace):
     """(SSLConfig or None, PixelBudget) from the flags; warns when plaintext leaves this machine."""
-    from serving import pixels, tls
+    from serving import pixels, tls  # keeps TensorFlow out of CLI start-up
 
     try:
         ssl_config = tls.read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
@@ -63,7 +63,7 @@ def serving_security(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from serving import config
+    from serving import config  # keeps TensorFlow out of CLI start-up
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     models = server_config(args)
@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(" ".join(command), flush=True)
         os.execvp(command[0], command)  # the official server then receives SIGTERM itself
 
-    from serving.models import State
+    from serving.models import State  # keeps TensorFlow out of CLI start-up
     from serving.server import ModelServer
 
     try:
@@ -103,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from serving.client import ClientError, PredictionClient, read_image
+    from serving.client import ClientError, PredictionClient, read_image  # keeps TensorFlow out of CLI start-up
 
     try:
         images = [read_image(path, args.allow_lateral) for path in args.images]
@@ -135,7 +135,7 @@ def prediction_line(prediction, model_name: str) -> str:
 
 
 def cmd_dicom_node(args: argparse.Namespace) -> None:
-    from serving.client import ClientError
+    from serving.client import ClientError  # keeps TensorFlow out of CLI start-up
     from serving.dicom_node import DicomNode, NodeConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

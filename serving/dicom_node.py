@@ -27,11 +27,15 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Optional
 
 import numpy as np
+import highdicom as hd
+from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentSequence, NumContentItem,
+                         RelationshipTypeValues, TextContentItem)
 from pydicom.dataset import Dataset
 from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing)
@@ -123,8 +127,6 @@ class DicomNode:
         self._client.close()
 
     def serve_until_signalled(self) -> None:
-        import signal
-
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda number, _: stopping.set())
@@ -258,10 +260,6 @@ def _ae(title) -> str:
 
 def result_report(source: Dataset, prediction: Prediction, model_name: str) -> Dataset:
     """The result as a DICOM Comprehensive SR (highdicom) in the source image's study, referencing it."""
-    import highdicom as hd
-    from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentSequence, NumContentItem,
-                              RelationshipTypeValues, TextContentItem)
-
     contains = RelationshipTypeValues.CONTAINS
     finding = (CodedConcept("233604007", "SCT", "Pneumonia") if prediction.label == "PNEUMONIA"
                else CodedConcept("17621005", "SCT", "Normal"))

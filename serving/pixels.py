@@ -26,6 +26,7 @@ import threading
 from typing import Iterator, Mapping, Optional, Tuple
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 DEFAULT_MAX_DECODED_PIXELS = 400_000_000  # about 2 GB of decode buffers (grayscale uint8 + float32)
 DEFAULT_MAX_WAIT_SECONDS = 30.0
@@ -122,7 +123,6 @@ def declared_pixels(data: bytes) -> int:
 def _example_pixels(serialized: bytes) -> int:
     if serialized[:1] != b"\x0a":  # a tf.Example's only field, `features`, is field 1, length-delimited
         return 0
-    from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2  # here, so that `pneumonia --help` needs no TensorFlow
 
     try:

@@ -22,6 +22,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import tensors, tls, warmup
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 from serving.pixels import PixelBudget
+from serving.rest import WEB_DIR, RestServer
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 log = logging.getLogger("serving.server")
@@ -243,7 +244,6 @@ class ModelServer:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port} (in use?)")
         self.rest = None
         if rest_port is not None:
-            from serving.rest import WEB_DIR, RestServer
             self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers,
                                    tls.rest_ssl_context(ssl_config) if ssl_config else None,
                                    WEB_DIR if web_page else None)
