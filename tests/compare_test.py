@@ -11,7 +11,7 @@ from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 
 from pneumonia import cli
 from pneumonia import report as report_lib
-from trainer.signatures import THRESHOLD_ASSET
+from serving.repository import THRESHOLD_ASSET
 
 ARTIFACT_TYPES = ("Examples", "Model", "ModelEvaluation", "ModelBlessing", "File")
 

@@ -23,6 +23,7 @@ from pneumonia import cli, prepare
 from pneumonia import report as report_lib
 from tests.compare_test import Metadata
 from tests.conftest import copy_subset
+from serving.repository import serving_model_dir
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 from trainer import models, ood, signatures, task
 from trainer.preprocessing import decode_image
@@ -59,7 +60,7 @@ def export_model(model_uri: str, architecture: str, examples: str, work_dir: str
     sample = executor.read_split(examples, "test", cap=100)
     pixels = np.stack([decode_image(image, IMAGE_SIZE).numpy() for image in sample.images])
     median = float(np.median(model.predict(pixels, verbose=0)))
-    serving_dir = os.path.join(model_uri, executor.SERVING_DIR)
+    serving_dir = serving_model_dir(model_uri)
     signatures.export(model, serving_dir, IMAGE_SIZE, Threshold(median, "youden", 0.8, 0.7, 7), work_dir,
                       architecture, settings, guard=ood.noise_guard(model, IMAGE_SIZE))
     os.makedirs(os.path.dirname(task.keras_weights_path(serving_dir)))
@@ -74,8 +75,7 @@ def evaluate(model_uri: str, examples: str, output: str) -> str:
     for metrics_spec in eval_config.metrics_specs:
         for metric in metrics_spec.metrics:
             del metric.per_slice_thresholds[:]
-    shared_model = tfma.default_eval_shared_model(os.path.join(model_uri, executor.SERVING_DIR),
-                                                  eval_config=eval_config)
+    shared_model = tfma.default_eval_shared_model(serving_model_dir(model_uri), eval_config=eval_config)
     records = tf_example_record.TFExampleRecord(
         file_pattern=[os.path.join(examples, f"Split-{split}", "*") for split in EVALUATED],
         raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
@@ -171,8 +171,7 @@ def test_grad_cam_panels_explain_the_exported_model(tiny_run):
 
 def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path):
     model_uri = str(tmp_path / "model")
-    serving = executor.SERVING_DIR
-    shutil.copytree(os.path.join(tiny_run["model"], serving), os.path.join(model_uri, serving))
+    shutil.copytree(serving_model_dir(tiny_run["model"]), serving_model_dir(model_uri))
     index = executor.generate(tiny_run["examples"], tiny_run["split_names"], model_uri, tiny_run["evaluation"],
                               str(tmp_path / "report"), settings=executor.Settings(max_images_per_split=10))
     page = open(index, encoding="utf-8").read()

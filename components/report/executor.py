@@ -16,11 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from components.report import attention, gradcam, plots, tfma_metrics
+from serving.repository import serving_model_dir
 from trainer import models, signatures, task
 from trainer.preprocessing import decode_image
 from trainer.signatures import CLASS_NAMES
 
-SERVING_DIR = "Format-Serving"
 INDEX = "index.html"
 GROUPS = (  # (file stem, title, true label, predicted label)
     ("true_positives", "most confident true positives", 1, 1),
@@ -56,7 +56,7 @@ class ReportError(Exception):
 
 def model_info(model_uri: str) -> dict:
     """The exported model's threshold JSON: value, policy, validation figures, architecture, size, settings."""
-    return signatures.read_metadata(os.path.join(model_uri, SERVING_DIR))
+    return signatures.read_metadata(serving_model_dir(model_uri))
 
 
 def read_split(examples_uri: str, split: str, cap: int) -> SplitSample:
@@ -78,7 +78,7 @@ def read_split(examples_uri: str, split: str, cap: int) -> SplitSample:
 
 def serving_function(model_uri: str):
     """The exported `serving_default` signature, as TFMA and TF Serving see it: load once, score many splits."""
-    return tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures["serving_default"]
+    return tf.saved_model.load(serving_model_dir(model_uri)).signatures["serving_default"]
 
 
 def score(serve, serialized: List[bytes], batch_size: int = 32) -> Dict[str, np.ndarray]:
@@ -104,7 +104,7 @@ def ood_share(outputs: Dict[str, np.ndarray]) -> Optional[float]:
 
 def keras_model(model_uri: str, info: dict) -> Tuple[keras.Model, str]:
     """The trained Keras model (rebuilt from the registry plus its weights) and its Grad-CAM layer."""
-    weights = task.keras_weights_path(os.path.join(model_uri, SERVING_DIR))
+    weights = task.keras_weights_path(serving_model_dir(model_uri))
     if not tf.io.gfile.exists(weights):
         raise ReportError(f"no Keras weights at {weights}: the Trainer writes them for Grad-CAM")
     architecture = info["architecture"]

@@ -19,12 +19,12 @@ from tfx.utils import io_utils
 
 from components.report import executor as report_executor
 from components.threshold_calibrator import calibration
+from serving.repository import EXTRA_ASSETS_DIR, serving_model_dir
 from trainer import models, signatures, task
 from trainer.threshold import Threshold
 
-SERVING_DIR = "Format-Serving"
 RECORD = "calibration.json"
-SAVED_MODEL_RECORD = os.path.join("assets.extra", RECORD)
+SAVED_MODEL_RECORD = os.path.join(EXTRA_ASSETS_DIR, RECORD)
 PROBABILITY_TOLERANCE = 1e-5  # the rebuilt model must score exactly as the one it replaces
 
 
@@ -78,7 +78,7 @@ def run(examples_uri: str, split_names: List[str], model_uri: str, output_uri: s
         bootstrap_samples: int, seed: int) -> Dict:
     """Calibrates the model at model_uri into output_uri (or copies it unchanged when the examples hold no
     `split`), and returns the record also written to output_uri/calibration.json."""
-    source = os.path.join(model_uri, SERVING_DIR)
+    source = serving_model_dir(model_uri)
     info = signatures.read_metadata(source)
     if split not in split_names:
         io_utils.copy_dir(model_uri, output_uri)
@@ -92,10 +92,9 @@ def run(examples_uri: str, split_names: List[str], model_uri: str, output_uri: s
         chosen, record = calibration.calibrate(labels, scores, calibration.policy_of(info["policy"]),
                                                float(info["value"]), f"the {split} split", bootstrap_samples, seed)
         with tempfile.TemporaryDirectory() as work_dir:
-            reexport(source, os.path.join(output_uri, SERVING_DIR), chosen, work_dir, record,
-                     check_images=sample.images[:64])
+            reexport(source, serving_model_dir(output_uri), chosen, work_dir, record, check_images=sample.images[:64])
         keras_weights = task.keras_weights_path(source)  # for Grad-CAM in the report
         if tf.io.gfile.exists(keras_weights):
-            io_utils.copy_file(keras_weights, task.keras_weights_path(os.path.join(output_uri, SERVING_DIR)))
+            io_utils.copy_file(keras_weights, task.keras_weights_path(serving_model_dir(output_uri)))
     write_json(os.path.join(output_uri, RECORD), record)
     return record
