@@ -17,6 +17,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx_bsl.tfxio import tf_example_record
 
+from components import metrics_vocabulary as vocabulary
 from components.report import executor
 from pipeline.evaluation import create_eval_config
 from pneumonia import cli, prepare
@@ -277,7 +278,7 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
     assert "test by label and pathogen (1 slices)" in crossings
     assert "<td>label=0</td><td>8</td><td>-</td><td>-</td>" in crossings  # AUC, precision
     assert "<td>source=rsna</td><td>8</td><td>-</td><td>-</td>" in external and "<details>" in external
-    assert executor.POOLED in external and "0.000" not in page
+    assert vocabulary.POOLED in external and "0.000" not in page
 
 
 def test_the_rule_picks_the_lowest_validation_brier_and_breaks_near_ties_on_border_share():

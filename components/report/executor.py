@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from components import metrics_vocabulary as vocabulary
 from components.report import attention, gradcam, plots, tfma_metrics
 from serving.repository import serving_model_dir
 from trainer import models, signatures, task
@@ -152,11 +153,6 @@ def border_shares(model: keras.Model, layer: str, image_size: int, images: List[
     return np.concatenate(shares)
 
 
-def ordered_splits(split_names: List[str], blessing_split: str) -> List[str]:
-    fixed = ["train", blessing_split, "test"]
-    return [s for s in fixed if s in split_names] + sorted(set(split_names) - set(fixed))
-
-
 def sample_images(sample: SplitSample, image_size: int, per_class: int) -> Dict[str, List[np.ndarray]]:
     grid: Dict[str, List[np.ndarray]] = {name: [] for name in CLASS_NAMES}
     for image, label in zip(sample.images, sample.labels):
@@ -171,9 +167,9 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     tf.io.gfile.makedirs(out_dir)
     info = model_info(model_uri)
     threshold, image_size = float(info["value"]), int(info["image_size"])
-    splits = ordered_splits(split_names, settings.blessing_split)
+    splits = vocabulary.ordered_splits(split_names, settings.blessing_split)
     samples = {split: read_split(examples_uri, split, settings.max_images_per_split) for split in splits}
-    evaluated = [split for split in splits if split != "train"]
+    evaluated = [split for split in splits if split != vocabulary.TRAIN_SPLIT]
     serve = serving_function(model_uri)
     outputs = {split: score(serve, samples[split].serialized) for split in evaluated}
     scores = {split: plots.Scores(np.array(samples[split].labels), outputs[split]["probability"])
@@ -233,43 +229,10 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     return index
 
 
-# TFMA's scalar metric keys (pipeline/evaluation.py), in table order, with the clinical names.
-METRIC_TITLES = {"example_count": "examples", "auc": "AUC", "auc_precision_recall": "AUC-PR",
-                 "binary_accuracy": "accuracy", "precision": "precision", "recall": "sensitivity (recall)",
-                 "specificity": "specificity", "f1_score": "F1", "brier_score": "Brier",
-                 "calibration": "mean prediction / mean label",
-                 "binary_accuracy@threshold": "accuracy at tuned", "precision@threshold": "precision at tuned",
-                 "recall@threshold": "sensitivity at tuned", "specificity@threshold": "specificity at tuned",
-                 "f1_score@threshold": "F1 at tuned"}
-POOLED = "all evaluated splits pooled"
-
-
-def is_split_slice(name: str) -> bool:
-    """`dataset=..., split=...`: one whole split (each split is one dataset), not a crossing with label."""
-    return sorted(part.split("=", 1)[0] for part in name.split(", ")) == ["dataset", "split"]
-
-
-# Metrics with no meaning on a slice of one class (e.g. label=0, or the external set's all-NORMAL RSNA images),
-# where TFMA still reports a number, often 0, that would read as a failure.
-TWO_CLASS_METRICS = ("auc", "auc_precision_recall", "f1_score", "f1_score@threshold")
-NEEDS_POSITIVES = ("precision", "precision@threshold", "calibration")
-CROSSING_FEATURES = ("label", "pathogen")  # slices crossed with these go in a collapsed section per split
-
-
-def undefined_metrics(row: Dict[str, float]) -> Tuple[str, ...]:
-    """The metric keys of `row` that its slice cannot define: two-class metrics when recall (no PNEUMONIA) or
-    specificity (no NORMAL) is undefined, and precision and calibration when there is no PNEUMONIA."""
-    def missing(key: str) -> bool:
-        return row.get(key) is None or row[key] != row[key]
-
-    no_positives, no_negatives = missing("recall"), missing("specificity")
-    return TWO_CLASS_METRICS * (no_positives or no_negatives) + NEEDS_POSITIVES * no_positives
-
-
 def _cell(value: Optional[float], key: str = "") -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "<td>-</td>"
-    return f"<td>{value:.0f}</td>" if key == "example_count" else f"<td>{value:.3f}</td>"
+    return f"<td>{value:.0f}</td>" if key == vocabulary.EXAMPLE_COUNT else f"<td>{value:.3f}</td>"
 
 
 def _table(header: List[str], rows: List[str]) -> str:
@@ -281,43 +244,44 @@ def slice_table(table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
     """TFMA's numbers per slice, one table per split (the whole split first, then its sources and seen/unseen
     patients), its label and pathogen crossings collapsed below it, and the slices pooled over splits last.
     A metric the slice cannot define shows "-"."""
-    keys = [key for key in METRIC_TITLES if any(key in row for row in table.values())]
-    header = ["slice"] + [METRIC_TITLES[key] for key in keys]
+    keys = [key for key in vocabulary.METRIC_TITLES if any(key in row for row in table.values())]
+    header = ["slice"] + [vocabulary.METRIC_TITLES[key] for key in keys]
 
     def rows(names: List[str], shown) -> str:
         lines = []
         for name in names:
-            row, undefined = table[name], undefined_metrics(table[name])
+            row, undefined = table[name], vocabulary.undefined_metrics(table[name])
             cells = "".join("<td>-</td>" if key in undefined else
                             f"<td>{html.escape(tfma_metrics.interval_cell(row, key))}</td>"
-                            if key.split("@")[0] in tfma_metrics.INTERVAL_CASES else _cell(row.get(key), key)
+                            if tfma_metrics.has_interval(key) else _cell(row.get(key), key)
                             for key in keys)
             lines.append(f"<tr><td>{html.escape(shown(name))}</td>{cells}</tr>")
         return f'<div class="wide">{_table(header, lines)}</div>'
 
     def within(name: str) -> str:
-        return ", ".join(f"{k}={v}" for k, v in slice_parts(name).items() if k != "split") or "whole split"
+        rest = [(k, v) for k, v in vocabulary.slice_parts(name).items() if k != vocabulary.SPLIT]
+        return vocabulary.slice_name(rest) if rest else "whole split"
+
+    def pooled_name(name: str) -> str:
+        return vocabulary.POOLED if name == vocabulary.OVERALL else name
 
     by_split: Dict[str, List[str]] = {}
     for name in table:
-        by_split.setdefault(slice_parts(name).get("split", ""), []).append(name)
+        by_split.setdefault(vocabulary.slice_parts(name).get(vocabulary.SPLIT, ""), []).append(name)
     sections = []
-    for split in ordered_splits([split for split in by_split if split], blessing_split):
-        names = sorted(by_split[split], key=lambda n: (n != f"split={split}", not is_split_slice(n), n))
-        crossed = [n for n in names if set(slice_parts(n)) & set(CROSSING_FEATURES)]
+    for split in vocabulary.ordered_splits([split for split in by_split if split], blessing_split):
+        whole = vocabulary.slice_name([(vocabulary.SPLIT, split)])
+        names = sorted(by_split[split], key=lambda n: (n != whole, not vocabulary.is_split_slice(n), n))
+        crossed = [n for n in names if set(vocabulary.slice_parts(n)) & set(vocabulary.CROSSING_FEATURES)]
         sections.append(f"<h3>{html.escape(split)}</h3>" + rows([n for n in names if n not in crossed], within))
         if crossed:
             sections.append(f"<details><summary>{html.escape(split)} by label and pathogen ({len(crossed)} slices)"
                             f"</summary>{rows(crossed, within)}</details>")
-    pooled = sorted(by_split.get("", []), key=lambda n: (n != "overall", n))
+    pooled = sorted(by_split.get("", []), key=lambda n: (n != vocabulary.OVERALL, n))
     if pooled:
         sections.append(f"<details><summary>pooled over every evaluated split ({len(pooled)} slices; no one "
-                        f"split's figures)</summary>{rows(pooled, lambda n: POOLED if n == 'overall' else n)}</details>")
+                        f"split's figures)</summary>{rows(pooled, pooled_name)}</details>")
     return "\n".join(sections)
-
-
-def slice_parts(name: str) -> Dict[str, str]:
-    return dict(part.split("=", 1) for part in name.split(", ")) if "=" in name else {}
 
 
 def scored_table(scores: Dict[str, plots.Scores], ood_shares: Dict[str, Optional[float]], threshold: float) -> str:
@@ -330,7 +294,7 @@ def scored_table(scores: Dict[str, plots.Scores], ood_shares: Dict[str, Optional
         values = [float(split_scores.labels.size), plots.roc_auc(split_scores) if ranks else None,
                   plots.average_precision(split_scores) if ranks else None, sensitivity, specificity,
                   plots.brier_score(split_scores), plots.expected_calibration_error(split_scores), ood_shares[split]]
-        rows.append(f"<tr><td>{html.escape(split)}</td>{_cell(values[0], 'example_count')}"
+        rows.append(f"<tr><td>{html.escape(split)}</td>{_cell(values[0], vocabulary.EXAMPLE_COUNT)}"
                     + "".join(_cell(v) for v in values[1:]) + "</tr>")
     return _table(["split", "scored images", "AUC", "AUC-PR (AP)", "sensitivity at tuned", "specificity at tuned",
                    "Brier", "ECE", "flagged OOD"], rows)
@@ -338,12 +302,13 @@ def scored_table(scores: Dict[str, plots.Scores], ood_shares: Dict[str, Optional
 
 def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample],
                table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
-    training = samples.get("train")
+    training = samples.get(vocabulary.TRAIN_SPLIT)
     trained_on = (", ".join(f"{dataset}: {training.counts[(dataset, 0)]} NORMAL / {training.counts[(dataset, 1)]} "
                             f"PNEUMONIA" for dataset in sorted({d for d, _ in training.counts}))
                   if training else "the examples artifact holds no train split")
-    auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row['auc']:.3f}</li>" for name, row in sorted(table.items())
-                        if is_split_slice(name) and "auc" in row)
+    auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row[vocabulary.AUC]:.3f}</li>"
+                        for name, row in sorted(table.items())
+                        if vocabulary.is_split_slice(name) and vocabulary.AUC in row)
     policy = info.get("policy", "?")
     # A ThresholdCalibrator's policy names where it chose ("youden on the calibration split").
     where = "" if " on " in str(policy) else " on the validation split"
