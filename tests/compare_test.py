@@ -224,7 +224,7 @@ def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(r
 
 
 def test_ood_table_gives_the_flagged_share_and_error_rates_per_split(runs, monkeypatch, capsys):
-    from components.report.executor import SplitSample
+    from components.report.scoring import SplitSample
     from pneumonia import results
 
     def scored_outputs(examples, splits, model):

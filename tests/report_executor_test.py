@@ -18,7 +18,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx_bsl.tfxio import tf_example_record
 
 from components import metrics_vocabulary as vocabulary
-from components.report import executor
+from components.report import executor, plots, scoring
+from components.report.page import slice_table
 from pipeline.evaluation import create_eval_config
 from pneumonia import cli, prepare
 from pneumonia import report as report_lib
@@ -58,7 +59,7 @@ def export_model(model_uri: str, architecture: str, examples: str, work_dir: str
     settings = dict(models.REGISTRY[architecture].tiny)
     keras.utils.set_random_seed(1)  # here, not before prepare: Beam draws from the same generators
     model = models.build(architecture, IMAGE_SIZE, **settings)
-    sample = executor.read_split(examples, "test", cap=100)
+    sample = scoring.read_split(examples, "test", cap=100)
     pixels = np.stack([decode_image(image, IMAGE_SIZE).numpy() for image in sample.images])
     median = float(np.median(model.predict(pixels, verbose=0)))
     serving_dir = serving_model_dir(model_uri)
@@ -140,14 +141,14 @@ def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):
     index, page = report
     table = attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE))
     assert set(table) == {"eval", "test", "external"}
-    info = executor.model_info(tiny_run["model"])
-    model, layer = executor.keras_model(tiny_run["model"], info)
-    sample = executor.read_split(tiny_run["examples"], "test", cap=executor.Settings().max_images_per_split)
-    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
-                                                                       sample.serialized))
+    info = scoring.model_info(tiny_run["model"])
+    model, layer = scoring.keras_model(tiny_run["model"], info)
+    sample = scoring.read_split(tiny_run["examples"], "test", cap=executor.Settings().max_images_per_split)
+    scores = plots.Scores(np.array(sample.labels), scoring.predict(scoring.serving_function(tiny_run["model"]),
+                                                                   sample.serialized))
     assert sum(table["test"][name].images for name, _, _ in attention.OUTCOMES) == table["test"]["all"].images \
         == len(sample.labels)
-    again = executor.border_attention(model, layer, IMAGE_SIZE, sample, scores, float(info["value"]))
+    again = scoring.border_attention(model, layer, IMAGE_SIZE, sample, scores, float(info["value"]))
     for name in attention.columns():
         assert again[name].images == table["test"][name].images
         assert again[name].mean == pytest.approx(table["test"][name].mean, abs=1e-6, nan_ok=True)
@@ -157,17 +158,17 @@ def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):
 
 def test_grad_cam_panels_explain_the_exported_model(tiny_run):
     """The rebuilt Keras model reproduces the served probabilities, or the report refuses to explain it."""
-    info = executor.model_info(tiny_run["model"])
-    model, layer = executor.keras_model(tiny_run["model"], info)
+    info = scoring.model_info(tiny_run["model"])
+    model, layer = scoring.keras_model(tiny_run["model"], info)
     assert layer == models.REGISTRY["cnn"].gradcam_layer
-    sample = executor.read_split(tiny_run["examples"], "test", cap=8)
-    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
-                                                                       sample.serialized))
-    explained = executor.explain(model, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
+    sample = scoring.read_split(tiny_run["examples"], "test", cap=8)
+    scores = plots.Scores(np.array(sample.labels), scoring.predict(scoring.serving_function(tiny_run["model"]),
+                                                                   sample.serialized))
+    explained = scoring.explain(model, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
     assert [e.grad_cam.shape for e in explained] == [(IMAGE_SIZE, IMAGE_SIZE)] * 3
     wrong = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)  # other random weights
-    with pytest.raises(executor.ReportError, match="belong to another model"):
-        executor.explain(wrong, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
+    with pytest.raises(scoring.ReportError, match="belong to another model"):
+        scoring.explain(wrong, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
 
 
 def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path):
@@ -181,7 +182,7 @@ def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path
 
 
 def test_counts_cover_every_record_while_scoring_is_capped(tiny_run):
-    sample = executor.read_split(tiny_run["examples"], "external", cap=5)
+    sample = scoring.read_split(tiny_run["examples"], "external", cap=5)
     assert len(sample.labels) == 5
     assert sample.counts == {("external", 0): 12, ("external", 1): 12}
 
@@ -269,7 +270,7 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
     table = {"dataset=kermany, split=test": both, "label=0, split=test": normal_only,
              "patient_in_train=0, split=test": both, "dataset=external, split=external": both,
              "source=rsna, split=external": normal_only, "label=0": normal_only, "overall": both}
-    page = executor.slice_table(table, "eval")
+    page = slice_table(table, "eval")
     sections = re.split(r"<h3>(\w+)</h3>", page)
     assert sections[1::2] == ["test", "external"]
     test, external = sections[2], sections[4]
@@ -298,7 +299,7 @@ def test_ablation_and_targets_tables_read_the_real_model_and_evaluation(tiny_run
     from pneumonia import ablation, results
 
     index, _ = report
-    item = report_lib.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], executor.model_info(tiny_run["model"]),
+    item = report_lib.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], scoring.model_info(tiny_run["model"]),
                                 {}, tiny_run["model"], tiny_run["examples"],
                                 attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE)))
     rows = ablation.ablation_rows([("baseline", item), ("again", item)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.report import executor as report_executor
+from components.report import scoring
 from components.threshold_calibrator import calibration, executor
 from serving.repository import model_fingerprint, serving_model_dir
 from tests.signatures_test import serve_both
@@ -56,7 +56,7 @@ def test_threshold_is_chosen_on_the_calibration_split_and_served_by_both_signatu
     examples, model_uri, files = trained
     out = str(tmp_path / "calibrated")
     record = executor.run(examples, ["calibration", "test"], model_uri, out, "calibration", 50, 0)
-    sample = report_executor.read_split(examples, "calibration", cap=100)
+    sample = scoring.read_split(examples, "calibration", cap=100)
     scores = executor.probabilities(serving_model_dir(model_uri), sample.serialized)
     expected = threshold.choose(np.array(sample.labels), scores, "youden")
     assert record["new_threshold"] == pytest.approx(expected.value) and record["old_threshold"] == 0.5

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tfx.utils import io_utils
 
-from components.report import executor as report_executor
+from components.report import scoring
 from components.threshold_calibrator import calibration
 from serving.repository import EXTRA_ASSETS_DIR, serving_model_dir
 from trainer import models, signatures, task
@@ -41,7 +41,7 @@ def rebuild(saved_model_dir: str) -> Tuple[keras.Model, dict]:
 def probabilities(saved_model_dir: str, serialized: List[bytes]) -> np.ndarray:
     """PNEUMONIA probabilities of serialized tf.Examples through the SavedModel's `serving_default`."""
     serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    return report_executor.predict(serve, serialized)
+    return scoring.predict(serve, serialized)
 
 
 def predict_images(saved_model_dir: str, images: List[bytes], batch_size: int = 32) -> np.ndarray:
@@ -86,7 +86,7 @@ def run(examples_uri: str, split_names: List[str], model_uri: str, output_uri: s
                   "note": f"no {split} split in the examples ({', '.join(split_names)}): the trained model passes "
                           f"through unchanged, at its validation threshold"}
     else:
-        sample = report_executor.read_split(examples_uri, split, cap=10 ** 9)
+        sample = scoring.read_split(examples_uri, split, cap=10 ** 9)
         labels = np.array(sample.labels)
         scores = probabilities(source, sample.serialized)
         chosen, record = calibration.calibrate(labels, scores, calibration.policy_of(info["policy"]),
