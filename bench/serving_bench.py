@@ -35,10 +35,10 @@ import portpicker
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from components.pusher.executor import model_fingerprint, push_atomically
 from components.pusher.warmup import write_warmup_requests
 from pneumonia.data.sources import shared_data_dir
 from serving.client import PredictionClient
+from serving.repository import model_fingerprint, push_atomically
 from trainer import models, ood, signatures
 from trainer.threshold import Threshold
 

@@ -11,7 +11,8 @@ at the operating point the model actually serves (keys suffixed `@threshold` whe
 Every metric carries TFMA's 95% confidence interval (Poisson bootstrap, 20 replicates, by default; the
 jackknife over 20 buckets costs far less Evaluator time, see bench/evaluator_intervals_bench.py). An optional site
 gate bounds sensitivity and specificity on the site's calibration slice, on the point estimate or on the
-lower confidence bound (`interval_metrics.LowerBound`).
+lower confidence bound (`interval_metrics.LowerBound`). The metrics' keys and the slices' features are
+components/metrics_vocabulary.py's, which the report and the CLI read them back by.
 """
 import dataclasses
 import json
@@ -20,40 +21,15 @@ from typing import Dict, List, Optional
 import tensorflow_model_analysis as tfma
 from google.protobuf import wrappers_pb2
 
+from components import metrics_vocabulary as vocabulary
 from pipeline import interval_metrics
 from trainer.signatures import DECISION_OUTPUT, PROBABILITY_OUTPUT
-
-# (TFMA class name, the metric key TFMA emits for it, extra config): results are read back by key, and a
-# test checks each key against what TFMA emits, so a threshold can never name a metric that isn't there.
-METRICS = (
-    ("ExampleCount", "example_count", None),
-    ("AUC", "auc", None),
-    ("AUCPrecisionRecall", "auc_precision_recall", None),
-    ("BinaryAccuracy", "binary_accuracy", None),
-    ("Recall", "recall", None),  # sensitivity
-    ("Specificity", "specificity", None),
-    ("Precision", "precision", None),
-    ("F1Score", "f1_score", None),
-    ("MeanSquaredError", "brier_score", {"name": "brier_score"}),  # Brier score on probabilities
-    ("Calibration", "calibration", None),  # mean prediction / mean label
-    ("ConfusionMatrixAtThresholds", "confusion_matrix_at_thresholds", {"thresholds": [0.5]}),
-)
-AT_THRESHOLD = ("BinaryAccuracy", "Recall", "Specificity", "Precision", "F1Score", "ConfusionMatrixAtThresholds")
-# Every figure is per split; the uncrossed slices exist for the pooled view TFX gives, and say so.
-SLICE_FEATURES = (
-    ("split",), ("split", "dataset"), ("split", "source"), ("split", "label"), ("split", "pathogen"),
-    ("split", "dataset", "label"),
-    # Subgroups a review board asks for (from DICOM; `unknown` for JPEG/PNG): view position, sex, age band.
-    ("split", "view_position"), ("split", "sex"), ("split", "age_band"),
-    ("split", "patient_in_train"), ("split", "label", "patient_in_train"),  # unseen vs seen patients
-    ("dataset",), ("label",), ("pathogen",), ("dataset", "label"),
-)
 
 
 def blessing_threshold(min_auc: float, max_auc_drop: float, blessing_split: str) -> tfma.PerSliceMetricThreshold:
     """AUC on the validation slice: above `min_auc`, and no more than `max_auc_drop` below the baseline."""
     return tfma.PerSliceMetricThreshold(
-        slicing_specs=[tfma.SlicingSpec(feature_values={"split": blessing_split})],
+        slicing_specs=[tfma.SlicingSpec(feature_values={vocabulary.SPLIT: blessing_split})],
         threshold=tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}),
             change_threshold=tfma.GenericChangeThreshold(
@@ -72,30 +48,28 @@ class SiteGate:
     on_lower_bound: bool = False  # judge the lower 95% confidence bound instead of the point estimate
 
     def __post_init__(self):
-        for flag, value in (("--site-min-sensitivity", self.min_sensitivity),
-                            ("--site-min-specificity", self.min_specificity)):
+        for key, value in self._bounds_by_key().items():
             if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{flag} {value} must be between 0 and 1")
+                raise ValueError(f"{GATE_NAMES[key][1]} {value} must be between 0 and 1")
+
+    def _bounds_by_key(self) -> Dict[str, Optional[float]]:
+        """The bound on each gated metric, by its key (None: that metric is not gated)."""
+        return {vocabulary.RECALL: self.min_sensitivity, vocabulary.SPECIFICITY: self.min_specificity}
 
     def bounds(self) -> List[tuple]:
         """(TFMA metric key judged, TFMA class name it reads, lower bound) per bound set."""
-        chosen = []
-        for key, class_name, value in (("recall", "Recall", self.min_sensitivity),
-                                       ("specificity", "Specificity", self.min_specificity)):
-            if value is not None:
-                judged = key + interval_metrics.LOWER_BOUND_SUFFIX if self.on_lower_bound else key
-                chosen.append((judged, class_name, value))
-        return chosen
+        return [(vocabulary.lower_bound_key(key) if self.on_lower_bound else key, vocabulary.CLASS_OF[key], value)
+                for key, value in self._bounds_by_key().items() if value is not None]
 
 
 # The site gate's judged metrics, by key: what a failure line calls them and the flag that sets the bound.
-GATE_NAMES = {"recall": ("sensitivity", "--site-min-sensitivity"),
-              "specificity": ("specificity", "--site-min-specificity")}
+GATE_NAMES = {vocabulary.RECALL: ("sensitivity", "--site-min-sensitivity"),
+              vocabulary.SPECIFICITY: ("specificity", "--site-min-specificity")}
 
 
 def _site_threshold(split: str, lower_bound: float) -> tfma.PerSliceMetricThreshold:
     return tfma.PerSliceMetricThreshold(
-        slicing_specs=[tfma.SlicingSpec(feature_values={"split": split})],
+        slicing_specs=[tfma.SlicingSpec(feature_values={vocabulary.SPLIT: split})],
         threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound})))
 
 
@@ -121,12 +95,12 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
     method = INTERVAL_METHODS[confidence_intervals]
     at_half, at_threshold = [], []
     gate = {class_name: (judged, value) for judged, class_name, value in (site_gate.bounds() if site_gate else [])}
-    for class_name, key, extra in METRICS:
+    for class_name, key, extra in vocabulary.METRICS:
         config = _metric_config(class_name, extra)
-        if class_name == "AUC":
+        if key == vocabulary.AUC:
             config.per_slice_thresholds.append(blessing_threshold(min_auc, max_auc_drop, blessing_split))
         at_half.append(config)
-        if class_name in AT_THRESHOLD:
+        if key in vocabulary.THRESHOLD_DEPENDENT:
             served = _metric_config(class_name, extra)
             if class_name in gate:
                 judged, value = gate[class_name]
@@ -139,9 +113,10 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
             at_threshold.append(served)
     outputs = (PROBABILITY_OUTPUT, DECISION_OUTPUT)
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: "label" for o in outputs},
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: vocabulary.LABEL for o in outputs},
                                     prediction_keys={o: o for o in outputs})],
-        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys)) for keys in SLICE_FEATURES],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys))
+                                                 for keys in vocabulary.SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
                        tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
         options=tfma.Options(

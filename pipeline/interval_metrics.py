@@ -15,7 +15,7 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.utils import math_util
 
-LOWER_BOUND_SUFFIX = "_lower_bound"
+from components.metrics_vocabulary import RECALL, lower_bound_key
 
 
 def lower_bound_of(value) -> float:
@@ -50,8 +50,8 @@ class LowerBound(tfma.metrics.Metric):
     """`metric`'s lower 95% bound, as the metric `<metric>_lower_bound`. `metric` must be computed by
     the same MetricsSpec (e.g. Recall next to LowerBound(metric='recall'))."""
 
-    def __init__(self, metric: str = "recall", name: Optional[str] = None):
-        super().__init__(_lower_bound_computations, metric=metric, name=name or metric + LOWER_BOUND_SUFFIX)
+    def __init__(self, metric: str = RECALL, name: Optional[str] = None):
+        super().__init__(_lower_bound_computations, metric=metric, name=name or lower_bound_key(metric))
 
     @property
     def compute_confidence_interval(self) -> bool:

@@ -69,16 +69,9 @@ def write(config: model_server_config_pb2.ModelServerConfig, path: str) -> str:
     return path
 
 
-def versions_on_disk(base_path: str) -> List[int]:
-    """Numeric version folders holding a saved_model.pb, ascending; staging folders are hidden, so skipped."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(int(name) for name in os.listdir(base_path)
-                  if name.isdigit() and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")))
-
-
 def wanted_versions(model: model_server_config_pb2.ModelConfig, available: Sequence[int]) -> List[int]:
-    """The versions the policy asks to serve among those on disk (TF Serving's semantics)."""
+    """The versions the policy asks to serve among those available (TF Serving's semantics), which are
+    serving/repository.py's `servable_versions`."""
     policy = model.model_version_policy
     kind = policy.WhichOneof("policy_choice") or "latest"
     if kind == "all":

@@ -24,6 +24,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as model_config
 from serving.pixels import PixelBudget, PixelBudgetExhausted, request_pixels
+from serving.repository import SAVED_MODEL_FILE, servable_versions
 
 DEFAULT_SIGNATURE = "serving_default"
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -67,7 +68,7 @@ class LoadedVersion:
         self.path = path
         self.budget = budget
         graph = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
             graph.ParseFromString(f.read())
         self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {
             name: definition for name, definition in graph.meta_graphs[0].signature_def.items()
@@ -146,7 +147,7 @@ class ServedModel:
     def poll(self) -> None:
         """Loads and warms wanted versions first, then unloads the unwanted ones (keeping one loaded)."""
         with self._swap:
-            wanted = model_config.wanted_versions(self.config, model_config.versions_on_disk(self.config.base_path))
+            wanted = model_config.wanted_versions(self.config, servable_versions(self.config.base_path))
             for version in wanted:
                 failed = version in self._status and self._status[version].error
                 if version not in self._loaded and not failed:  # an unloaded version may be wanted again

@@ -12,7 +12,8 @@ from typing import Any, Callable, List, Mapping
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")  # WarmupConsts::kRequestsFileName
+from serving.repository import WARMUP_FILE
+
 MAX_RECORDS = 1000  # WarmupConsts::kMaxNumRecords
 
 # log type -> what answers it: (loaded version, request) -> response

@@ -15,7 +15,7 @@ from pneumonia.analysis import compare as compare_lib
 from pneumonia.analysis import generated
 from pneumonia.analysis import policies
 from pneumonia.runs import store as run_store
-from trainer.signatures import THRESHOLD_ASSET
+from serving.repository import THRESHOLD_ASSET
 
 ARTIFACT_TYPES = ("Examples", "Model", "ModelEvaluation", "ModelBlessing", "File")
 
@@ -226,7 +226,7 @@ def test_policy_table_applies_each_validation_threshold_to_the_reported_splits(r
 
 
 def test_ood_table_gives_the_flagged_share_and_error_rates_per_split(runs, monkeypatch, capsys):
-    from components.report.executor import SplitSample
+    from components.report.scoring import SplitSample
 
     def scored_outputs(examples, splits, model):
         # external: 2 of 4 flagged, one of them a mistake, none of the others; the other splits: nothing flagged.

@@ -5,10 +5,11 @@ import pytest
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.evaluators import metrics_validator
 
+from components import metrics_vocabulary as vocabulary
 from pipeline import evaluation
 
 
-@pytest.mark.parametrize("class_name, key, extra", evaluation.METRICS)
+@pytest.mark.parametrize("class_name, key, extra", vocabulary.METRICS)
 def test_metric_keys_are_the_names_tfma_emits(class_name, key, extra):
     metric = getattr(tfma.metrics, class_name)(**(extra or {}))
     assert metric.name == key  # case included: thresholds and the results table read these keys
@@ -63,7 +64,7 @@ def test_every_slice_is_crossed_with_split_or_reported_as_pooled():
 def test_threshold_dependent_metrics_are_also_computed_at_the_tuned_threshold():
     config = evaluation.create_eval_config(min_auc=0.9, max_auc_drop=0.01, blessing_split="eval")
     by_output = {tuple(spec.output_names): [m.class_name for m in spec.metrics] for spec in config.metrics_specs}
-    assert set(by_output[("decision_score",)]) == set(evaluation.AT_THRESHOLD)
+    assert set(by_output[("decision_score",)]) == {vocabulary.CLASS_OF[key] for key in vocabulary.THRESHOLD_DEPENDENT}
     assert "AUC" in by_output[("probability",)]
     assert dict(config.model_specs[0].label_keys) == {"probability": "label", "decision_score": "label"}
 

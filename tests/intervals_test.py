@@ -6,8 +6,9 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.evaluators import metrics_validator
 
-from pipeline import evaluation
+from components import metrics_vocabulary as vocabulary
 from components.report import tfma_metrics
+from pipeline import evaluation
 from pneumonia.runs import evaluation as run_evaluation
 
 
@@ -55,10 +56,11 @@ def gated(tmp_path_factory):
 def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
     table = run_evaluation.slice_metrics(gated)
     row = table["split=eval"]
-    assert (row[tfma_metrics.POSITIVES], row[tfma_metrics.NEGATIVES]) == (30, 30)
+    assert (row[vocabulary.POSITIVES], row[vocabulary.NEGATIVES]) == (30, 30)
     for key in ("auc", "recall@threshold", "specificity@threshold", "binary_accuracy"):
-        assert row[key + tfma_metrics.LOWER] < row[key + tfma_metrics.UPPER], key
-        assert row[key + tfma_metrics.LOWER] - 0.05 <= row[key] <= row[key + tfma_metrics.UPPER] + 0.05, key
+        lower, upper = vocabulary.interval_keys(key)
+        assert row[lower] < row[upper], key
+        assert row[lower] - 0.05 <= row[key] <= row[upper] + 0.05, key
     cell = tfma_metrics.interval_cell(row, "auc")
     assert cell.startswith(f"{row['auc']:.3f} [") and cell.endswith("]")
 
@@ -76,7 +78,7 @@ def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
     judged = {f.metric_key.name: f.metric_value.double_value.value for f in failures}
     # The calibration slice misses a third of its PNEUMONIA cases: the sensitivity bound fails, on the lower bound.
     assert "recall_lower_bound" in judged
-    assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + tfma_metrics.LOWER], abs=1e-6)
+    assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + vocabulary.LOWER], abs=1e-6)
     assert not validation.validation_ok
     lines = run_evaluation.validation_failures(gated)
     assert any(line.startswith("site gate: sensitivity lower 95% bound") and "--site-min-sensitivity 0.5" in line

@@ -8,13 +8,12 @@ import tensorflow as tf
 import yaml
 import tensorflow_model_analysis as tfma
 
-from components.pusher.warmup import WARMUP_FILE
 from kubeflow import image
 from kubeflow.local_executor import Container, LocalPipelineRun
 from kubeflow.parameters import IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from kubeflow.schedule import read_package
 from pneumonia import cli
-from serving import config as serving_config
+from serving import config as serving_config, repository
 from tests.conftest import copy_subset
 from tests.pipeline_e2e_test import tiny_config, versions
 from tests.serving_fixtures import MODEL_NAME, image_request, start_server, stub
@@ -86,7 +85,7 @@ def test_a_model_was_trained_evaluated_blessed_pushed_and_served(executed, share
     assert pushed["pushed"] == 1
     served = versions(os.path.join(root, "serving"))
     assert pushed["pushed_version"] == served[0]
-    assert os.path.getsize(os.path.join(root, "serving", MODEL_NAME, served[0], WARMUP_FILE)) > 0
+    assert os.path.getsize(os.path.join(root, "serving", MODEL_NAME, served[0], repository.WARMUP_FILE)) > 0
     assert os.path.exists(os.path.join(first["EvaluationReport"].artifacts["report"]["uri"], "index.html"))
 
     latest = int(served[-1])  # the second run's model if it was blessed too

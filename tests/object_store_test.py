@@ -12,11 +12,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from components.pusher import executor as pusher
 from components.validation_gate import executor as gate
 from pneumonia.data import audit
 from pneumonia.data import prepare
 from pneumonia.data import sources as data_sources
+from serving import repository
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 from tests.prepare_test import synthetic_xrays
 from tests.serving_fixtures import IMAGE_SIZE, export_tiny_model, png
@@ -71,11 +71,12 @@ def test_prepare_writes_its_shards_and_report_into_the_bucket(bucket, tmp_path):
 def test_pusher_writes_a_complete_version_into_the_bucket(bucket, tmp_path):
     model = export_tiny_model(str(tmp_path / "model"), str(tmp_path / "work"), seed=1)
     base = f"{bucket}/serving/pneumonia"
-    fingerprint = pusher.model_fingerprint(model)
-    version = pusher.push_atomically(model, base, fingerprint, model)
-    assert pusher.served_versions(base) == [int(version)]
-    assert pusher.latest_fingerprint(base) == fingerprint
+    fingerprint = repository.model_fingerprint(model)
+    version = repository.push_atomically(model, base, fingerprint, model)
+    assert repository.servable_versions(base) == [int(version)]
+    assert repository.latest_fingerprint(base) == fingerprint
     pushed = files_under(f"{base}/{version}")
-    assert {"saved_model.pb", pusher.PUSH_RECORD, f"assets/{signatures.THRESHOLD_ASSET}"} <= set(pushed)
-    with gfile.GFile(f"{base}/{version}/{pusher.PUSH_RECORD}") as f:
+    assert {"saved_model.pb", repository.PUSH_RECORD, f"assets/{repository.THRESHOLD_ASSET}"} <= set(pushed)
+    assert set(pushed) == {*files_under(model), repository.PUSH_RECORD}  # every file, none under a `./` folder
+    with gfile.GFile(f"{base}/{version}/{repository.PUSH_RECORD}") as f:
         assert json.load(f)["source"] == model

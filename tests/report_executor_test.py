@@ -17,7 +17,9 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx_bsl.tfxio import tf_example_record
 
-from components.report import executor
+from components import metrics_vocabulary as vocabulary
+from components.report import executor, plots, scoring
+from components.report.page import slice_table
 from pipeline.evaluation import create_eval_config
 from pneumonia import cli
 from pneumonia.analysis import ablation
@@ -26,10 +28,11 @@ from pneumonia.analysis import policies
 from pneumonia.analysis import tables
 from pneumonia.data import prepare
 from pneumonia.data import sources as data_sources
-from pneumonia.runs import scoring
+from pneumonia.runs import scoring as run_scoring
 from pneumonia.runs import store as run_store
 from tests.compare_test import Metadata
 from tests.conftest import copy_subset
+from serving.repository import serving_model_dir
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 from trainer import models, ood, signatures, task
 from trainer.preprocessing import decode_image
@@ -63,10 +66,10 @@ def export_model(model_uri: str, architecture: str, examples: str, work_dir: str
     settings = dict(models.REGISTRY[architecture].tiny)
     keras.utils.set_random_seed(1)  # here, not before prepare: Beam draws from the same generators
     model = models.build(architecture, IMAGE_SIZE, **settings)
-    sample = executor.read_split(examples, "test", cap=100)
+    sample = scoring.read_split(examples, "test", cap=100)
     pixels = np.stack([decode_image(image, IMAGE_SIZE).numpy() for image in sample.images])
     median = float(np.median(model.predict(pixels, verbose=0)))
-    serving_dir = os.path.join(model_uri, executor.SERVING_DIR)
+    serving_dir = serving_model_dir(model_uri)
     signatures.export(model, serving_dir, IMAGE_SIZE, Threshold(median, "youden", 0.8, 0.7, 7), work_dir,
                       architecture, settings, guard=ood.noise_guard(model, IMAGE_SIZE))
     os.makedirs(os.path.dirname(task.keras_weights_path(serving_dir)))
@@ -81,8 +84,7 @@ def evaluate(model_uri: str, examples: str, output: str) -> str:
     for metrics_spec in eval_config.metrics_specs:
         for metric in metrics_spec.metrics:
             del metric.per_slice_thresholds[:]
-    shared_model = tfma.default_eval_shared_model(os.path.join(model_uri, executor.SERVING_DIR),
-                                                  eval_config=eval_config)
+    shared_model = tfma.default_eval_shared_model(serving_model_dir(model_uri), eval_config=eval_config)
     records = tf_example_record.TFExampleRecord(
         file_pattern=[os.path.join(examples, f"Split-{split}", "*") for split in EVALUATED],
         raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
@@ -146,14 +148,14 @@ def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):
     index, page = report
     table = attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE))
     assert set(table) == {"eval", "test", "external"}
-    info = executor.model_info(tiny_run["model"])
-    model, layer = executor.keras_model(tiny_run["model"], info)
-    sample = executor.read_split(tiny_run["examples"], "test", cap=executor.Settings().max_images_per_split)
-    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
-                                                                       sample.serialized))
+    info = scoring.model_info(tiny_run["model"])
+    model, layer = scoring.keras_model(tiny_run["model"], info)
+    sample = scoring.read_split(tiny_run["examples"], "test", cap=executor.Settings().max_images_per_split)
+    scores = plots.Scores(np.array(sample.labels), scoring.predict(scoring.serving_function(tiny_run["model"]),
+                                                                   sample.serialized))
     assert sum(table["test"][name].images for name, _, _ in attention.OUTCOMES) == table["test"]["all"].images \
         == len(sample.labels)
-    again = executor.border_attention(model, layer, IMAGE_SIZE, sample, scores, float(info["value"]))
+    again = scoring.border_attention(model, layer, IMAGE_SIZE, sample, scores, float(info["value"]))
     for name in attention.columns():
         assert again[name].images == table["test"][name].images
         assert again[name].mean == pytest.approx(table["test"][name].mean, abs=1e-6, nan_ok=True)
@@ -163,23 +165,22 @@ def test_border_attention_is_reported_per_split_and_outcome(report, tiny_run):
 
 def test_grad_cam_panels_explain_the_exported_model(tiny_run):
     """The rebuilt Keras model reproduces the served probabilities, or the report refuses to explain it."""
-    info = executor.model_info(tiny_run["model"])
-    model, layer = executor.keras_model(tiny_run["model"], info)
+    info = scoring.model_info(tiny_run["model"])
+    model, layer = scoring.keras_model(tiny_run["model"], info)
     assert layer == models.REGISTRY["cnn"].gradcam_layer
-    sample = executor.read_split(tiny_run["examples"], "test", cap=8)
-    scores = executor.plots.Scores(np.array(sample.labels), executor.predict(executor.serving_function(tiny_run["model"]),
-                                                                       sample.serialized))
-    explained = executor.explain(model, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
+    sample = scoring.read_split(tiny_run["examples"], "test", cap=8)
+    scores = plots.Scores(np.array(sample.labels), scoring.predict(scoring.serving_function(tiny_run["model"]),
+                                                                   sample.serialized))
+    explained = scoring.explain(model, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
     assert [e.grad_cam.shape for e in explained] == [(IMAGE_SIZE, IMAGE_SIZE)] * 3
     wrong = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)  # other random weights
-    with pytest.raises(executor.ReportError, match="belong to another model"):
-        executor.explain(wrong, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
+    with pytest.raises(scoring.ReportError, match="belong to another model"):
+        scoring.explain(wrong, layer, IMAGE_SIZE, sample, scores, np.arange(3), float(info["value"]))
 
 
 def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path):
     model_uri = str(tmp_path / "model")
-    serving = executor.SERVING_DIR
-    shutil.copytree(os.path.join(tiny_run["model"], serving), os.path.join(model_uri, serving))
+    shutil.copytree(serving_model_dir(tiny_run["model"]), serving_model_dir(model_uri))
     index = executor.generate(tiny_run["examples"], tiny_run["split_names"], model_uri, tiny_run["evaluation"],
                               str(tmp_path / "report"), settings=executor.Settings(max_images_per_split=10))
     page = open(index, encoding="utf-8").read()
@@ -188,7 +189,7 @@ def test_missing_keras_weights_leave_a_note_instead_of_panels(tiny_run, tmp_path
 
 
 def test_counts_cover_every_record_while_scoring_is_capped(tiny_run):
-    sample = executor.read_split(tiny_run["examples"], "external", cap=5)
+    sample = scoring.read_split(tiny_run["examples"], "external", cap=5)
     assert len(sample.labels) == 5
     assert sample.counts == {("external", 0): 12, ("external", 1): 12}
 
@@ -259,7 +260,7 @@ def test_report_and_compare_on_a_bucket_score_the_real_model_and_evaluation(tiny
     assert written["test"]["all"].images == 10  # every scored image of the split
     rows = compare_lib.compare_rows(evaluated)
     table = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
-    labels, scores, _ = scoring.score_splits(uris["examples"], ["test"], uris["model"])["test"]
+    labels, scores, _ = run_scoring.score_splits(uris["examples"], ["test"], uris["model"])["test"]
     assert table["test"]["examples"] == str(len(labels)) == "24"
     auc = float(table["test"]["AUC"].split()[0])  # the cell may carry an interval or a case count after it
     assert auc == pytest.approx(roc_auc_score(labels, scores), abs=0.01)  # TFMA interpolates
@@ -275,7 +276,7 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
     table = {"dataset=kermany, split=test": both, "label=0, split=test": normal_only,
              "patient_in_train=0, split=test": both, "dataset=external, split=external": both,
              "source=rsna, split=external": normal_only, "label=0": normal_only, "overall": both}
-    page = executor.slice_table(table, "eval")
+    page = slice_table(table, "eval")
     sections = re.split(r"<h3>(\w+)</h3>", page)
     assert sections[1::2] == ["test", "external"]
     test, external = sections[2], sections[4]
@@ -284,7 +285,7 @@ def test_slice_table_groups_by_split_and_shows_undefined_metrics_as_a_dash():
     assert "test by label and pathogen (1 slices)" in crossings
     assert "<td>label=0</td><td>8</td><td>-</td><td>-</td>" in crossings  # AUC, precision
     assert "<td>source=rsna</td><td>8</td><td>-</td><td>-</td>" in external and "<details>" in external
-    assert executor.POOLED in external and "0.000" not in page
+    assert vocabulary.POOLED in external and "0.000" not in page
 
 
 def test_the_rule_picks_the_lowest_validation_brier_and_breaks_near_ties_on_border_share():
@@ -303,7 +304,7 @@ def test_ablation_and_targets_tables_read_the_real_model_and_evaluation(tiny_run
     from components.report import attention
 
     index, _ = report
-    item = run_store.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], executor.model_info(tiny_run["model"]),
+    item = run_store.Evaluated("cnn", IMAGE_SIZE, True, tiny_run["evaluation"], scoring.model_info(tiny_run["model"]),
                                 {}, tiny_run["model"], tiny_run["examples"],
                                 attention.read(os.path.join(os.path.dirname(index), attention.ATTENTION_FILE)))
     rows = ablation.ablation_rows([("baseline", item), ("again", item)])
@@ -312,7 +313,7 @@ def test_ablation_and_targets_tables_read_the_real_model_and_evaluation(tiny_run
     shown = dict(zip(header, first))
     compared = {row[1]: dict(zip(compare_lib.compare_rows([item])[0], row)) for row in compare_lib.compare_rows([item])}
     assert shown["test AUC"] == compared["test"]["AUC"]
-    labels, probabilities, _ = scoring.score_splits(tiny_run["examples"], ["test"], tiny_run["model"])["test"]
+    labels, probabilities, _ = run_scoring.score_splits(tiny_run["examples"], ["test"], tiny_run["model"])["test"]
     false_positives = int(np.sum((labels == 0) & (probabilities >= float(item.model["value"]))))
     assert false_positives > 0 and shown["border on baseline FPs"].endswith(f"({false_positives})")
     assert 0.0 <= float(shown["border on baseline FPs"].split()[0]) <= 1.0

@@ -1,4 +1,5 @@
-"""Model server config: TF Serving's version policies, version discovery, config files, k8s manifests."""
+"""Model server config: TF Serving's version policies, config files, k8s manifests (version discovery:
+tests/serving_repository_test.py)."""
 import argparse
 import os
 
@@ -37,15 +38,6 @@ def test_bad_policies_are_refused():
         config.model_config("m", "/b", "specific")
     with pytest.raises(ValueError, match="at least 1 version"):
         config.model_config("m", "/b", num_latest=0)
-
-
-def test_only_complete_numeric_version_folders_count(tmp_path):
-    for name in ["1", "20", ".staging-30-99", "notes", "5"]:
-        os.makedirs(tmp_path / name)
-    for name in ["1", "20", ".staging-30-99"]:
-        (tmp_path / name / "saved_model.pb").write_bytes(b"graph")
-    assert config.versions_on_disk(str(tmp_path)) == [1, 20]  # 5 has no saved_model.pb
-    assert config.versions_on_disk(str(tmp_path / "absent")) == []
 
 
 def test_config_file_round_trips_with_labels_and_relative_paths(tmp_path):

@@ -8,8 +8,7 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from components.pusher import executor as pusher
-from serving import config
+from serving import config, repository
 from tests.serving_fixtures import MODEL_NAME, exported_models, image_request, png, start_server, stub  # noqa: F401
 
 CLIENTS = 8
@@ -18,7 +17,7 @@ REQUESTS = 2000
 
 def test_hot_swap_under_load_drops_nothing(tmp_path, exported_models):
     base = str(tmp_path / "serving" / MODEL_NAME)
-    first = int(pusher.push_atomically(exported_models[0], base, "first", exported_models[0]))
+    first = int(repository.push_atomically(exported_models[0], base, "first", exported_models[0]))
     server = start_server(config.model_config(MODEL_NAME, base), rest_port=None, poll_seconds=0.1)
     request = image_request([png()])
     versions_seen = collections.defaultdict(list)  # client -> version of each answer, in order
@@ -44,7 +43,7 @@ def test_hot_swap_under_load_drops_nothing(tmp_path, exported_models):
             thread.start()
         while answered() < REQUESTS // 4 and any(thread.is_alive() for thread in threads):
             time.sleep(0.01)
-        pushed["version"] = int(pusher.push_atomically(exported_models[1], base, "second", exported_models[1]))
+        pushed["version"] = int(repository.push_atomically(exported_models[1], base, "second", exported_models[1]))
         for thread in threads:
             thread.join()
     finally:
@@ -91,7 +90,7 @@ def malformed(rng: random.Random) -> predict_pb2.PredictRequest:
 
 def test_malformed_flood_then_a_valid_request_succeeds_and_memory_stays_flat(tmp_path, exported_models):
     base = str(tmp_path / "serving" / MODEL_NAME)
-    pusher.push_atomically(exported_models[0], base, "first", exported_models[0])
+    repository.push_atomically(exported_models[0], base, "first", exported_models[0])
     server = start_server(config.model_config(MODEL_NAME, base), rest_port=None)
     rng = random.Random(7)
     service = stub(server)

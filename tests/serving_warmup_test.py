@@ -7,9 +7,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_log_pb2
 
-from components.pusher import executor as pusher
-from components.pusher.warmup import WARMUP_FILE, write_warmup_requests
-from serving import config, server, warmup
+from components.pusher.warmup import write_warmup_requests
+from serving import config, repository, server, warmup
 from serving.models import LoadedVersion
 from serving.pixels import PixelBudget
 from tests.serving_fixtures import MODEL_NAME, exported_models, start_server  # noqa: F401 (fixture)
@@ -19,8 +18,8 @@ State = get_model_status_pb2.ModelVersionStatus.State
 
 def push(model_dir: str, base: str) -> str:
     """What the Pusher executor does: an atomic version with the warm-up requests written into it."""
-    version = pusher.push_atomically(model_dir, base, pusher.model_fingerprint(model_dir), model_dir,
-                                     add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir))
+    version = repository.push_atomically(model_dir, base, repository.model_fingerprint(model_dir), model_dir,
+                                         add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir))
     return os.path.join(base, version)
 
 
@@ -60,7 +59,7 @@ def test_a_push_ships_one_request_per_signature_and_each_answers(exported_models
     kinds = {signature: kind for _, kind, signature in replayed}
     assert all(kinds[name] == ("classify_log" if definition.method_name.endswith("/classify") else "predict_log")
                for name, definition in loaded.signature_defs.items())
-    assert not os.path.exists(os.path.join(exported_models[0], WARMUP_FILE))  # the Trainer's model untouched
+    assert not os.path.exists(os.path.join(exported_models[0], repository.WARMUP_FILE))  # the Trainer's model untouched
 
 
 def test_the_server_replays_on_load_and_a_failing_warmup_fails_the_version(exported_models, tmp_path, replayed):
@@ -75,7 +74,7 @@ def test_the_server_replays_on_load_and_a_failing_warmup_fails_the_version(expor
         request = predict_pb2.PredictRequest()
         request.model_spec.signature_name = "predict_images"
         request.inputs["images"].CopyFrom(tf.make_tensor_proto([b"not an image"]))
-        write_records(os.path.join(broken, WARMUP_FILE),
+        write_records(os.path.join(broken, repository.WARMUP_FILE),
                       [prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))])
         served.manager.poll()
         statuses = {s.version: s for s in served.manager.model(MODEL_NAME).status()}
@@ -93,7 +92,7 @@ def test_no_file_means_no_warmup_as_in_tf_serving(exported_models, replayed):
 
 
 def test_unreadable_or_unsupported_warmup_files_are_refused(exported_models, tmp_path):
-    path = str(tmp_path / WARMUP_FILE)
+    path = str(tmp_path / repository.WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with open(path, "wb") as f:
         f.write(b"this is not a TFRecord file at all")
@@ -107,7 +106,7 @@ def test_unreadable_or_unsupported_warmup_files_are_refused(exported_models, tmp
         warmup.read_records(str(tmp_path))
     model = str(tmp_path / "model")
     shutil.copytree(exported_models[0], model)
-    write_records(os.path.join(model, WARMUP_FILE), [prediction_log_pb2.PredictionLog(
+    write_records(os.path.join(model, repository.WARMUP_FILE), [prediction_log_pb2.PredictionLog(
         regress_log=prediction_log_pb2.RegressLog())])
     with pytest.raises(warmup.WarmupError, match="warmup record 1: regress_log cannot be replayed: this server "
                                                  "answers classify_log, predict_log only"):

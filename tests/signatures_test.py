@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving.repository import threshold_file
 from trainer import models, ood, signatures
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
@@ -50,7 +51,7 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
 
     outputs = serve_both(export_dir, images)
     np.testing.assert_allclose(outputs["threshold"], 0.37)
-    asset = json.load(open(os.path.join(export_dir, "assets", signatures.THRESHOLD_ASSET)))
+    asset = json.load(open(threshold_file(export_dir)))
     assert asset["value"] == 0.37 and asset["architecture"] == "cnn" and asset["image_size"] == 64
     assert signatures.read_metadata(export_dir) == asset
     rebuilt = models.build(asset["architecture"], asset["image_size"], **asset["model_config"])

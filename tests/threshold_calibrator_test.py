@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.pusher.executor import model_fingerprint
-from components.report import executor as report_executor
+from components.report import scoring
 from components.threshold_calibrator import calibration, executor
+from serving.repository import model_fingerprint, serving_model_dir
 from tests.signatures_test import serve_both
 from trainer import models, ood, signatures, threshold
 from trainer.threshold import Threshold
@@ -46,7 +46,7 @@ def trained(shared_data, tmp_path_factory):
     settings = dict(models.REGISTRY["cnn"].tiny)
     model_uri = str(tmp / "model")
     model = models.build("cnn", IMAGE_SIZE, **settings)
-    signatures.export(model, os.path.join(model_uri, executor.SERVING_DIR), IMAGE_SIZE,
+    signatures.export(model, serving_model_dir(model_uri), IMAGE_SIZE,
                       Threshold(0.5, "youden", 0.9, 0.9, 50), str(tmp / "work"), "cnn", settings,
                       {"train_seconds": 12.0}, guard=ood.noise_guard(model, IMAGE_SIZE))
     return examples, model_uri, files
@@ -56,23 +56,22 @@ def test_threshold_is_chosen_on_the_calibration_split_and_served_by_both_signatu
     examples, model_uri, files = trained
     out = str(tmp_path / "calibrated")
     record = executor.run(examples, ["calibration", "test"], model_uri, out, "calibration", 50, 0)
-    sample = report_executor.read_split(examples, "calibration", cap=100)
-    scores = executor.probabilities(os.path.join(model_uri, executor.SERVING_DIR), sample.serialized)
+    sample = scoring.read_split(examples, "calibration", cap=100)
+    scores = executor.probabilities(serving_model_dir(model_uri), sample.serialized)
     expected = threshold.choose(np.array(sample.labels), scores, "youden")
     assert record["new_threshold"] == pytest.approx(expected.value) and record["old_threshold"] == 0.5
     assert (record["normal"], record["pneumonia"]) == (12, 12) and record["calibrated"]
     lower, upper = record["threshold_interval"]
     assert lower <= upper and lower <= expected.value + 1e-6 and upper >= expected.value - 1e-6
 
-    exported = os.path.join(out, executor.SERVING_DIR)
+    exported = serving_model_dir(out)
     metadata = signatures.read_metadata(exported)
     assert metadata["value"] == pytest.approx(expected.value) and metadata["policy"] == "youden on the calibration split"
     assert metadata["training"] == {"train_seconds": 12.0} and metadata["architecture"] == "cnn"
     images = [open(f, "rb").read() for f in files["NORMAL"][:3] + files["PNEUMONIA"][:3]]
     outputs = serve_both(exported, images)
     np.testing.assert_allclose(outputs["threshold"], expected.value, rtol=1e-6)
-    np.testing.assert_allclose(outputs["probability"], serve_both(os.path.join(model_uri, executor.SERVING_DIR),
-                                                                  images)["probability"], atol=1e-6)
+    np.testing.assert_allclose(outputs["probability"], serve_both(serving_model_dir(model_uri), images)["probability"], atol=1e-6)
     # decision_score puts the new threshold at 0.5
     assert list(outputs["decision_score"] > 0.5) == list(outputs["probability"] >= expected.value)
     with open(os.path.join(exported, executor.SAVED_MODEL_RECORD)) as f:
@@ -87,8 +86,8 @@ def test_without_a_calibration_split_the_model_passes_through_unchanged(trained,
     record = executor.run(examples, ["eval", "test"], model_uri, out, "calibration", 50, 0)
     assert not record["calibrated"] and "no calibration split" in record["note"]
     assert record["new_threshold"] == record["old_threshold"] == 0.5
-    assert model_fingerprint(os.path.join(out, executor.SERVING_DIR)) == model_fingerprint(
-        os.path.join(model_uri, executor.SERVING_DIR))  # same bytes: the Pusher sees the same model
+    assert model_fingerprint(serving_model_dir(out)) == model_fingerprint(
+        serving_model_dir(model_uri))  # same bytes: the Pusher sees the same model
 
 
 @pytest.mark.parametrize("split, message", [
@@ -99,7 +98,7 @@ def test_a_sample_that_cannot_set_a_threshold_fails_and_writes_no_model(trained,
     examples, model_uri, _ = trained
     with pytest.raises(calibration.CalibrationError, match=message):
         executor.run(examples, [split], model_uri, str(tmp_path / "out"), split, 50, 0)
-    assert not os.path.exists(tmp_path / "out" / executor.SERVING_DIR)
+    assert not os.path.exists(serving_model_dir(str(tmp_path / "out")))
 
 
 def test_cost_policy_trades_false_negatives_against_false_positives():

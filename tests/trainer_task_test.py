@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from serving.repository import THRESHOLD_ASSET
 from tests.signatures_test import serve_both
 from tests.trainer_inputs_test import real_images, write_split
 from trainer import models, signatures, task, threshold
@@ -157,7 +158,7 @@ def test_warm_start_needs_the_keras_weights(trained, tmp_path):
     base = trained("cnn")
     copy = tmp_path / "model" / "Format-Serving" / "assets"
     copy.mkdir(parents=True)
-    (copy / signatures.THRESHOLD_ASSET).write_text(json.dumps(signatures.read_metadata(base)))
+    (copy / THRESHOLD_ASSET).write_text(json.dumps(signatures.read_metadata(base)))
     with pytest.raises(ValueError, match="no Keras weights at"):
         task.build_model(config_for("cnn"), base_model=str(copy.parent))
 

@@ -26,13 +26,13 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 
+from serving.repository import THRESHOLD_ASSET, threshold_file
 from trainer import explain, ood
 from trainer.models import FEATURE_MAP, REGISTRY
 from trainer.pixel_budget import MAX_PIXELS
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
-THRESHOLD_ASSET = "threshold.json"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 CLASSIFY_SIGNATURE = "classify"
 PROBABILITY_OUTPUT = "probability"
@@ -164,7 +164,7 @@ def read_guard(export_dir: str) -> ood.OodGuard:
 
 def read_metadata(export_dir: str) -> Dict[str, Any]:
     """The threshold JSON of an exported model (threshold, architecture, image_size, model_config)."""
-    path = os.path.join(export_dir, "assets", THRESHOLD_ASSET)
+    path = threshold_file(export_dir)
     if not tf.io.gfile.exists(path):  # gfile: models may live in a bucket (Kubeflow)
         raise ValueError(f"{export_dir} is not a model exported by this trainer: {path} is missing")
     with tf.io.gfile.GFile(path) as f:

@@ -17,7 +17,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")  # where TF Serving reads them
+from serving.repository import SAVED_MODEL_FILE, WARMUP_FILE
+
 IMAGE_INPUT = "images"
 EXAMPLE_INPUTS = ("examples", "inputs")
 EXAMPLE_IMAGE_FEATURE = "image"
@@ -59,7 +60,7 @@ def _request_log(name: str, definition: meta_graph_pb2.SignatureDef, image: byte
 def warmup_requests(model_dir: str) -> List[prediction_log_pb2.PredictionLog]:
     """One request per signature of the SavedModel in `model_dir`, in signature-name order."""
     saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
+    with tf.io.gfile.GFile(os.path.join(model_dir, SAVED_MODEL_FILE), "rb") as f:
         saved_model.ParseFromString(f.read())
     image = warmup_image()
     signatures = saved_model.meta_graphs[0].signature_def

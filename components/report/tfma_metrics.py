@@ -1,31 +1,36 @@
 """Reads TFMA's metrics back, with their 95% intervals: shared by the report component and `pneumonia compare`.
 
-Here, below both, so the component needs nothing from `pneumonia/` or `pipeline/`.
+Here, below both, so the component needs nothing from `pneumonia/` or `pipeline/`. The names it writes into a
+row (keys, suffixes, slice names) are components/metrics_vocabulary.py's.
 """
 from typing import Dict, Iterable, Optional
 
 import tensorflow_model_analysis as tfma
 
+from components import metrics_vocabulary as vocabulary
 from trainer.signatures import DECISION_OUTPUT
 
-AT_THRESHOLD_SUFFIX = "@threshold"
-LOWER, UPPER = ":lower", ":upper"  # a metric's 95% interval in a slice_metrics row: `<key>:lower`, `<key>:upper`
-POSITIVES, NEGATIVES = "positives", "negatives"  # the slice's PNEUMONIA and NORMAL counts
 # TFMA's bootstrap (20 Poisson replicates) says little about a proportion over fewer cases than this: such a
 # slice shows its case count instead of an interval.
 MIN_CASES_FOR_INTERVAL = 20
 # Each reported metric's denominator: the cases its interval rests on.
-INTERVAL_CASES = {"auc": lambda p, n: min(p, n), "recall": lambda p, n: p, "specificity": lambda p, n: n,
-                  "binary_accuracy": lambda p, n: p + n}
+INTERVAL_CASES = {vocabulary.AUC: lambda p, n: min(p, n), vocabulary.RECALL: lambda p, n: p,
+                  vocabulary.SPECIFICITY: lambda p, n: n, vocabulary.ACCURACY: lambda p, n: p + n}
 
 
 def slice_name(slice_key) -> str:
-    parts = []
-    for item in slice_key.single_slice_keys:
-        value = item.bytes_value.decode() if item.HasField("bytes_value") else (
-            item.int64_value if item.HasField("int64_value") else item.float_value)
-        parts.append(f"{item.column}={value}")
-    return ", ".join(parts) or "overall"
+    """The vocabulary's name of a TFMA SliceKey proto."""
+    def value(item):
+        if item.HasField("bytes_value"):
+            return item.bytes_value.decode()
+        return item.int64_value if item.HasField("int64_value") else item.float_value
+
+    return vocabulary.slice_name((item.column, value(item)) for item in slice_key.single_slice_keys)
+
+
+def _is_candidate(key) -> bool:
+    """A metric of the evaluated model itself: not the baseline's, not a difference between the two."""
+    return not key.is_diff and key.model_name in ("", "candidate")
 
 
 def slice_metrics(evaluation_uri: str, metric_names: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, float]]:
@@ -42,21 +47,28 @@ def slice_metrics(evaluation_uri: str, metric_names: Optional[Iterable[str]] = N
         row = table.setdefault(slice_name(metrics.slice_key), {})
         for item in metrics.metric_keys_and_values:
             key = item.key
-            if (wanted is not None and key.name not in wanted) or key.is_diff or key.model_name not in ("", "candidate"):
+            if (wanted is not None and key.name not in wanted) or not _is_candidate(key):
                 continue
-            name = key.name + (AT_THRESHOLD_SUFFIX if key.output_name == DECISION_OUTPUT else "")
-            if item.value.HasField("confusion_matrix_at_thresholds") and key.output_name != DECISION_OUTPUT:
+            at_threshold = key.output_name == DECISION_OUTPUT
+            name = vocabulary.at_threshold(key.name) if at_threshold else key.name
+            if key.name == vocabulary.CONFUSION_MATRIX and not at_threshold:  # its cells count the slice's classes
                 matrix = item.value.confusion_matrix_at_thresholds.matrices[0]
-                row[POSITIVES] = matrix.true_positives + matrix.false_negatives
-                row[NEGATIVES] = matrix.true_negatives + matrix.false_positives
+                row[vocabulary.POSITIVES] = matrix.true_positives + matrix.false_negatives
+                row[vocabulary.NEGATIVES] = matrix.true_negatives + matrix.false_positives
             if not item.value.HasField("double_value"):
                 continue
             row[name] = item.value.double_value.value
             interval = item.confidence_interval
             if interval.lower_bound.HasField("double_value") and interval.upper_bound.HasField("double_value"):
-                row[name + LOWER] = interval.lower_bound.double_value.value
-                row[name + UPPER] = interval.upper_bound.double_value.value
+                lower, upper = vocabulary.interval_keys(name)
+                row[lower] = interval.lower_bound.double_value.value
+                row[upper] = interval.upper_bound.double_value.value
     return table
+
+
+def has_interval(key: str) -> bool:
+    """Whether the tables show metric `key` with its 95% interval (or its case count)."""
+    return vocabulary.base_metric(key) in INTERVAL_CASES
 
 
 def interval_cell(row: Dict[str, float], key: str, digits: int = 3) -> str:
@@ -66,13 +78,14 @@ def interval_cell(row: Dict[str, float], key: str, digits: int = 3) -> str:
     if value is None or value != value:
         return "-"
     shown = f"{value:.{digits}f}"
-    cases = INTERVAL_CASES.get(key.split("@")[0])
-    if cases is None or POSITIVES not in row:
+    if not has_interval(key) or vocabulary.POSITIVES not in row:
         return shown
-    count = int(cases(row[POSITIVES], row[NEGATIVES]))
+    cases = INTERVAL_CASES[vocabulary.base_metric(key)]
+    count = int(cases(row[vocabulary.POSITIVES], row[vocabulary.NEGATIVES]))
     if count < MIN_CASES_FOR_INTERVAL:
         return f"{shown} (n={count}: too few for a CI)"
-    if key + LOWER not in row:
+    bounds = vocabulary.interval_keys(key)
+    if bounds[0] not in row:
         return f"{shown} (no CI computed)"
-    lower, upper = (min(1.0, max(0.0, row[key + bound])) for bound in (LOWER, UPPER))
+    lower, upper = (min(1.0, max(0.0, row[bound])) for bound in bounds)
     return f"{shown} [{lower:.{digits}f}, {upper:.{digits}f}]"

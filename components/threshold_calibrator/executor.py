@@ -17,14 +17,14 @@ import numpy as np
 import tensorflow as tf
 from tfx.utils import io_utils
 
-from components.report import executor as report_executor
+from components.report import scoring
 from components.threshold_calibrator import calibration
+from serving.repository import EXTRA_ASSETS_DIR, serving_model_dir
 from trainer import models, signatures, task
 from trainer.threshold import Threshold
 
-SERVING_DIR = "Format-Serving"
 RECORD = "calibration.json"
-SAVED_MODEL_RECORD = os.path.join("assets.extra", RECORD)
+SAVED_MODEL_RECORD = os.path.join(EXTRA_ASSETS_DIR, RECORD)
 PROBABILITY_TOLERANCE = 1e-5  # the rebuilt model must score exactly as the one it replaces
 
 
@@ -41,7 +41,7 @@ def rebuild(saved_model_dir: str) -> Tuple[keras.Model, dict]:
 def probabilities(saved_model_dir: str, serialized: List[bytes]) -> np.ndarray:
     """PNEUMONIA probabilities of serialized tf.Examples through the SavedModel's `serving_default`."""
     serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    return report_executor.predict(serve, serialized)
+    return scoring.predict(serve, serialized)
 
 
 def predict_images(saved_model_dir: str, images: List[bytes], batch_size: int = 32) -> np.ndarray:
@@ -78,7 +78,7 @@ def run(examples_uri: str, split_names: List[str], model_uri: str, output_uri: s
         bootstrap_samples: int, seed: int) -> Dict:
     """Calibrates the model at model_uri into output_uri (or copies it unchanged when the examples hold no
     `split`), and returns the record also written to output_uri/calibration.json."""
-    source = os.path.join(model_uri, SERVING_DIR)
+    source = serving_model_dir(model_uri)
     info = signatures.read_metadata(source)
     if split not in split_names:
         io_utils.copy_dir(model_uri, output_uri)
@@ -86,16 +86,15 @@ def run(examples_uri: str, split_names: List[str], model_uri: str, output_uri: s
                   "note": f"no {split} split in the examples ({', '.join(split_names)}): the trained model passes "
                           f"through unchanged, at its validation threshold"}
     else:
-        sample = report_executor.read_split(examples_uri, split, cap=10 ** 9)
+        sample = scoring.read_split(examples_uri, split, cap=10 ** 9)
         labels = np.array(sample.labels)
         scores = probabilities(source, sample.serialized)
         chosen, record = calibration.calibrate(labels, scores, calibration.policy_of(info["policy"]),
                                                float(info["value"]), f"the {split} split", bootstrap_samples, seed)
         with tempfile.TemporaryDirectory() as work_dir:
-            reexport(source, os.path.join(output_uri, SERVING_DIR), chosen, work_dir, record,
-                     check_images=sample.images[:64])
+            reexport(source, serving_model_dir(output_uri), chosen, work_dir, record, check_images=sample.images[:64])
         keras_weights = task.keras_weights_path(source)  # for Grad-CAM in the report
         if tf.io.gfile.exists(keras_weights):
-            io_utils.copy_file(keras_weights, task.keras_weights_path(os.path.join(output_uri, SERVING_DIR)))
+            io_utils.copy_file(keras_weights, task.keras_weights_path(serving_model_dir(output_uri)))
     write_json(os.path.join(output_uri, RECORD), record)
     return record

@@ -10,9 +10,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.report import executor, tfma_metrics
+from components import metrics_vocabulary as vocabulary
+from components.report import scoring, tfma_metrics
 from components.report.attention import BORDER_AREA
-from components.report.executor import slice_parts
 from pipeline.config import RunConfig
 from pneumonia.analysis.tables import format_number
 from pneumonia.runs import evaluation, scoring
@@ -37,11 +37,11 @@ def targets() -> Tuple[Target, ...]:
 
 def find_slice(table: Dict[str, Dict[str, float]], **parts: str) -> Dict[str, float]:
     """The row of the slice made of exactly these features (e.g. split=test), {} when TFMA wrote none."""
-    return next((row for name, row in table.items() if slice_parts(name) == parts), {})
+    return next((row for name, row in table.items() if vocabulary.slice_parts(name) == parts), {})
 
 
 def validation_brier(item) -> float:
-    return find_slice(evaluation.slice_metrics(item.evaluation), split=VALIDATION).get("brier_score", math.nan)
+    return find_slice(evaluation.slice_metrics(item.evaluation), split=VALIDATION).get(vocabulary.BRIER, math.nan)
 
 
 def validation_border_share(item) -> float:
@@ -81,9 +81,9 @@ def false_positive_images(item, split: str = TEST) -> List[bytes]:
 def border_shares_on(item, *image_sets: List[bytes]) -> List[float]:
     """The model's mean Grad-CAM border share on each set of images (explaining the class it predicts), the
     Keras model rebuilt once for all sets."""
-    model, layer = executor.keras_model(item.model_uri, item.model)
+    model, layer = scoring.keras_model(item.model_uri, item.model)
     threshold = float(item.model["value"])
-    return [float(np.nanmean(executor.border_shares(model, layer, item.image_size, images, threshold)))
+    return [float(np.nanmean(scoring.border_shares(model, layer, item.image_size, images, threshold)))
             if images else math.nan for images in image_sets]
 
 
@@ -92,14 +92,16 @@ def figures(item) -> Dict[str, str]:
     table = evaluation.slice_metrics(item.evaluation)
     test, external = find_slice(table, split=TEST), find_slice(table, split=EXTERNAL)
     cell = tfma_metrics.interval_cell
-    shown = {"val Brier": format_number(find_slice(table, split=VALIDATION).get("brier_score"), 4),
-             "test AUC": cell(test, "auc"), "test acc@thr": cell(test, "binary_accuracy@threshold"),
-             "test sens@thr": cell(test, "recall@threshold"), "test spec@thr": cell(test, "specificity@threshold"),
-             "external AUC": cell(external, "auc")}
+    accuracy, sensitivity, specificity = (vocabulary.at_threshold(key) for key in
+                                          (vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY))
+    shown = {"val Brier": format_number(find_slice(table, split=VALIDATION).get(vocabulary.BRIER), 4),
+             "test AUC": cell(test, vocabulary.AUC), "test acc@thr": cell(test, accuracy),
+             "test sens@thr": cell(test, sensitivity), "test spec@thr": cell(test, specificity),
+             "external AUC": cell(external, vocabulary.AUC)}
     for source in ("rsna", "ieee8023"):
         row = find_slice(table, split=EXTERNAL, source=source)
-        shown[f"{source} sens@thr"] = cell(row, "recall@threshold")
-        shown[f"{source} spec@thr"] = cell(row, "specificity@threshold")
+        shown[f"{source} sens@thr"] = cell(row, sensitivity)
+        shown[f"{source} spec@thr"] = cell(row, specificity)
     outcomes = item.attention.get(TEST, {})
     for outcome in ("all", "FP"):
         share = outcomes.get(outcome)
@@ -127,9 +129,9 @@ def target_rows(candidates: Sequence, baseline) -> List[List[str]]:
     baseline_fps = false_positive_images(baseline)
     own_on_own, own = border_shares_on(chosen, false_positive_images(chosen), baseline_fps)
     [theirs] = border_shares_on(baseline, baseline_fps)
-    achieved = {"test AUC": test.get("auc"), "test accuracy at the validation threshold":
-                test.get("binary_accuracy@threshold"), "test sensitivity at the validation threshold":
-                test.get("recall@threshold"), "external AUC": external.get("auc"),
+    achieved = {"test AUC": test.get(vocabulary.AUC), "test accuracy at the validation threshold":
+                test.get(vocabulary.at_threshold(vocabulary.ACCURACY)), "test sensitivity at the validation threshold":
+                test.get(vocabulary.at_threshold(vocabulary.RECALL)), "external AUC": external.get(vocabulary.AUC),
                 "border share on test false positives": own_on_own}
     rows = [["target", "bound", f"{chosen.architecture} ({why})", "met", "margin"]]
     for target in targets():

@@ -5,8 +5,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from components import metrics_vocabulary as vocabulary
 from components.report import attention, tfma_metrics
-from components.report.executor import ordered_splits, slice_parts, undefined_metrics
 from pipeline.config import BLESSING_SPLIT
 from pneumonia.analysis.kshot import kshot_rows
 from pneumonia.analysis.policies import policy_rows
@@ -14,24 +14,23 @@ from pneumonia.analysis.tables import format_number, format_rows
 from pneumonia.runs import evaluation, scoring
 from pneumonia.runs.store import Evaluated, latest_evaluations
 
-COMPARE_COLUMNS = (("examples", "example_count"), ("AUC", "auc"),
-                   ("acc@thr", "binary_accuracy@threshold"), ("sens@thr", "recall@threshold"),
-                   ("spec@thr", "specificity@threshold"), ("F1@thr", "f1_score@threshold"),
-                   ("acc@0.5", "binary_accuracy"), ("sens@0.5", "recall"), ("spec@0.5", "specificity"),
-                   ("F1@0.5", "f1_score"))
+COMPARE_KEYS = (vocabulary.EXAMPLE_COUNT, vocabulary.AUC,
+                *(vocabulary.at_threshold(key) for key in (vocabulary.ACCURACY, vocabulary.RECALL,
+                                                           vocabulary.SPECIFICITY, vocabulary.F1)),
+                vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY, vocabulary.F1)
 
 
 def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]:
     """(TFMA slice name, shown name): each whole split, then each source of a split that pools several
     (the external set: rsna and ieee8023), in split order."""
-    splits = {slice_parts(name)["split"]: name for name in table if set(slice_parts(name)) == {"dataset", "split"}}
+    splits = {vocabulary.slice_parts(name)[vocabulary.SPLIT]: name for name in table if vocabulary.is_split_slice(name)}
     sources: Dict[str, Dict[str, str]] = {}
     for name in table:
-        parts = slice_parts(name)
-        if set(parts) == {"source", "split"}:
-            sources.setdefault(parts["split"], {})[parts["source"]] = name
+        parts = vocabulary.slice_parts(name)
+        if set(parts) == {vocabulary.SOURCE, vocabulary.SPLIT}:
+            sources.setdefault(parts[vocabulary.SPLIT], {})[parts[vocabulary.SOURCE]] = name
     chosen = []
-    for split in ordered_splits(list(splits), BLESSING_SPLIT):
+    for split in vocabulary.ordered_splits(splits, BLESSING_SPLIT):
         chosen.append((splits[split], split))
         if len(sources.get(split, {})) > 1:
             chosen += [(name, f"{split}: {source}") for source, name in sorted(sources[split].items())]
@@ -61,17 +60,17 @@ def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
 
 def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture and reported slice (whole splits, and sources within them)."""
-    header = ["architecture", "slice"] + [title for title, _ in COMPARE_COLUMNS]
+    header = ["architecture", "slice"] + [vocabulary.SHORT_TITLES[key] for key in COMPARE_KEYS]
     rows = [header]
     for item in evaluated:
         table = evaluation.slice_metrics(item.evaluation)
         for name, shown in reported_slices(table):
             row = table[name]
-            undefined = undefined_metrics(row)  # e.g. AUC of the all-NORMAL RSNA images: TFMA says 0
-            cells = [format_number(row.get(key), 0) if key == "example_count" else
+            undefined = vocabulary.undefined_metrics(row)  # e.g. AUC of the all-NORMAL RSNA images: TFMA says 0
+            cells = [format_number(row.get(key), 0) if key == vocabulary.EXAMPLE_COUNT else
                      "-" if key in undefined else
-                     tfma_metrics.interval_cell(row, key) if key.split("@")[0] in tfma_metrics.INTERVAL_CASES else
-                     format_number(row.get(key)) for _, key in COMPARE_COLUMNS]
+                     tfma_metrics.interval_cell(row, key) if tfma_metrics.has_interval(key) else
+                     format_number(row.get(key)) for key in COMPARE_KEYS]
             rows.append([item.architecture, shown] + cells)
     return rows
 

@@ -2,6 +2,7 @@
 import os
 from typing import Dict, Optional
 
+from components import metrics_vocabulary as vocabulary
 from components.report import tfma_metrics
 from pneumonia.runs import evaluation
 from pneumonia.runs.store import RunOutputs
@@ -10,23 +11,19 @@ from pneumonia.runs.store import RunOutputs
 def format_table(table: Dict[str, Dict[str, float]]) -> str:
     """Per split (each split is one dataset) and pooled, with the clinical metric names; `@thr` is at the
     model's tuned threshold (chosen on validation), `@0.5` at 0.5; each with its 95% interval."""
-    columns = (("examples", "example_count"), ("AUC", "auc"), ("acc@0.5", "binary_accuracy"),
-               ("sens@0.5", "recall"), ("spec@0.5", "specificity"), ("acc@thr", "binary_accuracy@threshold"),
-               ("sens@thr", "recall@threshold"), ("spec@thr", "specificity@threshold"))
-    def columns_of(name):
-        return {part.split("=")[0] for part in name.split(", ")}
-
-    per_split = sorted(name for name in table if columns_of(name) == {"dataset", "split"})
-    pooled = sorted(name for name in table if columns_of(name) == {"dataset"})
+    keys = (vocabulary.EXAMPLE_COUNT, vocabulary.AUC, vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY,
+            *(vocabulary.at_threshold(key) for key in (vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY)))
+    per_split = sorted(name for name in table if vocabulary.is_split_slice(name))
+    pooled = sorted(name for name in table if set(vocabulary.slice_parts(name)) == {vocabulary.DATASET})
     labels = {name: name for name in per_split}
     labels.update({name: f"{name} (splits pooled)" for name in pooled})
-    if "overall" in table:
-        labels["overall"] = "all evaluated splits pooled"
-    rows = [["slice"] + [title for title, _ in columns]]
+    if vocabulary.OVERALL in table:
+        labels[vocabulary.OVERALL] = vocabulary.POOLED
+    rows = [["slice"] + [vocabulary.SHORT_TITLES[key] for key in keys]]
     for name, label in labels.items():
-        rows.append([label] + [format_count(table[name].get(key)) if key == "example_count"
-                               else tfma_metrics.interval_cell(table[name], key) for title, key in columns])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
+        rows.append([label] + [format_count(table[name].get(key)) if key == vocabulary.EXAMPLE_COUNT
+                               else tfma_metrics.interval_cell(table[name], key) for key in keys])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(keys) + 1)]
     return "\n".join((row[0].ljust(widths[0] + 2) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:])))
                      .rstrip() for row in rows)
 

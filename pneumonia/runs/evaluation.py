@@ -4,15 +4,17 @@ from typing import Dict, List, Optional
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 
+from components import metrics_vocabulary as vocabulary
+
 from components.report import tfma_metrics
 from components.report.tfma_metrics import slice_name
-from pipeline.evaluation import DECISION_OUTPUT, GATE_NAMES, METRICS
-from pipeline.interval_metrics import LOWER_BOUND_SUFFIX
+from pipeline.evaluation import GATE_NAMES
+from trainer.signatures import DECISION_OUTPUT
 
 
 def slice_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-    """The pipeline's metrics (pipeline/evaluation.py METRICS) per slice: see `tfma_metrics.slice_metrics`."""
-    return tfma_metrics.slice_metrics(evaluation_uri, [key for _, key, _ in METRICS])
+    """The pipeline's metrics (components/metrics_vocabulary.py METRICS) per slice: see `tfma_metrics.slice_metrics`."""
+    return tfma_metrics.slice_metrics(evaluation_uri, [key for _, key, _ in vocabulary.METRICS])
 
 
 def validation_failures(evaluation_uri: str) -> List[str]:
@@ -37,7 +39,8 @@ def site_gate_failure(slice_shown: str, failure) -> Optional[str]:
     key = failure.metric_key
     if key.output_name != DECISION_OUTPUT or key.is_diff:
         return None
-    base = key.name[:-len(LOWER_BOUND_SUFFIX)] if key.name.endswith(LOWER_BOUND_SUFFIX) else key.name
+    suffix = vocabulary.LOWER_BOUND_SUFFIX
+    base = key.name[:-len(suffix)] if key.name.endswith(suffix) else key.name
     if base not in GATE_NAMES:
         return None
     measure, flag = GATE_NAMES[base]

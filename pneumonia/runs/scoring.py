@@ -4,17 +4,17 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from components.report import executor
+from components.report import scoring
 
 
 def scored_outputs(examples_uri: str, splits: List[str], model_uri: str) -> Dict[str, tuple]:
     """{split: (its examples, the numeric outputs of the exported model's serving signature for them)} over
     every example of each split, the model loaded once."""
-    serve = executor.serving_function(model_uri)
+    serve = scoring.serving_function(model_uri)
     scored = {}
     for split in splits:
-        sample = executor.read_split(examples_uri, split, cap=10 ** 9)
-        scored[split] = (sample, executor.score(serve, sample.serialized))
+        sample = scoring.read_split(examples_uri, split, cap=10 ** 9)
+        scored[split] = (sample, scoring.score(serve, sample.serialized))
     return scored
 
 

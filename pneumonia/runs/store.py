@@ -14,7 +14,7 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.report import attention, executor
+from components.report import attention, scoring
 
 REPORT_NODE = "EvaluationReport"
 EVALUATOR_NODE = "Evaluator"
@@ -215,7 +215,7 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
                                                           metadata_store_pb2.Event.DECLARED_OUTPUT))
         if "model" not in inputs or "examples" not in inputs or "evaluation" not in outputs:
             continue
-        info = executor.model_info(inputs["model"].uri)
+        info = scoring.model_info(inputs["model"].uri)
         latest[info["architecture"]] = Evaluated(info["architecture"], int(info["image_size"]),
                                                  is_blessed(outputs.get("blessing")),
                                                  outputs["evaluation"].uri, info,

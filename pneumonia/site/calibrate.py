@@ -24,7 +24,6 @@ import tensorflow as tf
 from google.protobuf import text_format
 from scipy import stats
 
-from components.pusher.executor import model_fingerprint, push_atomically, served_versions
 from components.pusher.warmup import write_warmup_requests
 from components.threshold_calibrator import calibration
 from components.threshold_calibrator.executor import predict_images, reexport
@@ -33,6 +32,7 @@ from components.threshold_calibrator.prevalence import TRAINING_PRIOR, bootstrap
 from pipeline.config import BLESSING_SPLIT, RunConfig
 from pneumonia.data.images import BadImage, inspect_image
 from serving import config as serving_config
+from serving.repository import model_fingerprint, push_atomically, servable_versions
 from trainer import signatures, threshold
 
 LABEL_FOLDERS = {"NORMAL": 0, "PNEUMONIA": 1}
@@ -118,7 +118,7 @@ def read_site(folder: str, labelled: bool) -> SiteImages:
 
 def resolve_version(model_base: str, version: Optional[int]) -> int:
     """The version to calibrate: `version`, which must exist, or the latest."""
-    versions = served_versions(model_base)
+    versions = servable_versions(model_base)
     if not versions:
         raise CalibrateError(f"no model versions under {model_base}")
     if version is None:

@@ -8,6 +8,7 @@ each architecture (blessed ones only, unless asked), never by test or external r
 from typing import Dict, List, Optional, Sequence
 
 from pipeline.config import RunConfig
+from serving.repository import serving_model_dir
 from trainer.task import keras_weights_path
 
 ENSEMBLE = "ensemble"
@@ -29,7 +30,7 @@ def ensemble_members(evaluated: Sequence, architectures: Optional[Sequence[str]]
                          "(--include-unblessed to use the others)")
     return [{"architecture": item.architecture, "image_size": item.image_size,
              "model_config": item.model.get("model_config", {}),
-             "weights": keras_weights_path(f"{item.model_uri}/Format-Serving")} for item in chosen]
+             "weights": keras_weights_path(serving_model_dir(item.model_uri))} for item in chosen]
 
 
 def ensemble_config(config: RunConfig, members: List[Dict]) -> RunConfig:
