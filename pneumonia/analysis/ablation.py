@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from components import metrics_vocabulary as vocabulary
-from components.report import scoring, tfma_metrics
+from components.report import scoring as report_scoring, tfma_metrics
 from components.report.attention import BORDER_AREA
 from pipeline.config import RunConfig
 from pneumonia.analysis.tables import format_number
@@ -81,9 +81,9 @@ def false_positive_images(item, split: str = TEST) -> List[bytes]:
 def border_shares_on(item, *image_sets: List[bytes]) -> List[float]:
     """The model's mean Grad-CAM border share on each set of images (explaining the class it predicts), the
     Keras model rebuilt once for all sets."""
-    model, layer = scoring.keras_model(item.model_uri, item.model)
+    model, layer = report_scoring.keras_model(item.model_uri, item.model)
     threshold = float(item.model["value"])
-    return [float(np.nanmean(scoring.border_shares(model, layer, item.image_size, images, threshold)))
+    return [float(np.nanmean(report_scoring.border_shares(model, layer, item.image_size, images, threshold)))
             if images else math.nan for images in image_sets]
 
 
