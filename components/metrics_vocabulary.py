@@ -47,7 +47,8 @@ THRESHOLD_DEPENDENT = (ACCURACY, RECALL, SPECIFICITY, PRECISION, F1, CONFUSION_M
 
 AT_THRESHOLD_SUFFIX = "@threshold"
 LOWER, UPPER = ":lower", ":upper"  # a metric's 95% interval in a row of read-back metrics
-LOWER_BOUND_SUFFIX = "_lower_bound"  # the metric whose value is another metric's lower 95% bound
+# The metrics whose values are another metric's lower and upper 95% bound (pipeline/interval_metrics.py).
+LOWER_BOUND_SUFFIX, UPPER_BOUND_SUFFIX = "_lower_bound", "_upper_bound"
 POSITIVES, NEGATIVES = "positives", "negatives"  # a slice's PNEUMONIA and NORMAL counts in a row
 
 
@@ -67,8 +68,20 @@ def interval_keys(key: str) -> Tuple[str, str]:
 
 
 def lower_bound_key(key: str) -> str:
-    """The key of the metric judging `key`'s lower 95% bound (pipeline/interval_metrics.py's LowerBound)."""
+    """The key of the metric judging `key`'s lower 95% bound (pipeline/interval_metrics.py)."""
     return key + LOWER_BOUND_SUFFIX
+
+
+def upper_bound_key(key: str) -> str:
+    return key + UPPER_BOUND_SUFFIX
+
+
+def bounded_metric(key: str) -> Tuple[str, str]:
+    """(metric, LOWER or UPPER) for a bound metric's key (`recall_lower_bound`); ("", "") for any other key."""
+    for suffix, end in ((LOWER_BOUND_SUFFIX, LOWER), (UPPER_BOUND_SUFFIX, UPPER)):
+        if key.endswith(suffix):
+            return key[:-len(suffix)], end
+    return "", ""
 
 
 # What the HTML report calls each metric, in its table's column order.

@@ -8,10 +8,11 @@ Metrics at 0.5 are computed on the model's `probability`; the threshold-dependen
 again on its `decision_score`, which puts the model's tuned threshold at 0.5, so TFMA also reports them
 at the operating point the model actually serves (keys suffixed `@threshold` when read back).
 
-Every metric carries TFMA's 95% confidence interval (Poisson bootstrap, 20 replicates, by default; the
-jackknife over 20 buckets costs far less Evaluator time, see bench/evaluator_intervals_bench.py). An optional site
-gate bounds sensitivity and specificity on the site's calibration slice, on the point estimate or on the
-lower confidence bound (`interval_metrics.LowerBound`). The metrics' keys and the slices' features are
+The metrics the tables show carry a 95% interval: closed-form by default (DeLong for the AUC, Wilson at the
+threshold, the normal interval of the Brier score: `interval_metrics.AnalyticIntervals`), or TFMA's bootstrap or
+jackknife for every metric at many times the Evaluator's time (bench/evaluator_intervals_bench.py). An optional
+site gate bounds sensitivity and specificity on the site's calibration slice, on the point estimate or on the
+lower 95% bound (`<key>_lower_bound`, from either kind of interval). The metrics' keys and the slices' features are
 components/metrics_vocabulary.py's, which the report and the CLI read them back by.
 """
 import dataclasses
@@ -80,37 +81,48 @@ def _metric_config(class_name: str, extra: Optional[Dict], module: str = "") -> 
     return config
 
 
-INTERVAL_METHODS = {"bootstrap": tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
+# How the Evaluator computes each metric's 95% interval: "analytic" (closed form, one more pass over each slice:
+# interval_metrics.AnalyticIntervals), TFMA's "bootstrap" (Poisson, 20 replicates) or "jackknife" (20 buckets),
+# each recomputing every slice 20 more times, or "none".
+INTERVAL_METHODS = {"analytic": None, "bootstrap": tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
                     "jackknife": tfma.ConfidenceIntervalOptions.JACKKNIFE, "none": None}
+DEFAULT_INTERVALS = "analytic"
+
+
+def _analytic_intervals(keys) -> tfma.MetricConfig:
+    bounded = [key for key in interval_metrics.ANALYTIC_METRICS if key in keys]
+    return _metric_config("AnalyticIntervals", {"metrics": bounded}, module=interval_metrics.__name__)
 
 
 def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
-                       site_gate: Optional[SiteGate] = None, confidence_intervals: str = "bootstrap") -> tfma.EvalConfig:
+                       site_gate: Optional[SiteGate] = None,
+                       confidence_intervals: str = DEFAULT_INTERVALS) -> tfma.EvalConfig:
     """The metrics, slices and blessing; `site_gate` adds bounds at the served threshold (the
-    `decision_score` output) on its split. `confidence_intervals`: bootstrap, jackknife or none."""
+    `decision_score` output) on its split. `confidence_intervals`: one of INTERVAL_METHODS."""
     if confidence_intervals not in INTERVAL_METHODS:
         raise ValueError(f"confidence_intervals {confidence_intervals!r}: choose {', '.join(INTERVAL_METHODS)}")
     if site_gate and site_gate.on_lower_bound and confidence_intervals == "none":
         raise ValueError("--gate-on-lower-bound needs confidence intervals (confidence_intervals: none is set)")
     method = INTERVAL_METHODS[confidence_intervals]
     at_half, at_threshold = [], []
-    gate = {class_name: (judged, value) for judged, class_name, value in (site_gate.bounds() if site_gate else [])}
     for class_name, key, extra in vocabulary.METRICS:
         config = _metric_config(class_name, extra)
         if key == vocabulary.AUC:
             config.per_slice_thresholds.append(blessing_threshold(min_auc, max_auc_drop, blessing_split))
         at_half.append(config)
         if key in vocabulary.THRESHOLD_DEPENDENT:
-            served = _metric_config(class_name, extra)
-            if class_name in gate:
-                judged, value = gate[class_name]
-                if judged == key:
-                    served.per_slice_thresholds.append(_site_threshold(site_gate.split, value))
-                else:
-                    bound = _metric_config("LowerBound", {"metric": key}, module=interval_metrics.__name__)
-                    bound.per_slice_thresholds.append(_site_threshold(site_gate.split, value))
-                    at_threshold.append(bound)
-            at_threshold.append(served)
+            at_threshold.append(_metric_config(class_name, extra))
+    gated = site_gate.bounds() if site_gate else []
+    if confidence_intervals == "analytic":
+        at_half.append(_analytic_intervals(vocabulary.CLASS_OF))
+        at_threshold.append(_analytic_intervals(vocabulary.THRESHOLD_DEPENDENT))
+    elif method is not None:  # the bootstrap's lower bound is a metric of its own, read off the resampled value
+        at_threshold += [_metric_config("LowerBound", {"metric": vocabulary.bounded_metric(judged)[0]},
+                                        module=interval_metrics.__name__)
+                         for judged, _, _ in gated if vocabulary.bounded_metric(judged)[0]]
+    # A gate judges one key of the decision output (a metric, or the bound of one) on the site's split only.
+    gate = {judged: tfma.PerSliceMetricThresholds(thresholds=[_site_threshold(site_gate.split, value)])
+            for judged, _, value in gated}
     outputs = (PROBABILITY_OUTPUT, DECISION_OUTPUT)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: vocabulary.LABEL for o in outputs},
@@ -118,7 +130,8 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys))
                                                  for keys in vocabulary.SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
-                       tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
+                       tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT],
+                                        per_slice_thresholds=gate)],
         options=tfma.Options(
             compute_confidence_intervals=wrappers_pb2.BoolValue(value=method is not None),
             confidence_intervals=tfma.ConfidenceIntervalOptions(method=method or 0)),

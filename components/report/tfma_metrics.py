@@ -10,7 +10,7 @@ import tensorflow_model_analysis as tfma
 from components import metrics_vocabulary as vocabulary
 from trainer.signatures import DECISION_OUTPUT
 
-# TFMA's bootstrap (20 Poisson replicates) says little about a proportion over fewer cases than this: such a
+# An interval over fewer cases than this says little (and DeLong's and the bootstrap's are unreliable there): such a
 # slice shows its case count instead of an interval.
 MIN_CASES_FOR_INTERVAL = 20
 # Each reported metric's denominator: the cases its interval rests on.
@@ -38,7 +38,8 @@ def slice_metrics(evaluation_uri: str, metric_names: Optional[Iterable[str]] = N
     named in `metric_names` (default: every metric TFMA wrote).
 
     Metrics of the `decision_score` output are those at the model's tuned threshold: `<key>@threshold`.
-    TFMA's 95% interval of a metric is `<key>:lower` and `<key>:upper`; the slice's class counts are
+    A metric's 95% interval is `<key>:lower` and `<key>:upper`, from the analytic bound metrics
+    (`<key>_lower_bound`, `<key>_upper_bound`) or from TFMA's bootstrap; the slice's class counts are
     `positives` and `negatives`.
     """
     wanted = set(metric_names) if metric_names is not None else None
@@ -47,15 +48,19 @@ def slice_metrics(evaluation_uri: str, metric_names: Optional[Iterable[str]] = N
         row = table.setdefault(slice_name(metrics.slice_key), {})
         for item in metrics.metric_keys_and_values:
             key = item.key
-            if (wanted is not None and key.name not in wanted) or not _is_candidate(key):
+            bounded, end = vocabulary.bounded_metric(key.name)
+            if (wanted is not None and (bounded or key.name) not in wanted) or not _is_candidate(key):
                 continue
             at_threshold = key.output_name == DECISION_OUTPUT
-            name = vocabulary.at_threshold(key.name) if at_threshold else key.name
+            name = vocabulary.at_threshold(bounded or key.name) if at_threshold else (bounded or key.name)
             if key.name == vocabulary.CONFUSION_MATRIX and not at_threshold:  # its cells count the slice's classes
                 matrix = item.value.confusion_matrix_at_thresholds.matrices[0]
                 row[vocabulary.POSITIVES] = matrix.true_positives + matrix.false_negatives
                 row[vocabulary.NEGATIVES] = matrix.true_negatives + matrix.false_positives
             if not item.value.HasField("double_value"):
+                continue
+            if bounded:
+                row[name + end] = item.value.double_value.value
                 continue
             row[name] = item.value.double_value.value
             interval = item.confidence_interval
