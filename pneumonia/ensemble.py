@@ -6,6 +6,7 @@ any other model. Members are picked by a rule fixed before any figure is seen: t
 each architecture (blessed ones only, unless asked), never by test or external results.
 """
 import argparse
+import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 ENSEMBLE = "ensemble"
@@ -47,8 +48,9 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}")
     if not prepare.is_prepared(config.data):
         raise SystemExit(f"error: no prepared data at {config.data}: run `pneumonia run` first")
-    config.architecture, config.model_config = ENSEMBLE, {"members": members}
-    config.image_size = max(member["image_size"] for member in members)  # each member resizes to its own
+    image_size = max(member["image_size"] for member in members)  # each member resizes to its own
+    config.trainer = dataclasses.replace(config.trainer, architecture=ENSEMBLE, model_config={"members": members},
+                                         image_size=image_size)
     config.warm_start = False
     print("members: " + ", ".join(f"{m['architecture']} ({m['image_size']} px)" for m in members))
     run_and_summarize(config)
