@@ -61,6 +61,8 @@ def test_missing_optional_settings_take_their_defaults():
     ({"label_smoothing": 1.0}, "label_smoothing must be in [0, 1)"),
     ({"crop_min_area": 0.0}, "crop_min_area must be in (0, 1]"),
     ({"ema_epochs": -1.0}, "ema_epochs must be >= 0"),
+    ({"ood_percentile": 0}, "trainer setting ood_percentile=0: must be positive"),
+    ({"ood_percentile": 100.5}, "trainer setting ood_percentile=100.5: must be at most 100"),
 ])
 def test_a_bad_custom_config_is_refused_in_one_line(change, message):
     custom_config = {key: value for key, value in {**TrainerConfig().to_dict(), **change}.items()

@@ -16,9 +16,10 @@ from trainer.config import TrainerConfig
 from trainer.preprocessing import decode_batch
 
 IMAGE_SIZE = 32
-# Each architecture's run also covers one training option: the options need no run of their own.
-VARIANTS = {"cnn": {}, "cnn_transformer": {"loss": "focal"}, "swin": {"horizontal_flip": True, "cache": False},
-            "ensemble": {}}  # an ensemble of fresh tiny members: nothing to fit, its own threshold
+# Each architecture's run also covers one training option: the options need no run of their own. The ensemble:
+# fresh tiny members, nothing to fit, its own threshold.
+VARIANTS = {"cnn": {"ood_percentile": 90.0}, "cnn_transformer": {"loss": "focal"},
+            "swin": {"horizontal_flip": True, "cache": False}, "ensemble": {}}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,10 @@ def assert_export_contract(serving_dir: str, architecture: str, validation_image
 def test_architecture_trains_exports_and_serves(architecture, trained, data):
     serving_dir = trained(architecture)
     assert_export_contract(serving_dir, architecture, data["validation_images"])
+    metadata = signatures.read_metadata(serving_dir)
+    assert metadata["ood"]["validation_percentile"] == checked(architecture, **VARIANTS[architecture]).ood_percentile
     model_run_dir = os.path.join(os.path.dirname(os.path.dirname(serving_dir)), "model_run")
-    trained_epochs = signatures.read_metadata(serving_dir)["training"]["epochs_run"]
+    trained_epochs = metadata["training"]["epochs_run"]
     assert trained_epochs == (0 if architecture == "ensemble" else 1)
     if trained_epochs:
         assert glob.glob(os.path.join(model_run_dir, "**", "events.out.tfevents.*"), recursive=True)  # TensorBoard

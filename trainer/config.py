@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 
 def setting(default: Any, help: str, *, flag: bool = False, required: bool = False,
-            at_least: Optional[float] = None, positive: bool = False,
+            at_least: Optional[float] = None, at_most: Optional[float] = None, positive: bool = False,
             choices: Optional[Sequence[str]] = None) -> Any:
     """A TrainerConfig field. `required`: a custom_config must hold it (the settings the Trainer had from the
     start; later ones are optional, so pipelines compiled before them still run). `flag`: `pneumonia run`
     (and `compile`) take --the-name. `choices` are the flag's; the code that uses the value checks it."""
-    metadata = {"help": help, "flag": flag, "required": required, "at_least": at_least, "positive": positive,
-                "choices": choices}
+    metadata = {"help": help, "flag": flag, "required": required, "at_least": at_least, "at_most": at_most,
+                "positive": positive, "choices": choices}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -36,6 +36,8 @@ def _has_type(value: Any, expected: type) -> bool:
 def _bound_broken(value: Any, metadata: Dict[str, Any]) -> Optional[str]:
     if metadata["at_least"] is not None and value < metadata["at_least"]:
         return f"must be at least {metadata['at_least']}"
+    if metadata["at_most"] is not None and value > metadata["at_most"]:
+        return f"must be at most {metadata['at_most']}"
     if metadata["positive"] and value <= 0:
         return "must be positive"
     return None
@@ -79,6 +81,9 @@ class TrainerConfig:
     weights: str = setting("none", "pretrained backbone weights: imagenet (needs internet), a local .h5/.keras "
                                    "file, or none (default)", flag=True, required=True)
     seed: int = setting(42, "seed of the initial weights, the shuffling and the augmentation", required=True)
+    ood_percentile: float = setting(99.5, "the OOD guard's threshold: this percentile of the validation images' "
+                                          "distances, so that share of in-distribution images passes",
+                                    positive=True, at_most=100)
 
     def __post_init__(self) -> None:
         """Types, then bounds: the checks that need no TensorFlow."""

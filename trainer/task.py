@@ -187,7 +187,7 @@ def run_fn(fn_args: FnArgs) -> None:
     # The OOD guard's Gaussians come from the training images without augmentation; its threshold from the
     # validation pass that also tunes the model's threshold.
     plain_train = inputs.make_dataset(fn_args.train_files, config.image_size, config.batch_size, training=False)
-    guard, probabilities, labels = ood.fit_model(model, plain_train, validation,
+    guard, probabilities, labels = ood.fit_model(model, plain_train, validation, config.ood_percentile,
                                                  layer_name=models.architecture(config.architecture).gradcam_layer)
     chosen = threshold.choose(labels, probabilities, config.threshold_policy)
     logging.info("best validation %s %.4f at epoch %d; threshold %.4f (%s): validation sensitivity %.3f, "
