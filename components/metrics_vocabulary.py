@@ -45,6 +45,10 @@ CLASS_OF = {key: class_name for class_name, key, _ in METRICS}
 # The metrics that depend on a threshold: computed again at the model's tuned one, read back as `<key>@threshold`.
 THRESHOLD_DEPENDENT = (ACCURACY, RECALL, SPECIFICITY, PRECISION, F1, CONFUSION_MATRIX)
 
+# How the Evaluator computes the 95% intervals (pipeline/evaluation.py maps each to TFMA's settings).
+ANALYTIC, BOOTSTRAP, JACKKNIFE, NO_INTERVALS = "analytic", "bootstrap", "jackknife", "none"
+DEFAULT_INTERVALS = ANALYTIC
+
 AT_THRESHOLD_SUFFIX = "@threshold"
 LOWER, UPPER = ":lower", ":upper"  # a metric's 95% interval in a row of read-back metrics
 # The metrics whose values are another metric's lower and upper 95% bound (pipeline/interval_metrics.py).

@@ -1,6 +1,8 @@
 """`pneumonia compile` and `pneumonia schedule`: the Kubeflow Pipelines subcommands."""
 import argparse
 
+from trainer.config import TrainerConfig
+
 
 def cmd_compile(args: argparse.Namespace) -> None:
     from pipeline.config import RunConfig
@@ -8,11 +10,9 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     try:
         config = RunConfig.load(
-            args.config, pipeline_name=args.pipeline_name, model_name=args.model_name,
-            architecture=args.architecture, epochs=args.epochs, image_size=args.image_size,
-            batch_size=args.batch_size, min_auc=args.min_auc, beam_args=args.beam_arg or None,
-            trainer_cpu=args.trainer_cpu, trainer_memory_gb=args.trainer_memory_gb, trainer_gpus=args.trainer_gpus,
-            trainer_gpu_type=args.trainer_gpu_type)
+            args.config, pipeline_name=args.pipeline_name, model_name=args.model_name, min_auc=args.min_auc,
+            beam_args=args.beam_arg or None, trainer_cpu=args.trainer_cpu, trainer_memory_gb=args.trainer_memory_gb,
+            trainer_gpus=args.trainer_gpus, trainer_gpu_type=args.trainer_gpu_type, **TrainerConfig.overrides(args))
         locations = runner.Locations.resolve(args.root or "", args.pipeline_root or "", args.data or "",
                                              args.serving_dir or "", config.pipeline_name)
         paths = runner.compile_pipeline(config, locations, args.out, args.image or image.default_image())
@@ -79,10 +79,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     comp.add_argument("--serving-dir", help="TF Serving base path URI; models go to DIR/<model-name>/<version>/")
     comp.add_argument("--pipeline-name", help="pipeline name (default pneumonia)")
     comp.add_argument("--model-name", help="served model name (default pneumonia)")
-    comp.add_argument("--architecture", help="default architecture in the trainer_config parameter (default cnn)")
-    comp.add_argument("--epochs", type=int, help="default epochs in the trainer_config parameter (default 5)")
-    comp.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
-    comp.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    TrainerConfig.add_flags(comp)  # the defaults of the trainer_config parameter: trainer/config.py
     comp.add_argument("--min-auc", type=float, help="validation AUC a model needs to be blessed (default 0.80)")
     comp.add_argument("--beam-arg", action="append", metavar="ARG",
                       help="Beam argument for every component, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")

@@ -22,7 +22,6 @@ from kubeflow import image as image_tags
 from kubeflow.parameters import DATA_ROOT_PARAMETER, IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
 from pipeline.pipeline import SCHEMA_PATH, SERVED_BASELINE_ID, pipeline_from_config
-from trainer import task
 
 # The curated schema at the same place relative to the project as in this checkout.
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(pipeline_package.__file__)))
@@ -127,7 +126,7 @@ def compile_pipeline(config: RunConfig, locations: Locations, out: str, image: s
     """
     if not out.endswith((".yaml", ".yml")):
         raise ValueError(f"--out {out}: the package must be a .yaml or .yml file (what kfp.Client uploads)")
-    task.check_config(config.trainer_config())  # what every run would fail on, refused before compiling
+    config.trainer.check()  # what every run would fail on, refused before compiling
     image_tags.check_image(image)
     job = pipeline_job(kubeflow_pipeline(config, locations), image, runtime_parameter_defaults(config, locations))
     job_path = os.path.splitext(out)[0] + JOB_SUFFIX

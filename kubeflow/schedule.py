@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import yaml
 
 from kubeflow.parameters import TRAINER_CONFIG_PARAMETER
+from trainer.config import TrainerConfig
 
 API = "/apis/v2beta1"
 # KFP's cron has a seconds field first (robfig/cron): second minute hour day-of-month month day-of-week.
@@ -133,10 +134,8 @@ def _trainer_config(text: str) -> Dict[str, Any]:
 def check_trainer_config(config: Dict[str, Any]) -> None:
     """The Trainer's own check (architecture registry, settings and their values), before anything is uploaded:
     a bad value would otherwise fail every scheduled run."""
-    from trainer.task import check_config  # TensorFlow-heavy: imported only when trainer settings are given
-
     try:
-        check_config(config)
+        TrainerConfig.from_dict(config)
     except ValueError as error:
         raise ScheduleError(f"--param {TRAINER_CONFIG_PARAMETER}: {error}")
 

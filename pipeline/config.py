@@ -1,7 +1,8 @@
 """The one run configuration: YAML file, overridden by CLI flags, handed to create_pipeline.
 
-Everything a run needs travels in `RunConfig`; the Trainer receives `trainer_config()` through
-`custom_config` (the trainer package never imports this module).
+Everything a run needs travels in `RunConfig`. The Trainer's settings are its `trainer`, a
+`trainer.config.TrainerConfig` whose keys stay top-level in the YAML file; the Trainer receives them as
+`trainer_config()` through `custom_config` (the trainer package never imports this module).
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import os
 from typing import Any, Dict, List, Optional
 
 import yaml
+
+from components.metrics_vocabulary import DEFAULT_INTERVALS
+from trainer.config import TrainerConfig
 
 DEFAULT_MODEL_NAME = "pneumonia"
 DEFAULT_SPLITS = ("train", "eval", "test", "external")
@@ -35,33 +39,15 @@ class RunConfig:
     pipeline_name: str = "pneumonia"
     model_name: str = DEFAULT_MODEL_NAME
     splits: List[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SPLITS))
-    # Trainer
-    architecture: str = "cnn"
-    model_config: Dict[str, Any] = dataclasses.field(default_factory=dict)  # architecture settings
-    image_size: int = 128
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    early_stopping_patience: int = 3
-    early_stopping_metric: str = "auc"  # or "loss": what picks the best epoch on validation
-    threshold_policy: str = "youden"  # or "sensitivity:0.95", "fixed:0.5", "median-midpoint"
-    loss: str = "bce"  # or "focal"
-    label_smoothing: float = 0.0  # targets pulled towards 0.5 by this much: graded, less saturated scores
-    augment: bool = True  # training-only rotations, shifts, zoom, brightness, contrast
-    horizontal_flip: bool = False  # off by default: it moves the heart to the wrong side
-    crop_min_area: float = 1.0  # < 1: training-only random-resized crop down to this share of the image
-    acquisition_augment: bool = False  # training-only gamma, blur/sharpen, noise, JPEG re-encoding, wider exposure
-    ema_epochs: float = 0.0  # > 0: exponential moving average of the weights over about this many epochs
-    cache: bool = False  # cache decoded training images in memory
-    weights: str = "none"  # pretrained backbone weights: "imagenet", a local .h5/.keras file, or "none"
+    # Trainer: its settings (trainer/config.py) are top-level keys of the YAML file and of load's overrides
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     warm_start: bool = False  # start from the latest trained model (same architecture only)
-    seed: int = 42
     # Evaluator: blessing on the validation split
     min_auc: float = 0.80
     max_auc_drop: float = 0.01
-    # TFMA's 95% intervals on every metric: "bootstrap" (Poisson, 20 replicates), "jackknife" (20 buckets: a
-    # fraction of the bootstrap's Evaluator time) or "none"
-    confidence_intervals: str = "bootstrap"
+    # The Evaluator's 95% intervals: "analytic" (closed form, about the cost of one more metric), TFMA's
+    # "bootstrap" (Poisson, 20 replicates) or "jackknife" (20 buckets), or "none" (pipeline/evaluation.py)
+    confidence_intervals: str = DEFAULT_INTERVALS
     # Site gate: bounds at the served threshold on the calibration split (none by default)
     site_min_sensitivity: Optional[float] = None
     site_min_specificity: Optional[float] = None
@@ -90,7 +76,7 @@ class RunConfig:
 
     def site_gate(self):
         """The Evaluator's site gate, or None when no bound is set."""
-        from pipeline.evaluation import SiteGate
+        from pipeline.evaluation import SiteGate  # keeps TensorFlow out of CLI start-up
 
         if self.site_min_sensitivity is None and self.site_min_specificity is None:
             if self.gate_on_lower_bound:
@@ -101,27 +87,7 @@ class RunConfig:
 
     def trainer_config(self) -> Dict[str, Any]:
         """The Trainer's `custom_config`: plain JSON-able values only."""
-        return {
-            "architecture": self.architecture,
-            "model_config": self.model_config,
-            "image_size": self.image_size,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "early_stopping_patience": self.early_stopping_patience,
-            "early_stopping_metric": self.early_stopping_metric,
-            "threshold_policy": self.threshold_policy,
-            "loss": self.loss,
-            "label_smoothing": self.label_smoothing,
-            "augment": self.augment,
-            "horizontal_flip": self.horizontal_flip,
-            "crop_min_area": self.crop_min_area,
-            "acquisition_augment": self.acquisition_augment,
-            "ema_epochs": self.ema_epochs,
-            "cache": self.cache,
-            "weights": self.weights,
-            "seed": self.seed,
-        }
+        return self.trainer.to_dict()
 
     @classmethod
     def load(cls, path: Optional[str] = None, **overrides: Any) -> "RunConfig":
@@ -133,8 +99,10 @@ class RunConfig:
             if not isinstance(values, dict):
                 raise ValueError(f"config {path}: expected a mapping of settings, got {type(values).__name__}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
+        trainer_keys = {f.name for f in dataclasses.fields(TrainerConfig)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"trainer"} | trainer_keys
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        trainer = TrainerConfig(**{k: v for k, v in values.items() if k in trainer_keys})
+        return cls(trainer=trainer, **{k: v for k, v in values.items() if k not in trainer_keys})

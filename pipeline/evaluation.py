@@ -84,9 +84,8 @@ def _metric_config(class_name: str, extra: Optional[Dict], module: str = "") -> 
 # How the Evaluator computes each metric's 95% interval: "analytic" (closed form, one more pass over each slice:
 # interval_metrics.AnalyticIntervals), TFMA's "bootstrap" (Poisson, 20 replicates) or "jackknife" (20 buckets),
 # each recomputing every slice 20 more times, or "none".
-INTERVAL_METHODS = {"analytic": None, "bootstrap": tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
-                    "jackknife": tfma.ConfidenceIntervalOptions.JACKKNIFE, "none": None}
-DEFAULT_INTERVALS = "analytic"
+INTERVAL_METHODS = {vocabulary.ANALYTIC: None, vocabulary.BOOTSTRAP: tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
+                    vocabulary.JACKKNIFE: tfma.ConfidenceIntervalOptions.JACKKNIFE, vocabulary.NO_INTERVALS: None}
 
 
 def _analytic_intervals(keys) -> tfma.MetricConfig:
@@ -96,12 +95,12 @@ def _analytic_intervals(keys) -> tfma.MetricConfig:
 
 def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
                        site_gate: Optional[SiteGate] = None,
-                       confidence_intervals: str = DEFAULT_INTERVALS) -> tfma.EvalConfig:
+                       confidence_intervals: str = vocabulary.DEFAULT_INTERVALS) -> tfma.EvalConfig:
     """The metrics, slices and blessing; `site_gate` adds bounds at the served threshold (the
     `decision_score` output) on its split. `confidence_intervals`: one of INTERVAL_METHODS."""
     if confidence_intervals not in INTERVAL_METHODS:
         raise ValueError(f"confidence_intervals {confidence_intervals!r}: choose {', '.join(INTERVAL_METHODS)}")
-    if site_gate and site_gate.on_lower_bound and confidence_intervals == "none":
+    if site_gate and site_gate.on_lower_bound and confidence_intervals == vocabulary.NO_INTERVALS:
         raise ValueError("--gate-on-lower-bound needs confidence intervals (confidence_intervals: none is set)")
     method = INTERVAL_METHODS[confidence_intervals]
     at_half, at_threshold = [], []
@@ -113,7 +112,7 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
         if key in vocabulary.THRESHOLD_DEPENDENT:
             at_threshold.append(_metric_config(class_name, extra))
     gated = site_gate.bounds() if site_gate else []
-    if confidence_intervals == "analytic":
+    if confidence_intervals == vocabulary.ANALYTIC:
         at_half.append(_analytic_intervals(vocabulary.CLASS_OF))
         at_threshold.append(_analytic_intervals(vocabulary.THRESHOLD_DEPENDENT))
     elif method is not None:  # the bootstrap's lower bound is a metric of its own, read off the resampled value

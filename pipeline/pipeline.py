@@ -14,6 +14,7 @@ from components.served_baseline import executor as served_baseline_executor
 from components.served_baseline.component import LatestServedModel
 from components.threshold_calibrator.component import ThresholdCalibrator
 from components.validation_gate.component import DataValidationGate
+from components.metrics_vocabulary import DEFAULT_INTERVALS
 from pipeline.config import BLESSING_SPLIT, CALIBRATION_SPLIT, RunConfig
 from pipeline.evaluation import SiteGate, create_eval_config
 
@@ -47,7 +48,7 @@ def create_pipeline(
     run_fn: Optional[str] = None,
     served_baseline: bool = False,
     site_gate: Optional[SiteGate] = None,
-    confidence_intervals: str = "bootstrap",
+    confidence_intervals: str = DEFAULT_INTERVALS,
 ) -> tfx.dsl.Pipeline:
     """TFRecords -> statistics, schema gate -> Trainer -> ThresholdCalibrator -> Evaluator (vs last blessed,
     and the optional `site_gate` on the calibration split) -> Pusher.

@@ -1,5 +1,6 @@
-"""TFMA's confidence intervals and the site gate, run by TFMA itself on scored examples (no model needed:
-the examples carry the `probability` and `decision_score` a model would have produced)."""
+"""The Evaluator's 95% intervals (analytic, the default, and TFMA's bootstrap) and the site gate on their lower
+bound, run by TFMA itself on scored examples (no model needed: the examples carry the `probability` and
+`decision_score` a model would have produced)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -31,11 +32,11 @@ def scored_examples(path: str, seed: int = 0) -> None:
             writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
 
 
-def evaluate(tmp_path, name: str, site_gate=None):
+def evaluate(tmp_path, name: str, site_gate=None, intervals: str = vocabulary.DEFAULT_INTERVALS):
     data = str(tmp_path / "examples.tfrecord")
     if not (tmp_path / "examples.tfrecord").exists():
         scored_examples(data)
-    config = evaluation.create_eval_config(0.5, 0.01, "eval", site_gate)
+    config = evaluation.create_eval_config(0.5, 0.01, "eval", site_gate, intervals)
     del config.slicing_specs[2:]  # overall and split: enough here, and quicker
     for spec in config.metrics_specs:  # no baseline model here (TFX drops these on a first run too)
         for metric in spec.metrics:
@@ -46,11 +47,13 @@ def evaluate(tmp_path, name: str, site_gate=None):
     return output
 
 
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory):
-    """One TFMA run, gated on the lower bounds of sensitivity and specificity on `calibration`."""
-    tmp_path = tmp_path_factory.mktemp("tfma")
-    return evaluate(tmp_path, "gated", evaluation.SiteGate("calibration", 0.5, 0.5, on_lower_bound=True))
+@pytest.fixture(scope="module", params=[vocabulary.ANALYTIC, vocabulary.BOOTSTRAP])
+def gated(request, tmp_path_factory):
+    """One TFMA run per kind of interval, gated on the lower bounds of sensitivity and specificity on
+    `calibration`."""
+    tmp_path = tmp_path_factory.mktemp(request.param)
+    return evaluate(tmp_path, "gated", evaluation.SiteGate("calibration", 0.5, 0.5, on_lower_bound=True),
+                    request.param)
 
 
 def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
@@ -71,7 +74,7 @@ def test_a_slice_too_small_for_an_interval_says_so_instead_of_a_number(gated):
     assert "n=8" in tfma_metrics.interval_cell(row, "binary_accuracy")
 
 
-def test_the_lower_bound_metric_is_the_bootstrap_interval_s_lower_end(gated):
+def test_the_gate_judges_the_lower_end_of_the_interval_the_tables_show(gated):
     row = run_evaluation.slice_metrics(gated)["split=calibration"]
     validation = tfma.load_validation_result(gated)
     [failures] = [s.failures for s in validation.metric_validations_per_slice]
@@ -120,3 +123,17 @@ def test_gate_settings_are_refused_before_anything_runs(tmp_path):
         pipeline_from_config(config)  # the default splits hold no calibration split
     with pytest.raises(ValueError, match="needs confidence intervals"):
         evaluation.create_eval_config(0.5, 0.01, "eval", config.site_gate(), confidence_intervals="none")
+
+
+def test_analytic_and_bootstrap_intervals_agree_on_the_same_slice(tmp_path):
+    """On the 60-example validation slice the two kinds of interval hold each other's point estimate and have
+    widths within a factor of two (the bootstrap's 20 replicates make its own width noisy)."""
+    tables = {kind: run_evaluation.slice_metrics(evaluate(tmp_path, kind, intervals=kind))["split=eval"]
+              for kind in (vocabulary.ANALYTIC, vocabulary.BOOTSTRAP)}
+    for key in ("auc", "recall@threshold", "specificity@threshold", "binary_accuracy"):
+        widths = []
+        for row in tables.values():
+            lower, upper = (row[end] for end in vocabulary.interval_keys(key))
+            assert lower <= row[key] <= upper, key
+            widths.append(upper - lower)
+        assert 0.5 <= widths[0] / widths[1] <= 2.0, (key, widths)

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import tensorflow as tf
-import yaml
 import tensorflow_model_analysis as tfma
 
 from kubeflow import image
@@ -30,16 +29,6 @@ DATA_TASKS = {"ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "SchemaGen
               "DataValidationGate"}
 
 
-def kubeflow_config(tmp) -> str:
-    """The e2e test's tiny settings without TFMA's confidence intervals: the Evaluator runs twice here, and
-    the intervals cost it several times its work (tests/intervals_test.py and the local e2e test cover them)."""
-    settings = yaml.safe_load(open(tiny_config(tmp)))
-    settings["confidence_intervals"] = "none"
-    path = tmp / "kubeflow.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def executed(shared_data, tmp_path_factory):
     """(spec, run root, first execution, second execution with 2 epochs in trainer_config)."""
@@ -48,7 +37,7 @@ def executed(shared_data, tmp_path_factory):
     root = tmp / "root"
     cli.main(["prepare", "--out", str(root / "data"), f"kermany={raw}/chest_xray", f"external={raw}/external"])
     spec_path = str(tmp / "deploy" / "pipeline.yaml")
-    cli.main(["compile", "--out", spec_path, "--root", str(root), "--config", kubeflow_config(tmp), "--epochs", "1"])
+    cli.main(["compile", "--out", spec_path, "--root", str(root), "--config", tiny_config(tmp), "--epochs", "1"])
     spec = read_package(spec_path)
     container = Container(project_dir=image.PROJECT_DIR, image_project_dir=IMAGE_PROJECT_DIR,
                           image_tag=image.pinned_tag())

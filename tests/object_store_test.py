@@ -22,6 +22,7 @@ from tests.prepare_test import synthetic_xrays
 from tests.serving_fixtures import IMAGE_SIZE, export_tiny_model, png
 from tests.signatures_test import serve_both
 from trainer import models, signatures, task
+from trainer.config import TrainerConfig
 
 gfile = tf.io.gfile
 
@@ -35,7 +36,7 @@ def test_export_writes_the_threshold_into_the_bucket_and_warm_start_finds_the_we
     keras_model = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)
     gfile.makedirs(os.path.dirname(task.keras_weights_path(serving_dir)))
     keras_model.save_weights(task.keras_weights_path(serving_dir))
-    config = {"architecture": "cnn", "image_size": IMAGE_SIZE, "model_config": dict(models.REGISTRY["cnn"].tiny)}
+    config = TrainerConfig(architecture="cnn", image_size=IMAGE_SIZE, model_config=dict(models.REGISTRY["cnn"].tiny))
     warm = task.build_model(config, base_model=serving_dir)
     for loaded, saved in zip(warm.get_weights(), keras_model.get_weights()):
         np.testing.assert_array_equal(loaded, saved)

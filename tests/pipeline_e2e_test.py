@@ -35,9 +35,8 @@ DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACH
 
 def tiny_config(tmp_path) -> str:
     path = tmp_path / "tiny.yaml"
-    # No intervals: on a tiny run TFMA's bootstrap or jackknife costs the Evaluator many times its work without
-    # them (bench/evaluator_intervals_bench.py); tests/intervals_test.py runs them, and the gate on their bound.
-    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\nconfidence_intervals: none\n"
+    # The production default intervals (analytic); tests/intervals_test.py runs the bootstrap and its gate.
+    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\n"
                     f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]"))
     return str(path)
 
@@ -217,11 +216,10 @@ def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run
     root, _ = first_run
     swin = tmp_path / "swin.yaml"
     swin.write_text(f"architecture: swin\nimage_size: 64\nepochs: 1\nbatch_size: 16\nmin_auc: 0.0\n"
-                    "confidence_intervals: none\n"
                     f"model_config: {dict(models.REGISTRY['swin'].tiny)}\n".replace("(", "[").replace(")", "]"))
     cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", str(swin)])
     open_bounds = tmp_path / "open.yaml"
-    open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\nconfidence_intervals: none\n")
+    open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\n")
     before = versions(os.path.join(root, "serving"))
     capsys.readouterr()
     # members by the latest evaluation of each architecture: blessing is not the point here (the swin of one

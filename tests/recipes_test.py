@@ -24,11 +24,10 @@ def test_every_architecture_has_a_recipe_named_after_it():
 def test_recipe_loads_and_builds_its_model(path):
     config = RunConfig.load(path)
     if path in RECIPES + LUNGS:
-        assert config.architecture == os.path.basename(path)[:-len(".yaml")]
-    trainer_config = config.trainer_config()
-    task.check_config(trainer_config)
-    model = task.build_model(trainer_config)
-    assert model.input_shape == (None, config.image_size, config.image_size, 1)
+        assert config.trainer.architecture == os.path.basename(path)[:-len(".yaml")]
+    config.trainer.check()
+    model = task.build_model(config.trainer)
+    assert model.input_shape == (None, config.trainer.image_size, config.trainer.image_size, 1)
 
 
 def test_results_document_reproduces_every_recipe():

@@ -13,12 +13,14 @@ from serving.repository import THRESHOLD_ASSET
 from tests.signatures_test import serve_both
 from tests.trainer_inputs_test import real_images, write_split
 from trainer import models, signatures, task, threshold
+from trainer.config import TrainerConfig
 from trainer.preprocessing import decode_batch
 
 IMAGE_SIZE = 32
-# Each architecture's run also covers one training option: the options need no run of their own.
-VARIANTS = {"cnn": {}, "cnn_transformer": {"loss": "focal"}, "swin": {"horizontal_flip": True, "cache": False},
-            "ensemble": {}}  # an ensemble of fresh tiny members: nothing to fit, its own threshold
+# Each architecture's run also covers one training option: the options need no run of their own. The ensemble:
+# fresh tiny members, nothing to fit, its own threshold.
+VARIANTS = {"cnn": {"ood_percentile": 90.0}, "cnn_transformer": {"loss": "focal"},
+            "swin": {"horizontal_flip": True, "cache": False}, "ensemble": {}}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,11 @@ def config_for(architecture: str, **changes) -> dict:
               "early_stopping_patience": 2, "threshold_policy": "youden", "loss": "bce", "augment": True,
               "horizontal_flip": False, "cache": True, "weights": "none", "seed": 7}
     return {**config, **changes}
+
+
+def checked(architecture: str, **changes) -> TrainerConfig:
+    """`config_for`'s settings as run_fn reads them."""
+    return TrainerConfig.from_dict(config_for(architecture, **changes))
 
 
 def run(data, folder, config, base_model=None) -> str:
@@ -86,8 +93,10 @@ def assert_export_contract(serving_dir: str, architecture: str, validation_image
 def test_architecture_trains_exports_and_serves(architecture, trained, data):
     serving_dir = trained(architecture)
     assert_export_contract(serving_dir, architecture, data["validation_images"])
+    metadata = signatures.read_metadata(serving_dir)
+    assert metadata["ood"]["validation_percentile"] == checked(architecture, **VARIANTS[architecture]).ood_percentile
     model_run_dir = os.path.join(os.path.dirname(os.path.dirname(serving_dir)), "model_run")
-    trained_epochs = signatures.read_metadata(serving_dir)["training"]["epochs_run"]
+    trained_epochs = metadata["training"]["epochs_run"]
     assert trained_epochs == (0 if architecture == "ensemble" else 1)
     if trained_epochs:
         assert glob.glob(os.path.join(model_run_dir, "**", "events.out.tfevents.*"), recursive=True)  # TensorBoard
@@ -132,7 +141,7 @@ def test_stages_fine_tune_only_pretrained_backbones(tmp_path):
 
 def test_warm_start_starts_from_the_base_model_weights(trained):
     base = trained("cnn")
-    config = config_for("cnn")
+    config = checked("cnn")
     warm = task.build_model(config, base_model=base)
     fresh = task.build_model(config)
     saved = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)
@@ -149,7 +158,7 @@ def test_warm_start_from_another_architecture_is_refused_before_training(trained
 
 
 def test_warm_start_with_another_model_config_is_refused(trained):
-    config = config_for("cnn", model_config={"filters": [4, 8, 32], "dense_units": 16})
+    config = checked("cnn", model_config={"filters": [4, 8, 32], "dense_units": 16})
     with pytest.raises(ValueError, match="warm start refused: .* has model_config"):
         task.build_model(config, base_model=trained("cnn"))
 
@@ -160,14 +169,14 @@ def test_warm_start_needs_the_keras_weights(trained, tmp_path):
     copy.mkdir(parents=True)
     (copy / THRESHOLD_ASSET).write_text(json.dumps(signatures.read_metadata(base)))
     with pytest.raises(ValueError, match="no Keras weights at"):
-        task.build_model(config_for("cnn"), base_model=str(copy.parent))
+        task.build_model(checked("cnn"), base_model=str(copy.parent))
 
 
 def test_pretrained_weights_only_for_a_pretrained_backbone():
     with pytest.raises(ValueError, match="'cnn' has no pretrained backbone"):
-        task.build_model(config_for("cnn", weights="imagenet"))
+        checked("cnn", weights="imagenet")
     with pytest.raises(ValueError, match="must not set 'weights'"):
-        task.build_model(config_for("densenet121", model_config={"weights": "imagenet"}))
+        checked("densenet121", model_config={"weights": "imagenet"})
 
 
 def test_bad_threshold_policy_fails_before_training(data, tmp_path):

@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from trainer import inputs, models, ood, signatures
-from trainer.task import check_config
+from trainer.config import TrainerConfig
 from trainer.threshold import Threshold
 
 SIZE = 64
@@ -113,7 +113,7 @@ def test_bad_view_settings_are_refused_before_training(model_config, message):
               "early_stopping_patience": 1, "threshold_policy": "youden", "loss": "bce", "augment": False,
               "horizontal_flip": False, "cache": False, "weights": "none", "seed": 1, "model_config": model_config}
     with pytest.raises(ValueError, match=message):
-        check_config(config)
+        TrainerConfig.from_dict(config)
 
 
 def test_an_ensemble_refuses_members_that_see_different_crops():

@@ -21,9 +21,10 @@ import tensorflow as tf
 from sklearn.covariance import ledoit_wolf
 
 from trainer import explain
+from trainer.config import TrainerConfig
 from trainer.models import FEATURE_MAP
 
-DEFAULT_PERCENTILE = 99.5
+DEFAULT_PERCENTILE = TrainerConfig.ood_percentile  # the Trainer's setting, also for benchmarks and tests
 
 
 @dataclasses.dataclass(frozen=True)

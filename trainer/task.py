@@ -16,7 +16,8 @@ import keras
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import augment, inputs, models, ood, signatures, threshold
+from trainer import inputs, models, ood, signatures, threshold
+from trainer.config import TrainerConfig
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
 
@@ -57,60 +58,6 @@ def early_stopping_monitor(name: str) -> Tuple[str, str]:
     return EARLY_STOPPING_MONITORS[name]
 
 
-# The Trainer's custom_config (pipeline/config.py RunConfig.trainer_config() writes it): key -> type.
-CONFIG_TYPES = {"architecture": str, "model_config": dict, "image_size": int, "epochs": int, "batch_size": int,
-                "learning_rate": float, "early_stopping_patience": int, "early_stopping_metric": str,
-                "threshold_policy": str, "loss": str, "label_smoothing": float, "augment": bool,
-                "horizontal_flip": bool, "cache": bool, "weights": str, "seed": int, "crop_min_area": float,
-                "acquisition_augment": bool, "ema_epochs": float}
-# run_fn has defaults for these
-OPTIONAL_CONFIG = ("model_config", "early_stopping_metric", "label_smoothing", "crop_min_area", "acquisition_augment",
-                   "ema_epochs")
-AT_LEAST = {"image_size": 1, "epochs": 0, "batch_size": 1, "early_stopping_patience": 0}
-
-
-def _has_type(value: Any, expected: type) -> bool:
-    if isinstance(value, bool) and expected is not bool:
-        return False
-    return isinstance(value, (int, float) if expected is float else expected)
-
-
-def check_config(config: Dict[str, Any]) -> None:
-    """Refuses, in one line, a custom_config this Trainer would fail on: unknown or missing keys, wrong types,
-    an architecture or model_config key the registry lacks, a bad number, policy, loss or metric. run_fn
-    calls it before training; `pneumonia compile` and `schedule` before compiling or uploading."""
-    unknown = sorted(set(config) - set(CONFIG_TYPES))
-    if unknown:
-        raise ValueError(f"unknown trainer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_TYPES))}")
-    missing = sorted(set(CONFIG_TYPES) - set(OPTIONAL_CONFIG) - set(config))
-    if missing:
-        raise ValueError(f"missing trainer setting(s) {', '.join(missing)}")
-    for key, value in config.items():
-        if not _has_type(value, CONFIG_TYPES[key]):
-            raise ValueError(f"trainer setting {key}={value!r}: expected {CONFIG_TYPES[key].__name__}")
-    for key, low in AT_LEAST.items():
-        if config[key] < low:
-            raise ValueError(f"trainer setting {key}={config[key]}: must be at least {low}")
-    if config["learning_rate"] <= 0:
-        raise ValueError(f"trainer setting learning_rate={config['learning_rate']}: must be positive")
-    _check_weights(config)
-    models.check_settings(config["architecture"], config.get("model_config") or {})
-    threshold.parse(config["threshold_policy"])
-    early_stopping_monitor(config.get("early_stopping_metric", "auc"))
-    loss_and_class_weights(config["loss"], 1, 1, config.get("label_smoothing", 0.0))
-    augment.check_settings(config.get("crop_min_area", 1.0))
-    ema_momentum(config.get("ema_epochs", 0.0), 1)
-
-
-def _check_weights(config: Dict[str, Any]) -> None:
-    weights = config.get("weights", "none")
-    if "weights" in (config.get("model_config") or {}):
-        raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
-    if weights != "none" and models.architecture(config["architecture"]).fine_tune_from is None:
-        raise ValueError(f"architecture {config['architecture']!r} has no pretrained backbone: weights must be "
-                         f"'none', got {weights!r}")
-
-
 def _normalised(model_config: Dict[str, Any]) -> Dict[str, Any]:
     """As the threshold JSON stores it (tuples become lists), so configurations compare equal."""
     return json.loads(json.dumps(model_config))
@@ -130,22 +77,19 @@ def _check_base_model(base_model: str, architecture: str, image_size: int, model
     return weights_path
 
 
-def build_model(config: Dict[str, Any], base_model: Optional[str] = None) -> keras.Model:
+def build_model(config: TrainerConfig, base_model: Optional[str] = None) -> keras.Model:
     """The configured architecture: from the base model's weights when warm-starting, else from
     `weights` (pretrained backbones only) or a fresh initialisation."""
-    name, image_size = config["architecture"], config["image_size"]
-    model_config = dict(config.get("model_config") or {})
-    weights = config.get("weights", "none")
-    _check_weights(config)
+    model_config = dict(config.model_config)
     if base_model:
-        weights_path = _check_base_model(base_model, name, image_size, model_config)
-        model = models.build(name, image_size, **model_config)
+        weights_path = _check_base_model(base_model, config.architecture, config.image_size, model_config)
+        model = models.build(config.architecture, config.image_size, **model_config)
         model.load_weights(weights_path)
         logging.info("warm start from %s", weights_path)
         return model
-    if weights != "none":
-        model_config["weights"] = weights
-    return models.build(name, image_size, **model_config)
+    if config.weights != "none":
+        model_config["weights"] = config.weights
+    return models.build(config.architecture, config.image_size, **model_config)
 
 
 def _stages(model: keras.Model, architecture: str, epochs: int,
@@ -173,7 +117,7 @@ def ema_momentum(ema_epochs: float, steps_per_epoch: int) -> Optional[float]:
     return 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
 
 
-def train(model: keras.Model, config: Dict[str, Any], train_data, validation_data, counts: Tuple[int, int],
+def train(model: keras.Model, config: TrainerConfig, train_data, validation_data, counts: Tuple[int, int],
           log_dir: str) -> Dict[str, Any]:
     """Adam with a cosine learning-rate decay per stage, early stopping on the validation metric
     (`early_stopping_metric`: AUC, or loss once AUC saturates); leaves the model at the weights with the best
@@ -182,21 +126,21 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
     With `ema_epochs` > 0 the weights are an exponential moving average over about that many epochs: each
     epoch's validation, the best-epoch choice and the exported model all use the averaged weights
     (SwapEMAWeights swaps them in before EarlyStopping records an epoch)."""
-    loss, weights = loss_and_class_weights(config["loss"], *counts, config.get("label_smoothing", 0.0))
-    metric_name = config.get("early_stopping_metric", "auc")
+    loss, weights = loss_and_class_weights(config.loss, *counts, config.label_smoothing)
+    metric_name = config.early_stopping_metric
     monitor, mode = early_stopping_monitor(metric_name)
     sign = 1.0 if mode == "max" else -1.0  # compare as "higher is better"
-    steps_per_epoch = max(math.ceil(sum(counts) / config["batch_size"]), 1)
-    momentum = ema_momentum(config.get("ema_epochs", 0.0), steps_per_epoch)
+    steps_per_epoch = max(math.ceil(sum(counts) / config.batch_size), 1)
+    momentum = ema_momentum(config.ema_epochs, steps_per_epoch)
     if not model.trainable_weights:  # an ensemble of trained, frozen members: only its threshold is chosen
-        logging.info("%s has no trainable weights: nothing to fit", config["architecture"])
+        logging.info("%s has no trainable weights: nothing to fit", config.architecture)
         return {"early_stopping_metric": metric_name, "best_validation_value": None, "best_epoch": 0,
                 "epochs_run": 0, "train_seconds": 0.0, "train_images_per_second": 0.0,
                 "train_examples": sum(counts), "parameters": int(model.count_params()), "ema_momentum": None}
     best_value, best_weights, done, best_epoch, epochs_run = -math.inf, None, 0, 0, 0
     started = time.monotonic()
-    for epochs, learning_rate, unfreeze_from in _stages(model, config["architecture"], config["epochs"],
-                                                        config["learning_rate"]):
+    for epochs, learning_rate, unfreeze_from in _stages(model, config.architecture, config.epochs,
+                                                        config.learning_rate):
         if unfreeze_from:
             models.unfreeze_top(model, unfreeze_from)
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(epochs * steps_per_epoch, 1),
@@ -205,7 +149,7 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
                      else keras.optimizers.Adam(schedule))
         model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc")])
         stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
-                                                patience=config["early_stopping_patience"])
+                                                patience=config.early_stopping_patience)
         averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if momentum else []
         history = model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
                             class_weight=weights,
@@ -226,33 +170,32 @@ def train(model: keras.Model, config: Dict[str, Any], train_data, validation_dat
 
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
-    config = fn_args.custom_config
-    check_config(config)  # a bad setting fails now, not after training
-    keras.utils.set_random_seed(config["seed"])
-    image_size, batch_size = config["image_size"], config["batch_size"]
+    config = TrainerConfig.from_dict(fn_args.custom_config)  # a bad setting fails now, not after training
+    keras.utils.set_random_seed(config.seed)
     model = build_model(config, fn_args.base_model)
 
-    train_data = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=True, seed=config["seed"],
-                                     augment=config["augment"], horizontal_flip=config["horizontal_flip"],
-                                     cache=config["cache"], crop_min_area=config.get("crop_min_area", 1.0),
-                                     acquisition=config.get("acquisition_augment", False))
-    validation = inputs.make_dataset(fn_args.eval_files, image_size, batch_size, training=False, cache=config["cache"])
+    train_data = inputs.make_dataset(fn_args.train_files, config.image_size, config.batch_size, training=True,
+                                     seed=config.seed, augment=config.augment, horizontal_flip=config.horizontal_flip,
+                                     cache=config.cache, crop_min_area=config.crop_min_area,
+                                     acquisition=config.acquisition_augment)
+    validation = inputs.make_dataset(fn_args.eval_files, config.image_size, config.batch_size, training=False,
+                                     cache=config.cache)
     counts = inputs.label_counts(fn_args.train_files)
-    logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config["architecture"], *counts)
+    logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config.architecture, *counts)
     training = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
 
     # The OOD guard's Gaussians come from the training images without augmentation; its threshold from the
     # validation pass that also tunes the model's threshold.
-    plain_train = inputs.make_dataset(fn_args.train_files, image_size, batch_size, training=False)
-    guard, probabilities, labels = ood.fit_model(model, plain_train, validation,
-                                                 layer_name=models.architecture(config["architecture"]).gradcam_layer)
-    chosen = threshold.choose(labels, probabilities, config["threshold_policy"])
+    plain_train = inputs.make_dataset(fn_args.train_files, config.image_size, config.batch_size, training=False)
+    guard, probabilities, labels = ood.fit_model(model, plain_train, validation, config.ood_percentile,
+                                                 layer_name=models.architecture(config.architecture).gradcam_layer)
+    chosen = threshold.choose(labels, probabilities, config.threshold_policy)
     logging.info("best validation %s %.4f at epoch %d; threshold %.4f (%s): validation sensitivity %.3f, "
                  "specificity %.3f; OOD threshold %.3f", training["early_stopping_metric"],
                  training["best_validation_value"], training["best_epoch"], chosen.value, chosen.policy,
                  chosen.sensitivity, chosen.specificity, guard.threshold)
-    signatures.export(model, fn_args.serving_model_dir, image_size, chosen, fn_args.model_run_dir,
-                      config["architecture"], _normalised(config.get("model_config") or {}), training, guard=guard)
+    signatures.export(model, fn_args.serving_model_dir, config.image_size, chosen, fn_args.model_run_dir,
+                      config.architecture, _normalised(config.model_config), training, guard=guard)
     weights_path = keras_weights_path(fn_args.serving_model_dir)
     tf.io.gfile.makedirs(os.path.dirname(weights_path))
     model.save_weights(weights_path)  # Keras stages a remote path (gs://) in a local file and copies it

@@ -3,6 +3,7 @@ import argparse
 import os
 
 from pipeline.config import RunConfig, absolute_uri
+from trainer.config import TrainerConfig
 
 
 def _prepare(sources, out: str, **options) -> dict:
@@ -29,12 +30,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     try:
         config = RunConfig.load(
-            args.config, root=args.root, serving_dir=args.serving_dir, architecture=args.architecture,
-            epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, runner=args.runner,
+            args.config, root=args.root, serving_dir=args.serving_dir, runner=args.runner,
             model_name=args.model_name, min_auc=args.min_auc, beam_args=args.beam_arg or None,
-            weights=args.weights, warm_start=args.warm_start, threshold_policy=args.threshold_policy,
-            loss=args.loss, site_min_sensitivity=args.site_min_sensitivity,
-            site_min_specificity=args.site_min_specificity, gate_on_lower_bound=args.gate_on_lower_bound)
+            warm_start=args.warm_start, site_min_sensitivity=args.site_min_sensitivity,
+            site_min_specificity=args.site_min_specificity, gate_on_lower_bound=args.gate_on_lower_bound,
+            **TrainerConfig.overrides(args))
         config.site_gate()  # a bad gate setting fails before anything runs
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}")
@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             found = sources.sources_for(data)
         except sources.PrepareError as error:
             raise SystemExit(f"error: {error}")
-        _prepare(found, config.data, seed=config.seed, calibration_from=args.calibration_from,
+        _prepare(found, config.data, seed=config.trainer.seed, calibration_from=args.calibration_from,
                  calibration_size=args.calibration_size)
     run_and_summarize(config)
 
@@ -108,19 +108,9 @@ def add_commands(commands) -> None:
     run.add_argument("--root", help="run root: pipeline outputs, ML Metadata, prepared data (default ~/pneumonia-runs)")
     run.add_argument("--serving-dir", help="TF Serving base path; models go to DIR/<model-name>/<version>/")
     run.add_argument("--model-name", help="served model name (default pneumonia)")
-    run.add_argument("--architecture", help="model architecture (default cnn)")
-    run.add_argument("--weights", help="pretrained backbone weights: imagenet (needs internet), a local "
-                                       ".h5/.keras file, or none (default)")
+    TrainerConfig.add_flags(run)  # --architecture, --image-size, --epochs, ...: trainer/config.py
     run.add_argument("--warm-start", action="store_true", default=None,
                      help="initialise from the latest trained model of the same architecture")
-    run.add_argument("--threshold-policy", help="how the operating threshold is chosen on validation: youden "
-                                                "(default), sensitivity:X (e.g. sensitivity:0.98), cost:R (a "
-                                                "missed pneumonia costs R false alarms), fixed:X or median-midpoint; "
-                                                "the ThresholdCalibrator applies it again on a calibration split")
-    run.add_argument("--loss", choices=["bce", "focal"], help="training loss (default bce with class weights)")
-    run.add_argument("--epochs", type=int, help="training epochs (default 5)")
-    run.add_argument("--image-size", type=int, help="square input size in pixels (default 128)")
-    run.add_argument("--batch-size", type=int, help="batch size (default 32)")
     run.add_argument("--min-auc", type=float, help="validation AUC a model needs to be blessed (default 0.80)")
     run.add_argument("--calibration-from", metavar="SPLIT",
                      help="when --data is raw images: carve the calibration split from SPLIT (see prepare)")

@@ -5,6 +5,7 @@ members' Keras weights, chooses its own threshold on validation, and evaluates, 
 any other model. Members are picked by a rule fixed before any figure is seen: the latest evaluated model of
 each architecture (blessed ones only, unless asked), never by test or external results.
 """
+import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 from pipeline.config import RunConfig
@@ -35,7 +36,8 @@ def ensemble_members(evaluated: Sequence, architectures: Optional[Sequence[str]]
 
 def ensemble_config(config: RunConfig, members: List[Dict]) -> RunConfig:
     """`config` turned into the ensemble's run: its architecture, members and input size, never warm-started."""
-    config.architecture, config.model_config = ENSEMBLE, {"members": members}
-    config.image_size = max(member["image_size"] for member in members)  # each member resizes to its own
+    image_size = max(member["image_size"] for member in members)  # each member resizes to its own
+    config.trainer = dataclasses.replace(config.trainer, architecture=ENSEMBLE, model_config={"members": members},
+                                         image_size=image_size)
     config.warm_start = False
     return config
