@@ -51,8 +51,9 @@ DEFAULT_INTERVALS = ANALYTIC
 
 AT_THRESHOLD_SUFFIX = "@threshold"
 LOWER, UPPER = ":lower", ":upper"  # a metric's 95% interval in a row of read-back metrics
-# The metrics whose values are another metric's lower and upper 95% bound (pipeline/interval_metrics.py).
-LOWER_BOUND_SUFFIX, UPPER_BOUND_SUFFIX = "_lower_bound", "_upper_bound"
+LOWER_BOUND_SUFFIX = "_lower_bound"  # the metric a gate judges: another metric's lower 95% bound
+# The analytic interval's ends, written as metrics of their own (pipeline/interval_metrics.py).
+CI_LOWER_SUFFIX, CI_UPPER_SUFFIX = "_ci_lower", "_ci_upper"
 POSITIVES, NEGATIVES = "positives", "negatives"  # a slice's PNEUMONIA and NORMAL counts in a row
 
 
@@ -76,13 +77,14 @@ def lower_bound_key(key: str) -> str:
     return key + LOWER_BOUND_SUFFIX
 
 
-def upper_bound_key(key: str) -> str:
-    return key + UPPER_BOUND_SUFFIX
+def analytic_interval_keys(key: str) -> Tuple[str, str]:
+    """The keys of the metrics holding the ends of metric `key`'s analytic 95% interval."""
+    return key + CI_LOWER_SUFFIX, key + CI_UPPER_SUFFIX
 
 
-def bounded_metric(key: str) -> Tuple[str, str]:
-    """(metric, LOWER or UPPER) for a bound metric's key (`recall_lower_bound`); ("", "") for any other key."""
-    for suffix, end in ((LOWER_BOUND_SUFFIX, LOWER), (UPPER_BOUND_SUFFIX, UPPER)):
+def interval_end(key: str) -> Tuple[str, str]:
+    """(metric, LOWER or UPPER) for the key of an analytic interval's end (`recall_ci_lower`); ("", "") else."""
+    for suffix, end in ((CI_LOWER_SUFFIX, LOWER), (CI_UPPER_SUFFIX, UPPER)):
         if key.endswith(suffix):
             return key[:-len(suffix)], end
     return "", ""

@@ -1,12 +1,15 @@
 """`pneumonia compile` and `pneumonia schedule`: the Kubeflow Pipelines subcommands."""
 import argparse
 
+from kubeflow import image
+from kubeflow.local_executor import Container, LocalPipelineRun, TaskFailed
+from kubeflow.parameters import IMAGE_PROJECT_DIR
+from pipeline.config import RunConfig
 from trainer.config import TrainerConfig
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from pipeline.config import RunConfig
-    from kubeflow import image, runner
+    from kubeflow import runner  # keeps TensorFlow out of CLI start-up
 
     try:
         config = RunConfig.load(
@@ -22,7 +25,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_schedule(args: argparse.Namespace) -> None:
-    from kubeflow.schedule import ScheduleError, ScheduleRequest, schedule
+    from kubeflow.schedule import ScheduleError, ScheduleRequest, schedule  # keeps kfp's client out of start-up
 
     request = ScheduleRequest(
         host=args.host, package=args.package, cron=args.cron, experiment=args.experiment,
@@ -35,10 +38,7 @@ def cmd_schedule(args: argparse.Namespace) -> None:
 
 
 def cmd_run_compiled(args: argparse.Namespace) -> None:
-    from kubeflow import image
-    from kubeflow.local_executor import Container, LocalPipelineRun, TaskFailed
-    from kubeflow.parameters import IMAGE_PROJECT_DIR
-    from kubeflow.schedule import ScheduleError, pipeline_parameters, read_package
+    from kubeflow.schedule import ScheduleError, pipeline_parameters, read_package  # keeps kfp out of start-up
 
     try:
         spec = read_package(args.package)
@@ -56,8 +56,6 @@ def cmd_run_compiled(args: argparse.Namespace) -> None:
 
 
 def cmd_image_tag(args: argparse.Namespace) -> None:
-    from kubeflow import image
-
     print(image.pinned_tag())
 
 

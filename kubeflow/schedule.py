@@ -8,8 +8,12 @@ import dataclasses
 import hashlib
 import json
 import re
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import kfp
+import kfp_server_api
+import urllib3
 import yaml
 
 from kubeflow.parameters import TRAINER_CONFIG_PARAMETER
@@ -206,8 +210,6 @@ def name_filter(name: str) -> str:
 
 def recurring_run_body(plan: Plan, experiment_id: str, pipeline_id: str, version_id: str) -> Dict[str, Any]:
     """The JSON body of POST /recurringruns, as kfp.Client.create_recurring_run serialises it."""
-    import kfp_server_api
-
     request = plan.request
     body = kfp_server_api.V2beta1RecurringRun(
         experiment_id=experiment_id,
@@ -251,10 +253,6 @@ def dry_run_lines(plan: Plan) -> List[str]:
 
 def connect(host: str, namespace: Optional[str]):
     """A kfp.Client for `host`; its constructor already calls the server (health check)."""
-    import warnings
-
-    import kfp
-
     with warnings.catch_warnings():  # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
         warnings.simplefilter("ignore", FutureWarning)
         return _call(host, lambda: kfp.Client(host=host, namespace=namespace or "kubeflow"))
@@ -262,9 +260,6 @@ def connect(host: str, namespace: Optional[str]):
 
 def _call(host: str, action: Callable[[], Any]) -> Any:
     """Runs one client call, turning transport and API failures into one-line ScheduleErrors."""
-    import kfp_server_api
-    import urllib3
-
     try:
         return action()
     except urllib3.exceptions.HTTPError as error:
@@ -282,8 +277,6 @@ def upload(client, plan: Plan) -> Tuple[str, str]:
 
     A missing pipeline is created empty first, so every package, the first included, is a named version.
     """
-    import kfp_server_api
-
     host, package = plan.request.host, plan.request.package
     pipeline_id = _call(host, lambda: client.get_pipeline_id(plan.pipeline_name))
     if pipeline_id is None:

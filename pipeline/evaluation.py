@@ -93,6 +93,17 @@ def _analytic_intervals(keys) -> tfma.MetricConfig:
     return _metric_config("AnalyticIntervals", {"metrics": bounded}, module=interval_metrics.__name__)
 
 
+def _gate(served: Dict[str, tfma.MetricConfig], site_gate: SiteGate, confidence_intervals: str) -> None:
+    """Bounds the gated metrics of the decision output on the site's split only: the metric's own config (a
+    point estimate), or a `LowerBound` of the run's kind of interval added to `served`."""
+    for judged, _, value in site_gate.bounds():
+        if judged not in served:
+            metric = judged[:-len(vocabulary.LOWER_BOUND_SUFFIX)]
+            served[judged] = _metric_config("LowerBound", {"metric": metric, "intervals": confidence_intervals},
+                                            module=interval_metrics.__name__)
+        served[judged].per_slice_thresholds.append(_site_threshold(site_gate.split, value))
+
+
 def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
                        site_gate: Optional[SiteGate] = None,
                        confidence_intervals: str = vocabulary.DEFAULT_INTERVALS) -> tfma.EvalConfig:
@@ -103,25 +114,20 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
     if site_gate and site_gate.on_lower_bound and confidence_intervals == vocabulary.NO_INTERVALS:
         raise ValueError("--gate-on-lower-bound needs confidence intervals (confidence_intervals: none is set)")
     method = INTERVAL_METHODS[confidence_intervals]
-    at_half, at_threshold = [], []
+    at_half, served = [], {}
     for class_name, key, extra in vocabulary.METRICS:
         config = _metric_config(class_name, extra)
         if key == vocabulary.AUC:
             config.per_slice_thresholds.append(blessing_threshold(min_auc, max_auc_drop, blessing_split))
         at_half.append(config)
         if key in vocabulary.THRESHOLD_DEPENDENT:
-            at_threshold.append(_metric_config(class_name, extra))
-    gated = site_gate.bounds() if site_gate else []
+            served[key] = _metric_config(class_name, extra)
+    if site_gate:
+        _gate(served, site_gate, confidence_intervals)
+    at_threshold = list(served.values())
     if confidence_intervals == vocabulary.ANALYTIC:
         at_half.append(_analytic_intervals(vocabulary.CLASS_OF))
         at_threshold.append(_analytic_intervals(vocabulary.THRESHOLD_DEPENDENT))
-    elif method is not None:  # the bootstrap's lower bound is a metric of its own, read off the resampled value
-        at_threshold += [_metric_config("LowerBound", {"metric": vocabulary.bounded_metric(judged)[0]},
-                                        module=interval_metrics.__name__)
-                         for judged, _, _ in gated if vocabulary.bounded_metric(judged)[0]]
-    # A gate judges one key of the decision output (a metric, or the bound of one) on the site's split only.
-    gate = {judged: tfma.PerSliceMetricThresholds(thresholds=[_site_threshold(site_gate.split, value)])
-            for judged, _, value in gated}
     outputs = (PROBABILITY_OUTPUT, DECISION_OUTPUT)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: vocabulary.LABEL for o in outputs},
@@ -129,8 +135,7 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys))
                                                  for keys in vocabulary.SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
-                       tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT],
-                                        per_slice_thresholds=gate)],
+                       tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
         options=tfma.Options(
             compute_confidence_intervals=wrappers_pb2.BoolValue(value=method is not None),
             confidence_intervals=tfma.ConfidenceIntervalOptions(method=method or 0)),

@@ -19,7 +19,7 @@ The Evaluator imports this module by name (`MetricConfig.module`), so it must be
 Evaluator runs (the Kubeflow image installs the whole project).
 """
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -142,19 +142,21 @@ class _IntervalCombiner(beam.CombineFn):
         return {key: bound for metric, keys in self._keys.items() for key, bound in zip(keys, intervals[metric])}
 
 
-def _analytic_computations(metrics: Sequence[str], name: str, eval_config=None,
+def _analytic_computations(keys_of: Callable[[str], Tuple[str, ...]], metrics: Sequence[str], eval_config=None,
                            model_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
-                           example_weighted: bool = False, **_) -> metric_types.MetricComputations:
+                           example_weighted: bool = False) -> metric_types.MetricComputations:
+    """One combiner per model and output writing, for each of `metrics`, the keys `keys_of(metric)` names: the
+    lower end, or the lower and the upper end, of its analytic interval."""
     unknown = sorted(set(metrics) - set(ANALYTIC_METRICS))
     if unknown:
-        raise ValueError(f"AnalyticIntervals cannot bound {', '.join(unknown)}; it bounds "
+        raise ValueError(f"no analytic interval for {', '.join(unknown)}; there is one for "
                          f"{', '.join(ANALYTIC_METRICS)}")
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
-            keys = {metric: tuple(metric_types.MetricKey(name=bound_name, model_name=model_name,
-                                                         output_name=output_name, example_weighted=example_weighted)
-                                  for bound_name in (lower_bound_key(metric), vocabulary.upper_bound_key(metric)))
+            keys = {metric: tuple(metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                                         example_weighted=example_weighted)
+                                  for name in keys_of(metric))
                     for metric in metrics}
             computations.append(metric_types.MetricComputation(
                 keys=[key for pair in keys.values() for key in pair], preprocessors=None,
@@ -162,12 +164,18 @@ def _analytic_computations(metrics: Sequence[str], name: str, eval_config=None,
     return computations
 
 
+def _interval_computations(metrics: Sequence[str], name: str, eval_config=None, model_names=None,
+                           output_names=None, example_weighted: bool = False, **_) -> metric_types.MetricComputations:
+    return _analytic_computations(vocabulary.analytic_interval_keys, metrics, eval_config, model_names,
+                                  output_names, example_weighted)
+
+
 class AnalyticIntervals(tfma.metrics.Metric):
-    """The 95% interval of each of `metrics` (keys of ANALYTIC_METRICS), as `<key>_lower_bound` and
-    `<key>_upper_bound`, from one pass over the slice."""
+    """The 95% interval of each of `metrics` (keys of ANALYTIC_METRICS), as the metrics `<key>_ci_lower` and
+    `<key>_ci_upper`, from one pass over the slice."""
 
     def __init__(self, metrics: Sequence[str] = ANALYTIC_METRICS, name: str = "analytic_intervals"):
-        super().__init__(_analytic_computations, metrics=list(metrics), name=name)
+        super().__init__(_interval_computations, metrics=list(metrics), name=name)
 
     @property
     def compute_confidence_interval(self) -> bool:
@@ -182,10 +190,9 @@ def lower_bound_of(value) -> float:
     return float("nan")
 
 
-def _lower_bound_computations(metric: str, name: str, model_names: Optional[List[str]] = None,
-                              output_names: Optional[List[str]] = None,
-                              sub_keys: Optional[Iterable] = None, example_weighted: bool = False,
-                              **_) -> metric_types.MetricComputations:
+def _resampled_lower_bound(metric: str, name: str, model_names: Optional[List[str]] = None,
+                           output_names: Optional[List[str]] = None, sub_keys: Optional[Iterable] = None,
+                           example_weighted: bool = False) -> metric_types.MetricComputations:
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
@@ -202,12 +209,25 @@ def _lower_bound_computations(metric: str, name: str, model_names: Optional[List
     return computations
 
 
-class LowerBound(tfma.metrics.Metric):
-    """`metric`'s lower 95% bound, as the metric `<metric>_lower_bound`. `metric` must be computed by
-    the same MetricsSpec (e.g. Recall next to LowerBound(metric='recall'))."""
+def _lower_bound_computations(metric: str, name: str, intervals: str, eval_config=None,
+                              model_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
+                              sub_keys: Optional[Iterable] = None, example_weighted: bool = False,
+                              **_) -> metric_types.MetricComputations:
+    if intervals == vocabulary.ANALYTIC:
+        return _analytic_computations(lambda _: (name,), [metric], eval_config, model_names, output_names,
+                                      example_weighted)
+    return _resampled_lower_bound(metric, name, model_names, output_names, sub_keys, example_weighted)
 
-    def __init__(self, metric: str = RECALL, name: Optional[str] = None):
-        super().__init__(_lower_bound_computations, metric=metric, name=name or lower_bound_key(metric))
+
+class LowerBound(tfma.metrics.Metric):
+    """`metric`'s lower 95% bound, as the metric `<metric>_lower_bound`, for a threshold to judge: analytic
+    (computed here), or read off TFMA's bootstrap or jackknife of `metric` (which the same MetricsSpec must
+    compute, e.g. Recall next to LowerBound(metric='recall', intervals='bootstrap'))."""
+
+    def __init__(self, metric: str = RECALL, intervals: str = vocabulary.DEFAULT_INTERVALS,
+                 name: Optional[str] = None):
+        super().__init__(_lower_bound_computations, metric=metric, intervals=intervals,
+                         name=name or lower_bound_key(metric))
 
     @property
     def compute_confidence_interval(self) -> bool:

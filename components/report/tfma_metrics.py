@@ -38,8 +38,8 @@ def slice_metrics(evaluation_uri: str, metric_names: Optional[Iterable[str]] = N
     named in `metric_names` (default: every metric TFMA wrote).
 
     Metrics of the `decision_score` output are those at the model's tuned threshold: `<key>@threshold`.
-    A metric's 95% interval is `<key>:lower` and `<key>:upper`, from the analytic bound metrics
-    (`<key>_lower_bound`, `<key>_upper_bound`) or from TFMA's bootstrap; the slice's class counts are
+    A metric's 95% interval is `<key>:lower` and `<key>:upper`, from the analytic interval's metrics
+    (`<key>_ci_lower`, `<key>_ci_upper`) or from TFMA's bootstrap; the slice's class counts are
     `positives` and `negatives`.
     """
     wanted = set(metric_names) if metric_names is not None else None
@@ -48,7 +48,7 @@ def slice_metrics(evaluation_uri: str, metric_names: Optional[Iterable[str]] = N
         row = table.setdefault(slice_name(metrics.slice_key), {})
         for item in metrics.metric_keys_and_values:
             key = item.key
-            bounded, end = vocabulary.bounded_metric(key.name)
+            bounded, end = vocabulary.interval_end(key.name)
             if (wanted is not None and (bounded or key.name) not in wanted) or not _is_candidate(key):
                 continue
             at_threshold = key.output_name == DECISION_OUTPUT
