@@ -6,7 +6,9 @@ must not score (checked from the header, before decoding); decode the pixel data
 baseline/extended/lossless, JPEG-LS, JPEG 2000: whatever pydicom has a decoder for here); apply the modality
 rescale (slope/intercept or Modality LUT); apply the VOI LUT, else the first window (centre/width, with its
 VOI LUT function), else a robust percentile window; invert MONOCHROME1; encode the 8-bit result as PNG, the
-bytes `predict_images` already takes, so the served model is unchanged.
+bytes `predict_images` already takes, so the served model is unchanged. The steps after decoding run once per
+possible stored value, not once per pixel (`to_8_bits`), and the PNG is written uncompressed (`encode_png`), so
+on a full-size film they cost a few milliseconds (bench/dicom_bench.py --originals).
 
 Only non-identifying attributes leave this module (view position, sex, age band); identifiers are exposed
 only as keyed hashes (`pseudonym`).
@@ -17,12 +19,14 @@ import dataclasses
 import hashlib
 import hmac
 import io
+import math
 import os
 import re
-from typing import Optional
+import struct
+import zlib
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 import pydicom
 import pydicom.pixels
@@ -35,8 +39,11 @@ ACCEPTED_MODALITIES = ("CR", "DX", "DR")  # DR is not a DICOM term, but some dig
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL")  # ViewPosition defined terms LL/RL, plus vendors' spellings
 FRONTAL_VIEWS = ("PA", "AP")
-# zlib level 1: about 4x faster than PIL's default 6 for about 15% larger files (measured on the 224 px films)
-PNG_COMPRESS_LEVEL = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Stored deflate blocks: writing the PNG and reading it back are copies of the pixels (~1.4 and ~0.8 ms a
+# full-size film, where PIL at level 1, adaptive row filters then deflate, took ~44 and ~18 ms). The price: the
+# PNG is as large as the raw pixels (an uncompressed DICOM's pixel data already is), twice PIL's level 1.
+PNG_COMPRESS_LEVEL = 0
 PERCENTILE_WINDOW = (0.5, 99.5)  # without a VOI in the file: clip the extreme 0.5% at each end
 # Upper edges (in years) of the age bands a review board slices on; the last band is open.
 AGE_BANDS = ((5, "0-4"), (18, "5-17"), (40, "18-39"), (65, "40-64"), (80, "65-79"))
@@ -115,20 +122,8 @@ def check(dataset: Dataset, allow_lateral: bool = False) -> None:
 def to_model_input(dataset: Dataset, allow_lateral: bool = False) -> ModelInput:
     """The checked, decoded, windowed 8-bit PNG and the slice attributes (see module docstring)."""
     check(dataset, allow_lateral)
-    try:
-        stored = dataset.pixel_array
-    except Exception as error:  # the decoders raise many types for corrupt or truncated data
-        syntax = dataset.file_meta.TransferSyntaxUID
-        raise DicomRefused(f"cannot decode the pixel data ({syntax.name}): {_one_line(error)}") from None
-    if stored.ndim != 2:
-        raise DicomRefused(f"unexpected pixel array shape {stored.shape}: one grayscale frame expected")
-    values = pydicom.pixels.apply_modality_lut(stored, dataset).astype(np.float64)
-    pixels, windowing = _to_8_bits(values, dataset)
-    if dataset.PhotometricInterpretation == "MONOCHROME1":  # lowest value is white
-        pixels = 255 - pixels
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return ModelInput(buffer.getvalue(), view_position(dataset), sex(dataset), age_band(dataset), windowing)
+    pixels, windowing = to_8_bits(_stored_pixels(dataset), dataset)
+    return ModelInput(encode_png(pixels), view_position(dataset), sex(dataset), age_band(dataset), windowing)
 
 
 def dicom_to_png(data: bytes, allow_lateral: bool = False) -> bytes:
@@ -142,8 +137,49 @@ def declared_pixels(dataset: Dataset) -> int:
     return int(dataset.get("Rows") or 0) * int(dataset.get("Columns") or 0)
 
 
-def _to_8_bits(values: np.ndarray, dataset: Dataset):
-    """The VOI LUT, else the first window, else the percentile window, mapped onto 0..255."""
+def _stored_pixels(dataset: Dataset) -> np.ndarray:
+    """The decoded frame, as stored (before any rescale); DicomRefused when it cannot be decoded."""
+    try:
+        stored = dataset.pixel_array
+    except Exception as error:  # the decoders raise many types for corrupt or truncated data
+        syntax = dataset.file_meta.TransferSyntaxUID
+        raise DicomRefused(f"cannot decode the pixel data ({syntax.name}): {_one_line(error)}") from None
+    if stored.ndim != 2:
+        raise DicomRefused(f"unexpected pixel array shape {stored.shape}: one grayscale frame expected")
+    return stored
+
+
+def to_8_bits(stored: np.ndarray, dataset: Dataset) -> Tuple[np.ndarray, str]:
+    """The 8-bit film and how it was windowed: modality rescale, VOI, MONOCHROME1 inversion (lowest is white).
+
+    Each step maps one stored value to one output value, so the steps run in float64 on every value the pixels
+    can hold (256 or 65,536 of them; for wider types, those present) and the pixels look the result up: the
+    bytes of mapping each pixel, for one lookup, or none when an 8-bit film is shown as stored. Only the
+    percentile window reads the whole film, through the count of each value."""
+    values, index = _value_table(stored)
+    rescaled = pydicom.pixels.apply_modality_lut(values, dataset).astype(np.float64)
+    table, windowing = _apply_voi(rescaled, dataset, lambda: np.bincount(index.ravel(), minlength=len(values)))
+    if dataset.PhotometricInterpretation == "MONOCHROME1":
+        table = 255 - table
+    if stored.dtype == np.uint8 and np.array_equal(table, values):
+        return stored, windowing
+    return np.take(table, index), windowing
+
+
+def _value_table(stored: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(the values a pixel can hold, each pixel's position among them). 8 and 16 bits: every value of the type,
+    ordered by its unsigned bit pattern, so the pixels viewed unsigned are their own positions (no pass over
+    them); wider types: the values present."""
+    if stored.dtype.itemsize <= 2:
+        unsigned = np.dtype(f"u{stored.dtype.itemsize}")
+        return np.arange(1 << 8 * unsigned.itemsize, dtype=unsigned).view(stored.dtype), stored.view(unsigned)
+    values, index = np.unique(stored, return_inverse=True)
+    return values, index.reshape(stored.shape)
+
+
+def _apply_voi(values: np.ndarray, dataset: Dataset, counts: Callable[[], np.ndarray]):
+    """The VOI LUT, else the first window, else the percentile window (of the pixels: `counts` gives how many
+    hold each of `values`), mapped onto 0..255."""
     if "VOILUTSequence" in dataset:
         entries, first = (int(v) for v in dataset.VOILUTSequence[0].LUTDescriptor[:2])
         # the table's own output range (its bit depth is often misdeclared), read through pydicom
@@ -155,8 +191,29 @@ def _to_8_bits(values: np.ndarray, dataset: Dataset):
         if width >= 1:
             function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
             return _window(values, centre, width, function), "window"
-    low, high = np.percentile(values, PERCENTILE_WINDOW)
+    low, high = percentiles(values, counts(), PERCENTILE_WINDOW)
     return _scale(values, low, high), "percentile"
+
+
+def percentiles(values: np.ndarray, counts: np.ndarray, percents: Sequence[float]) -> list:
+    """np.percentile of the pixels (its default linear method, to the last bit) from how many pixels hold each
+    of `values`: no sorted float copy of the film. Ranks are 0-based, as numpy's virtual indexes are."""
+    present = counts > 0
+    order = np.argsort(values[present], kind="stable")
+    ordered, cumulative = values[present][order], np.cumsum(counts[present][order])
+    last = int(cumulative[-1]) - 1
+
+    def nth(rank: int) -> float:
+        return float(ordered[np.searchsorted(cumulative, min(rank, last), side="right")])
+
+    results = []
+    for percent in percents:
+        position = last * (percent / 100)
+        below = math.floor(position)
+        low, high, gamma = nth(below), nth(below + 1), position - below
+        # numpy's _lerp: from the nearer end, so that gamma 1 gives `high` exactly
+        results.append(high - (high - low) * (1 - gamma) if gamma >= 0.5 else low + (high - low) * gamma)
+    return results
 
 
 def _window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
@@ -177,6 +234,23 @@ def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def _round(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of `pixels` (2-D uint8): every row unfiltered (filter type 0), the zlib stream at
+    PNG_COMPRESS_LEVEL. numpy and zlib write it in one copy of the pixels each; PIL tries filters per row."""
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    rows[:, 1:] = pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # bit depth 8, grayscale, no interlace
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL))
+            + _png_chunk(b"IEND", b""))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """Length, type, data, and the CRC-32 of type and data (PNG spec 5.3)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def _first(value) -> float:
