@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from pneumonia.data.sources import shared_data_dir
-from trainer import models, ood, signatures, task
+from trainer import models, objective, ood, signatures
 from trainer.preprocessing import decode_batch
 from trainer.threshold import Threshold
 
@@ -41,7 +41,7 @@ class BatchClock(keras.callbacks.Callback):
 def training_throughput(model: keras.Model, pixels: tf.Tensor, labels: tf.Tensor, batches: int) -> float:
     """Images per second over `batches - 1` training steps, after the first (which traces)."""
     dataset = tf.data.Dataset.from_tensors((pixels, labels)).repeat(batches)
-    loss, class_weights = task.loss_and_class_weights("bce", 1, 1)
+    loss, class_weights = objective.loss_and_class_weights("bce", 1, 1)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss)
     clock = BatchClock()
     model.fit(dataset, epochs=1, class_weight=class_weights, callbacks=[clock], verbose=0)

@@ -64,8 +64,9 @@ def test_every_slice_is_crossed_with_split_or_reported_as_pooled():
 def test_threshold_dependent_metrics_are_also_computed_at_the_tuned_threshold():
     config = evaluation.create_eval_config(min_auc=0.9, max_auc_drop=0.01, blessing_split="eval")
     by_output = {tuple(spec.output_names): [m.class_name for m in spec.metrics] for spec in config.metrics_specs}
-    assert set(by_output[("decision_score",)]) == {vocabulary.CLASS_OF[key] for key in vocabulary.THRESHOLD_DEPENDENT}
-    assert "AUC" in by_output[("probability",)]
+    threshold_dependent = {vocabulary.CLASS_OF[key] for key in vocabulary.THRESHOLD_DEPENDENT}
+    assert set(by_output[("decision_score",)]) == threshold_dependent | {"AnalyticIntervals"}
+    assert "AUC" in by_output[("probability",)] and "AnalyticIntervals" in by_output[("probability",)]
     assert dict(config.model_specs[0].label_keys) == {"probability": "label", "decision_score": "label"}
 
 

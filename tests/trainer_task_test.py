@@ -12,7 +12,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from serving.repository import THRESHOLD_ASSET
 from tests.signatures_test import serve_both
 from tests.trainer_inputs_test import real_images, write_split
-from trainer import models, signatures, task, threshold
+from trainer import models, objective, signatures, task, threshold
 from trainer.config import TrainerConfig
 from trainer.preprocessing import decode_batch
 
@@ -185,18 +185,18 @@ def test_bad_threshold_policy_fails_before_training(data, tmp_path):
 
 
 def test_class_weights_balance_the_classes():
-    loss, weights = task.loss_and_class_weights("bce", 1341, 3875)
+    loss, weights = objective.loss_and_class_weights("bce", 1341, 3875)
     assert isinstance(loss, keras.losses.BinaryCrossentropy)
     assert weights[0] * 1341 == pytest.approx(weights[1] * 3875)
     assert weights[0] * 1341 + weights[1] * 3875 == pytest.approx(1341 + 3875)
 
 
 def test_focal_loss_balances_by_alpha_without_class_weights():
-    loss, weights = task.loss_and_class_weights("focal", 1000, 3000)
+    loss, weights = objective.loss_and_class_weights("focal", 1000, 3000)
     assert isinstance(loss, keras.losses.BinaryFocalCrossentropy) and weights is None
     assert loss.get_config()["alpha"] == pytest.approx(0.25) and loss.get_config()["apply_class_balancing"]
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
-        task.loss_and_class_weights("hinge", 1, 1)
+        objective.loss_and_class_weights("hinge", 1, 1)
 
 
 def test_training_by_validation_loss_records_its_cost_and_choice(data, tmp_path):
@@ -217,10 +217,10 @@ def test_bad_training_settings_are_refused(data, tmp_path, setting, message):
 
 
 def test_ema_momentum_has_a_horizon_in_epochs():
-    assert task.ema_momentum(0.0, 100) is None
-    assert task.ema_momentum(2.0, 50) == pytest.approx(0.99)
+    assert objective.ema_momentum(0.0, 100) is None
+    assert objective.ema_momentum(2.0, 50) == pytest.approx(0.99)
     with pytest.raises(ValueError, match="ema_epochs must be >= 0"):
-        task.ema_momentum(-1.0, 10)
+        objective.ema_momentum(-1.0, 10)
 
 
 def test_weight_averaging_exports_the_averaged_weights_it_validated(data, tmp_path):
@@ -231,7 +231,7 @@ def test_weight_averaging_exports_the_averaged_weights_it_validated(data, tmp_pa
     serving_dir = run(data, str(tmp_path), config)
     training = signatures.read_metadata(serving_dir)["training"]
     steps_per_epoch = -(-training["train_examples"] // config["batch_size"])
-    assert training["ema_momentum"] == pytest.approx(task.ema_momentum(1.0, steps_per_epoch))
+    assert training["ema_momentum"] == pytest.approx(objective.ema_momentum(1.0, steps_per_epoch))
     images = tf.constant([image for image, _ in data["validation_images"]])
     labels = np.array([[label] for _, label in data["validation_images"]], np.float32)
     probability = serve_both(serving_dir, list(images.numpy()))["probability"].reshape(-1, 1)

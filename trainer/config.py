@@ -120,7 +120,7 @@ class TrainerConfig:
         """Refuses values the Trainer would fail on, asking the code that uses them: the model registry (the
         architecture, its model_config, pretrained weights), the threshold policy parser, and the loss, early
         stopping, augmentation and weight averaging of the Trainer."""
-        from trainer import augment, models, task, threshold  # keeps TensorFlow out of CLI start-up
+        from trainer import augment, models, objective, threshold  # keeps TensorFlow out of CLI start-up
 
         if "weights" in self.model_config:
             raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
@@ -129,10 +129,10 @@ class TrainerConfig:
                              f"'none', got {self.weights!r}")
         models.check_settings(self.architecture, self.model_config)
         threshold.parse(self.threshold_policy)
-        task.early_stopping_monitor(self.early_stopping_metric)
-        task.loss_and_class_weights(self.loss, 1, 1, self.label_smoothing)
+        objective.early_stopping_monitor(self.early_stopping_metric)
+        objective.loss_and_class_weights(self.loss, 1, 1, self.label_smoothing)
         augment.check_settings(self.crop_min_area)
-        task.ema_momentum(self.ema_epochs, 1)
+        objective.ema_momentum(self.ema_epochs, 1)
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:

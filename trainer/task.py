@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import inputs, models, ood, signatures, threshold
+from trainer import inputs, models, objective, ood, signatures, threshold
 from trainer.config import TrainerConfig
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
@@ -24,38 +24,6 @@ FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone train
 
 def keras_weights_path(serving_model_dir: str) -> str:
     return os.path.join(os.path.dirname(serving_model_dir), "Keras", "model.weights.h5")
-
-
-def class_weights(normal: int, pneumonia: int) -> dict:
-    """Inverse-frequency weights: each class contributes equally to the loss."""
-    total = normal + pneumonia
-    return {0: total / (2.0 * max(normal, 1)), 1: total / (2.0 * max(pneumonia, 1))}
-
-
-def loss_and_class_weights(loss: str, normal: int, pneumonia: int,
-                           label_smoothing: float = 0.0) -> Tuple[keras.losses.Loss, Optional[dict]]:
-    """Imbalance handling: `bce` with inverse-frequency class weights, or `focal` loss balanced by its alpha
-    (the NORMAL share weighs PNEUMONIA), which then needs no class weights. Label smoothing pulls the targets
-    towards 0.5, so scores stay graded instead of saturating at 0 and 1."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if loss == "bce":
-        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), class_weights(normal, pneumonia)
-    if loss == "focal":
-        alpha = normal / max(normal + pneumonia, 1)
-        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha, gamma=2.0,
-                                                    label_smoothing=label_smoothing), None
-    raise ValueError(f"unknown loss {loss!r}; use 'bce' or 'focal'")
-
-
-# What early stopping and the best-epoch choice monitor on the validation split: (Keras key, mode).
-EARLY_STOPPING_MONITORS = {"auc": ("val_auc", "max"), "loss": ("val_loss", "min")}
-
-
-def early_stopping_monitor(name: str) -> Tuple[str, str]:
-    if name not in EARLY_STOPPING_MONITORS:
-        raise ValueError(f"unknown early_stopping_metric {name!r}; use one of: {', '.join(EARLY_STOPPING_MONITORS)}")
-    return EARLY_STOPPING_MONITORS[name]
 
 
 def _normalised(model_config: Dict[str, Any]) -> Dict[str, Any]:
@@ -107,16 +75,6 @@ def _stages(model: keras.Model, architecture: str, epochs: int,
             (epochs - head_epochs, learning_rate * FINE_TUNE_LEARNING_RATE_FACTOR, fine_tune_from)]
 
 
-def ema_momentum(ema_epochs: float, steps_per_epoch: int) -> Optional[float]:
-    """The per-step momentum of an exponential moving average whose horizon is `ema_epochs` epochs
-    (None: no averaging). A horizon in epochs, not a raw momentum, keeps its meaning across data sizes."""
-    if ema_epochs < 0:
-        raise ValueError(f"ema_epochs must be >= 0 (0 turns weight averaging off), got {ema_epochs}")
-    if ema_epochs == 0:
-        return None
-    return 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
-
-
 def train(model: keras.Model, config: TrainerConfig, train_data, validation_data, counts: Tuple[int, int],
           log_dir: str) -> Dict[str, Any]:
     """Adam with a cosine learning-rate decay per stage, early stopping on the validation metric
@@ -126,12 +84,12 @@ def train(model: keras.Model, config: TrainerConfig, train_data, validation_data
     With `ema_epochs` > 0 the weights are an exponential moving average over about that many epochs: each
     epoch's validation, the best-epoch choice and the exported model all use the averaged weights
     (SwapEMAWeights swaps them in before EarlyStopping records an epoch)."""
-    loss, weights = loss_and_class_weights(config.loss, *counts, config.label_smoothing)
+    loss, weights = objective.loss_and_class_weights(config.loss, *counts, config.label_smoothing)
     metric_name = config.early_stopping_metric
-    monitor, mode = early_stopping_monitor(metric_name)
+    monitor, mode = objective.early_stopping_monitor(metric_name)
     sign = 1.0 if mode == "max" else -1.0  # compare as "higher is better"
     steps_per_epoch = max(math.ceil(sum(counts) / config.batch_size), 1)
-    momentum = ema_momentum(config.ema_epochs, steps_per_epoch)
+    momentum = objective.ema_momentum(config.ema_epochs, steps_per_epoch)
     if not model.trainable_weights:  # an ensemble of trained, frozen members: only its threshold is chosen
         logging.info("%s has no trainable weights: nothing to fit", config.architecture)
         return {"early_stopping_metric": metric_name, "best_validation_value": None, "best_epoch": 0,
