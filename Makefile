@@ -1,5 +1,5 @@
 # make run: create .venv if missing, install the pinned stack + this project, run the pipeline.
-# make test: the same install (with Debian's chromium for the browser tests), then the whole test suite.
+# make test: the same install (with Debian's chromium for the browser tests), the linter, then the whole test suite.
 SHELL := /bin/bash
 VENV ?= .venv
 ROOT ?= $(HOME)/pneumonia-runs
@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # Debian's chromium, which the web page's browser tests drive headless through Playwright.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test clean-venv
+.PHONY: install run lint test clean-venv
 
 install: $(STAMP) $(CHROMIUM)
 
@@ -37,7 +37,12 @@ $(STAMP): requirements.txt constraints.txt setup.py
 run: $(STAMP)
 	$(VENV)/bin/pneumonia run --root $(ROOT) $(RUN_ARGS)
 
-test: $(STAMP) $(CHROMIUM)
+# ruff (pinned in requirements.txt) lints and checks the formatting of the whole tree; `make test` runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 clean-venv:
