@@ -1,4 +1,5 @@
 """pneumonia-pipeline: a TFX pipeline that trains, validates, evaluates and serves chest X-ray classifiers."""
+
 from setuptools import find_packages, setup
 
 setup(

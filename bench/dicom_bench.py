@@ -10,6 +10,7 @@ builds them), so the ratio is the cost of DICOM itself. Two more tables split th
 Usage: PYTHONPATH=. .venv/bin/python -m bench.dicom_bench [DATA_DIR] [--originals] (default ../shared/data;
 --originals uses the full-size files in originals/ instead of the 224 px test images).
 """
+
 import glob
 import io
 import os
@@ -21,11 +22,11 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from fixtures import dicom_files as make
+from fixtures.dicom_files import IDENTITY_WINDOW
 from pneumonia.data import sources as data_sources
 from pneumonia.data.images import inspect_image
 from serving import dicom
-from fixtures import dicom_files as make
-from fixtures.dicom_files import IDENTITY_WINDOW
 
 REPEATS = 3
 
@@ -68,8 +69,12 @@ def up_huffman_png(pixels: np.ndarray) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
 
     header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 0, 0, 0, 0)
-    return (dicom.PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", deflate.compress(rows) + deflate.flush())
-            + chunk(b"IEND", b""))
+    return (
+        dicom.PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", deflate.compress(rows) + deflate.flush())
+        + chunk(b"IEND", b"")
+    )
 
 
 def decoded(png: bytes) -> np.ndarray:
@@ -82,8 +87,10 @@ def same_pixels(pngs, other_pngs) -> bool:
 
 def conversion_table(encodings, jpeg_ms: float) -> None:
     """Whole path per encoding: before, after, both against the JPEG check, PNG sizes, pixel identity."""
-    print(f"\n{'path':<34}{'before ms':>10}{'after ms':>9}{'before/JPEG':>12}{'after/JPEG':>11}"
-          f"{'PNG KB before':>14}{'after':>7}  same pixels")
+    print(
+        f"\n{'path':<34}{'before ms':>10}{'after ms':>9}{'before/JPEG':>12}{'after/JPEG':>11}"
+        f"{'PNG KB before':>14}{'after':>7}  same pixels"
+    )
     print(f"{'JPEG (decode check)':<34}{jpeg_ms:>10.2f}{jpeg_ms:>9.2f}{1:>12.2f}{1:>11.2f}")
     for name, datasets in encodings.items():
         files = [make.to_bytes(d) for d in datasets]
@@ -91,8 +98,10 @@ def conversion_table(encodings, jpeg_ms: float) -> None:
         after_ms = per_image_ms(lambda data: inspect_image(dicom.dicom_to_png(data)), files)
         old, new = [png_before(f) for f in files], [dicom.dicom_to_png(f) for f in files]
         kilobytes = [sum(map(len, pngs)) / len(pngs) / 1000 for pngs in (old, new)]
-        print(f"{name:<34}{before_ms:>10.2f}{after_ms:>9.2f}{before_ms / jpeg_ms:>12.2f}{after_ms / jpeg_ms:>11.2f}"
-              f"{kilobytes[0]:>14.0f}{kilobytes[1]:>7.0f}  {'yes' if same_pixels(old, new) else 'NO'}")
+        print(
+            f"{name:<34}{before_ms:>10.2f}{after_ms:>9.2f}{before_ms / jpeg_ms:>12.2f}{after_ms / jpeg_ms:>11.2f}"
+            f"{kilobytes[0]:>14.0f}{kilobytes[1]:>7.0f}  {'yes' if same_pixels(old, new) else 'NO'}"
+        )
 
 
 def encoder_table(films, jpeg_ms: float) -> None:
@@ -103,14 +112,17 @@ def encoder_table(films, jpeg_ms: float) -> None:
         "filter 0, stored (after)": dicom.encode_png,
         "filter Up, Huffman only": up_huffman_png,
     }
-    print(f"\n{'PNG encoder, same 8-bit films':<34}{'write ms':>10}{'read ms':>9}{'sum/JPEG':>12}{'KB':>8}"
-          "  same pixels")
+    print(
+        f"\n{'PNG encoder, same 8-bit films':<34}{'write ms':>10}{'read ms':>9}{'sum/JPEG':>12}{'KB':>8}  same pixels"
+    )
     for name, encode in encoders.items():
         pngs = [encode(film) for film in films]
         write_ms, read_ms = per_image_ms(encode, films), per_image_ms(inspect_image, pngs)
         same = all(np.array_equal(decoded(png), film) for png, film in zip(pngs, films))
-        print(f"{name:<34}{write_ms:>10.2f}{read_ms:>9.2f}{(write_ms + read_ms) / jpeg_ms:>12.2f}"
-              f"{sum(map(len, pngs)) / len(pngs) / 1000:>8.0f}  {'yes' if same else 'NO'}")
+        print(
+            f"{name:<34}{write_ms:>10.2f}{read_ms:>9.2f}{(write_ms + read_ms) / jpeg_ms:>12.2f}"
+            f"{sum(map(len, pngs)) / len(pngs) / 1000:>8.0f}  {'yes' if same else 'NO'}"
+        )
 
 
 def windowing_table(encodings) -> None:
@@ -129,7 +141,7 @@ def main():
     arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
     data = arguments[0] if arguments else data_sources.shared_data_dir()
     pattern = "originals/*/*" if "--originals" in sys.argv else "chest_xray/test/*/*.jpeg"
-    paths = sorted(glob.glob(os.path.join(data, pattern)))[:24 if "--originals" in sys.argv else 200]
+    paths = sorted(glob.glob(os.path.join(data, pattern)))[: 24 if "--originals" in sys.argv else 200]
     jpegs = [open(path, "rb").read() for path in paths]
     films = [make.xray_pixels(path) for path in paths]
     uncompressed = {

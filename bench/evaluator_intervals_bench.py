@@ -4,8 +4,10 @@ jackknife (20 buckets) and with the Poisson bootstrap (20 replicates), on the sa
 The model is a tiny CNN exported through trainer/signatures.py (its weights do not matter for the cost);
 the examples are real test X-rays written as the pipeline's tf.Examples, each slice crossed as in the
 pipeline. The runs happen in this process (Beam's in-process runner), one after the other; CPU seconds
-and their ratio are what matter on a shared machine, where wall time depends on the neighbours. Usage: .venv/bin/python bench/evaluator_intervals_bench.py [IMAGES] (default 400).
+and their ratio are what matter on a shared machine, where wall time depends on the neighbours.
+Usage: .venv/bin/python bench/evaluator_intervals_bench.py [IMAGES] (default 400).
 """
+
 import glob
 import os
 import sys
@@ -27,8 +29,10 @@ def write_examples(files, path):
             label = int("PNEUMONIA" in name)
             split = ("eval", "test")[index % 2]
             text = {"split": split, "dataset": "kermany", "source": "kermany", "pathogen": "none"}
-            feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
-                       for key, value in text.items()}
+            feature = {
+                key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+                for key, value in text.items()
+            }
             with open(name, "rb") as f:
                 feature["image"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[f.read()]))
             feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
@@ -53,18 +57,28 @@ def main():
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 400
     data_dir = data_sources.shared_data_dir()
     files = sorted(glob.glob(os.path.join(data_dir, "chest_xray", "test", "*", "*.jpeg")))
-    files = (files[::max(1, len(files) // count)])[:count]
+    files = (files[:: max(1, len(files) // count)])[:count]
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "examples.tfrecord")
         write_examples(files, data)
         settings = dict(models.REGISTRY["cnn"].tiny)
         model_dir = os.path.join(tmp, "model")
         model = models.build("cnn", 64, **settings)
-        signatures.export(model, model_dir, 64, Threshold(0.5, "youden", 1, 1, 1), os.path.join(tmp, "work"), "cnn",
-                          settings, guard=ood.noise_guard(model, 64))
+        signatures.export(
+            model,
+            model_dir,
+            64,
+            Threshold(0.5, "youden", 1, 1, 1),
+            os.path.join(tmp, "work"),
+            "cnn",
+            settings,
+            guard=ood.noise_guard(model, 64),
+        )
         evaluate(model_dir, data, os.path.join(tmp, "warm-up"), "none")  # Beam and TF start-up, not counted
-        seconds = {method: evaluate(model_dir, data, os.path.join(tmp, method), method)
-                   for method in ("none", "jackknife", "bootstrap")}
+        seconds = {
+            method: evaluate(model_dir, data, os.path.join(tmp, method), method)
+            for method in ("none", "jackknife", "bootstrap")
+        }
     print(f"{'Evaluator run (confidence intervals)':<40}{'images':>8}{'wall s':>9}{'CPU s':>9}{'CPU vs none':>12}")
     for method, (wall, cpu) in seconds.items():
         print(f"{method:<40}{len(files):>8}{wall:>9.1f}{cpu:>9.1f}{cpu / seconds['none'][1]:>12.2f}")

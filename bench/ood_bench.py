@@ -14,6 +14,7 @@ guard's features (the pooled Grad-CAM feature map) and, for comparison, the penu
 Usage: .venv/bin/python bench/ood_bench.py [--image-size 128] [--epochs 3] [--percentile 99.5]
        [--weights /tmp/ood-cnn.weights.h5]
 """
+
 import argparse
 import glob
 import os
@@ -31,9 +32,23 @@ from trainer import explain, models, ood, threshold
 from trainer.preprocessing import decode_image
 from trainer.task import class_weights
 
-NATURAL = ("astronaut", "camera", "coffee", "chelsea", "rocket", "moon",
-           "hubble_deep_field", "coins", "gravel", "grass", "brick", "cell", "immunohistochemistry", "retina",
-           "clock")
+NATURAL = (
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "moon",
+    "hubble_deep_field",
+    "coins",
+    "gravel",
+    "grass",
+    "brick",
+    "cell",
+    "immunohistochemistry",
+    "retina",
+    "clock",
+)
 DOCUMENTS = ("page", "text")
 
 
@@ -54,7 +69,7 @@ def crops(pixels: np.ndarray, rng: np.random.Generator, count: int) -> List[np.n
     for _ in range(count):
         side = int(min(height, width) * rng.uniform(0.5, 0.75))
         top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-        result.append(pixels[top:top + side, left:left + side])
+        result.append(pixels[top : top + side, left : left + side])
     return result
 
 
@@ -79,8 +94,10 @@ def documents_and_noise(rng) -> List[bytes]:
         page = Image.new("L", (600, 800), color=int(rng.integers(225, 256)))
         draw = ImageDraw.Draw(page)
         for line in range(int(rng.integers(10, 40))):
-            words = " ".join("".join(chr(c) for c in rng.integers(97, 123, rng.integers(2, 10)))
-                             for _ in range(int(rng.integers(3, 12))))
+            words = " ".join(
+                "".join(chr(c) for c in rng.integers(97, 123, rng.integers(2, 10)))
+                for _ in range(int(rng.integers(3, 12)))
+            )
             draw.text((40, 40 + 18 * line), words, fill=int(rng.integers(0, 60)))
         typed.append(encode(np.asarray(page)))
     noise = [encode(rng.integers(0, 256, (224, 224), dtype=np.uint8)) for _ in range(20)]
@@ -110,7 +127,7 @@ def patient(path: str) -> str:
 
 
 def batched(pixels: np.ndarray, labels: np.ndarray, size: int = 64):
-    return [(pixels[i:i + size], labels[i:i + size]) for i in range(0, len(pixels), size)]
+    return [(pixels[i : i + size], labels[i : i + size]) for i in range(0, len(pixels), size)]
 
 
 def load(paths: List[str], image_size: int) -> np.ndarray:
@@ -138,7 +155,7 @@ def penultimate_scores(model, x_fit, y_fit, x_val, percentile: float):
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     """P(an outside image scores above an inside one), ties counting half (the Mann-Whitney AUC)."""
     ranks = np.argsort(np.argsort(np.concatenate([inside, outside]), kind="stable"), kind="stable") + 1.0
-    outside_ranks = ranks[len(inside):].sum()
+    outside_ranks = ranks[len(inside) :].sum()
     return float((outside_ranks - len(outside) * (len(outside) + 1) / 2) / (len(inside) * len(outside)))
 
 
@@ -148,8 +165,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--percentile", type=float, default=ood.DEFAULT_PERCENTILE)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", help="a .weights.h5 file: loaded when it exists (the same split and size), "
-                                          "else written after training, so a rerun skips training")
+    parser.add_argument(
+        "--weights",
+        help="a .weights.h5 file: loaded when it exists (the same split and size), "
+        "else written after training, so a rerun skips training",
+    )
     args = parser.parse_args()
     data = shared_data_dir()
     if not data:
@@ -190,26 +210,34 @@ def main() -> None:
     test_compared = compared(test_pixels)
     test_labels = np.array(list(test.values()))
     decoded = lambda images: np.stack([decode_image(b, args.image_size).numpy() for b in images])  # noqa: E731
-    sets = {"natural photographs (skimage, with crops)": decoded(natural_photographs(rng)),
-            "faces (skimage LFW subset)": decoded(faces()),
-            "documents and noise": decoded(documents_and_noise(rng)),
-            "CT-like slices (phantom FBP)": decoded(ct_like_slices(rng))}
+    sets = {
+        "natural photographs (skimage, with crops)": decoded(natural_photographs(rng)),
+        "faces (skimage LFW subset)": decoded(faces()),
+        "documents and noise": decoded(documents_and_noise(rng)),
+        "CT-like slices (phantom FBP)": decoded(ct_like_slices(rng)),
+    }
     external = labelled(f"{data}/external")
     external_pixels = load(list(external), args.image_size)
-    print(f"cnn at {args.image_size} px, {args.epochs} epochs on {len(fit_paths)} train images; guard: "
-          f"{guard.means.shape[1]} features, threshold {guard.threshold:.2f} (validation p{args.percentile:g}, "
-          f"{len(validation_paths)} images); model threshold {tuned:.3f}; test accuracy "
-          f"{np.mean((test_probability >= tuned) == test_labels):.3f}")
+    print(
+        f"cnn at {args.image_size} px, {args.epochs} epochs on {len(fit_paths)} train images; guard: "
+        f"{guard.means.shape[1]} features, threshold {guard.threshold:.2f} (validation p{args.percentile:g}, "
+        f"{len(validation_paths)} images); model threshold {tuned:.3f}; test accuracy "
+        f"{np.mean((test_probability >= tuned) == test_labels):.3f}"
+    )
     print(f"{'':<44}{'':>7}{'the guard (pooled feature map)':>32}{'penultimate features, compared':>32}")
     print(f"{'image set':<44}{'images':>7}" + f"{'AUROC vs test':>20}{'flagged':>12}" * 2)
     flagged_test = [np.mean(test_scores > guard.threshold), np.mean(test_compared > compared.threshold)]
-    print(f"{'Kermany test (in distribution)':<44}{len(test_scores):>7}" + "".join(
-        f"{'':>20}{share:>12.1%}" for share in flagged_test))
+    print(
+        f"{'Kermany test (in distribution)':<44}{len(test_scores):>7}"
+        + "".join(f"{'':>20}{share:>12.1%}" for share in flagged_test)
+    )
 
     def row(name: str, scores: np.ndarray, other: np.ndarray) -> None:
-        print(f"{name:<44}{len(scores):>7}{auroc(test_scores, scores):>20.3f}"
-              f"{np.mean(scores > guard.threshold):>12.1%}"
-              f"{auroc(test_compared, other):>20.3f}{np.mean(other > compared.threshold):>12.1%}")
+        print(
+            f"{name:<44}{len(scores):>7}{auroc(test_scores, scores):>20.3f}"
+            f"{np.mean(scores > guard.threshold):>12.1%}"
+            f"{auroc(test_compared, other):>20.3f}{np.mean(other > compared.threshold):>12.1%}"
+        )
 
     for name, pixels in sets.items():
         row(name, scored(pixels)[1], compared(pixels))
@@ -222,9 +250,11 @@ def main() -> None:
     labels = np.array(list(external.values()))
     flagged, wrong = scores > guard.threshold, (probability >= tuned) != labels
     error_rate = lambda mask: f"{wrong[mask].mean():.1%} of {mask.sum()}" if mask.any() else "-"  # noqa: E731
-    print(f"external, the guard: error rate at the model threshold among flagged {error_rate(flagged)}, "
-          f"not flagged {error_rate(~flagged)}; AUROC of the OOD score for the model's errors "
-          f"{auroc(scores[~wrong], scores[wrong]):.3f}")
+    print(
+        f"external, the guard: error rate at the model threshold among flagged {error_rate(flagged)}, "
+        f"not flagged {error_rate(~flagged)}; AUROC of the OOD score for the model's errors "
+        f"{auroc(scores[~wrong], scores[wrong]):.3f}"
+    )
     print(f"({time.monotonic() - started:.0f} s)")
 
 

@@ -4,6 +4,7 @@ The floor reads, hashes, fully decodes, serializes and gzip-writes every listed 
 Both run in this process, one after the other, on the same files; the ratio is what matters on a noisy
 machine. Usage: .venv/bin/python bench/prepare_bench.py [DATA_DIR] (default ../shared/data).
 """
+
 import hashlib
 import os
 import sys
@@ -32,8 +33,16 @@ def floor(sources, out_dir):
                     data = f.read()
                 height, width, channels = inspect_image(data)
                 patient, pathogen = parse_patient_and_pathogen(os.path.basename(relpath), candidate.label)
-                record = data_records.Record(candidate, candidate.split, patient or relpath, pathogen, height, width,
-                                        channels, hashlib.sha256(data).hexdigest())
+                record = data_records.Record(
+                    candidate,
+                    candidate.split,
+                    patient or relpath,
+                    pathogen,
+                    height,
+                    width,
+                    channels,
+                    hashlib.sha256(data).hexdigest(),
+                )
                 writer.write(data_records.to_example(record, data).SerializeToString(deterministic=True))
                 written += 1
     return written
@@ -52,8 +61,9 @@ def main():
         images, floor_s = timed(floor, sources, tmp)
         rows = [("floor: one process, no Beam", images, floor_s)]
         for label, args in [("Beam DirectRunner (default)", None)]:
-            report, seconds = timed(prepare.prepare, sources, os.path.join(tmp, label[:4] + str(len(rows))),
-                                    beam_args=args)
+            report, seconds = timed(
+                prepare.prepare, sources, os.path.join(tmp, label[:4] + str(len(rows))), beam_args=args
+            )
             rows.append((label, report["written"] + len(report["duplicates"]), seconds))
     floor_rate = rows[0][1] / rows[0][2]
     print(f"{'run':<32}{'images':>8}{'seconds':>10}{'images/s':>10}{'vs floor':>10}")

@@ -19,6 +19,7 @@ first request answered by each new version, and its ratio without/with warm-up.
 Usage: .venv/bin/python bench/serving_bench.py [--architectures cnn densenet121] [--image-size 128]
        [--seconds 3] [--rounds 3] [--swaps 3]
 """
+
 import argparse
 import glob
 import json
@@ -57,9 +58,16 @@ def sample_image() -> bytes:
 def export(architecture: str, image_size: int, serving_dir: str) -> str:
     model = models.build(architecture, image_size)
     version_dir = os.path.join(serving_dir, architecture, "1")
-    signatures.export(model, version_dir, image_size, Threshold(0.5, "youden", 1.0, 1.0, 0),
-                      os.path.join(serving_dir, f".work-{architecture}"), architecture, {},
-                      guard=ood.noise_guard(model, image_size))
+    signatures.export(
+        model,
+        version_dir,
+        image_size,
+        Threshold(0.5, "youden", 1.0, 1.0, 0),
+        os.path.join(serving_dir, f".work-{architecture}"),
+        architecture,
+        {},
+        guard=ood.noise_guard(model, image_size),
+    )
     return version_dir
 
 
@@ -118,9 +126,26 @@ def start_server(serving_dir: str, model_name: str, log_path: str, *flags: str, 
     port = portpicker.pick_unused_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pneumonia.cli", "serve", "--serving-dir", serving_dir, "--model-name", model_name,
-             "--grpc-port", str(port), "--rest-port", "0", *flags],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "pneumonia.cli",
+                "serve",
+                "--serving-dir",
+                serving_dir,
+                "--model-name",
+                model_name,
+                "--grpc-port",
+                str(port),
+                "--rest-port",
+                "0",
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     return process, f"127.0.0.1:{port}"
 
 
@@ -146,8 +171,9 @@ def bench(architecture: str, image_size: int, image: bytes, seconds: float, roun
     try:
         with PredictionClient(server, architecture, retries=8) as client:
             client.predict([image])  # waits for the server (retries UNAVAILABLE), warms the channel
-            explain, plain = (signature_call(server, architecture, image, name)
-                              for name in ("explain_images", "predict_images"))
+            explain, plain = (
+                signature_call(server, architecture, image, name) for name in ("explain_images", "predict_images")
+            )
             explain()
             for _ in range(rounds):
                 floor = np.median(timed_calls(lambda: predict(images=batches[1]), seconds))
@@ -156,17 +182,23 @@ def bench(architecture: str, image_size: int, image: bytes, seconds: float, roun
                 handler_ms = server_latency_ms(log_path, logged)
                 empty_rpc = np.median(timed_calls(client.model_status, seconds / 3))
                 explained, predicted = timed_calls(explain, seconds), timed_calls(plain, seconds)
-                round_figures = {"floor_ms": floor * 1000, "p50_ms": np.median(latency) * 1000,
-                                 "p99_ms": np.percentile(latency, 99) * 1000, "p50_ratio": np.median(latency) / floor,
-                                 "handler_ms": handler_ms, "empty_rpc_ms": empty_rpc * 1000,
-                                 "explain_p50_ms": np.median(explained) * 1000,
-                                 "explain_p99_ms": np.percentile(explained, 99) * 1000,
-                                 "explain_ratio": np.median(explained) / np.median(predicted)}
+                round_figures = {
+                    "floor_ms": floor * 1000,
+                    "p50_ms": np.median(latency) * 1000,
+                    "p99_ms": np.percentile(latency, 99) * 1000,
+                    "p50_ratio": np.median(latency) / floor,
+                    "handler_ms": handler_ms,
+                    "empty_rpc_ms": empty_rpc * 1000,
+                    "explain_p50_ms": np.median(explained) * 1000,
+                    "explain_p99_ms": np.percentile(explained, 99) * 1000,
+                    "explain_ratio": np.median(explained) / np.median(predicted),
+                }
                 for size in (1, 32):
-                    floor_rate = throughput(lambda: predict(images=batches[size]), size, seconds)
+                    floor_rate = throughput(lambda size=size: predict(images=batches[size]), size, seconds)
                     rate = grpc_throughput(server, architecture, image, size, 8, seconds)
-                    round_figures.update({f"floor_b{size}": floor_rate, f"c8_b{size}": rate,
-                                          f"c8_b{size}_ratio": rate / floor_rate})
+                    round_figures.update(
+                        {f"floor_b{size}": floor_rate, f"c8_b{size}": rate, f"c8_b{size}_ratio": rate / floor_rate}
+                    )
                 figures.append(round_figures)
     finally:
         process.terminate()
@@ -217,35 +249,50 @@ def main() -> None:
     parser.add_argument("--architectures", nargs="+", default=["cnn", "densenet121"])
     parser.add_argument("--image-size", type=int, default=128, help="model input size (default 128, the pipeline's)")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="floor/gRPC pairs per figure; medians are printed (default 3)")
-    parser.add_argument("--swaps", type=int, default=3,
-                        help="hot swaps with and without warm-up requests; medians are printed (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="floor/gRPC pairs per figure; medians are printed (default 3)"
+    )
+    parser.add_argument(
+        "--swaps",
+        type=int,
+        default=3,
+        help="hot swaps with and without warm-up requests; medians are printed (default 3)",
+    )
     args = parser.parse_args()
     image = sample_image()
-    print(f"{os.cpu_count()} CPU cores, image {len(image)} bytes, model input {args.image_size} px, "
-          f"{args.seconds:g} s per measurement, medians of {args.rounds} rounds")
-    header = (f"{'architecture':<13}{'floor ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50/floor':>10}"
-              f"{'server ms':>10}{'empty rpc ms':>13}"
-              f"{'explain p50':>12}{'explain p99':>12}{'explain/predict':>16}"
-              f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}"
-              f"{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}")
+    print(
+        f"{os.cpu_count()} CPU cores, image {len(image)} bytes, model input {args.image_size} px, "
+        f"{args.seconds:g} s per measurement, medians of {args.rounds} rounds"
+    )
+    header = (
+        f"{'architecture':<13}{'floor ms':>9}{'p50 ms':>9}{'p99 ms':>9}{'p50/floor':>10}"
+        f"{'server ms':>10}{'empty rpc ms':>13}"
+        f"{'explain p50':>12}{'explain p99':>12}{'explain/predict':>16}"
+        f"{'floor b1 img/s':>15}{'c8 b1 img/s':>12}{'ratio':>7}"
+        f"{'floor b32 img/s':>16}{'c8 b32 img/s':>13}{'ratio':>7}"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as serving_dir:
         for architecture in args.architectures:
             r = bench(architecture, args.image_size, image, args.seconds, args.rounds, serving_dir)
-            print(f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                  f"{r['p50_ratio']:>10.2f}{r['handler_ms']:>10.1f}{r['empty_rpc_ms']:>13.2f}"
-                  f"{r['explain_p50_ms']:>12.1f}{r['explain_p99_ms']:>12.1f}"
-                  f"{r['explain_ratio']:>16.2f}"
-                  f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
-                  f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}", flush=True)
+            print(
+                f"{architecture:<13}{r['floor_ms']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+                f"{r['p50_ratio']:>10.2f}{r['handler_ms']:>10.1f}{r['empty_rpc_ms']:>13.2f}"
+                f"{r['explain_p50_ms']:>12.1f}{r['explain_p99_ms']:>12.1f}"
+                f"{r['explain_ratio']:>16.2f}"
+                f"{r['floor_b1']:>15.1f}{r['c8_b1']:>12.1f}{r['c8_b1_ratio']:>7.2f}"
+                f"{r['floor_b32']:>16.1f}{r['c8_b32']:>13.1f}{r['c8_b32_ratio']:>7.2f}",
+                flush=True,
+            )
         print(f"\nfirst request after a hot swap (median of {args.swaps} swaps each; steady: p50 after them)")
         print(f"{'architecture':<13}{'no warm-up ms':>14}{'warm-up ms':>11}{'ratio':>7}{'steady ms':>10}")
         for architecture in args.architectures:
             r = swap_bench(architecture, image, args.swaps, serving_dir)
-            print(f"{architecture:<13}{r['cold_ms']:>14.1f}{r['warm_ms']:>11.1f}{r['ratio']:>7.1f}"
-                  f"{r['steady_ms']:>10.1f}", flush=True)
+            print(
+                f"{architecture:<13}{r['cold_ms']:>14.1f}{r['warm_ms']:>11.1f}{r['ratio']:>7.1f}"
+                f"{r['steady_ms']:>10.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

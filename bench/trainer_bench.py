@@ -11,6 +11,7 @@ matter on a shared machine.
 Usage: .venv/bin/python bench/trainer_bench.py [--data DIR] [--image-size 224] [--batch-size 16]
        [--train-batches 4] [--architectures cnn,densenet121,cnn_transformer,swin]
 """
+
 import argparse
 import glob
 import os
@@ -65,13 +66,23 @@ def folder_megabytes(folder: str) -> float:
 def measure(name: str, images, labels, work_dir: str, args) -> dict:
     keras.utils.set_random_seed(0)
     model = models.build(name, args.image_size)
-    pixels = decode_batch(tf.constant(images[:args.batch_size]), args.image_size)
-    row = {"architecture": name, "parameters": model.count_params(),
-           "train img/s": training_throughput(model, pixels, tf.constant(labels[:args.batch_size]), args.train_batches)}
+    pixels = decode_batch(tf.constant(images[: args.batch_size]), args.image_size)
+    row = {
+        "architecture": name,
+        "parameters": model.count_params(),
+        "train img/s": training_throughput(model, pixels, tf.constant(labels[: args.batch_size]), args.train_batches),
+    }
     export_dir = os.path.join(work_dir, name)
-    signatures.export(model, export_dir, args.image_size, Threshold(0.5, "bench", 0.0, 0.0, 0),
-                      os.path.join(work_dir, f"{name}-assets"), name, {},
-                      guard=ood.noise_guard(model, args.image_size))
+    signatures.export(
+        model,
+        export_dir,
+        args.image_size,
+        Threshold(0.5, "bench", 0.0, 0.0, 0),
+        os.path.join(work_dir, f"{name}-assets"),
+        name,
+        {},
+        guard=ood.noise_guard(model, args.image_size),
+    )
     row["SavedModel MB"] = folder_megabytes(export_dir)
     predict = tf.saved_model.load(export_dir).signatures["predict_images"]
     row["1 image ms"] = median_latency_ms(predict, images[:1])
@@ -102,13 +113,17 @@ def main() -> None:
             rows.append(measure(name, images, labels, work_dir, args))
             print(f"measured {name}", flush=True)
 
-    print(f"\n{args.image_size} px, {os.cpu_count()} CPU cores, training batch {args.batch_size}, "
-          f"{args.train_batches - 1} timed batches")
+    print(
+        f"\n{args.image_size} px, {os.cpu_count()} CPU cores, training batch {args.batch_size}, "
+        f"{args.train_batches - 1} timed batches"
+    )
     columns = list(rows[0])
     print("".join(f"{column:>16}" for column in columns))
     for row in rows:
-        print(f"{row['architecture']:>16}{row['parameters']:>16,}"
-              + "".join(f"{row[column]:>16.1f}" for column in columns[2:]))
+        print(
+            f"{row['architecture']:>16}{row['parameters']:>16,}"
+            + "".join(f"{row[column]:>16.1f}" for column in columns[2:])
+        )
 
 
 if __name__ == "__main__":

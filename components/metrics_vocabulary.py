@@ -11,6 +11,7 @@ a spelling of them anywhere else.
 It lives in components/, below the pipeline and the CLI and beside the report, so all of them can import it, and
 imports no TensorFlow: naming a metric costs nothing.
 """
+
 from typing import Dict, Iterable, List, Mapping, Tuple
 
 # The keys TFMA emits for the pipeline's metrics.
@@ -64,7 +65,7 @@ def at_threshold(key: str) -> str:
 
 def base_metric(key: str) -> str:
     """The metric a read-back key measures, wherever the threshold: `recall` for `recall@threshold`."""
-    return key[:-len(AT_THRESHOLD_SUFFIX)] if key.endswith(AT_THRESHOLD_SUFFIX) else key
+    return key[: -len(AT_THRESHOLD_SUFFIX)] if key.endswith(AT_THRESHOLD_SUFFIX) else key
 
 
 def interval_keys(key: str) -> Tuple[str, str]:
@@ -86,21 +87,41 @@ def interval_end(key: str) -> Tuple[str, str]:
     """(metric, LOWER or UPPER) for the key of an analytic interval's end (`recall_ci_lower`); ("", "") else."""
     for suffix, end in ((CI_LOWER_SUFFIX, LOWER), (CI_UPPER_SUFFIX, UPPER)):
         if key.endswith(suffix):
-            return key[:-len(suffix)], end
+            return key[: -len(suffix)], end
     return "", ""
 
 
 # What the HTML report calls each metric, in its table's column order.
-METRIC_TITLES = {EXAMPLE_COUNT: "examples", AUC: "AUC", AUC_PR: "AUC-PR", ACCURACY: "accuracy",
-                 PRECISION: "precision", RECALL: "sensitivity (recall)", SPECIFICITY: "specificity", F1: "F1",
-                 BRIER: "Brier", CALIBRATION: "mean prediction / mean label",
-                 at_threshold(ACCURACY): "accuracy at tuned", at_threshold(PRECISION): "precision at tuned",
-                 at_threshold(RECALL): "sensitivity at tuned", at_threshold(SPECIFICITY): "specificity at tuned",
-                 at_threshold(F1): "F1 at tuned"}
+METRIC_TITLES = {
+    EXAMPLE_COUNT: "examples",
+    AUC: "AUC",
+    AUC_PR: "AUC-PR",
+    ACCURACY: "accuracy",
+    PRECISION: "precision",
+    RECALL: "sensitivity (recall)",
+    SPECIFICITY: "specificity",
+    F1: "F1",
+    BRIER: "Brier",
+    CALIBRATION: "mean prediction / mean label",
+    at_threshold(ACCURACY): "accuracy at tuned",
+    at_threshold(PRECISION): "precision at tuned",
+    at_threshold(RECALL): "sensitivity at tuned",
+    at_threshold(SPECIFICITY): "specificity at tuned",
+    at_threshold(F1): "F1 at tuned",
+}
 # What the CLI's text tables (`pneumonia compare`, the run summary) call them: narrow columns.
-SHORT_TITLES = {EXAMPLE_COUNT: "examples", AUC: "AUC", ACCURACY: "acc@0.5", RECALL: "sens@0.5",
-                SPECIFICITY: "spec@0.5", F1: "F1@0.5", at_threshold(ACCURACY): "acc@thr",
-                at_threshold(RECALL): "sens@thr", at_threshold(SPECIFICITY): "spec@thr", at_threshold(F1): "F1@thr"}
+SHORT_TITLES = {
+    EXAMPLE_COUNT: "examples",
+    AUC: "AUC",
+    ACCURACY: "acc@0.5",
+    RECALL: "sens@0.5",
+    SPECIFICITY: "spec@0.5",
+    F1: "F1@0.5",
+    at_threshold(ACCURACY): "acc@thr",
+    at_threshold(RECALL): "sens@thr",
+    at_threshold(SPECIFICITY): "spec@thr",
+    at_threshold(F1): "F1@thr",
+}
 
 # Metrics with no meaning on a slice of one class (e.g. label=0, or the external set's all-NORMAL RSNA images),
 # where TFMA still reports a number, often 0, that would read as a failure.
@@ -111,6 +132,7 @@ NEEDS_POSITIVES = (PRECISION, at_threshold(PRECISION), CALIBRATION)
 def undefined_metrics(row: Mapping[str, float]) -> Tuple[str, ...]:
     """The metric keys of `row` that its slice cannot define: two-class metrics when recall (no PNEUMONIA) or
     specificity (no NORMAL) is undefined, and precision and calibration when there is no PNEUMONIA."""
+
     def missing(key: str) -> bool:
         return row.get(key) is None or row[key] != row[key]
 
@@ -122,11 +144,22 @@ def undefined_metrics(row: Mapping[str, float]) -> Tuple[str, ...]:
 SPLIT, DATASET, SOURCE, LABEL, PATHOGEN = "split", "dataset", "source", "label", "pathogen"
 # Every figure is per split; the uncrossed slices exist for the pooled view TFX gives, and say so.
 SLICE_FEATURES = (
-    (SPLIT,), (SPLIT, DATASET), (SPLIT, SOURCE), (SPLIT, LABEL), (SPLIT, PATHOGEN), (SPLIT, DATASET, LABEL),
+    (SPLIT,),
+    (SPLIT, DATASET),
+    (SPLIT, SOURCE),
+    (SPLIT, LABEL),
+    (SPLIT, PATHOGEN),
+    (SPLIT, DATASET, LABEL),
     # Subgroups a review board asks for (from DICOM; `unknown` for JPEG/PNG): view position, sex, age band.
-    (SPLIT, "view_position"), (SPLIT, "sex"), (SPLIT, "age_band"),
-    (SPLIT, "patient_in_train"), (SPLIT, LABEL, "patient_in_train"),  # unseen vs seen patients
-    (DATASET,), (LABEL,), (PATHOGEN,), (DATASET, LABEL),
+    (SPLIT, "view_position"),
+    (SPLIT, "sex"),
+    (SPLIT, "age_band"),
+    (SPLIT, "patient_in_train"),
+    (SPLIT, LABEL, "patient_in_train"),  # unseen vs seen patients
+    (DATASET,),
+    (LABEL,),
+    (PATHOGEN,),
+    (DATASET, LABEL),
 )
 CROSSING_FEATURES = (LABEL, PATHOGEN)  # the report collapses a split's slices crossed with these
 OVERALL = "overall"  # the unsliced slice: every evaluated split pooled

@@ -7,6 +7,7 @@ the digest is a sha256 over the files the image runs (what kubeflow/Dockerfile c
 bench and docs). `pneumonia compile` refuses a tag whose digest is not this working tree's, so a spec
 never runs code other than the code it was compiled from.
 """
+
 import hashlib
 import importlib.metadata
 import os
@@ -55,5 +56,7 @@ def check_image(image: str, project_dir: str = PROJECT_DIR) -> None:
     expected = pinned_tag(project_dir)
     name, _, tag = image.rpartition(":")
     if "@" in image or not name or tag != expected:
-        raise ValueError(f"--image {image}: its tag does not pin this working tree's code; build and push it as "
-                         f"REGISTRY/{IMAGE_NAME}:{expected} (see kubeflow/README.md)")
+        raise ValueError(
+            f"--image {image}: its tag does not pin this working tree's code; build and push it as "
+            f"REGISTRY/{IMAGE_NAME}:{expected} (see kubeflow/README.md)"
+        )

@@ -27,6 +27,7 @@ kubeflow_v2_run_executor.py (+ kubeflow_v2_entrypoint_utils.py), which parses th
 It refuses, with a one-line reason and before running anything, what it cannot reproduce faithfully:
 see `refusal` and kubeflow/README.md.
 """
+
 import concurrent.futures
 import copy
 import dataclasses
@@ -87,7 +88,7 @@ class Container:
     def host_path(self, value: str) -> str:
         """A path the image holds (under its WORKDIR) as found in the checkout; other values unchanged."""
         if value == self.image_project_dir or value.startswith(self.image_project_dir + "/"):
-            return self.project_dir + value[len(self.image_project_dir):]
+            return self.project_dir + value[len(self.image_project_dir) :]
         return value
 
     def environment(self) -> Dict[str, str]:
@@ -120,8 +121,10 @@ def refusal(spec: Dict[str, Any]) -> Optional[str]:
         if "importer" in executor:
             return f"task {name}: importer nodes need KFP's metadata store to register the imported URI"
         if "resolver" in executor:
-            return (f"task {name}: resolver executors (TFX Resolver) are not run by open-source KFP "
-                    "(argocompiler: 'resolver executors not implemented'), only by Vertex AI's metadata store")
+            return (
+                f"task {name}: resolver executors (TFX Resolver) are not run by open-source KFP "
+                "(argocompiler: 'resolver executors not implemented'), only by Vertex AI's metadata store"
+            )
         if "container" not in executor:
             return f"task {name}: executor kind {sorted(executor) or 'missing'} is not supported"
         container = executor["container"]
@@ -142,9 +145,13 @@ def refusal(spec: Dict[str, Any]) -> Optional[str]:
 
 
 def _known_placeholder(placeholder: str) -> bool:
-    return placeholder == EXECUTOR_INPUT_PLACEHOLDER or bool(re.fullmatch(
-        r"\{\{\$\.(inputs\.parameters\['[^']+'\]|(inputs|outputs)\.artifacts\['[^']+'\]\.(uri|path)"
-        r"|outputs\.parameters\['[^']+'\]\.output_file)\}\}", placeholder))
+    return placeholder == EXECUTOR_INPUT_PLACEHOLDER or bool(
+        re.fullmatch(
+            r"\{\{\$\.(inputs\.parameters\['[^']+'\]|(inputs|outputs)\.artifacts\['[^']+'\]\.(uri|path)"
+            r"|outputs\.parameters\['[^']+'\]\.output_file)\}\}",
+            placeholder,
+        )
+    )
 
 
 def execution_order(tasks: Mapping[str, Dict[str, Any]]) -> List[str]:
@@ -165,9 +172,13 @@ def execution_order(tasks: Mapping[str, Dict[str, Any]]) -> List[str]:
 
 def _upstream(task: Dict[str, Any]) -> set:
     inputs = task.get("inputs", {})
-    producers = {source[kind]["producerTask"] for kinds in ("artifacts", "parameters")
-                 for source in inputs.get(kinds, {}).values()
-                 for kind in ("taskOutputArtifact", "taskOutputParameter") if kind in source}
+    producers = {
+        source[kind]["producerTask"]
+        for kinds in ("artifacts", "parameters")
+        for source in inputs.get(kinds, {}).values()
+        for kind in ("taskOutputArtifact", "taskOutputParameter")
+        if kind in source
+    }
     return set(task.get("dependentTasks", [])) | producers
 
 
@@ -187,11 +198,18 @@ def runtime_parameters(spec: Dict[str, Any], given: Mapping[str, Any]) -> Dict[s
             raise ValueError(f"runtime parameter {name} has no value and no default")
         else:
             continue
-        expected = {"STRING": str, "BOOLEAN": bool, "NUMBER_INTEGER": (int, float), "NUMBER_DOUBLE": (int, float),
-                    "LIST": list, "STRUCT": dict}.get(definition.get("parameterType"), object)
+        expected = {
+            "STRING": str,
+            "BOOLEAN": bool,
+            "NUMBER_INTEGER": (int, float),
+            "NUMBER_DOUBLE": (int, float),
+            "LIST": list,
+            "STRUCT": dict,
+        }.get(definition.get("parameterType"), object)
         if not isinstance(values[name], expected):
-            raise ValueError(f"runtime parameter {name} must be {definition['parameterType']}, "
-                             f"got {type(values[name]).__name__}")
+            raise ValueError(
+                f"runtime parameter {name} must be {definition['parameterType']}, got {type(values[name]).__name__}"
+            )
     return values
 
 
@@ -229,15 +247,23 @@ def cache_fingerprint(executor_input: Dict[str, Any], container: Dict[str, Any])
     """KFP's cache key (cacheutils/cache.go GenerateCacheKey) hashed: what the task reads and runs."""
     inputs, outputs = executor_input["inputs"], executor_input["outputs"]
     key = {
-        "inputArtifactNames": {k: {"artifactNames": [a["name"] for a in v["artifacts"]]}
-                               for k, v in inputs.get("artifacts", {}).items()},
+        "inputArtifactNames": {
+            k: {"artifactNames": [a["name"] for a in v["artifacts"]]} for k, v in inputs.get("artifacts", {}).items()
+        },
         "inputParameterValues": inputs.get("parameterValues", {}),
-        "outputArtifactsSpec": {k: {f: v["artifacts"][0].get(f) for f in ("name", "type", "metadata")
-                                    if v["artifacts"][0].get(f) is not None}
-                                for k, v in outputs.get("artifacts", {}).items()},
+        "outputArtifactsSpec": {
+            k: {
+                f: v["artifacts"][0].get(f)
+                for f in ("name", "type", "metadata")
+                if v["artifacts"][0].get(f) is not None
+            }
+            for k, v in outputs.get("artifacts", {}).items()
+        },
         "outputParametersSpec": sorted(outputs.get("parameters", {})),
-        "containerSpec": {"image": container.get("image", ""),
-                          "cmdArgs": container.get("command", []) + container.get("args", [])},
+        "containerSpec": {
+            "image": container.get("image", ""),
+            "cmdArgs": container.get("command", []) + container.get("args", []),
+        },
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -246,8 +272,9 @@ def substitute(texts: List[str], executor_input: Dict[str, Any]) -> List[str]:
     """launcher_v2.go compileCmdAndArgs: `{{$}}` becomes the ExecutorInput JSON, then each placeholder
     its value (numbers formatted like Go's FormatFloat 'f' -1, lists and dicts as JSON)."""
     inputs, outputs = executor_input["inputs"], executor_input["outputs"]
-    values = {f"{{{{$.inputs.parameters['{k}']}}}}": _parameter_text(v)
-              for k, v in inputs.get("parameterValues", {}).items()}
+    values = {
+        f"{{{{$.inputs.parameters['{k}']}}}}": _parameter_text(v) for k, v in inputs.get("parameterValues", {}).items()
+    }
     for direction, artifacts in (("inputs", inputs.get("artifacts", {})), ("outputs", outputs.get("artifacts", {}))):
         for key, listed in artifacts.items():
             if listed["artifacts"]:
@@ -277,8 +304,15 @@ def _parameter_text(value: Any) -> str:
 class LocalPipelineRun:
     """One run of a compiled spec against a local pipeline root."""
 
-    def __init__(self, spec: Dict[str, Any], container: Container, pipeline_root: str = "",
-                 parameters: Optional[Mapping[str, Any]] = None, parallelism: int = 2, run_id: str = ""):
+    def __init__(
+        self,
+        spec: Dict[str, Any],
+        container: Container,
+        pipeline_root: str = "",
+        parameters: Optional[Mapping[str, Any]] = None,
+        parallelism: int = 2,
+        run_id: str = "",
+    ):
         reason = refusal(spec)
         if reason:
             raise SpecNotSupported(reason)
@@ -293,8 +327,10 @@ class LocalPipelineRun:
         for name in self.tasks:
             image = self._container(name).get("image", "")
             if not container.stands_in_for(image):
-                raise SpecNotSupported(f"task {name} runs image {image!r}; this checkout stands in for tag "
-                                       f"{container.image_tag} only (`pneumonia image-tag`)")
+                raise SpecNotSupported(
+                    f"task {name} runs image {image!r}; this checkout stands in for tag "
+                    f"{container.image_tag} only (`pneumonia image-tag`)"
+                )
         self.order = execution_order(self.tasks)
         self.parallelism = parallelism
         self.run_id = run_id or uuid.uuid4().hex
@@ -352,19 +388,33 @@ class LocalPipelineRun:
         artifacts = {}
         for key, source in task.get("inputs", {}).get("artifacts", {}).items():
             producer = source["taskOutputArtifact"]
-            artifacts[key] = {"artifacts": [self.executions[producer["producerTask"]].artifacts[
-                producer["outputArtifactKey"]]]}
+            artifacts[key] = {
+                "artifacts": [self.executions[producer["producerTask"]].artifacts[producer["outputArtifactKey"]]]
+            }
         task_root = f"{self.run_root}/{task_name}/{uuid.uuid4()}"
         outputs = component.get("outputDefinitions", {})
         output_artifacts = {
-            key: {"artifacts": [dict({"name": key, "type": definition["artifactType"], "uri": f"{task_root}/{key}"},
-                                     **({"metadata": definition["metadata"]} if "metadata" in definition else {}))]}
-            for key, definition in outputs.get("artifacts", {}).items()}
-        output_parameters = {key: {"outputFile": f"{task_root}/parameters/{key}"}
-                             for key in outputs.get("parameters", {})}
-        return {"inputs": {"parameterValues": parameter_values, "artifacts": artifacts},
-                "outputs": {"artifacts": output_artifacts, "parameters": output_parameters,
-                            "outputFile": f"{task_root}/output_metadata.json"}}
+            key: {
+                "artifacts": [
+                    dict(
+                        {"name": key, "type": definition["artifactType"], "uri": f"{task_root}/{key}"},
+                        **({"metadata": definition["metadata"]} if "metadata" in definition else {}),
+                    )
+                ]
+            }
+            for key, definition in outputs.get("artifacts", {}).items()
+        }
+        output_parameters = {
+            key: {"outputFile": f"{task_root}/parameters/{key}"} for key in outputs.get("parameters", {})
+        }
+        return {
+            "inputs": {"parameterValues": parameter_values, "artifacts": artifacts},
+            "outputs": {
+                "artifacts": output_artifacts,
+                "parameters": output_parameters,
+                "outputFile": f"{task_root}/output_metadata.json",
+            },
+        }
 
     def _run_task(self, task_name: str) -> TaskExecution:
         executor_input = self.executor_input(task_name)
@@ -383,19 +433,32 @@ class LocalPipelineRun:
         log_path = os.path.join(task_root, "executor.log")
         started = time.monotonic()
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=self.container.project_dir, env=self.container.environment(),
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command,
+                cwd=self.container.project_dir,
+                env=self.container.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             _, status, usage = os.wait4(process.pid, 0)  # the container's own CPU time, whatever else runs
             process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
-            raise TaskFailed(f"task {task_name} failed (exit code {process.returncode}): {_last_line(log_path)}; "
-                             f"log: {log_path}")
+            raise TaskFailed(
+                f"task {task_name} failed (exit code {process.returncode}): {_last_line(log_path)}; log: {log_path}"
+            )
         outputs = self._record_outputs(executor_input, _read_executor_output(executor_input["outputs"]["outputFile"]))
         if self.tasks[task_name].get("cachingOptions", {}).get("enableCache"):
             self.store.remember(fingerprint, outputs)
-        return TaskExecution(task_name, executor_input, outputs["artifacts"], outputs["parameters"], cached=False,
-                             log_path=log_path, seconds=time.monotonic() - started,
-                             cpu_seconds=usage.ru_utime + usage.ru_stime)
+        return TaskExecution(
+            task_name,
+            executor_input,
+            outputs["artifacts"],
+            outputs["parameters"],
+            cached=False,
+            log_path=log_path,
+            seconds=time.monotonic() - started,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+        )
 
     def _record_outputs(self, executor_input: Dict[str, Any], executor_output: Dict[str, Any]) -> Dict[str, Any]:
         """launcher_v2.go mergeRuntimeArtifacts + RecordArtifact, then converter.go toRuntimeArtifact."""
@@ -408,8 +471,12 @@ class LocalPipelineRun:
                 artifact["metadata"] = dict(artifact.get("metadata", {}), **produced[0].get("metadata", {}))
             metadata = dict(artifact.get("metadata", {}))
             metadata.setdefault("display_name", key)
-            recorded["artifacts"][key] = {"name": self.store.new_artifact_id(), "type": artifact["type"], "uri": artifact["uri"],
-                             "metadata": metadata}
+            recorded["artifacts"][key] = {
+                "name": self.store.new_artifact_id(),
+                "type": artifact["type"],
+                "uri": artifact["uri"],
+                "metadata": metadata,
+            }
         return recorded
 
 

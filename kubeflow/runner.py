@@ -6,6 +6,7 @@ custom_config as JSON). TFX 1.16 takes a RuntimeParameter for the custom_config 
 keys inside it, so architecture, epochs and the other Trainer settings are keys of `trainer_config`;
 `pneumonia schedule --param epochs=10` edits them (see kubeflow/schedule.py).
 """
+
 import dataclasses
 import json
 import os
@@ -40,12 +41,21 @@ class Locations:
     serving_dir: str
 
     @classmethod
-    def resolve(cls, root: str = "", pipeline_root: str = "", data: str = "", serving_dir: str = "",
-                pipeline_name: str = "pneumonia") -> "Locations":
+    def resolve(
+        cls,
+        root: str = "",
+        pipeline_root: str = "",
+        data: str = "",
+        serving_dir: str = "",
+        pipeline_name: str = "pneumonia",
+    ) -> "Locations":
         """Explicit URIs win; the rest go under `root` like a local run root (tfx/<name>, data, serving)."""
         root = root.rstrip("/")
-        defaults = ({"pipeline_root": f"{root}/tfx/{pipeline_name}", "data": f"{root}/data",
-                     "serving_dir": f"{root}/serving"} if root else {})
+        defaults = (
+            {"pipeline_root": f"{root}/tfx/{pipeline_name}", "data": f"{root}/data", "serving_dir": f"{root}/serving"}
+            if root
+            else {}
+        )
         given = {"pipeline_root": pipeline_root, "data": data, "serving_dir": serving_dir}
         values = {name: value or defaults.get(name, "") for name, value in given.items()}
         missing = [name for name, value in values.items() if not value]
@@ -62,8 +72,12 @@ def trainer_resources(config: RunConfig) -> ResourceSpec:
     """The Trainer pod's CPU, memory (GB) and GPUs: requests equal limits, so the pod is not throttled."""
     if min(config.trainer_cpu, config.trainer_memory_gb, config.trainer_gpus) < 0:
         raise ValueError("trainer_cpu, trainer_memory_gb and trainer_gpus must not be negative")
-    resources = ResourceSpec(cpu_limit=config.trainer_cpu, cpu_request=config.trainer_cpu,
-                             memory_limit=config.trainer_memory_gb, memory_request=config.trainer_memory_gb)
+    resources = ResourceSpec(
+        cpu_limit=config.trainer_cpu,
+        cpu_request=config.trainer_cpu,
+        memory_limit=config.trainer_memory_gb,
+        memory_request=config.trainer_memory_gb,
+    )
     if config.trainer_gpus:
         resources.accelerator.type = config.trainer_gpu_type
         resources.accelerator.count = config.trainer_gpus
@@ -72,17 +86,22 @@ def trainer_resources(config: RunConfig) -> ResourceSpec:
 
 def runtime_parameter_defaults(config: RunConfig, locations: Locations) -> Dict[str, str]:
     """What a run gets when the scheduler passes no value: the compile-time settings."""
-    return {DATA_ROOT_PARAMETER: locations.data,
-            TRAINER_CONFIG_PARAMETER: json.dumps(config.trainer_config(), sort_keys=True)}
+    return {
+        DATA_ROOT_PARAMETER: locations.data,
+        TRAINER_CONFIG_PARAMETER: json.dumps(config.trainer_config(), sort_keys=True),
+    }
 
 
 def kubeflow_pipeline(config: RunConfig, locations: Locations) -> tfx.dsl.Pipeline:
     """The same pipeline as a local run, with runtime parameters and paths inside the image."""
     defaults = runtime_parameter_defaults(config, locations)
-    parameters = {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=str, default=default)
-                  for name, default in defaults.items()}
+    parameters = {
+        name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=str, default=default)
+        for name, default in defaults.items()
+    }
     pipeline = pipeline_from_config(
-        config, None,
+        config,
+        None,
         pipeline_root=locations.pipeline_root,
         data_root=parameters[DATA_ROOT_PARAMETER],
         trainer_config=parameters[TRAINER_CONFIG_PARAMETER],
@@ -108,7 +127,8 @@ def pipeline_job(pipeline: tfx.dsl.Pipeline, image: str, parameter_defaults: Dic
     key does not cover, so a cached one would hand the Evaluator a stale baseline: its cache is off.
     """
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-        kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True))
+        kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True)
+    )
     job = runner.run(pipeline, parameter_values=parameter_defaults, write_out=False)
     spec = job["pipelineSpec"]
     spec["defaultPipelineRoot"] = pipeline.pipeline_info.pipeline_root

@@ -4,6 +4,7 @@ Everything that can be checked without the server (cron expression, parameters, 
 before the first request. The package's version name is derived from its bytes, so scheduling the same
 package again reuses its version instead of failing on a duplicate name.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -21,11 +22,21 @@ from trainer.config import TrainerConfig
 
 API = "/apis/v2beta1"
 # KFP's cron has a seconds field first (robfig/cron): second minute hour day-of-month month day-of-week.
-CRON_FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31),
-               ("month", 1, 12), ("day-of-week", 0, 6))
+CRON_FIELDS = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 6),
+)
 CRON_NAMES = {
-    "month": {name: number for number, name in enumerate(
-        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], start=1)},
+    "month": {
+        name: number
+        for number, name in enumerate(
+            ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], start=1
+        )
+    },
     "day-of-week": {name: number for number, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])},
 }
 CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -46,13 +57,15 @@ def validate_cron(expression: str) -> str:
     if len(fields) != len(CRON_FIELDS):
         raise ScheduleError(
             f"invalid cron expression {expression!r}: Kubeflow Pipelines needs 6 fields (second minute hour "
-            f"day-of-month month day-of-week), got {len(fields)}; {example}")
+            f"day-of-month month day-of-week), got {len(fields)}; {example}"
+        )
     for value, (name, low, high) in zip(fields, CRON_FIELDS):
         for item in value.split(","):
             problem = _cron_item_problem(item, name, low, high)
             if problem:
-                raise ScheduleError(f"invalid cron expression {expression!r}: {name} field {value!r}: {problem}; "
-                                    f"{example}")
+                raise ScheduleError(
+                    f"invalid cron expression {expression!r}: {name} field {value!r}: {problem}; {example}"
+                )
     return text
 
 
@@ -85,13 +98,16 @@ def read_package(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             spec = yaml.safe_load(f)
     except OSError as error:
-        raise ScheduleError(f"cannot read pipeline package {path}: {error.strerror}; "
-                            "write one with `pneumonia compile --out PATH`")
+        raise ScheduleError(
+            f"cannot read pipeline package {path}: {error.strerror}; write one with `pneumonia compile --out PATH`"
+        )
     except yaml.YAMLError as error:
         raise ScheduleError(f"pipeline package {path} is not YAML: {error}")
     if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
-        raise ScheduleError(f"{path} is not a Kubeflow pipeline spec (no root/pipelineInfo); "
-                            "write one with `pneumonia compile --out PATH`")
+        raise ScheduleError(
+            f"{path} is not a Kubeflow pipeline spec (no root/pipelineInfo); "
+            "write one with `pneumonia compile --out PATH`"
+        )
     return spec
 
 
@@ -101,8 +117,9 @@ def pipeline_parameters(spec: Dict[str, Any], assignments: List[str]) -> Dict[st
     Only given parameters are returned; the others keep the package's defaults.
     """
     known = spec["root"].get("inputDefinitions", {}).get("parameters", {})
-    trainer_defaults = json.loads(known[TRAINER_CONFIG_PARAMETER]["defaultValue"]) \
-        if TRAINER_CONFIG_PARAMETER in known else {}
+    trainer_defaults = (
+        json.loads(known[TRAINER_CONFIG_PARAMETER]["defaultValue"]) if TRAINER_CONFIG_PARAMETER in known else {}
+    )
     parameters: Dict[str, Any] = {}
     trainer_edits: Dict[str, Any] = {}
     for assignment in assignments:
@@ -114,9 +131,14 @@ def pipeline_parameters(spec: Dict[str, Any], assignments: List[str]) -> Dict[st
         elif key in trainer_defaults:
             trainer_edits[key] = _typed_like(key, value, trainer_defaults[key])
         else:
-            raise ScheduleError(f"--param {key}: unknown parameter; the package takes {', '.join(sorted(known))}"
-                                + (f" and the {TRAINER_CONFIG_PARAMETER} keys {', '.join(sorted(trainer_defaults))}"
-                                   if trainer_defaults else ""))
+            raise ScheduleError(
+                f"--param {key}: unknown parameter; the package takes {', '.join(sorted(known))}"
+                + (
+                    f" and the {TRAINER_CONFIG_PARAMETER} keys {', '.join(sorted(trainer_defaults))}"
+                    if trainer_defaults
+                    else ""
+                )
+            )
     if trainer_edits:
         base = _trainer_config(parameters.get(TRAINER_CONFIG_PARAMETER, json.dumps(trainer_defaults)))
         parameters[TRAINER_CONFIG_PARAMETER] = json.dumps({**base, **trainer_edits}, sort_keys=True)
@@ -199,8 +221,14 @@ def make_plan(request: ScheduleRequest) -> Plan:
         raise ScheduleError(f"--max-concurrency {request.max_concurrency}: must be at least 1")
     spec = read_package(request.package)
     pipeline_name = request.pipeline_name or spec["pipelineInfo"]["name"]
-    return Plan(request, cron, pipeline_name, f"{pipeline_name}-{request.package_digest()[:12]}",
-                pipeline_parameters(spec, request.assignments), spec.get("defaultPipelineRoot"))
+    return Plan(
+        request,
+        cron,
+        pipeline_name,
+        f"{pipeline_name}-{request.package_digest()[:12]}",
+        pipeline_parameters(spec, request.assignments),
+        spec.get("defaultPipelineRoot"),
+    )
 
 
 def name_filter(name: str) -> str:
@@ -215,9 +243,11 @@ def recurring_run_body(plan: Plan, experiment_id: str, pipeline_id: str, version
         experiment_id=experiment_id,
         mode=kfp_server_api.RecurringRunMode.ENABLE,
         pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
-            pipeline_id=pipeline_id, pipeline_version_id=version_id),
-        runtime_config=kfp_server_api.V2beta1RuntimeConfig(pipeline_root=plan.pipeline_root,
-                                                           parameters=plan.parameters),
+            pipeline_id=pipeline_id, pipeline_version_id=version_id
+        ),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(
+            pipeline_root=plan.pipeline_root, parameters=plan.parameters
+        ),
         display_name=request.job_name,
         no_catchup=True,
         trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(cron=plan.cron)),
@@ -236,8 +266,10 @@ def dry_run_lines(plan: Plan) -> List[str]:
     lines = [] if request.namespace else [f"GET  {host}{API}/healthz"]  # kfp.Client's check, skipped with a namespace
     lines.append(f"GET  {host}{API}/experiments?{experiment_query}")
     if request.create_experiment:
-        lines.append(f"  experiment absent: POST {host}{API}/experiments  "
-                     + json.dumps({"display_name": request.experiment, "namespace": request.namespace}))
+        lines.append(
+            f"  experiment absent: POST {host}{API}/experiments  "
+            + json.dumps({"display_name": request.experiment, "namespace": request.namespace})
+        )
     lines += [
         f"GET  {host}{API}/pipelines?filter={name_filter(plan.pipeline_name)}",
         f"  pipeline absent: POST {host}{API}/pipelines  " + json.dumps({"display_name": plan.pipeline_name}),
@@ -246,8 +278,11 @@ def dry_run_lines(plan: Plan) -> List[str]:
         f"&pipelineid=<pipeline_id>  {package}",
     ]
     lines.append(f"POST {host}{API}/recurringruns")
-    lines.append(json.dumps(recurring_run_body(plan, "<experiment_id>", "<pipeline_id>", "<version_id>"),
-                            indent=2, sort_keys=True))
+    lines.append(
+        json.dumps(
+            recurring_run_body(plan, "<experiment_id>", "<pipeline_id>", "<version_id>"), indent=2, sort_keys=True
+        )
+    )
     return lines
 
 
@@ -268,8 +303,9 @@ def _call(host: str, action: Callable[[], Any]) -> Any:
     except TimeoutError as error:
         raise ScheduleError(f"Kubeflow Pipelines at {host} does not answer its health check: {error}")
     except kfp_server_api.ApiException as error:
-        raise ScheduleError(f"Kubeflow Pipelines at {host} refused {error.status} {error.reason}: "
-                            f"{(error.body or '').strip()[:300]}")
+        raise ScheduleError(
+            f"Kubeflow Pipelines at {host} refused {error.status} {error.reason}: {(error.body or '').strip()[:300]}"
+        )
 
 
 def upload(client, plan: Plan) -> Tuple[str, str]:
@@ -280,14 +316,18 @@ def upload(client, plan: Plan) -> Tuple[str, str]:
     host, package = plan.request.host, plan.request.package
     pipeline_id = _call(host, lambda: client.get_pipeline_id(plan.pipeline_name))
     if pipeline_id is None:
-        pipeline_id = _call(host, lambda: client.pipelines.create_pipeline(
-            body=kfp_server_api.V2beta1Pipeline(display_name=plan.pipeline_name))).pipeline_id
-    existing = _call(host, lambda: client.list_pipeline_versions(
-        pipeline_id, filter=name_filter(plan.version_name))).pipeline_versions
+        pipeline_id = _call(
+            host,
+            lambda: client.pipelines.create_pipeline(
+                body=kfp_server_api.V2beta1Pipeline(display_name=plan.pipeline_name)
+            ),
+        ).pipeline_id
+    existing = _call(
+        host, lambda: client.list_pipeline_versions(pipeline_id, filter=name_filter(plan.version_name))
+    ).pipeline_versions
     if existing:
         return pipeline_id, existing[0].pipeline_version_id
-    version = _call(host, lambda: client.upload_pipeline_version(
-        package, plan.version_name, pipeline_id=pipeline_id))
+    version = _call(host, lambda: client.upload_pipeline_version(package, plan.version_name, pipeline_id=pipeline_id))
     return pipeline_id, version.pipeline_version_id
 
 
@@ -295,16 +335,20 @@ def find_experiment(client, plan: Plan) -> str:
     """The experiment's id; created only when asked, so a typo in its name is an error, not a new one."""
     request = plan.request
     try:
-        return _call(request.host, lambda: client.get_experiment(
-            experiment_name=request.experiment, namespace=request.namespace)).experiment_id
+        return _call(
+            request.host, lambda: client.get_experiment(experiment_name=request.experiment, namespace=request.namespace)
+        ).experiment_id
     except ValueError as error:
         if not str(error).startswith("No experiment is found"):
             raise ScheduleError(f"experiment {request.experiment!r}: {error}")
     if not request.create_experiment:
-        raise ScheduleError(f"no experiment named {request.experiment!r} on {request.host}; create it in the "
-                            "Kubeflow UI or pass --create-experiment")
-    return _call(request.host, lambda: client.create_experiment(
-        request.experiment, namespace=request.namespace)).experiment_id
+        raise ScheduleError(
+            f"no experiment named {request.experiment!r} on {request.host}; create it in the "
+            "Kubeflow UI or pass --create-experiment"
+        )
+    return _call(
+        request.host, lambda: client.create_experiment(request.experiment, namespace=request.namespace)
+    ).experiment_id
 
 
 def schedule(request: ScheduleRequest, dry_run: bool = False, out: Callable[[str], None] = print) -> Plan:
@@ -317,10 +361,23 @@ def schedule(request: ScheduleRequest, dry_run: bool = False, out: Callable[[str
     client = connect(request.host, request.namespace)
     experiment = find_experiment(client, plan)  # first: an unknown experiment uploads nothing
     pipeline_id, version_id = upload(client, plan)
-    run = _call(request.host, lambda: client.create_recurring_run(
-        experiment_id=experiment, job_name=request.job_name, cron_expression=plan.cron,
-        max_concurrency=request.max_concurrency, no_catchup=True, params=plan.parameters,
-        pipeline_id=pipeline_id, version_id=version_id, pipeline_root=plan.pipeline_root, enabled=True))
-    out(f"recurring run {run.recurring_run_id} ({request.job_name!r}, cron {plan.cron!r}) of pipeline "
-        f"{plan.pipeline_name!r} version {version_id} in experiment {request.experiment!r}")
+    run = _call(
+        request.host,
+        lambda: client.create_recurring_run(
+            experiment_id=experiment,
+            job_name=request.job_name,
+            cron_expression=plan.cron,
+            max_concurrency=request.max_concurrency,
+            no_catchup=True,
+            params=plan.parameters,
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            pipeline_root=plan.pipeline_root,
+            enabled=True,
+        ),
+    )
+    out(
+        f"recurring run {run.recurring_run_id} ({request.job_name!r}, cron {plan.cron!r}) of pipeline "
+        f"{plan.pipeline_name!r} version {version_id} in experiment {request.experiment!r}"
+    )
     return plan

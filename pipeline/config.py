@@ -4,6 +4,7 @@ Everything a run needs travels in `RunConfig`. The Trainer's settings are its `t
 `trainer.config.TrainerConfig` whose keys stay top-level in the YAML file; the Trainer receives them as
 `trainer_config()` through `custom_config` (the trainer package never imports this module).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,9 @@ class RunConfig:
             if self.gate_on_lower_bound:
                 raise ValueError("--gate-on-lower-bound needs --site-min-sensitivity or --site-min-specificity")
             return None
-        return SiteGate(CALIBRATION_SPLIT, self.site_min_sensitivity, self.site_min_specificity,
-                        self.gate_on_lower_bound)
+        return SiteGate(
+            CALIBRATION_SPLIT, self.site_min_sensitivity, self.site_min_specificity, self.gate_on_lower_bound
+        )
 
     def trainer_config(self) -> Dict[str, Any]:
         """The Trainer's `custom_config`: plain JSON-able values only."""

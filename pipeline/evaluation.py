@@ -15,6 +15,7 @@ site gate bounds sensitivity and specificity on the site's calibration slice, on
 lower 95% bound (`<key>_lower_bound`, from either kind of interval). The metrics' keys and the slices' features are
 components/metrics_vocabulary.py's, which the report and the CLI read them back by.
 """
+
 import dataclasses
 import json
 from typing import Dict, List, Optional
@@ -34,7 +35,8 @@ def blessing_threshold(min_auc: float, max_auc_drop: float, blessing_split: str)
         threshold=tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_auc}),
             change_threshold=tfma.GenericChangeThreshold(
-                direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_auc_drop}),
+                direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_auc_drop}
+            ),
         ),
     )
 
@@ -59,19 +61,25 @@ class SiteGate:
 
     def bounds(self) -> List[tuple]:
         """(TFMA metric key judged, TFMA class name it reads, lower bound) per bound set."""
-        return [(vocabulary.lower_bound_key(key) if self.on_lower_bound else key, vocabulary.CLASS_OF[key], value)
-                for key, value in self._bounds_by_key().items() if value is not None]
+        return [
+            (vocabulary.lower_bound_key(key) if self.on_lower_bound else key, vocabulary.CLASS_OF[key], value)
+            for key, value in self._bounds_by_key().items()
+            if value is not None
+        ]
 
 
 # The site gate's judged metrics, by key: what a failure line calls them and the flag that sets the bound.
-GATE_NAMES = {vocabulary.RECALL: ("sensitivity", "--site-min-sensitivity"),
-              vocabulary.SPECIFICITY: ("specificity", "--site-min-specificity")}
+GATE_NAMES = {
+    vocabulary.RECALL: ("sensitivity", "--site-min-sensitivity"),
+    vocabulary.SPECIFICITY: ("specificity", "--site-min-specificity"),
+}
 
 
 def _site_threshold(split: str, lower_bound: float) -> tfma.PerSliceMetricThreshold:
     return tfma.PerSliceMetricThreshold(
         slicing_specs=[tfma.SlicingSpec(feature_values={vocabulary.SPLIT: split})],
-        threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound})))
+        threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": lower_bound})),
+    )
 
 
 def _metric_config(class_name: str, extra: Optional[Dict], module: str = "") -> tfma.MetricConfig:
@@ -84,8 +92,12 @@ def _metric_config(class_name: str, extra: Optional[Dict], module: str = "") -> 
 # How the Evaluator computes each metric's 95% interval: "analytic" (closed form, one more pass over each slice:
 # interval_metrics.AnalyticIntervals), TFMA's "bootstrap" (Poisson, 20 replicates) or "jackknife" (20 buckets),
 # each recomputing every slice 20 more times, or "none".
-INTERVAL_METHODS = {vocabulary.ANALYTIC: None, vocabulary.BOOTSTRAP: tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
-                    vocabulary.JACKKNIFE: tfma.ConfidenceIntervalOptions.JACKKNIFE, vocabulary.NO_INTERVALS: None}
+INTERVAL_METHODS = {
+    vocabulary.ANALYTIC: None,
+    vocabulary.BOOTSTRAP: tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
+    vocabulary.JACKKNIFE: tfma.ConfidenceIntervalOptions.JACKKNIFE,
+    vocabulary.NO_INTERVALS: None,
+}
 
 
 def _analytic_intervals(keys) -> tfma.MetricConfig:
@@ -98,15 +110,20 @@ def _gate(served: Dict[str, tfma.MetricConfig], site_gate: SiteGate, confidence_
     point estimate), or a `LowerBound` of the run's kind of interval added to `served`."""
     for judged, _, value in site_gate.bounds():
         if judged not in served:
-            metric = judged[:-len(vocabulary.LOWER_BOUND_SUFFIX)]
-            served[judged] = _metric_config("LowerBound", {"metric": metric, "intervals": confidence_intervals},
-                                            module=interval_metrics.__name__)
+            metric = judged[: -len(vocabulary.LOWER_BOUND_SUFFIX)]
+            served[judged] = _metric_config(
+                "LowerBound", {"metric": metric, "intervals": confidence_intervals}, module=interval_metrics.__name__
+            )
         served[judged].per_slice_thresholds.append(_site_threshold(site_gate.split, value))
 
 
-def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
-                       site_gate: Optional[SiteGate] = None,
-                       confidence_intervals: str = vocabulary.DEFAULT_INTERVALS) -> tfma.EvalConfig:
+def create_eval_config(
+    min_auc: float,
+    max_auc_drop: float,
+    blessing_split: str,
+    site_gate: Optional[SiteGate] = None,
+    confidence_intervals: str = vocabulary.DEFAULT_INTERVALS,
+) -> tfma.EvalConfig:
     """The metrics, slices and blessing; `site_gate` adds bounds at the served threshold (the
     `decision_score` output) on its split. `confidence_intervals`: one of INTERVAL_METHODS."""
     if confidence_intervals not in INTERVAL_METHODS:
@@ -130,13 +147,21 @@ def create_eval_config(min_auc: float, max_auc_drop: float, blessing_split: str,
         at_threshold.append(_analytic_intervals(vocabulary.THRESHOLD_DEPENDENT))
     outputs = (PROBABILITY_OUTPUT, DECISION_OUTPUT)
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys={o: vocabulary.LABEL for o in outputs},
-                                    prediction_keys={o: o for o in outputs})],
-        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(keys))
-                                                 for keys in vocabulary.SLICE_FEATURES],
-        metrics_specs=[tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
-                       tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT])],
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_keys={o: vocabulary.LABEL for o in outputs},
+                prediction_keys={o: o for o in outputs},
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()]
+        + [tfma.SlicingSpec(feature_keys=list(keys)) for keys in vocabulary.SLICE_FEATURES],
+        metrics_specs=[
+            tfma.MetricsSpec(metrics=at_half, output_names=[PROBABILITY_OUTPUT]),
+            tfma.MetricsSpec(metrics=at_threshold, output_names=[DECISION_OUTPUT]),
+        ],
         options=tfma.Options(
             compute_confidence_intervals=wrappers_pb2.BoolValue(value=method is not None),
-            confidence_intervals=tfma.ConfidenceIntervalOptions(method=method or 0)),
+            confidence_intervals=tfma.ConfidenceIntervalOptions(method=method or 0),
+        ),
     )

@@ -18,6 +18,7 @@ bootstrap) the bound is NaN, which fails any threshold: a gate on a lower bound 
 The Evaluator imports this module by name (`MetricConfig.module`), so it must be installed where the
 Evaluator runs (the Kubeflow image installs the whole project).
 """
+
 import math
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -35,8 +36,14 @@ NO_INTERVAL = (math.nan, math.nan)
 HISTOGRAM_BINS = 10_000  # TFMA's own AUC interpolates over 10,000 thresholds
 THRESHOLD = 0.5  # TFMA's confusion metrics count a prediction above it as positive
 # The metrics AnalyticIntervals can bound: what the tables show with an interval.
-ANALYTIC_METRICS = (vocabulary.AUC, vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY,
-                    vocabulary.PRECISION, vocabulary.BRIER)
+ANALYTIC_METRICS = (
+    vocabulary.AUC,
+    vocabulary.ACCURACY,
+    vocabulary.RECALL,
+    vocabulary.SPECIFICITY,
+    vocabulary.PRECISION,
+    vocabulary.BRIER,
+)
 
 
 def wilson(successes: float, trials: float, z: float = Z_95) -> Tuple[float, float]:
@@ -61,8 +68,9 @@ def delong(positives: np.ndarray, negatives: np.ndarray, z: float = Z_95) -> Tup
     outranked = (np.cumsum(negatives) - negatives + 0.5 * negatives) / n_neg  # per PNEUMONIA case in each bin
     outranking = (n_pos - np.cumsum(positives) + 0.5 * positives) / n_pos  # per NORMAL case in each bin
     auc = float((positives * outranked).sum() / n_pos)
-    variance = ((positives * (outranked - auc) ** 2).sum() / max(n_pos - 1, 1) / n_pos
-                + (negatives * (outranking - auc) ** 2).sum() / max(n_neg - 1, 1) / n_neg)
+    variance = (positives * (outranked - auc) ** 2).sum() / max(n_pos - 1, 1) / n_pos + (
+        negatives * (outranking - auc) ** 2
+    ).sum() / max(n_neg - 1, 1) / n_neg
     half = z * math.sqrt(variance)
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
@@ -106,17 +114,25 @@ class _Sums:
     def intervals(self) -> Dict[str, Tuple[float, float]]:
         """{metric key: (lower, upper)} for every metric in ANALYTIC_METRICS."""
         tp, fp, tn, fn = (float(count) for count in self.confusion)
-        return {vocabulary.AUC: delong(self.positives, self.negatives)[1:],
-                vocabulary.ACCURACY: wilson(tp + tn, tp + fp + tn + fn),
-                vocabulary.RECALL: wilson(tp, tp + fn),
-                vocabulary.SPECIFICITY: wilson(tn, tn + fp),
-                vocabulary.PRECISION: wilson(tp, tp + fp),
-                vocabulary.BRIER: mean_interval(self.squared_errors[1], self.squared_errors[2], self.squared_errors[0])}
+        return {
+            vocabulary.AUC: delong(self.positives, self.negatives)[1:],
+            vocabulary.ACCURACY: wilson(tp + tn, tp + fp + tn + fn),
+            vocabulary.RECALL: wilson(tp, tp + fn),
+            vocabulary.SPECIFICITY: wilson(tn, tn + fp),
+            vocabulary.PRECISION: wilson(tp, tp + fp),
+            vocabulary.BRIER: mean_interval(self.squared_errors[1], self.squared_errors[2], self.squared_errors[0]),
+        }
 
 
 class _IntervalCombiner(beam.CombineFn):
-    def __init__(self, keys: Dict[str, Tuple[metric_types.MetricKey, metric_types.MetricKey]], eval_config,
-                 model_name: str, output_name: str, example_weighted: bool):
+    def __init__(
+        self,
+        keys: Dict[str, Tuple[metric_types.MetricKey, metric_types.MetricKey]],
+        eval_config,
+        model_name: str,
+        output_name: str,
+        example_weighted: bool,
+    ):
         self._keys, self._eval_config = keys, eval_config
         self._model_name, self._output_name, self._example_weighted = model_name, output_name, example_weighted
 
@@ -125,8 +141,12 @@ class _IntervalCombiner(beam.CombineFn):
 
     def add_input(self, sums: _Sums, element: metric_types.StandardMetricInputs) -> _Sums:
         for label, prediction, _ in metric_util.to_label_prediction_example_weight(
-                element, eval_config=self._eval_config, model_name=self._model_name, output_name=self._output_name,
-                example_weighted=self._example_weighted):
+            element,
+            eval_config=self._eval_config,
+            model_name=self._model_name,
+            output_name=self._output_name,
+            example_weighted=self._example_weighted,
+        ):
             sums.add(float(metric_util.safe_to_scalar(label)), float(metric_util.safe_to_scalar(prediction)))
         return sums
 
@@ -142,32 +162,55 @@ class _IntervalCombiner(beam.CombineFn):
         return {key: bound for metric, keys in self._keys.items() for key, bound in zip(keys, intervals[metric])}
 
 
-def _analytic_computations(keys_of: Callable[[str], Tuple[str, ...]], metrics: Sequence[str], eval_config=None,
-                           model_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
-                           example_weighted: bool = False) -> metric_types.MetricComputations:
+def _analytic_computations(
+    keys_of: Callable[[str], Tuple[str, ...]],
+    metrics: Sequence[str],
+    eval_config=None,
+    model_names: Optional[List[str]] = None,
+    output_names: Optional[List[str]] = None,
+    example_weighted: bool = False,
+) -> metric_types.MetricComputations:
     """One combiner per model and output writing, for each of `metrics`, the keys `keys_of(metric)` names: the
     lower end, or the lower and the upper end, of its analytic interval."""
     unknown = sorted(set(metrics) - set(ANALYTIC_METRICS))
     if unknown:
-        raise ValueError(f"no analytic interval for {', '.join(unknown)}; there is one for "
-                         f"{', '.join(ANALYTIC_METRICS)}")
+        raise ValueError(
+            f"no analytic interval for {', '.join(unknown)}; there is one for {', '.join(ANALYTIC_METRICS)}"
+        )
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
-            keys = {metric: tuple(metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                                         example_weighted=example_weighted)
-                                  for name in keys_of(metric))
-                    for metric in metrics}
-            computations.append(metric_types.MetricComputation(
-                keys=[key for pair in keys.values() for key in pair], preprocessors=None,
-                combiner=_IntervalCombiner(keys, eval_config, model_name, output_name, example_weighted)))
+            keys = {
+                metric: tuple(
+                    metric_types.MetricKey(
+                        name=name, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+                    )
+                    for name in keys_of(metric)
+                )
+                for metric in metrics
+            }
+            computations.append(
+                metric_types.MetricComputation(
+                    keys=[key for pair in keys.values() for key in pair],
+                    preprocessors=None,
+                    combiner=_IntervalCombiner(keys, eval_config, model_name, output_name, example_weighted),
+                )
+            )
     return computations
 
 
-def _interval_computations(metrics: Sequence[str], name: str, eval_config=None, model_names=None,
-                           output_names=None, example_weighted: bool = False, **_) -> metric_types.MetricComputations:
-    return _analytic_computations(vocabulary.analytic_interval_keys, metrics, eval_config, model_names,
-                                  output_names, example_weighted)
+def _interval_computations(
+    metrics: Sequence[str],
+    name: str,
+    eval_config=None,
+    model_names=None,
+    output_names=None,
+    example_weighted: bool = False,
+    **_,
+) -> metric_types.MetricComputations:
+    return _analytic_computations(
+        vocabulary.analytic_interval_keys, metrics, eval_config, model_names, output_names, example_weighted
+    )
 
 
 class AnalyticIntervals(tfma.metrics.Metric):
@@ -190,17 +233,32 @@ def lower_bound_of(value) -> float:
     return float("nan")
 
 
-def _resampled_lower_bound(metric: str, name: str, model_names: Optional[List[str]] = None,
-                           output_names: Optional[List[str]] = None, sub_keys: Optional[Iterable] = None,
-                           example_weighted: bool = False) -> metric_types.MetricComputations:
+def _resampled_lower_bound(
+    metric: str,
+    name: str,
+    model_names: Optional[List[str]] = None,
+    output_names: Optional[List[str]] = None,
+    sub_keys: Optional[Iterable] = None,
+    example_weighted: bool = False,
+) -> metric_types.MetricComputations:
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
             for sub_key in sub_keys or [None]:
-                source = metric_types.MetricKey(name=metric, model_name=model_name, output_name=output_name,
-                                                sub_key=sub_key, example_weighted=example_weighted)
-                key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                             sub_key=sub_key, example_weighted=example_weighted)
+                source = metric_types.MetricKey(
+                    name=metric,
+                    model_name=model_name,
+                    output_name=output_name,
+                    sub_key=sub_key,
+                    example_weighted=example_weighted,
+                )
+                key = metric_types.MetricKey(
+                    name=name,
+                    model_name=model_name,
+                    output_name=output_name,
+                    sub_key=sub_key,
+                    example_weighted=example_weighted,
+                )
 
                 def result(metrics: Dict, source=source, key=key) -> Dict:
                     return {key: lower_bound_of(metrics.get(source))}
@@ -209,13 +267,21 @@ def _resampled_lower_bound(metric: str, name: str, model_names: Optional[List[st
     return computations
 
 
-def _lower_bound_computations(metric: str, name: str, intervals: str, eval_config=None,
-                              model_names: Optional[List[str]] = None, output_names: Optional[List[str]] = None,
-                              sub_keys: Optional[Iterable] = None, example_weighted: bool = False,
-                              **_) -> metric_types.MetricComputations:
+def _lower_bound_computations(
+    metric: str,
+    name: str,
+    intervals: str,
+    eval_config=None,
+    model_names: Optional[List[str]] = None,
+    output_names: Optional[List[str]] = None,
+    sub_keys: Optional[Iterable] = None,
+    example_weighted: bool = False,
+    **_,
+) -> metric_types.MetricComputations:
     if intervals == vocabulary.ANALYTIC:
-        return _analytic_computations(lambda _: (name,), [metric], eval_config, model_names, output_names,
-                                      example_weighted)
+        return _analytic_computations(
+            lambda _: (name,), [metric], eval_config, model_names, output_names, example_weighted
+        )
     return _resampled_lower_bound(metric, name, model_names, output_names, sub_keys, example_weighted)
 
 
@@ -224,10 +290,10 @@ class LowerBound(tfma.metrics.Metric):
     (computed here), or read off TFMA's bootstrap or jackknife of `metric` (which the same MetricsSpec must
     compute, e.g. Recall next to LowerBound(metric='recall', intervals='bootstrap'))."""
 
-    def __init__(self, metric: str = RECALL, intervals: str = vocabulary.DEFAULT_INTERVALS,
-                 name: Optional[str] = None):
-        super().__init__(_lower_bound_computations, metric=metric, intervals=intervals,
-                         name=name or lower_bound_key(metric))
+    def __init__(self, metric: str = RECALL, intervals: str = vocabulary.DEFAULT_INTERVALS, name: Optional[str] = None):
+        super().__init__(
+            _lower_bound_computations, metric=metric, intervals=intervals, name=name or lower_bound_key(metric)
+        )
 
     @property
     def compute_confidence_interval(self) -> bool:

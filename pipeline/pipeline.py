@@ -1,4 +1,5 @@
 """The pipeline definition, independent of any runner (local, Beam and Kubeflow all call this)."""
+
 import importlib.util
 import os
 from typing import Any, Dict, List, Optional, Union
@@ -8,13 +9,13 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from components.metrics_vocabulary import DEFAULT_INTERVALS
 from components.pusher.component import create_pusher
 from components.report.component import EvaluationReport
 from components.served_baseline import executor as served_baseline_executor
 from components.served_baseline.component import LatestServedModel
 from components.threshold_calibrator.component import ThresholdCalibrator
 from components.validation_gate.component import DataValidationGate
-from components.metrics_vocabulary import DEFAULT_INTERVALS
 from pipeline.config import BLESSING_SPLIT, CALIBRATION_SPLIT, RunConfig
 from pipeline.evaluation import SiteGate, create_eval_config
 
@@ -62,27 +63,38 @@ def create_pipeline(
     if "train" not in splits or BLESSING_SPLIT not in splits:
         raise ValueError(f"splits must include 'train' and '{BLESSING_SPLIT}', got {splits}")
     if warm_start and served_baseline:
-        raise ValueError("warm_start needs TFX's latest-model Resolver, which open-source Kubeflow Pipelines "
-                         "cannot run; compile without warm_start")
+        raise ValueError(
+            "warm_start needs TFX's latest-model Resolver, which open-source Kubeflow Pipelines "
+            "cannot run; compile without warm_start"
+        )
     if site_gate and site_gate.bounds() and site_gate.split not in splits:
-        raise ValueError(f"a site gate (--site-min-sensitivity/--site-min-specificity) needs a {site_gate.split} "
-                         f"split: prepare one with --calibration-from SPLIT or a calibration:NAME=PATH source")
+        raise ValueError(
+            f"a site gate (--site-min-sensitivity/--site-min-specificity) needs a {site_gate.split} "
+            f"split: prepare one with --calibration-from SPLIT or a calibration:NAME=PATH source"
+        )
     example_gen = tfx.components.ImportExampleGen(
         input_base=data_root,
-        input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in splits]),
+        input_config=tfx.proto.Input(
+            splits=[tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in splits]
+        ),
     )
     schema = tfx.components.ImportSchemaGen(schema_file=schema_path)
     statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"], schema=schema.outputs["schema"],
-        stats_options=tfdv.StatsOptions(enable_semantic_domain_stats=True))  # image format/size statistics
+        examples=example_gen.outputs["examples"],
+        schema=schema.outputs["schema"],
+        stats_options=tfdv.StatsOptions(enable_semantic_domain_stats=True),
+    )  # image format/size statistics
     # Inferred schema: kept for comparison with the curated contract, which is what validates.
     inferred_schema = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"]
+    )
     validation_gate = DataValidationGate(
-        anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
-        schema=schema.outputs["schema"], skew_splits=",".join(s for s in SKEW_SPLITS if s in splits))
+        anomalies=example_validator.outputs["anomalies"],
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema.outputs["schema"],
+        skew_splits=",".join(s for s in SKEW_SPLITS if s in splits),
+    )
 
     warm_start_nodes = []
     if warm_start:
@@ -115,8 +127,9 @@ def create_pipeline(
         ).with_id("latest_blessed_model_resolver")
     # The served threshold is set on the site's calibration split when there is one; everything downstream
     # judges, reports and pushes the calibrated model.
-    calibrator = ThresholdCalibrator(examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-                                     calibration_split=CALIBRATION_SPLIT)
+    calibrator = ThresholdCalibrator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"], calibration_split=CALIBRATION_SPLIT
+    )
     model = calibrator.outputs["calibrated_model"]
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
@@ -128,24 +141,43 @@ def create_pipeline(
     if served_baseline:
         evaluator.executor_spec = executor_spec.BeamExecutorSpec(served_baseline_executor.Evaluator)
     pusher = create_pusher(model, evaluator.outputs["blessing"], serving_dir, model_name)
-    report = EvaluationReport(examples=example_gen.outputs["examples"], model=model,
-                              evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"],
-                              blessing_split=BLESSING_SPLIT)
+    report = EvaluationReport(
+        examples=example_gen.outputs["examples"],
+        model=model,
+        evaluation=evaluator.outputs["evaluation"],
+        model_blessing=evaluator.outputs["blessing"],
+        blessing_split=BLESSING_SPLIT,
+    )
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, inferred_schema, schema, example_validator, validation_gate,
-                    *warm_start_nodes, trainer, calibrator, baseline, evaluator, pusher, report],
+        components=[
+            example_gen,
+            statistics_gen,
+            inferred_schema,
+            schema,
+            example_validator,
+            validation_gate,
+            *warm_start_nodes,
+            trainer,
+            calibrator,
+            baseline,
+            evaluator,
+            pusher,
+            report,
+        ],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
 
 
-def pipeline_from_config(config: RunConfig,
-                         metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
-                         **overrides: Any) -> tfx.dsl.Pipeline:
+def pipeline_from_config(
+    config: RunConfig,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    **overrides: Any,
+) -> tfx.dsl.Pipeline:
     """`overrides` replace create_pipeline arguments (Kubeflow: URIs, RuntimeParameters, run_fn)."""
     arguments = dict(
         pipeline_name=config.pipeline_name,

@@ -6,35 +6,52 @@ the served `gradcam` ([S/4, S/4] in [0, 1]) stretched bilinearly over the whole 
 stretched the film to S x S, coloured with the web page's blue-to-red ramp and blended with an opacity
 proportional to its value, so regions the model did not use keep their grey values.
 """
+
 from __future__ import annotations
 
 import io
 
-import numpy as np
 import highdicom as hd
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from serving.client import Prediction
 
 # serving/web/app.js's heatColour stops: (value, RGB)
-HEAT_STOPS = ((0.0, (49, 54, 149)), (0.35, (116, 173, 209)), (0.6, (254, 224, 144)), (0.8, (244, 109, 67)),
-              (1.0, (165, 0, 38)))
+HEAT_STOPS = (
+    (0.0, (49, 54, 149)),
+    (0.35, (116, 173, 209)),
+    (0.6, (254, 224, 144)),
+    (0.8, (244, 109, 67)),
+    (1.0, (165, 0, 38)),
+)
 MAX_OPACITY = 0.6  # of the heat colour where the map is 1: the film stays readable under the hottest region
 CAPTION_HEIGHT_FRACTION = 1 / 40  # font size per image height, shrunk further until the line fits the width
 MIN_FONT_PIXELS = 6
 DISCLAIMER = "decision support, not a diagnosis"
 # Only what DICOM needs to file the capture in the source's patient and study; nothing else is copied.
-LINKING_KEYWORDS = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                    "ReferringPhysicianName")
+LINKING_KEYWORDS = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 SERIES_NUMBER = 901  # the SR series is 900
 
 
 def caption(prediction: Prediction) -> str:
     guard = "; out of distribution: unreliable" if prediction.in_distribution is False else ""
-    return (f"{prediction.label} p={prediction.probability:.3f} (threshold {prediction.threshold:.3f}){guard}; "
-            f"{DISCLAIMER}")
+    return (
+        f"{prediction.label} p={prediction.probability:.3f} (threshold {prediction.threshold:.3f}){guard}; {DISCLAIMER}"
+    )
 
 
 def heat_colours(values: np.ndarray) -> np.ndarray:
@@ -67,8 +84,15 @@ def _burn_in(image: Image.Image, text: str) -> None:
         size -= 1
         font = ImageFont.load_default(size)
     stroke = max(1, size // 8)
-    ImageDraw.Draw(image).text((margin, height - margin - stroke), text, font=font, fill=(255, 255, 255),
-                               anchor="ld", stroke_width=stroke, stroke_fill=(0, 0, 0))
+    ImageDraw.Draw(image).text(
+        (margin, height - margin - stroke),
+        text,
+        font=font,
+        fill=(255, 255, 255),
+        anchor="ld",
+        stroke_width=stroke,
+        stroke_fill=(0, 0, 0),
+    )
 
 
 def secondary_capture(source: Dataset, pixels: np.ndarray, model_name: str, model_version: int) -> Dataset:
@@ -79,10 +103,20 @@ def secondary_capture(source: Dataset, pixels: np.ndarray, model_name: str, mode
             setattr(reference, keyword, source[keyword].value)
     # SCImage requires an orientation for a PATIENT image; the source's own is kept, or left empty (type 2).
     capture = hd.sc.SCImage.from_ref_dataset(
-        reference, pixels, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-        patient_orientation=("L", "F"), series_instance_uid=hd.UID(), series_number=SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="pneumonia-pipeline",
-        manufacturer_model_name=model_name, software_versions=str(model_version))
+        reference,
+        pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "F"),
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="pneumonia-pipeline",
+        manufacturer_model_name=model_name,
+        software_versions=str(model_version),
+    )
     capture.PatientOrientation = source.get("PatientOrientation", "")
     capture.SeriesDescription = "Pneumonia model Grad-CAM (decision support)"
     capture.DerivationDescription = f"Grad-CAM of model {model_name} version {model_version} over the model input"

@@ -1,4 +1,5 @@
 """`pneumonia serve` and `pneumonia predict`, added to the main CLI by `add_commands`."""
+
 import argparse
 import json
 import logging
@@ -30,21 +31,35 @@ def server_config(args: argparse.Namespace):
     try:
         if args.model_config_file:
             return config.read(args.model_config_file)
-        return config.model_config(args.model_name, os.path.join(args.serving_dir, args.model_name),
-                                   args.version_policy, args.versions or (), args.num_versions, _labels(args.label))
+        return config.model_config(
+            args.model_name,
+            os.path.join(args.serving_dir, args.model_name),
+            args.version_policy,
+            args.versions or (),
+            args.num_versions,
+            _labels(args.label),
+        )
     except ValueError as error:
         raise SystemExit(f"error: {error}")
 
 
 def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
     """The official model server's command line for the same settings."""
-    reload = ([f"--model_config_file_poll_wait_seconds={max(1, round(args.config_poll_seconds))}"]
-              if args.model_config_file and args.config_poll_seconds > 0 else [])
-    return [TF_SERVING_BINARY, f"--port={args.grpc_port}", f"--rest_api_port={args.rest_port}",
-            f"--model_config_file={config_path}", *reload,
-            f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
-            f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
-            *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else [])]
+    reload = (
+        [f"--model_config_file_poll_wait_seconds={max(1, round(args.config_poll_seconds))}"]
+        if args.model_config_file and args.config_poll_seconds > 0
+        else []
+    )
+    return [
+        TF_SERVING_BINARY,
+        f"--port={args.grpc_port}",
+        f"--rest_api_port={args.rest_port}",
+        f"--model_config_file={config_path}",
+        *reload,
+        f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
+        f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
+        *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else []),
+    ]
 
 
 def serving_security(args: argparse.Namespace):
@@ -57,8 +72,12 @@ def serving_security(args: argparse.Namespace):
     except ValueError as error:
         raise SystemExit(f"error: {error}")
     if ssl_config is None and not tls.is_loopback(args.host):
-        print(f"warning: serving {args.host} in plaintext: anyone on the network can read the images and "
-              "answers; pass --ssl-config-file (TLS) or bind 127.0.0.1", file=sys.stderr, flush=True)
+        print(
+            f"warning: serving {args.host} in plaintext: anyone on the network can read the images and "
+            "answers; pass --ssl-config-file (TLS) or bind 127.0.0.1",
+            file=sys.stderr,
+            flush=True,
+        )
     return ssl_config, budget
 
 
@@ -70,11 +89,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     ssl_config, budget = serving_security(args)
     if args.backend == "tfserving":
         if shutil.which(TF_SERVING_BINARY) is None:
-            raise SystemExit(f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
-                             "pip-installable: use the tensorflow/serving image (serving/k8s/) or --backend python")
-        config_path = (os.path.abspath(args.model_config_file) if args.model_config_file and args.config_poll_seconds > 0
-                       else config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"),
-                                                              "models.config")))
+            raise SystemExit(
+                f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
+                "pip-installable: use the tensorflow/serving image (serving/k8s/) or --backend python"
+            )
+        config_path = (
+            os.path.abspath(args.model_config_file)
+            if args.model_config_file and args.config_poll_seconds > 0
+            else config.write(models, os.path.join(tempfile.mkdtemp(prefix="pneumonia-serve-"), "models.config"))
+        )
         command = tfserving_command(args, config_path)
         print(" ".join(command), flush=True)
         os.execvp(command[0], command)  # the official server then receives SIGTERM itself
@@ -83,22 +106,36 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from serving.server import ModelServer
 
     try:
-        server = ModelServer(models, args.host, args.grpc_port, args.rest_port or None, args.poll_seconds,
-                             args.max_message_bytes, args.workers, budget=budget, ssl_config=ssl_config,
-                             web_page=not args.no_ui, config_file=args.model_config_file,
-                             config_poll_seconds=args.config_poll_seconds).start()
+        server = ModelServer(
+            models,
+            args.host,
+            args.grpc_port,
+            args.rest_port or None,
+            args.poll_seconds,
+            args.max_message_bytes,
+            args.workers,
+            budget=budget,
+            ssl_config=ssl_config,
+            web_page=not args.no_ui,
+            config_file=args.model_config_file,
+            config_poll_seconds=args.config_poll_seconds,
+        ).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
     for model in server.manager.models.values():
-        print(f"model {model.name!r} from {model.config.base_path}: versions "
-              f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}")
+        print(
+            f"model {model.name!r} from {model.config.base_path}: versions "
+            f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}"
+        )
     scheme = "https" if ssl_config else "http"
     rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
     if server.rest_port and not args.no_ui:
         rest += f" (web page: {scheme}://{args.host}:{server.rest_port}/)"
     grpc_name = "gRPC+TLS" if ssl_config else "gRPC"
-    print(f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
-          flush=True)
+    print(
+        f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
+        flush=True,
+    )
     server.serve_until_signalled()
 
 
@@ -107,30 +144,51 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     try:
         images = [read_image(path, args.allow_lateral) for path in args.images]
-        with PredictionClient(args.server, args.model_name, args.timeout, ca_cert=args.ca_cert,
-                              client_cert=args.client_cert, client_key=args.client_key) as client:
+        with PredictionClient(
+            args.server,
+            args.model_name,
+            args.timeout,
+            ca_cert=args.ca_cert,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+        ) as client:
             predictions = []
             for start in range(0, len(images), args.batch_size):
-                predictions += client.predict(images[start:start + args.batch_size], args.version)
+                predictions += client.predict(images[start : start + args.batch_size], args.version)
     except ClientError as error:
         raise SystemExit(f"error: {error}")
     for path, prediction in zip(args.images, predictions):
         if args.json:
-            print(json.dumps({"image": path, "probability": prediction.probability, "label": prediction.label,
-                              "threshold": prediction.threshold, "in_distribution": prediction.in_distribution,
-                              "ood_score": prediction.ood_score, "ood_threshold": prediction.ood_threshold,
-                              "model": args.model_name, "version": prediction.model_version}))
+            print(
+                json.dumps(
+                    {
+                        "image": path,
+                        "probability": prediction.probability,
+                        "label": prediction.label,
+                        "threshold": prediction.threshold,
+                        "in_distribution": prediction.in_distribution,
+                        "ood_score": prediction.ood_score,
+                        "ood_threshold": prediction.ood_threshold,
+                        "model": args.model_name,
+                        "version": prediction.model_version,
+                    }
+                )
+            )
         else:
             print(f"{path}: {prediction_line(prediction, args.model_name)}")
 
 
 def prediction_line(prediction, model_name: str) -> str:
     """The class at the threshold, or first and in capitals, that the image is unlike the training X-rays."""
-    answer = (f"{prediction.label} (probability {prediction.probability:.4f}, threshold {prediction.threshold:.4f}, "
-              f"{model_name} version {prediction.model_version})")
+    answer = (
+        f"{prediction.label} (probability {prediction.probability:.4f}, threshold {prediction.threshold:.4f}, "
+        f"{model_name} version {prediction.model_version})"
+    )
     if prediction.in_distribution is False:
-        return (f"OUT OF DISTRIBUTION (OOD score {prediction.ood_score:.2f} > {prediction.ood_threshold:.2f}): "
-                f"not like the X-rays the model was trained on, its answer is unreliable: {answer}")
+        return (
+            f"OUT OF DISTRIBUTION (OOD score {prediction.ood_score:.2f} > {prediction.ood_threshold:.2f}): "
+            f"not like the X-rays the model was trained on, its answer is unreliable: {answer}"
+        )
     return answer
 
 
@@ -140,11 +198,22 @@ def cmd_dicom_node(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = NodeConfig(
-        ae_title=args.ae_title, host=args.host, port=args.port, server=args.server, model_name=args.model_name,
-        log_path=os.path.abspath(args.log), salt=args.uid_salt or NodeConfig.salt, allow_lateral=args.allow_lateral,
-        retry_seconds=args.retry_seconds, timeout_seconds=args.timeout,
-        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir), sc_dir=args.sc_dir and os.path.abspath(args.sc_dir),
-        ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
+        ae_title=args.ae_title,
+        host=args.host,
+        port=args.port,
+        server=args.server,
+        model_name=args.model_name,
+        log_path=os.path.abspath(args.log),
+        salt=args.uid_salt or NodeConfig.salt,
+        allow_lateral=args.allow_lateral,
+        retry_seconds=args.retry_seconds,
+        timeout_seconds=args.timeout,
+        sr_dir=args.sr_dir and os.path.abspath(args.sr_dir),
+        sc_dir=args.sc_dir and os.path.abspath(args.sc_dir),
+        ca_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
     if not 1 <= len(config.ae_title) <= 16:
         raise SystemExit(f"error: --ae-title {config.ae_title!r} must be 1 to 16 characters")
     try:
@@ -153,8 +222,11 @@ def cmd_dicom_node(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {error}")
     except OSError as error:
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}")
-    print(f"DICOM node {config.ae_title} listening on {args.host}:{node.port}, scoring through {args.server} "
-          f"({args.model_name}); results to {config.log_path}; SIGTERM or Ctrl-C stops it", flush=True)
+    print(
+        f"DICOM node {config.ae_title} listening on {args.host}:{node.port}, scoring through {args.server} "
+        f"({args.model_name}); results to {config.log_path}; SIGTERM or Ctrl-C stops it",
+        flush=True,
+    )
     node.serve_until_signalled()
     print("stopped", flush=True)
 
@@ -169,60 +241,109 @@ def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Adds `serve`, `predict` and `dicom-node` to the `pneumonia` command."""
     serve = commands.add_parser(
-        "serve", help="serve pushed models over TF Serving's gRPC and REST APIs",
+        "serve",
+        help="serve pushed models over TF Serving's gRPC and REST APIs",
         description="Serve <serving-dir>/<model-name>/<version>/ with TF Serving's gRPC (PredictionService, "
-                    "ModelService) and REST APIs. New versions are picked up while serving.")
-    serve.add_argument("--serving-dir", default=DEFAULT_SERVING_DIR,
-                       help=f"TF Serving base path holding <model-name>/<version>/ (default {DEFAULT_SERVING_DIR})")
+        "ModelService) and REST APIs. New versions are picked up while serving.",
+    )
+    serve.add_argument(
+        "--serving-dir",
+        default=DEFAULT_SERVING_DIR,
+        help=f"TF Serving base path holding <model-name>/<version>/ (default {DEFAULT_SERVING_DIR})",
+    )
     serve.add_argument("--model-name", default="pneumonia", help="model to serve (default pneumonia)")
-    serve.add_argument("--model-config-file",
-                       help="TF Serving ModelServerConfig text proto (several models, policies, labels); "
-                            "replaces --serving-dir, --model-name and the version flags")
-    serve.add_argument("--config-poll-seconds", type=float, default=0.0,
-                       help="with --model-config-file: read the file again this often when it changes (version "
-                            "labels written by `pneumonia calibrate --label`); 0 reads it once (default)")
+    serve.add_argument(
+        "--model-config-file",
+        help="TF Serving ModelServerConfig text proto (several models, policies, labels); "
+        "replaces --serving-dir, --model-name and the version flags",
+    )
+    serve.add_argument(
+        "--config-poll-seconds",
+        type=float,
+        default=0.0,
+        help="with --model-config-file: read the file again this often when it changes (version "
+        "labels written by `pneumonia calibrate --label`); 0 reads it once (default)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 turns REST off)")
-    serve.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest",
-                       help="which versions to serve (default latest)")
-    serve.add_argument("--num-versions", type=int, default=1,
-                       help="versions kept by --version-policy latest (default 1)")
+    serve.add_argument(
+        "--version-policy",
+        choices=["latest", "all", "specific"],
+        default="latest",
+        help="which versions to serve (default latest)",
+    )
+    serve.add_argument(
+        "--num-versions", type=int, default=1, help="versions kept by --version-policy latest (default 1)"
+    )
     serve.add_argument("--versions", type=int, nargs="+", metavar="N", help="versions for --version-policy specific")
-    serve.add_argument("--label", action="append", metavar="NAME=VERSION",
-                       help="version label, repeatable (e.g. --label stable=3 --label canary=4)")
+    serve.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME=VERSION",
+        help="version label, repeatable (e.g. --label stable=3 --label canary=4)",
+    )
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions (default 1)")
-    serve.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024,
-                       help="largest request accepted, in bytes (default 16 MiB)")
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="largest request accepted, in bytes (default 16 MiB)",
+    )
     serve.add_argument("--workers", type=int, default=8, help="request worker threads (default 8)")
-    serve.add_argument("--max-decoded-pixels", type=int, default=DEFAULT_MAX_DECODED_PIXELS,
-                       help="memory budget: image pixels (declared by their headers) decoded at once across all "
-                            f"requests (default {DEFAULT_MAX_DECODED_PIXELS:,}); a request over the whole "
-                            "budget is refused, others wait for room")
-    serve.add_argument("--max-decode-wait-seconds", type=float, default=DEFAULT_MAX_WAIT_SECONDS,
-                       help="longest a request waits for room in the pixel budget before RESOURCE_EXHAUSTED "
-                            f"(default {DEFAULT_MAX_WAIT_SECONDS:g})")
-    serve.add_argument("--ssl-config-file",
-                       help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
-                            "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS")
-    serve.add_argument("--no-ui", action="store_true",
-                       help="do not serve the web page at / on the REST port (the REST API stays)")
-    serve.add_argument("--backend", choices=["python", "tfserving"], default="python",
-                       help="python: the built-in server (default); tfserving: exec the official "
-                            f"{TF_SERVING_BINARY} from PATH with a generated model config")
+    serve.add_argument(
+        "--max-decoded-pixels",
+        type=int,
+        default=DEFAULT_MAX_DECODED_PIXELS,
+        help="memory budget: image pixels (declared by their headers) decoded at once across all "
+        f"requests (default {DEFAULT_MAX_DECODED_PIXELS:,}); a request over the whole "
+        "budget is refused, others wait for room",
+    )
+    serve.add_argument(
+        "--max-decode-wait-seconds",
+        type=float,
+        default=DEFAULT_MAX_WAIT_SECONDS,
+        help="longest a request waits for room in the pixel budget before RESOURCE_EXHAUSTED "
+        f"(default {DEFAULT_MAX_WAIT_SECONDS:g})",
+    )
+    serve.add_argument(
+        "--ssl-config-file",
+        help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
+        "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS",
+    )
+    serve.add_argument(
+        "--no-ui", action="store_true", help="do not serve the web page at / on the REST port (the REST API stays)"
+    )
+    serve.add_argument(
+        "--backend",
+        choices=["python", "tfserving"],
+        default="python",
+        help="python: the built-in server (default); tfserving: exec the official "
+        f"{TF_SERVING_BINARY} from PATH with a generated model config",
+    )
     serve.set_defaults(func=cmd_serve)
 
     predict = commands.add_parser(
-        "predict", help="classify images with a served model over gRPC",
+        "predict",
+        help="classify images with a served model over gRPC",
         description="Send images to a served model (gRPC Predict on predict_images) and print, per image, the "
-                    "class at the model's threshold, the probability, the threshold and the model version; an image "
-                    "the model's out-of-distribution guard flags is marked OUT OF DISTRIBUTION.")
-    predict.add_argument("images", nargs="+", metavar="IMAGE",
-                         help="JPEG or PNG files, or DICOM files (sent as the PNG serving/dicom.py makes of them)")
-    predict.add_argument("--allow-lateral", action="store_true",
-                         help="score lateral DICOM views too (refused by default: the model reads frontal films)")
-    predict.add_argument("--server", default="127.0.0.1:8500",
-                         help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)")
+        "class at the model's threshold, the probability, the threshold and the model version; an image "
+        "the model's out-of-distribution guard flags is marked OUT OF DISTRIBUTION.",
+    )
+    predict.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="JPEG or PNG files, or DICOM files (sent as the PNG serving/dicom.py makes of them)",
+    )
+    predict.add_argument(
+        "--allow-lateral",
+        action="store_true",
+        help="score lateral DICOM views too (refused by default: the model reads frontal films)",
+    )
+    predict.add_argument(
+        "--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC server (default 127.0.0.1:8500)"
+    )
     predict.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
     predict.add_argument("--version", type=int, help="model version (default: the latest served)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -232,28 +353,43 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=cmd_predict)
 
     node = commands.add_parser(
-        "dicom-node", help="a DICOM C-STORE SCP that scores the chest X-rays a PACS sends it",
+        "dicom-node",
+        help="a DICOM C-STORE SCP that scores the chest X-rays a PACS sends it",
         description="Receive DICOM instances (C-STORE), score each chest X-ray through the served model over gRPC, "
-                    "answer with a DICOM status and append one JSON line per instance to --log.")
+        "answer with a DICOM status and append one JSON line per instance to --log.",
+    )
     node.add_argument("--ae-title", default="PNEUMONIA", help="this node's AE title (default PNEUMONIA)")
     node.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     node.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112; 0 picks a free one)")
-    node.add_argument("--server", default="127.0.0.1:8500",
-                      help="HOST:PORT of the model server's gRPC API (default 127.0.0.1:8500)")
+    node.add_argument(
+        "--server", default="127.0.0.1:8500", help="HOST:PORT of the model server's gRPC API (default 127.0.0.1:8500)"
+    )
     node.add_argument("--model-name", default="pneumonia", help="served model name (default pneumonia)")
-    node.add_argument("--log", default="dicom-node.jsonl", help="JSON-lines result log, appended (default "
-                                                                 "dicom-node.jsonl)")
-    node.add_argument("--uid-salt", default=os.environ.get("PNEUMONIA_SALT"),
-                      help="key of the hash SOP Instance UIDs are logged as (default $PNEUMONIA_SALT, else the "
-                           "public built-in salt: set a secret one)")
+    node.add_argument(
+        "--log", default="dicom-node.jsonl", help="JSON-lines result log, appended (default dicom-node.jsonl)"
+    )
+    node.add_argument(
+        "--uid-salt",
+        default=os.environ.get("PNEUMONIA_SALT"),
+        help="key of the hash SOP Instance UIDs are logged as (default $PNEUMONIA_SALT, else the "
+        "public built-in salt: set a secret one)",
+    )
     node.add_argument("--allow-lateral", action="store_true", help="score lateral views too (refused by default)")
-    node.add_argument("--retry-seconds", type=float, default=20.0,
-                      help="how long an unavailable model server is retried before answering 0xA700 so the sender "
-                           "re-sends (default 20, below a typical 30 s DIMSE timeout)")
-    node.add_argument("--timeout", type=float, default=10.0,
-                      help="deadline per scoring request in seconds (default 10)")
+    node.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=20.0,
+        help="how long an unavailable model server is retried before answering 0xA700 so the sender "
+        "re-sends (default 20, below a typical 30 s DIMSE timeout)",
+    )
+    node.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline per scoring request in seconds (default 10)"
+    )
     node.add_argument("--sr-dir", help="also write a DICOM Comprehensive SR with each result into this folder")
-    node.add_argument("--sc-dir", help="also write a DICOM Secondary Capture of each scored film with its Grad-CAM "
-                                       "heatmap and the result burned in (scores through explain_images, slower)")
+    node.add_argument(
+        "--sc-dir",
+        help="also write a DICOM Secondary Capture of each scored film with its Grad-CAM "
+        "heatmap and the result burned in (scores through explain_images, slower)",
+    )
     add_tls_client_arguments(node)
     node.set_defaults(func=cmd_dicom_node)

@@ -5,6 +5,7 @@ Talks TF Serving's PredictionService, so it works against `pneumonia serve` and 
 `tensorflow_model_server` alike. Every failure becomes a ClientError with one line that says what
 went wrong (server down, not an image, model or version missing).
 """
+
 import dataclasses
 import time
 from typing import List, Optional, Sequence
@@ -12,8 +13,12 @@ from typing import List, Optional, Sequence
 import grpc
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving.tensors import to_array
 from serving.tls import channel_credentials
@@ -74,17 +79,32 @@ def read_image(path: str, allow_lateral: bool = False) -> bytes:
 
 def _bytes_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
     return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING, string_val=list(values),
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]))
+        dtype=types_pb2.DT_STRING,
+        string_val=list(values),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]),
+    )
 
 
 def _predictions(outputs: dict, served: int) -> List[Prediction]:
     guarded = all(key in outputs for key in OOD_OUTPUTS)
-    return [Prediction(float(outputs["probability"][i]), outputs["label"][i].decode("utf-8"),
-                       float(outputs["threshold"][i]), served,
-                       *((bool(outputs["in_distribution"][i]), float(outputs["ood_score"][i]),
-                          float(outputs["ood_threshold"][i])) if guarded else ()))
-            for i in range(len(outputs["probability"]))]
+    return [
+        Prediction(
+            float(outputs["probability"][i]),
+            outputs["label"][i].decode("utf-8"),
+            float(outputs["threshold"][i]),
+            served,
+            *(
+                (
+                    bool(outputs["in_distribution"][i]),
+                    float(outputs["ood_score"][i]),
+                    float(outputs["ood_threshold"][i]),
+                )
+                if guarded
+                else ()
+            ),
+        )
+        for i in range(len(outputs["probability"]))
+    ]
 
 
 class PredictionClient:
@@ -96,9 +116,17 @@ class PredictionClient:
     `client_key` pair (for mutual TLS), the channel is TLS.
     """
 
-    def __init__(self, server: str = "127.0.0.1:8500", model_name: str = "pneumonia", timeout_seconds: float = 30.0,
-                 retries: int = 3, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, ca_cert: Optional[str] = None,
-                 client_cert: Optional[str] = None, client_key: Optional[str] = None):
+    def __init__(
+        self,
+        server: str = "127.0.0.1:8500",
+        model_name: str = "pneumonia",
+        timeout_seconds: float = 30.0,
+        retries: int = 3,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        ca_cert: Optional[str] = None,
+        client_cert: Optional[str] = None,
+        client_key: Optional[str] = None,
+    ):
         self.server = server
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
@@ -107,10 +135,13 @@ class PredictionClient:
             credentials = channel_credentials(ca_cert, client_cert, client_key)
         except ValueError as error:
             raise ClientError(str(error)) from error
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
-        self._channel = (grpc.secure_channel(server, credentials, options) if credentials
-                         else grpc.insecure_channel(server, options))
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._channel = (
+            grpc.secure_channel(server, credentials, options) if credentials else grpc.insecure_channel(server, options)
+        )
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel).Predict
         self._status = model_service_pb2_grpc.ModelServiceStub(self._channel).GetModelStatus
 
@@ -130,8 +161,9 @@ class PredictionClient:
     def explain(self, images: Sequence[bytes], version: Optional[int] = None, label: str = "") -> List[Explanation]:
         """As `predict`, from `explain_images`, with each image's Grad-CAM heatmap."""
         outputs, served = self._run(EXPLAIN_SIGNATURE, images, version, label)
-        return [Explanation(prediction, outputs["gradcam"][i])
-                for i, prediction in enumerate(_predictions(outputs, served))]
+        return [
+            Explanation(prediction, outputs["gradcam"][i]) for i, prediction in enumerate(_predictions(outputs, served))
+        ]
 
     def _run(self, signature: str, images: Sequence[bytes], version: Optional[int], label: str):
         """(outputs as numpy by name, the version that answered) of one Predict on `signature`."""
@@ -157,15 +189,17 @@ class PredictionClient:
                 return method(request, timeout=self.timeout_seconds)
             except grpc.RpcError as error:
                 if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(0.2 * 2 ** attempt)
+                    time.sleep(0.2 * 2**attempt)
                     continue
                 raise ClientError(self._explain(error), error.code() == grpc.StatusCode.UNAVAILABLE) from error
 
     def _explain(self, error: grpc.RpcError) -> str:
         code, details = error.code(), (error.details() or "").split("\n")[0]
         if code == grpc.StatusCode.UNAVAILABLE and any(word in details.lower() for word in ("ssl", "handshake")):
-            return (f"TLS with server {self.server} failed (check --ca-cert, and --client-cert/--client-key "
-                    f"for a server that verifies clients): {details}")
+            return (
+                f"TLS with server {self.server} failed (check --ca-cert, and --client-cert/--client-key "
+                f"for a server that verifies clients): {details}"
+            )
         if code == grpc.StatusCode.UNAVAILABLE:
             return f"server {self.server} is unavailable (is `pneumonia serve` running?): {details}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:

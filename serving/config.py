@@ -4,6 +4,7 @@ One format for both backends: `pneumonia serve` reads or generates it, and the o
 `tensorflow_model_server --model_config_file` reads the same file, so version policies and
 version labels mean the same thing in development and in production.
 """
+
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -13,13 +14,20 @@ from tensorflow_serving.config import model_server_config_pb2
 POLICIES = ("latest", "all", "specific")
 
 
-def model_config(name: str, base_path: str, policy: str = "latest", versions: Sequence[int] = (), num_latest: int = 1,
-                 labels: Optional[Dict[str, int]] = None) -> model_server_config_pb2.ModelServerConfig:
+def model_config(
+    name: str,
+    base_path: str,
+    policy: str = "latest",
+    versions: Sequence[int] = (),
+    num_latest: int = 1,
+    labels: Optional[Dict[str, int]] = None,
+) -> model_server_config_pb2.ModelServerConfig:
     """A one-model config: `latest` keeps the newest `num_latest` versions, `all` every version,
     `specific` exactly `versions`; `labels` maps e.g. stable/canary to versions."""
     config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add(name=name, base_path=os.path.abspath(base_path),
-                                                model_platform="tensorflow")
+    model = config.model_config_list.config.add(
+        name=name, base_path=os.path.abspath(base_path), model_platform="tensorflow"
+    )
     policy_proto = model.model_version_policy
     if policy == "latest":
         if num_latest < 1:

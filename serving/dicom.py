@@ -13,6 +13,7 @@ on a full-size film they cost a few milliseconds (bench/dicom_bench.py --origina
 Only non-identifying attributes leave this module (view position, sex, age band); identifiers are exposed
 only as keyed hashes (`pseudonym`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,6 @@ import zlib
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
-
 import pydicom
 import pydicom.pixels
 from pydicom.dataset import Dataset
@@ -71,7 +71,7 @@ class ModelInput:
 
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file: 128-byte preamble, then 'DICM'."""
-    return data[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] == MAGIC
+    return data[PREAMBLE_BYTES : PREAMBLE_BYTES + len(MAGIC)] == MAGIC
 
 
 def read(data: bytes) -> Dataset:
@@ -106,8 +106,10 @@ def check(dataset: Dataset, allow_lateral: bool = False) -> None:
     photometric = str(dataset.get("PhotometricInterpretation", ""))
     samples = int(dataset.get("SamplesPerPixel") or 1)
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomRefused(f"colour image ({photometric or 'no PhotometricInterpretation'}, {samples} "
-                           f"sample{'s' if samples > 1 else ''} per pixel): a grayscale radiograph is expected")
+        raise DicomRefused(
+            f"colour image ({photometric or 'no PhotometricInterpretation'}, {samples} "
+            f"sample{'s' if samples > 1 else ''} per pixel): a grayscale radiograph is expected"
+        )
     modality = str(dataset.get("Modality", "")).upper()
     if modality not in ACCEPTED_MODALITIES:
         raise DicomRefused(f"modality {modality or '(none)'} is not a radiograph ({', '.join(ACCEPTED_MODALITIES)})")
@@ -115,8 +117,10 @@ def check(dataset: Dataset, allow_lateral: bool = False) -> None:
     if body_part and body_part not in CHEST_BODY_PARTS:
         raise DicomRefused(f"body part {body_part} is not the chest")
     if view_position(dataset) == "LATERAL" and not allow_lateral:
-        raise DicomRefused(f"lateral view ({dataset.get('ViewPosition')}): the model reads frontal films "
-                           "(--allow-lateral to score it anyway)")
+        raise DicomRefused(
+            f"lateral view ({dataset.get('ViewPosition')}): the model reads frontal films "
+            "(--allow-lateral to score it anyway)"
+        )
 
 
 def to_model_input(dataset: Dataset, allow_lateral: bool = False) -> ModelInput:
@@ -244,8 +248,12 @@ def encode_png(pixels: np.ndarray) -> bytes:
     rows[:, 0] = 0  # filter type None
     rows[:, 1:] = pixels
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # bit depth 8, grayscale, no interlace
-    return (PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL))
-            + _png_chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -20,6 +20,7 @@ Grad-CAM, for a backward pass more) and written as a Secondary Capture with the 
 that cannot be written is logged (`sc_error`) and the film still answered Success: the result is in the log
 (and the SR), and a failure status would report a scored film to the PACS as failed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,22 +33,36 @@ import threading
 import time
 from typing import Optional
 
-import numpy as np
 import highdicom as hd
-from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentSequence, NumContentItem,
-                         RelationshipTypeValues, TextContentItem)
+import numpy as np
+from highdicom.sr import (
+    CodeContentItem,
+    CodedConcept,
+    ContainerContentItem,
+    ContentSequence,
+    NumContentItem,
+    RelationshipTypeValues,
+    TextContentItem,
+)
 from pydicom.dataset import Dataset
-from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-                         DigitalXRayImageStorageForProcessing)
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from serving import capture, dicom
 from serving.client import ClientError, Prediction, PredictionClient
 
 LOG = logging.getLogger("serving.dicom_node")
-RADIOGRAPH_SOP_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-                          DigitalXRayImageStorageForProcessing)
+RADIOGRAPH_SOP_CLASSES = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
 SUCCESS = 0x0000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 OUT_OF_RESOURCES = 0xA700
@@ -99,9 +114,15 @@ class DicomNode:
 
     def __init__(self, config: NodeConfig):
         self.config = config
-        self._client = PredictionClient(config.server, config.model_name, config.timeout_seconds, retries=0,
-                                        ca_cert=config.ca_cert, client_cert=config.client_cert,
-                                        client_key=config.client_key)
+        self._client = PredictionClient(
+            config.server,
+            config.model_name,
+            config.timeout_seconds,
+            retries=0,
+            ca_cert=config.ca_cert,
+            client_cert=config.client_cert,
+            client_key=config.client_key,
+        )
         self._log_lock = threading.Lock()
         self._server = None
         self.ae = AE(ae_title=config.ae_title)
@@ -113,8 +134,7 @@ class DicomNode:
 
     def start(self) -> "DicomNode":
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
-        self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
-                                            evt_handlers=handlers)
+        self._server = self.ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         return self
 
     @property
@@ -137,9 +157,12 @@ class DicomNode:
     def handle_store(self, event) -> Dataset:
         """One C-STORE: check, convert, score, log; never raises (pynetdicom would answer a bare 0xC211)."""
         started = time.monotonic()
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "calling_ae": _ae(event.assoc.requestor.ae_title),
-                 "sop_class": UID(event.request.AffectedSOPClassUID).name,
-                 "sop_instance": dicom.pseudonym(str(event.request.AffectedSOPInstanceUID), self.config.salt)}
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "calling_ae": _ae(event.assoc.requestor.ae_title),
+            "sop_class": UID(event.request.AffectedSOPClassUID).name,
+            "sop_instance": dicom.pseudonym(str(event.request.AffectedSOPInstanceUID), self.config.salt),
+        }
         try:
             scored = self._score(event, entry)
             entry.update(status=f"0x{SUCCESS:04X}", outcome="scored", **_result(scored.prediction))
@@ -150,8 +173,11 @@ class DicomNode:
                 self._write_capture(scored, entry)
             status = _status(SUCCESS)
         except Outcome as outcome:
-            entry.update(status=f"0x{outcome.status:04X}", reason=str(outcome),
-                         outcome="refused" if outcome.status in REFUSALS else "failed")
+            entry.update(
+                status=f"0x{outcome.status:04X}",
+                reason=str(outcome),
+                outcome="refused" if outcome.status in REFUSALS else "failed",
+            )
             status = _status(outcome.status, str(outcome))
         except Exception as error:  # a bug or a corrupt data set: a failure status, never a dropped image
             LOG.exception("unexpected error handling a C-STORE")
@@ -196,8 +222,9 @@ class DicomNode:
                 if not error.retryable:
                     raise Outcome(SCORING_FAILED, f"model server error: {error}") from None
                 if time.monotonic() >= deadline:
-                    raise Outcome(OUT_OF_RESOURCES, f"model server unavailable for {self.config.retry_seconds:g} s: "
-                                                    f"{error}") from None
+                    raise Outcome(
+                        OUT_OF_RESOURCES, f"model server unavailable for {self.config.retry_seconds:g} s: {error}"
+                    ) from None
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def _write_capture(self, scored: Scored, entry: dict) -> None:
@@ -205,8 +232,9 @@ class DicomNode:
         and does not change the film's status (see the module docstring)."""
         try:
             pixels = capture.overlay(scored.png, scored.gradcam, capture.caption(scored.prediction))
-            image = capture.secondary_capture(scored.dataset, pixels, self.config.model_name,
-                                              scored.prediction.model_version)
+            image = capture.secondary_capture(
+                scored.dataset, pixels, self.config.model_name, scored.prediction.model_version
+            )
             entry["sc"] = self._save(image, self.config.sc_dir)
         except Exception as error:  # only the type and an OS reason: other messages may quote header values
             reason = type(error).__name__ + (f": {error.strerror}" if isinstance(error, OSError) else "")
@@ -237,8 +265,12 @@ class DicomNode:
 
 
 def _result(prediction: Prediction) -> dict:
-    result = {"probability": prediction.probability, "class": prediction.label, "threshold": prediction.threshold,
-              "model_version": prediction.model_version}
+    result = {
+        "probability": prediction.probability,
+        "class": prediction.label,
+        "threshold": prediction.threshold,
+        "model_version": prediction.model_version,
+    }
     if prediction.ood_score is not None:
         result["ood_score"] = prediction.ood_score
     if prediction.in_distribution is not None:
@@ -261,28 +293,55 @@ def _ae(title) -> str:
 def result_report(source: Dataset, prediction: Prediction, model_name: str) -> Dataset:
     """The result as a DICOM Comprehensive SR (highdicom) in the source image's study, referencing it."""
     contains = RelationshipTypeValues.CONTAINS
-    finding = (CodedConcept("233604007", "SCT", "Pneumonia") if prediction.label == "PNEUMONIA"
-               else CodedConcept("17621005", "SCT", "Normal"))
+    finding = (
+        CodedConcept("233604007", "SCT", "Pneumonia")
+        if prediction.label == "PNEUMONIA"
+        else CodedConcept("17621005", "SCT", "Normal")
+    )
     unitless = CodedConcept("1", "UCUM", "no units")
     items = [
         CodeContentItem(name=CodedConcept("121071", "DCM", "Finding"), value=finding, relationship_type=contains),
-        NumContentItem(name=CodedConcept("PROB", "99PNEUMONIA", "Probability of pneumonia"),
-                       value=round(prediction.probability, 6), unit=unitless, relationship_type=contains),
-        NumContentItem(name=CodedConcept("THRESH", "99PNEUMONIA", "Operating threshold"),
-                       value=round(prediction.threshold, 6), unit=unitless, relationship_type=contains),
-        TextContentItem(name=CodedConcept("111001", "DCM", "Algorithm Name"), value=model_name,
-                        relationship_type=contains),
-        TextContentItem(name=CodedConcept("111003", "DCM", "Algorithm Version"), value=str(prediction.model_version),
-                        relationship_type=contains),
+        NumContentItem(
+            name=CodedConcept("PROB", "99PNEUMONIA", "Probability of pneumonia"),
+            value=round(prediction.probability, 6),
+            unit=unitless,
+            relationship_type=contains,
+        ),
+        NumContentItem(
+            name=CodedConcept("THRESH", "99PNEUMONIA", "Operating threshold"),
+            value=round(prediction.threshold, 6),
+            unit=unitless,
+            relationship_type=contains,
+        ),
+        TextContentItem(
+            name=CodedConcept("111001", "DCM", "Algorithm Name"), value=model_name, relationship_type=contains
+        ),
+        TextContentItem(
+            name=CodedConcept("111003", "DCM", "Algorithm Version"),
+            value=str(prediction.model_version),
+            relationship_type=contains,
+        ),
     ]
     if prediction.in_distribution is not None:
-        items.append(TextContentItem(name=CodedConcept("OOD", "99PNEUMONIA", "Out of distribution"),
-                                     value="no" if prediction.in_distribution else "yes", relationship_type=contains))
+        items.append(
+            TextContentItem(
+                name=CodedConcept("OOD", "99PNEUMONIA", "Out of distribution"),
+                value="no" if prediction.in_distribution else "yes",
+                relationship_type=contains,
+            )
+        )
     root = ContainerContentItem(name=CodedConcept("126000", "DCM", "Imaging Measurement Report"))
     root.ContentSequence = ContentSequence(items)
     evidence = copy.copy(source)
     for keyword in ("StudyTime", "StudyDate", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         evidence.setdefault(keyword, "")  # type 2 attributes highdicom copies; empty is allowed
-    return hd.sr.ComprehensiveSR(evidence=[evidence], content=root, series_instance_uid=hd.UID(), series_number=900,
-                                 sop_instance_uid=hd.UID(), instance_number=1, manufacturer="pneumonia-pipeline",
-                                 is_complete=True)
+    return hd.sr.ComprehensiveSR(
+        evidence=[evidence],
+        content=root,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="pneumonia-pipeline",
+        is_complete=True,
+    )

@@ -6,6 +6,7 @@ in its assets.extra/, serving/warmup.py), and unloads an old version only
 once a wanted one is available, so the last loaded version is never dropped. Requests hold a
 reference to the version they resolved, so an unload never cuts an in-flight request short.
 """
+
 import dataclasses
 import json
 import logging
@@ -71,20 +72,29 @@ class LoadedVersion:
         with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
             graph.ParseFromString(f.read())
         self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {
-            name: definition for name, definition in graph.meta_graphs[0].signature_def.items()
-            if not name.startswith("__")}
+            name: definition
+            for name, definition in graph.meta_graphs[0].signature_def.items()
+            if not name.startswith("__")
+        }
         self._model = tf.saved_model.load(path)
         self._functions = {name: self._model.signatures[name] for name in self.signature_defs}
 
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         name = name or DEFAULT_SIGNATURE
         if name not in self.signature_defs:
-            raise not_found(f"model {self.model_name!r} version {self.version} has no signature {name!r}; "
-                            f"signatures: {', '.join(sorted(self.signature_defs))}")
+            raise not_found(
+                f"model {self.model_name!r} version {self.version} has no signature {name!r}; "
+                f"signatures: {', '.join(sorted(self.signature_defs))}"
+            )
         return self.signature_defs[name]
 
-    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = (),
-            wait_seconds: Optional[float] = None) -> Dict[str, np.ndarray]:
+    def run(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+        wait_seconds: Optional[float] = None,
+    ) -> Dict[str, np.ndarray]:
         """Checks inputs against the SignatureDef (names, dtype, shape), waits (up to `wait_seconds`) for
         room in the decoded-pixel budget, runs it, returns numpy outputs."""
         signature_name = signature_name or DEFAULT_SIGNATURE
@@ -94,8 +104,10 @@ class LoadedVersion:
             raise invalid(f"signature {signature_name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
         unknown_outputs = set(output_filter) - set(definition.outputs)
         if unknown_outputs:
-            raise invalid(f"output_filter names {sorted(unknown_outputs)}, not outputs of signature "
-                          f"{signature_name!r} ({sorted(definition.outputs)})")
+            raise invalid(
+                f"output_filter names {sorted(unknown_outputs)}, not outputs of signature "
+                f"{signature_name!r} ({sorted(definition.outputs)})"
+            )
         tensors = {key: _checked_tensor(key, value, definition.inputs[key]) for key, value in inputs.items()}
         try:
             with self.budget.reserve(request_pixels(inputs), wait_seconds):
@@ -134,8 +146,9 @@ WarmUp = Callable[["LoadedVersion"], int]  # runs a new version's warm-up reques
 class ServedModel:
     """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
 
-    def __init__(self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget,
-                 warm_up: Optional[WarmUp] = None):
+    def __init__(
+        self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget, warm_up: Optional[WarmUp] = None
+    ):
         self.config = config
         self.budget = budget
         self.name = config.name
@@ -166,28 +179,40 @@ class ServedModel:
             loaded = LoadedVersion(self.name, version, path, self.budget)
             replayed = self._warm_up(loaded) if self._warm_up else 0
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
-            message = (tf_error_line(error) if isinstance(error, tf.errors.OpError)
-                       else (str(error) or type(error).__name__).splitlines()[0])
+            message = (
+                tf_error_line(error)
+                if isinstance(error, tf.errors.OpError)
+                else (str(error) or type(error).__name__).splitlines()[0]
+            )
             self._status[version] = VersionStatus(State.END, f"failed to load {path}: {message}")
             log.error("model %s version %d failed to load: %s", self.name, version, message)
             return
         self._loaded = {**self._loaded, version: loaded}
         self._status[version] = VersionStatus(State.AVAILABLE)
-        log.info("model %s version %d available (loaded and %d warm-up requests replayed in %.1f s)", self.name,
-                 version, replayed, time.monotonic() - started)
+        log.info(
+            "model %s version %d available (loaded and %d warm-up requests replayed in %.1f s)",
+            self.name,
+            version,
+            replayed,
+            time.monotonic() - started,
+        )
 
     def resolve(self, version: Optional[int] = None, label: str = "") -> LoadedVersion:
         """TF Serving's rules: a version, else a version label, else the latest loaded version."""
         loaded = self._loaded
         if label:
             if label not in self.config.version_labels:
-                raise not_found(f"model {self.name!r} has no version label {label!r}; labels: "
-                                f"{', '.join(sorted(self.config.version_labels)) or 'none'}")
+                raise not_found(
+                    f"model {self.name!r} has no version label {label!r}; labels: "
+                    f"{', '.join(sorted(self.config.version_labels)) or 'none'}"
+                )
             version = self.config.version_labels[label]
         if version is not None:
             if version not in loaded:
-                raise not_found(f"model {self.name!r} version {version} is not loaded; loaded versions: "
-                                f"{', '.join(map(str, sorted(loaded))) or 'none'}")
+                raise not_found(
+                    f"model {self.name!r} version {version} is not loaded; loaded versions: "
+                    f"{', '.join(map(str, sorted(loaded))) or 'none'}"
+                )
             return loaded[version]
         if not loaded:
             raise not_found(f"model {self.name!r} has no loaded version (none found under {self.config.base_path})")
@@ -216,13 +241,20 @@ class ModelManager:
     after `pneumonia calibrate --label`), new models are added and models no longer listed are dropped.
     """
 
-    def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, poll_seconds: float = 1.0,
-                 budget: Optional[PixelBudget] = None, warm_up: Optional[WarmUp] = None,
-                 config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
+    def __init__(
+        self,
+        server_config: model_server_config_pb2.ModelServerConfig,
+        poll_seconds: float = 1.0,
+        budget: Optional[PixelBudget] = None,
+        warm_up: Optional[WarmUp] = None,
+        config_file: Optional[str] = None,
+        config_poll_seconds: float = 0.0,
+    ):
         self.budget = budget or PixelBudget()
         self.warm_up = warm_up
-        self.models = {model.name: ServedModel(model, self.budget, warm_up)
-                       for model in server_config.model_config_list.config}
+        self.models = {
+            model.name: ServedModel(model, self.budget, warm_up) for model in server_config.model_config_list.config
+        }
         self.poll_seconds = poll_seconds
         self.config_file = config_file if config_poll_seconds > 0 else None
         self.config_poll_seconds = config_poll_seconds
@@ -262,12 +294,19 @@ class ModelManager:
             return
         models = {}
         for model_config_proto in server_config.model_config_list.config:
-            served = self.models.get(model_config_proto.name) or ServedModel(model_config_proto, self.budget, self.warm_up)
+            served = self.models.get(model_config_proto.name) or ServedModel(
+                model_config_proto, self.budget, self.warm_up
+            )
             served.config = model_config_proto  # one reference swap: readers see the old or the new config
             models[model_config_proto.name] = served
         self.models = models
-        log.info("model config %s applied: %s", self.config_file, ", ".join(
-            f"{name} (labels {dict(served.config.version_labels) or 'none'})" for name, served in models.items()))
+        log.info(
+            "model config %s applied: %s",
+            self.config_file,
+            ", ".join(
+                f"{name} (labels {dict(served.config.version_labels) or 'none'})" for name, served in models.items()
+            ),
+        )
 
     def poll(self) -> None:
         if self.config_file and time.monotonic() - self._config_checked >= self.config_poll_seconds:
@@ -292,9 +331,19 @@ class ModelManager:
         return self.model(name).resolve(version, label)
 
 
-def log_request(protocol: str, method: str, model: str, version: Optional[int], started: float,
-                code: grpc.StatusCode) -> None:
+def log_request(
+    protocol: str, method: str, model: str, version: Optional[int], started: float, code: grpc.StatusCode
+) -> None:
     """One structured (JSON) log line per request."""
-    request_log.info(json.dumps({
-        "protocol": protocol, "method": method, "model": model, "version": version,
-        "latency_ms": round((time.monotonic() - started) * 1000, 3), "status": code.name}))
+    request_log.info(
+        json.dumps(
+            {
+                "protocol": protocol,
+                "method": method,
+                "model": model,
+                "version": version,
+                "latency_ms": round((time.monotonic() - started) * 1000, 3),
+                "status": code.name,
+            }
+        )
+    )

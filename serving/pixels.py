@@ -18,6 +18,7 @@ input, non-image strings) are never held back; the model refuses them on its own
 `serving/` may not import `trainer/`, so the headers are read here in Python; a test checks this
 reader against the model graph's reader and TensorFlow's decoders on the same files.
 """
+
 import collections
 import contextlib
 import itertools
@@ -56,9 +57,9 @@ def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
         if marker in JPEG_SOF_MARKERS:
             if position + 9 > len(data):
                 return None
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
             return width, height
-        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+        position += 2 + struct.unpack(">H", data[position + 2 : position + 4])[0]
     return _jpeg_size_by_tensorflow(data)
 
 
@@ -129,8 +130,9 @@ def _example_pixels(serialized: bytes) -> int:
         example = example_pb2.Example.FromString(serialized)
     except (DecodeError, ValueError):
         return 0
-    return sum(declared_pixels(value) for feature in example.features.feature.values()
-               for value in feature.bytes_list.value)
+    return sum(
+        declared_pixels(value) for feature in example.features.feature.values() for value in feature.bytes_list.value
+    )
 
 
 def request_pixels(inputs: Mapping[str, np.ndarray]) -> int:
@@ -155,8 +157,9 @@ class PixelBudgetExhausted(Exception):
 class PixelBudget:
     """At most `max_pixels` declared pixels being decoded at once, across all requests and protocols."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
-                 max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS):
+    def __init__(
+        self, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS, max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+    ):
         if max_pixels < 1:
             raise ValueError(f"the decoded-pixel budget must be at least 1 pixel, got {max_pixels}")
         self.max_pixels = max_pixels
@@ -180,13 +183,15 @@ class PixelBudget:
         if pixels > self.max_pixels:
             raise PixelBudgetExhausted(
                 f"the request's images declare {megapixels(pixels)} of pixels, more than this server decodes "
-                f"at once ({megapixels(self.max_pixels)}); send fewer or smaller images per request")
+                f"at once ({megapixels(self.max_pixels)}); send fewer or smaller images per request"
+            )
         wait = self.max_wait_seconds if wait_seconds is None else min(wait_seconds, self.max_wait_seconds)
         with self._changed:
             ticket = next(self._tickets)
             self._queue.append(ticket)
             admitted = self._changed.wait_for(
-                lambda: self._queue[0] == ticket and self.in_flight + pixels <= self.max_pixels, max(wait, 0.0))
+                lambda: self._queue[0] == ticket and self.in_flight + pixels <= self.max_pixels, max(wait, 0.0)
+            )
             self._queue.remove(ticket)
             if admitted:
                 self.in_flight += pixels
@@ -194,7 +199,8 @@ class PixelBudget:
         if not admitted:
             raise PixelBudgetExhausted(
                 f"the server is decoding its budget of {megapixels(self.max_pixels)} already; this request "
-                f"({megapixels(pixels)}) waited {wait:g} s for room; retry later")
+                f"({megapixels(pixels)}) waited {wait:g} s for room; retry later"
+            )
         try:
             yield
         finally:

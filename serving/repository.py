@@ -9,6 +9,7 @@ baseline, but its number is taken, so the next push numbers past it rather than 
 Leaf module (the standard library and TensorFlow's gfile, for buckets): the server, the Pusher, the trainer's
 export and the components all import it.
 """
+
 import hashlib
 import json
 import os
@@ -47,8 +48,11 @@ def version_folders(model_base: str) -> List[int]:
 def servable_versions(model_base: str) -> List[int]:
     """The versions a server may load, ascending: numeric folders holding saved_model.pb (staging folders are
     hidden, so never listed)."""
-    return [version for version in version_folders(model_base)
-            if tf.io.gfile.exists(os.path.join(model_base, str(version), SAVED_MODEL_FILE))]
+    return [
+        version
+        for version in version_folders(model_base)
+        if tf.io.gfile.exists(os.path.join(model_base, str(version), SAVED_MODEL_FILE))
+    ]
 
 
 def next_version(model_base: str) -> int:
@@ -100,8 +104,9 @@ def _copy_tree(source: str, target: str, skip: Iterable[str] = ()) -> None:
                 tf.io.gfile.copy(os.path.join(dirpath, name), os.path.join(folder, name))
 
 
-def push_atomically(model_dir: str, model_base: str, fingerprint: str, source_uri: str,
-                    add_files: Optional[Callable[[str], Any]] = None) -> str:
+def push_atomically(
+    model_dir: str, model_base: str, fingerprint: str, source_uri: str, add_files: Optional[Callable[[str], Any]] = None
+) -> str:
     """Copies model_dir to <model_base>/<next version>/ so that no reader sees half a version; returns the version.
 
     `add_files(version_dir)` writes more files into the version before it becomes visible (warm-up requests).

@@ -14,6 +14,7 @@ With a web folder, `GET /` also serves the page in `serving/web/` (static files 
 paths above, and `/v1/dicom:to_png` only for DICOM files, so for JPEG/PNG it works in front of the official
 server too).
 """
+
 import base64
 import http.server
 import json
@@ -34,22 +35,30 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving.models import (DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request,
-                            not_found)
+from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request, not_found
 from serving.pixels import PixelBudget, PixelBudgetExhausted
 
 HTTP_STATUS = {
-    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
 }
 log = logging.getLogger("serving.rest")
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 # Everything the page needs comes from this server; it runs on networks without internet access.
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-                                           "object-src 'none'; base-uri 'none'; form-action 'none'",
-                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-                  r"(?P<suffix>/metadata|:predict)?$")
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>/metadata|:predict)?$"
+)
 DICOM_PATH = "/v1/dicom:to_png"  # not TF Serving's: the official server has no DICOM conversion
 
 
@@ -60,7 +69,7 @@ def decode_b64(value: Any) -> Any:
             try:
                 return base64.b64decode(value["b64"], validate=True)
             except (ValueError, TypeError) as error:
-                raise invalid(f"invalid base64 in {{\"b64\": ...}}: {error}")
+                raise invalid(f'invalid base64 in {{"b64": ...}}: {error}')
         return {key: decode_b64(item) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_b64(item) for item in value]
@@ -87,12 +96,13 @@ def _array(key: str, value: Any, dtype: tf.DType) -> np.ndarray:
     except (ValueError, TypeError) as error:
         raise invalid(f"input {key!r} cannot be read as a {dtype.name} tensor: {error}")
     if dtype == tf.string and not all(isinstance(item, bytes) for item in array.reshape(-1)):
-        raise invalid(f"input {key!r} must be {dtype.name} (strings, or {{\"b64\": ...}} for binary)")
+        raise invalid(f'input {key!r} must be {dtype.name} (strings, or {{"b64": ...}} for binary)')
     return array
 
 
-def predict_inputs(body: Dict[str, Any], loaded: LoadedVersion,
-                   signature_name: str) -> Tuple[Dict[str, np.ndarray], bool]:
+def predict_inputs(
+    body: Dict[str, Any], loaded: LoadedVersion, signature_name: str
+) -> Tuple[Dict[str, np.ndarray], bool]:
     """The request's tensors by input name, and whether it used the row (`instances`) format."""
     definition = loaded.signature(signature_name)
     keys = sorted(definition.inputs)
@@ -114,8 +124,9 @@ def predict_inputs(body: Dict[str, Any], loaded: LoadedVersion,
     unknown = set(columns) - set(keys)
     if unknown:
         raise invalid(f"signature {signature_name!r} has no inputs {sorted(unknown)}; its inputs: {keys}")
-    return {key: _array(key, value, tf.dtypes.as_dtype(definition.inputs[key].dtype))
-            for key, value in columns.items()}, row_format
+    return {
+        key: _array(key, value, tf.dtypes.as_dtype(definition.inputs[key].dtype)) for key, value in columns.items()
+    }, row_format
 
 
 def dicom_answer(data: bytes, allow_lateral: bool, budget: PixelBudget) -> Dict[str, Any]:
@@ -132,15 +143,17 @@ def dicom_answer(data: bytes, allow_lateral: bool, budget: PixelBudget) -> Dict[
         raise invalid(str(refused))
     except PixelBudgetExhausted as error:
         raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    return {"png": to_json(converted.png), "view_position": converted.view_position,
-            "windowing": converted.windowing}
+    return {"png": to_json(converted.png), "view_position": converted.view_position, "windowing": converted.windowing}
 
 
 def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[str, Any]:
     if not row_format:
         only = len(outputs) == 1
-        return {"outputs": to_json(next(iter(outputs.values()))) if only else
-                {key: to_json(value) for key, value in outputs.items()}}
+        return {
+            "outputs": to_json(next(iter(outputs.values())))
+            if only
+            else {key: to_json(value) for key, value in outputs.items()}
+        }
     rows = len(next(iter(outputs.values())))
     if len(outputs) == 1:
         return {"predictions": to_json(next(iter(outputs.values())))}
@@ -221,8 +234,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > self.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes")
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes",
+            )
         return length
 
     def _read_json(self, length: int) -> Optional[Dict[str, Any]]:
@@ -260,8 +275,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name, response.model_spec.version.value = loaded.model_name, loaded.version
             signatures = get_model_metadata_pb2.SignatureDefMap(signature_def=loaded.signature_defs)
-            return {"model_spec": json_format.MessageToDict(response.model_spec),
-                    "metadata": {"signature_def": json_format.MessageToDict(signatures)}}, loaded.version
+            return {
+                "model_spec": json_format.MessageToDict(response.model_spec),
+                "metadata": {"signature_def": json_format.MessageToDict(signatures)},
+            }, loaded.version
         model = self.manager.model(name)
         if label:
             version = model.resolve(label=label).version
@@ -301,14 +318,26 @@ class RestServer:
     thread, so a client that stalls it cannot hold up accepting other connections); the web page from
     `web_dir` at `/` unless it is None."""
 
-    def __init__(self, manager: ModelManager, host: str, port: int, max_body_bytes: int, workers: int,
-                 ssl_context: Optional[ssl.SSLContext] = None, web_dir: Optional[str] = WEB_DIR):
-        handler = type("BoundRestHandler", (RestHandler,),
-                       {"manager": manager, "max_body_bytes": max_body_bytes, "web_dir": web_dir})
+    def __init__(
+        self,
+        manager: ModelManager,
+        host: str,
+        port: int,
+        max_body_bytes: int,
+        workers: int,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        web_dir: Optional[str] = WEB_DIR,
+    ):
+        handler = type(
+            "BoundRestHandler",
+            (RestHandler,),
+            {"manager": manager, "max_body_bytes": max_body_bytes, "web_dir": web_dir},
+        )
         self._http = _PooledHTTPServer((host, port), handler, workers)
         if ssl_context:
-            self._http.socket = ssl_context.wrap_socket(self._http.socket, server_side=True,
-                                                        do_handshake_on_connect=False)
+            self._http.socket = ssl_context.wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
 

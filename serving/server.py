@@ -4,6 +4,7 @@ The official `tensorflow_model_server` is the production server; it cannot be in
 package registries, so development and CI use this one. Clients cannot tell them apart: same
 services, same model spec resolution, same status codes.
 """
+
 import contextlib
 import logging
 import signal
@@ -15,8 +16,15 @@ from typing import Dict, Iterator, List, Optional
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import tensors, tls, warmup
@@ -64,8 +72,9 @@ def handled(method: str, model: str, context: grpc.ServicerContext) -> Iterator[
         log_request("grpc", method, model, call.version, started, code)
 
 
-def predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
-            wait_seconds: Optional[float] = None) -> predict_pb2.PredictResponse:
+def predict(
+    loaded: LoadedVersion, request: predict_pb2.PredictRequest, wait_seconds: Optional[float] = None
+) -> predict_pb2.PredictResponse:
     """A Predict request on a resolved version (gRPC, and warm-up replay); `wait_seconds`: the deadline left."""
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     inputs = {key: tensors.to_array(key, proto) for key, proto in request.inputs.items()}
@@ -77,8 +86,9 @@ def predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
     return response
 
 
-def classify(loaded: LoadedVersion, request: classification_pb2.ClassificationRequest,
-             wait_seconds: Optional[float] = None) -> classification_pb2.ClassificationResponse:
+def classify(
+    loaded: LoadedVersion, request: classification_pb2.ClassificationRequest, wait_seconds: Optional[float] = None
+) -> classification_pb2.ClassificationResponse:
     """tf.Example in, through a classification signature (TF Serving's rules, see classification_outputs);
     per example one class per column of `classes` / `scores`."""
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -138,24 +148,30 @@ def classification_outputs(loaded: LoadedVersion, signature_name: str) -> List[s
     if definition is None:
         raise invalid(f"No signature was found with the name: {signature_name}")
     if definition.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
-        raise invalid(f"Expected classification signature method_name to be {tf.saved_model.CLASSIFY_METHOD_NAME}. "
-                      f"Was: {definition.method_name}")
+        raise invalid(
+            f"Expected classification signature method_name to be {tf.saved_model.CLASSIFY_METHOD_NAME}. "
+            f"Was: {definition.method_name}"
+        )
     if len(definition.inputs) != 1:
         raise invalid("Expected one input Tensor.")
     if len(definition.outputs) not in (1, 2):
         raise invalid(f"Expected one or two output Tensors, found {len(definition.outputs)}")
     if tf.saved_model.CLASSIFY_INPUTS not in definition.inputs:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"No classification inputs found in signature {signature_name!r}")
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"No classification inputs found in signature {signature_name!r}"
+        )
     wanted = [name for name in CLASSIFY_OUTPUTS if name in definition.outputs]
     if not wanted:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                           'Expected classification signature outputs to contain at least one of "classes" or "scores"')
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Expected classification signature outputs to contain at least one of "classes" or "scores"',
+        )
     return wanted
 
 
-def fill_classifications(result: classification_pb2.ClassificationResult, outputs: Dict[str, np.ndarray],
-                         num_examples: int) -> None:
+def fill_classifications(
+    result: classification_pb2.ClassificationResult, outputs: Dict[str, np.ndarray], num_examples: int
+) -> None:
     """TF Serving's PostProcessClassificationResult: [batch, classes] tensors, one Classifications per example."""
     expected = {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: "O", tf.saved_model.CLASSIFY_OUTPUT_SCORES: "f"}
     for name, value in outputs.items():
@@ -221,32 +237,61 @@ class ModelServer:
     see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
     """
 
-    def __init__(self, server_config: model_server_config_pb2.ModelServerConfig, host: str = "127.0.0.1",
-                 grpc_port: int = 8500, rest_port: Optional[int] = 8501, poll_seconds: float = 1.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, workers: int = 8, max_queued: int = 64,
-                 budget: Optional[PixelBudget] = None, ssl_config=None, web_page: bool = True,
-                 config_file: Optional[str] = None, config_poll_seconds: float = 0.0):
+    def __init__(
+        self,
+        server_config: model_server_config_pb2.ModelServerConfig,
+        host: str = "127.0.0.1",
+        grpc_port: int = 8500,
+        rest_port: Optional[int] = 8501,
+        poll_seconds: float = 1.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        workers: int = 8,
+        max_queued: int = 64,
+        budget: Optional[PixelBudget] = None,
+        ssl_config=None,
+        web_page: bool = True,
+        config_file: Optional[str] = None,
+        config_poll_seconds: float = 0.0,
+    ):
         """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
-        self.manager = ModelManager(server_config, poll_seconds, budget, warm_up=replay_warmup,
-                                    config_file=config_file, config_poll_seconds=config_poll_seconds)
+        self.manager = ModelManager(
+            server_config,
+            poll_seconds,
+            budget,
+            warm_up=replay_warmup,
+            config_file=config_file,
+            config_poll_seconds=config_poll_seconds,
+        )
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", max_message_bytes)],
-            maximum_concurrent_rpcs=workers + max_queued)
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=workers + max_queued,
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
         address = f"{host}:{grpc_port}"
-        self.grpc_port = (self._grpc.add_secure_port(address, tls.grpc_server_credentials(ssl_config)) if ssl_config
-                          else self._grpc.add_insecure_port(address))
+        self.grpc_port = (
+            self._grpc.add_secure_port(address, tls.grpc_server_credentials(ssl_config))
+            if ssl_config
+            else self._grpc.add_insecure_port(address)
+        )
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port} (in use?)")
         self.rest = None
         if rest_port is not None:
-            self.rest = RestServer(self.manager, host, rest_port, max_message_bytes, workers,
-                                   tls.rest_ssl_context(ssl_config) if ssl_config else None,
-                                   WEB_DIR if web_page else None)
+            self.rest = RestServer(
+                self.manager,
+                host,
+                rest_port,
+                max_message_bytes,
+                workers,
+                tls.rest_ssl_context(ssl_config) if ssl_config else None,
+                WEB_DIR if web_page else None,
+            )
         self.rest_port = self.rest.port if self.rest else None
 
     def start(self) -> "ModelServer":

@@ -6,15 +6,30 @@ overhead over the in-process call (bench/serving_bench.py --profile). The served
 needs strings and fixed-width numbers, which map directly onto `string_val` and `tensor_content`;
 anything else falls back to TensorFlow's converters, so every valid TensorProto is still read.
 """
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from serving.models import invalid
 
-_NUMERIC = {np.dtype(dtype): tf.as_dtype(dtype).as_datatype_enum
-            for dtype in (np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8,
-                          np.uint16, np.uint32, np.uint64, np.bool_)}
+_NUMERIC = {
+    np.dtype(dtype): tf.as_dtype(dtype).as_datatype_enum
+    for dtype in (
+        np.float32,
+        np.float64,
+        np.float16,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+    )
+}
 _NUMPY = {enum: dtype for dtype, enum in _NUMERIC.items()}
 
 

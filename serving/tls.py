@@ -11,6 +11,7 @@ With it, gRPC serves only over TLS and REST only over HTTPS. The `tensorflow-ser
 not ship `ssl_config_pb2`, so the message is built here from the same field numbers as
 tensorflow_serving/config/ssl_config.proto.
 """
+
 import ipaddress
 import os
 import ssl
@@ -24,12 +25,20 @@ from serving.config import read_text_proto
 
 
 def _ssl_config_class():
-    proto = descriptor_pb2.FileDescriptorProto(name="pneumonia_serving/ssl_config.proto",
-                                               package="tensorflow.serving", syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="pneumonia_serving/ssl_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
     message = proto.message_type.add(name="SSLConfig")
     field = descriptor_pb2.FieldDescriptorProto
-    for number, (name, kind) in enumerate([("server_key", field.TYPE_STRING), ("server_cert", field.TYPE_STRING),
-                                           ("custom_ca", field.TYPE_STRING), ("client_verify", field.TYPE_BOOL)], 1):
+    for number, (name, kind) in enumerate(
+        [
+            ("server_key", field.TYPE_STRING),
+            ("server_cert", field.TYPE_STRING),
+            ("custom_ca", field.TYPE_STRING),
+            ("client_verify", field.TYPE_BOOL),
+        ],
+        1,
+    ):
         message.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
@@ -55,9 +64,11 @@ def read_ssl_config(path: str):
 
 
 def grpc_server_credentials(config) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials([(config.server_key.encode(), config.server_cert.encode())],
-                                       root_certificates=config.custom_ca.encode() or None,
-                                       require_client_auth=config.client_verify)
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=config.custom_ca.encode() or None,
+        require_client_auth=config.client_verify,
+    )
 
 
 def rest_ssl_context(config) -> ssl.SSLContext:
@@ -96,8 +107,9 @@ def _read_pem(path: Optional[str], what: str) -> Optional[bytes]:
         raise ValueError(f"cannot read the {what} {path}: {error.strerror}") from error
 
 
-def channel_credentials(ca_cert: Optional[str] = None, client_cert: Optional[str] = None,
-                        client_key: Optional[str] = None) -> Optional[grpc.ChannelCredentials]:
+def channel_credentials(
+    ca_cert: Optional[str] = None, client_cert: Optional[str] = None, client_key: Optional[str] = None
+) -> Optional[grpc.ChannelCredentials]:
     """TLS credentials for a client from PEM files, or None for a plaintext channel (no file given).
 
     `ca_cert` verifies the server (default: the system's roots); `client_cert` and `client_key`, given
@@ -107,6 +119,8 @@ def channel_credentials(ca_cert: Optional[str] = None, client_cert: Optional[str
         raise ValueError("--client-cert and --client-key go together (the certificate and its private key)")
     if ca_cert is None and client_cert is None:
         return None
-    return grpc.ssl_channel_credentials(root_certificates=_read_pem(ca_cert, "CA certificate"),
-                                        private_key=_read_pem(client_key, "client key"),
-                                        certificate_chain=_read_pem(client_cert, "client certificate"))
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(ca_cert, "CA certificate"),
+        private_key=_read_pem(client_key, "client key"),
+        certificate_chain=_read_pem(client_cert, "client certificate"),
+    )

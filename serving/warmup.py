@@ -6,6 +6,7 @@ TFRecord of PredictionLog; no file means no warm-up; each record runs through th
 of its kind (Predict, Classify, ...), model spec ignored; any failing record, unparsable record, more
 than 1000 records or a file that is not a TFRecord fails the version's load.
 """
+
 import os
 from typing import Any, Callable, List, Mapping
 
@@ -41,8 +42,9 @@ def read_records(model_dir: str) -> List[prediction_log_pb2.PredictionLog]:
             if len(records) > MAX_RECORDS:
                 raise WarmupError(f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) at {path}")
     except tf.errors.DataLossError as error:
-        raise WarmupError(f"{error.message.splitlines()[0]} in {path}. Please verify your warmup data is in "
-                          "TFRecord format.")
+        raise WarmupError(
+            f"{error.message.splitlines()[0]} in {path}. Please verify your warmup data is in TFRecord format."
+        )
     return records
 
 
@@ -52,7 +54,9 @@ def replay(loaded: Any, handlers: Handlers) -> int:
     for number, log in enumerate(records, 1):
         kind = log.WhichOneof("log_type")
         if kind not in handlers:
-            raise WarmupError(f"warmup record {number}: {kind or 'an empty log'} cannot be replayed: "
-                              f"this server answers {', '.join(sorted(handlers))} only")
+            raise WarmupError(
+                f"warmup record {number}: {kind or 'an empty log'} cannot be replayed: "
+                f"this server answers {', '.join(sorted(handlers))} only"
+            )
         handlers[kind](loaded, getattr(log, kind).request)
     return len(records)

@@ -1,5 +1,6 @@
 """The closed-form intervals (pipeline/interval_metrics.py): each against its exact definition, and each
 covering the truth about 95% of the time on simulated samples."""
+
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ BINS = interval_metrics.HISTOGRAM_BINS
 def histograms(positives: np.ndarray, negatives: np.ndarray):
     def binned(scores):
         return np.bincount(np.minimum((scores * BINS).astype(int), BINS - 1), minlength=BINS)
+
     return binned(positives), binned(negatives)
 
 
@@ -28,7 +30,8 @@ def test_delong_on_the_histogram_equals_the_pairwise_definition():
     rng = np.random.default_rng(0)
     positives, negatives = rng.beta(3, 2, 300), rng.beta(2, 3, 200)
     assert interval_metrics.delong(*histograms(positives, negatives)) == pytest.approx(
-        pairwise_delong(positives, negatives), abs=5e-4)
+        pairwise_delong(positives, negatives), abs=5e-4
+    )
 
 
 def test_delong_counts_ties_as_half_and_needs_both_classes():
@@ -46,8 +49,9 @@ def test_wilson_matches_its_formula_and_stays_inside_0_1():
 def test_mean_interval_is_the_normal_interval_of_the_mean():
     values = np.array([0.1, 0.4, 0.2, 0.3, 0.0])
     half = interval_metrics.Z_95 * values.std(ddof=1) / math.sqrt(values.size)
-    assert interval_metrics.mean_interval(values.sum(), (values ** 2).sum(), values.size) == pytest.approx(
-        (values.mean() - half, values.mean() + half))
+    assert interval_metrics.mean_interval(values.sum(), (values**2).sum(), values.size) == pytest.approx(
+        (values.mean() - half, values.mean() + half)
+    )
 
 
 @pytest.mark.parametrize("measure", ["auc", "sensitivity", "brier"])

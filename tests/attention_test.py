@@ -1,4 +1,5 @@
 """The border-attention metric: the share of Grad-CAM mass on the outer band of the image."""
+
 import numpy as np
 import pytest
 

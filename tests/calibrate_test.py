@@ -1,6 +1,7 @@
 """`pneumonia calibrate` against a running `pneumonia serve`: the new version is picked up, the label routes to
 it, predictions carry the new threshold; unlabelled prevalence (EM) and prior adjustment; bad input refused
 with nothing written."""
+
 import glob
 import json
 import os
@@ -12,12 +13,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.threshold_calibrator.executor import SAVED_MODEL_RECORD
 from components.threshold_calibrator import prevalence
+from components.threshold_calibrator.executor import SAVED_MODEL_RECORD
 from pneumonia import cli
 from serving import config
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base,  # noqa: F401 (fixtures)
-                                    start_server, stub)
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    exported_models,
+    image_request,
+    model_base,  # noqa: F401 (fixtures)
+    start_server,
+    stub,
+)
 
 
 def copy_images(files, folder):
@@ -28,8 +35,10 @@ def copy_images(files, folder):
 
 @pytest.fixture(scope="module")
 def site_images(shared_data):
-    return {label: sorted(glob.glob(f"{shared_data}/chest_xray/test/{label}/*.jpeg"))[:24]
-            for label in ("NORMAL", "PNEUMONIA")}
+    return {
+        label: sorted(glob.glob(f"{shared_data}/chest_xray/test/{label}/*.jpeg"))[:24]
+        for label in ("NORMAL", "PNEUMONIA")
+    }
 
 
 @pytest.fixture
@@ -76,8 +85,21 @@ def versions(serving_dir):
 
 def test_labelled_calibration_is_served_under_its_label(deployment, site, site_images, capsys):
     serving_dir, config_file, server = deployment
-    cli.main(["calibrate", "--serving-dir", serving_dir, "--site", site, "--policy", "sensitivity:0.9",
-              "--label", "site-a", "--model-config-file", config_file])
+    cli.main(
+        [
+            "calibrate",
+            "--serving-dir",
+            serving_dir,
+            "--site",
+            site,
+            "--policy",
+            "sensitivity:0.9",
+            "--label",
+            "site-a",
+            "--model-config-file",
+            config_file,
+        ]
+    )
     printed = capsys.readouterr().out
     assert "12 NORMAL, 12 PNEUMONIA images; policy sensitivity:0.9" in printed
     assert "before (version 1): threshold 0.5000: sensitivity" in printed and "after:  threshold" in printed
@@ -95,8 +117,9 @@ def test_labelled_calibration_is_served_under_its_label(deployment, site, site_i
     assert predict(server, images)[0] == new_version  # and it is the latest
 
 
-def test_unlabelled_site_gets_a_prevalence_a_shift_test_and_a_prior_adjusted_version(deployment, site_images,
-                                                                                        tmp_path, capsys):
+def test_unlabelled_site_gets_a_prevalence_a_shift_test_and_a_prior_adjusted_version(
+    deployment, site_images, tmp_path, capsys
+):
     serving_dir, _, server = deployment
     unlabeled = str(tmp_path / "unlabeled")
     copy_images(site_images["PNEUMONIA"][:20] + site_images["NORMAL"][:5], unlabeled)
@@ -107,23 +130,34 @@ def test_unlabelled_site_gets_a_prevalence_a_shift_test_and_a_prior_adjusted_ver
             image = tf.train.Feature(bytes_list=tf.train.BytesList(value=[open(name, "rb").read()]))
             writer.write(tf.train.Example(features=tf.train.Features(feature={"image": image})).SerializeToString())
 
-    cli.main(["calibrate", "--serving-dir", serving_dir, "--unlabeled", unlabeled,
-              "--reference", os.path.dirname(reference)])
+    cli.main(
+        ["calibrate", "--serving-dir", serving_dir, "--unlabeled", unlabeled, "--reference", os.path.dirname(reference)]
+    )
     printed = capsys.readouterr().out
     assert "25 unlabelled images" in printed and "estimated pneumonia prevalence" in printed
     assert "Kolmogorov-Smirnov D = " in printed and "score shift vs validation (24 images)" in printed
     assert "threshold unchanged" in printed and versions(serving_dir) == ["1"]
 
-    cli.main(["calibrate", "--serving-dir", serving_dir, "--unlabeled", unlabeled,
-              "--reference", os.path.dirname(reference), "--adjust-prior"])
+    cli.main(
+        [
+            "calibrate",
+            "--serving-dir",
+            serving_dir,
+            "--unlabeled",
+            unlabeled,
+            "--reference",
+            os.path.dirname(reference),
+            "--adjust-prior",
+        ]
+    )
     new_version = int(versions(serving_dir)[-1])
     with open(os.path.join(serving_dir, MODEL_NAME, str(new_version), SAVED_MODEL_RECORD)) as f:
         record = json.load(f)
-    assert record["new_threshold"] == pytest.approx(
-        prevalence.prior_adjusted_threshold(0.5, 0.5, record["prevalence"]))
+    assert record["new_threshold"] == pytest.approx(prevalence.prior_adjusted_threshold(0.5, 0.5, record["prevalence"]))
     wait_for(lambda: predict(server, [open(site_images["NORMAL"][0], "rb").read()])[0] == new_version)
-    np.testing.assert_allclose(predict(server, [open(site_images["NORMAL"][0], "rb").read()])[1],
-                               record["new_threshold"], rtol=1e-6)
+    np.testing.assert_allclose(
+        predict(server, [open(site_images["NORMAL"][0], "rb").read()])[1], record["new_threshold"], rtol=1e-6
+    )
 
 
 def test_em_recovers_a_shifted_prevalence_and_the_prior_moves_the_threshold():
@@ -137,15 +171,23 @@ def test_em_recovers_a_shifted_prevalence_and_the_prior_moves_the_threshold():
     assert prevalence.prior_adjusted_threshold(0.5, 0.5, 0.2) > 0.5  # rarer disease: a higher bar
 
 
-@pytest.mark.parametrize("layout, extra, message", [
-    ({"NORMAL": 12}, [], "has NORMAL images only"),
-    ({"NORMAL": 12, "PNEUMONIA": 9}, [], "has 12 NORMAL and 9 PNEUMONIA images: at least 10 of each"),
-    ({"NORMAL": 12, "PNEUMONIA": 12}, [("PNEUMONIA/broken.jpeg", b"not a jpeg"), ("notes.txt", b"x")],
-     r"2 unusable file\(s\) in .*: notes.txt \(not in NORMAL/ or PNEUMONIA/\); PNEUMONIA/broken.jpeg \(not a JPEG"),
-    ({"NORMAL": 12, "PNEUMONIA": 12}, [], "version 7 does not exist under .*; versions: 1"),
-])
-def test_bad_input_is_one_line_and_leaves_nothing_written(deployment, site_images, tmp_path, capsys, layout,
-                                                           extra, message):
+@pytest.mark.parametrize(
+    "layout, extra, message",
+    [
+        ({"NORMAL": 12}, [], "has NORMAL images only"),
+        ({"NORMAL": 12, "PNEUMONIA": 9}, [], "has 12 NORMAL and 9 PNEUMONIA images: at least 10 of each"),
+        (
+            {"NORMAL": 12, "PNEUMONIA": 12},
+            [("PNEUMONIA/broken.jpeg", b"not a jpeg"), ("notes.txt", b"x")],
+            r"2 unusable file\(s\) in .*: notes.txt \(not in NORMAL/ or PNEUMONIA/\); "
+            r"PNEUMONIA/broken.jpeg \(not a JPEG",
+        ),
+        ({"NORMAL": 12, "PNEUMONIA": 12}, [], "version 7 does not exist under .*; versions: 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing_written(
+    deployment, site_images, tmp_path, capsys, layout, extra, message
+):
     serving_dir, config_file, _ = deployment
     folder = str(tmp_path / "bad")
     for label, count in layout.items():
@@ -154,8 +196,17 @@ def test_bad_input_is_one_line_and_leaves_nothing_written(deployment, site_image
         with open(os.path.join(folder, name), "wb") as f:
             f.write(content)
     before = open(config_file).read()
-    arguments = ["calibrate", "--serving-dir", serving_dir, "--site", folder, "--label", "site-b",
-                 "--model-config-file", config_file]
+    arguments = [
+        "calibrate",
+        "--serving-dir",
+        serving_dir,
+        "--site",
+        folder,
+        "--label",
+        "site-b",
+        "--model-config-file",
+        config_file,
+    ]
     if "version 7" in message:
         arguments += ["--version", "7"]
     with pytest.raises(SystemExit) as error:

@@ -1,4 +1,5 @@
 """The CLI starts fast and speaks plainly: help never imports TensorFlow, and docs/cli.md is its help."""
+
 import os
 import pathlib
 import shutil
@@ -29,8 +30,9 @@ def test_docs_cli_reference_is_what_the_parser_prints():
 
 
 def test_every_help_prints_without_importing_tensorflow_or_beam():
-    result = subprocess.run([sys.executable, "-c", EVERY_HELP.format(heavy=HEAVY)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", EVERY_HELP.format(heavy=HEAVY)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "usage: pneumonia run " in result.stdout and "usage: pneumonia serve " in result.stdout
     assert result.stderr.strip() == "heavy: []"
@@ -46,8 +48,8 @@ def test_the_installed_command_prints_usage_and_no_log_line():
 
 def test_a_command_that_loads_tensorflow_prints_its_one_line_error_and_no_log_line(tmp_path):
     command = shutil.which("pneumonia", path=os.path.dirname(sys.executable))
-    result = subprocess.run([command, "report", "--root", str(tmp_path)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([command, "report", "--root", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"error: no ML Metadata at {tmp_path}/metadata.sqlite: run the pipeline first (pneumonia run)"]
+        f"error: no ML Metadata at {tmp_path}/metadata.sqlite: run the pipeline first (pneumonia run)"
+    ]

@@ -1,5 +1,6 @@
 """RunConfig: YAML settings overridden by flags; unknown settings are refused; the Trainer's settings are one
 TrainerConfig, flat in the YAML file and the overrides."""
+
 import pytest
 
 from pipeline.config import RunConfig

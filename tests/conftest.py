@@ -1,4 +1,5 @@
 """Shared fixtures: the real X-rays in ../shared/data, and a small real subset of them."""
+
 import os
 import shutil
 
@@ -28,9 +29,12 @@ def copy_subset(shared: str, dest: str, per_class: dict) -> str:
 
 
 SMALL_SUBSET = {
-    "chest_xray/train/NORMAL": 64, "chest_xray/train/PNEUMONIA": 64,
-    "chest_xray/test/NORMAL": 16, "chest_xray/test/PNEUMONIA": 16,
-    "external/NORMAL": 16, "external/PNEUMONIA": 16,
+    "chest_xray/train/NORMAL": 64,
+    "chest_xray/train/PNEUMONIA": 64,
+    "chest_xray/test/NORMAL": 16,
+    "chest_xray/test/PNEUMONIA": 16,
+    "external/NORMAL": 16,
+    "external/PNEUMONIA": 16,
 }
 
 

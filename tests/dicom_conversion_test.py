@@ -1,5 +1,6 @@
 """DICOM conversion at the cost of its decode (issue 24): the stored PNG decodes to exactly its pixels, and the
 value-table windowing gives the bytes of windowing every pixel (fixtures/dicom_files.py keeps that as it was)."""
+
 import glob
 import io
 import os
@@ -10,9 +11,9 @@ import tensorflow as tf
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from serving import dicom
 from fixtures import dicom_files as make
 from fixtures.dicom_files import IDENTITY_WINDOW
+from serving import dicom
 
 RNG_SEED = 24
 
@@ -86,8 +87,9 @@ CASES = {
     "8-bit, percentile": make.xray_dicom,
     "8-bit, identity window": lambda film: make.xray_dicom(film, **IDENTITY_WINDOW),
     "8-bit, narrow LINEAR window": lambda film: make.xray_dicom(film, WindowCenter=90.5, WindowWidth=37),
-    "8-bit, SIGMOID window": lambda film: make.xray_dicom(film, WindowCenter=120, WindowWidth=80,
-                                                          VOILUTFunction="SIGMOID"),
+    "8-bit, SIGMOID window": lambda film: make.xray_dicom(
+        film, WindowCenter=120, WindowWidth=80, VOILUTFunction="SIGMOID"
+    ),
     "8-bit, flat film": lambda film: make.xray_dicom(np.full_like(film, 77)),
     "8-bit MONOCHROME1, percentile": make.monochrome1,
     "8-bit MONOCHROME1, identity window": lambda film: make.monochrome1(film, **IDENTITY_WINDOW),
@@ -132,9 +134,14 @@ def test_the_model_input_is_unchanged_on_a_full_size_film(films):
 def test_percentiles_from_counts_are_numpys_to_the_last_bit(size):
     rng = np.random.default_rng(size)
     percents = (0, 0.5, 1 / 3, 25, 50, 99.5, 100 - 1e-9, 100)
-    for values in (rng.integers(0, 256, size), rng.integers(-3000, 3000, size) * 0.37 + 0.1,
-                   rng.normal(size=size) * 1e6, rng.choice(rng.normal(size=3), size)):
+    for values in (
+        rng.integers(0, 256, size),
+        rng.integers(-3000, 3000, size) * 0.37 + 0.1,
+        rng.normal(size=size) * 1e6,
+        rng.choice(rng.normal(size=3), size),
+    ):
         distinct, counts = np.unique(values, return_counts=True)
         shuffled = rng.permutation(len(distinct))  # any order of the values
         assert dicom.percentiles(distinct[shuffled], counts[shuffled], percents) == list(
-            np.percentile(values, percents))
+            np.percentile(values, percents)
+        )

@@ -1,4 +1,5 @@
 """`pneumonia dicom-node` with pynetdicom's own SCU on loopback: statuses, the log, bad associations, restarts."""
+
 import glob
 import io
 import json
@@ -16,14 +17,20 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import (CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
-                         JPEG2000Lossless, JPEGLosslessSV1, SecondaryCaptureImageStorage)
+from pydicom.uid import (
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE
 
+from fixtures import dicom_files as make
 from serving import config, dicom
 from serving.client import ClientError, PredictionClient
 from serving.dicom_node import DicomNode, NodeConfig
-from fixtures import dicom_files as make
 from tests.serving_fixtures import MODEL_NAME, exported_models, model_base, served, start_server  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +43,14 @@ def films(shared_data):
 
 
 def start_node(tmp_path, server: str, **options) -> DicomNode:
-    settings = {"port": 0, "server": server, "log_path": str(tmp_path / "node.jsonl"), "salt": "s",
-                "retry_seconds": 5.0, **options}
+    settings = {
+        "port": 0,
+        "server": server,
+        "log_path": str(tmp_path / "node.jsonl"),
+        "salt": "s",
+        "retry_seconds": 5.0,
+        **options,
+    }
     return DicomNode(NodeConfig(**settings)).start()
 
 
@@ -79,10 +92,19 @@ def send(port: int, datasets, ae_title: str = "TESTSCU"):
 def test_many_images_over_several_associations_answered_and_logged(served, films, tmp_path):
     node = start_node(tmp_path, f"127.0.0.1:{served.grpc_port}", sr_dir=str(tmp_path / "sr"))
     try:
-        good = [make.monochrome1(films[0]), make.twelve_bit(films[1]), make.jpeg_2000(films[2]),
-                make.jpeg_lossless(films[3]), make.xray_dicom(films[4]), make.xray_dicom(films[5], ViewPosition="AP")]
-        bad = {0x0122: make.ct_slice(films[0]), 0xA900: make.without_pixels(films[1]),
-               0xC000: make.xray_dicom(films[2], ViewPosition="LL")}
+        good = [
+            make.monochrome1(films[0]),
+            make.twelve_bit(films[1]),
+            make.jpeg_2000(films[2]),
+            make.jpeg_lossless(films[3]),
+            make.xray_dicom(films[4]),
+            make.xray_dicom(films[5], ViewPosition="AP"),
+        ]
+        bad = {
+            0x0122: make.ct_slice(films[0]),
+            0xA900: make.without_pixels(films[1]),
+            0xC000: make.xray_dicom(films[2], ViewPosition="LL"),
+        }
         statuses = []
         for batch in (good[:3], good[3:] + [bad[0x0122]], [bad[0xA900], bad[0xC000]]):
             statuses += send(node.port, batch)
@@ -96,7 +118,11 @@ def test_many_images_over_several_associations_answered_and_logged(served, films
     for line, dataset, prediction in zip(lines, good, expected):
         assert line["outcome"] == "scored" and line["sop_instance"] == dicom.pseudonym(dataset.SOPInstanceUID, "s")
         assert (line["probability"], line["class"], line["threshold"], line["model_version"]) == (
-            prediction.probability, prediction.label, prediction.threshold, prediction.model_version)
+            prediction.probability,
+            prediction.label,
+            prediction.threshold,
+            prediction.model_version,
+        )
         assert line["latency_ms"] > 0 and line["calling_ae"] == "TESTSCU"
         report = pydicom.dcmread(tmp_path / "sr" / line["sr"])
         referenced = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -104,8 +130,10 @@ def test_many_images_over_several_associations_answered_and_logged(served, films
         finding = report.ContentSequence[0].ConceptCodeSequence[0].CodeMeaning
         assert finding == ("Pneumonia" if prediction.label == "PNEUMONIA" else "Normal")
     assert [line["reason"] for line in lines[6:]] == [
-        "SOP class CT Image Storage is not a CR or DX image", "no PixelData (not an image)",
-        "lateral view (LL): the model reads frontal films (--allow-lateral to score it anyway)"]
+        "SOP class CT Image Storage is not a CR or DX image",
+        "no PixelData (not an image)",
+        "lateral view (LL): the model reads frontal films (--allow-lateral to score it anyway)",
+    ]
     text = open(node.config.log_path, encoding="utf-8").read()
     for dataset in good + list(bad.values()):
         assert all(value not in text for value in make.identifying_values(dataset))
@@ -113,8 +141,15 @@ def test_many_images_over_several_associations_answered_and_logged(served, films
 
 NEW_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "MediaStorageSOPInstanceUID")
 # The identifying attributes of the Patient and General Study modules, which an image in the study must repeat.
-STUDY_LINKS = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyID", "AccessionNumber",
-               "ReferringPhysicianName")
+STUDY_LINKS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "StudyInstanceUID",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 def test_secondary_captures_show_the_heatmap_over_the_film_in_its_study(served, films, tmp_path):
@@ -133,7 +168,10 @@ def test_secondary_captures_show_the_heatmap_over_the_film_in_its_study(served, 
             # scored through explain_images, the logged result is predict_images' own
             assert explained.prediction == predicted
             assert (line["probability"], line["class"], line["threshold"]) == (
-                predicted.probability, predicted.label, predicted.threshold)
+                predicted.probability,
+                predicted.label,
+                predicted.threshold,
+            )
             written = (tmp_path / "sc" / line["sc"]).read_bytes()
             image = pydicom.dcmread(io.BytesIO(written))
             assert image.SOPClassUID == SecondaryCaptureImageStorage and list(image.ImageType)[0] == "DERIVED"
@@ -237,10 +275,30 @@ def test_a_model_server_restart_is_retried_and_an_outage_answered_with_a_failure
 
 def test_command_listens_answers_and_stops_on_sigterm(served, films, tmp_path):
     log = tmp_path / "cli.jsonl"
-    command = [sys.executable, "-m", "pneumonia.cli", "dicom-node", "--port", "0", "--server",
-               f"127.0.0.1:{served.grpc_port}", "--log", str(log), "--ae-title", "PNEUMONIA", "--sc-dir", "sc"]
-    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pneumonia.cli",
+        "dicom-node",
+        "--port",
+        "0",
+        "--server",
+        f"127.0.0.1:{served.grpc_port}",
+        "--log",
+        str(log),
+        "--ae-title",
+        "PNEUMONIA",
+        "--sc-dir",
+        "sc",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
     try:

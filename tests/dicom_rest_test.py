@@ -4,6 +4,7 @@ refusals as 400 with their one line, the body limit and the decode budget as 413
 The route needs no model, so the server here serves an empty model folder; the page's test
 (tests/web_page_test.py) checks that the returned PNG gets the gRPC answer.
 """
+
 import base64
 import glob
 import http.client
@@ -13,10 +14,10 @@ import os
 import numpy as np
 import pytest
 
+from fixtures import dicom_files as make
 from serving import config, dicom
 from serving.pixels import PixelBudget
 from serving.rest import DICOM_PATH
-from fixtures import dicom_files as make
 from tests.serving_fixtures import MODEL_NAME, start_server
 
 BODY_LIMIT = 200_000  # bytes; a 224 px 8-bit film is about 51 KB as DICOM
@@ -57,25 +58,33 @@ def test_a_monochrome1_film_comes_back_as_the_modules_png(server, pixels):
     assert status == 200 and answer["view_position"] == "LATERAL" and answer["windowing"] == "percentile"
 
 
-@pytest.mark.parametrize("build, reason", [
-    (make.ct_slice, "modality CT is not a radiograph (CR, DX, DR)"),
-    (lambda p: make.xray_dicom(p, ViewPosition="LL"),
-     "lateral view (LL): the model reads frontal films (--allow-lateral to score it anyway)"),
-    (make.without_pixels, "no PixelData (not an image)"),
-])
+@pytest.mark.parametrize(
+    "build, reason",
+    [
+        (make.ct_slice, "modality CT is not a radiograph (CR, DX, DR)"),
+        (
+            lambda p: make.xray_dicom(p, ViewPosition="LL"),
+            "lateral view (LL): the model reads frontal films (--allow-lateral to score it anyway)",
+        ),
+        (make.without_pixels, "no PixelData (not an image)"),
+    ],
+)
 def test_refusals_are_400_with_the_one_line_reason(server, pixels, build, reason):
     assert post(server, make.to_bytes(build(pixels))) == (400, {"error": reason})
 
 
 def test_bad_requests_and_limits(server, pixels, tmp_path):
     assert post(server, b"\xff\xd8\xff\xe0 a JPEG") == (
-        400, {"error": "not a DICOM file (no 'DICM' after the 128-byte preamble)"})
+        400,
+        {"error": "not a DICOM file (no 'DICM' after the 128-byte preamble)"},
+    )
     assert post(server, b"")[0] == 400
     assert post(server, b"", method="GET")[0] == 501
     big = make.to_bytes(make.xray_dicom(np.tile(pixels, (3, 3))))  # 672 px: 450 KB
     status, answer = post(server, big)
-    assert status == 413 and answer["error"] == (f"request body of {len(big)} bytes exceeds the limit of "
-                                                 f"{BODY_LIMIT} bytes")
+    assert status == 413 and answer["error"] == (
+        f"request body of {len(big)} bytes exceeds the limit of {BODY_LIMIT} bytes"
+    )
     assert post(server, make.to_bytes(make.xray_dicom(pixels)))[0] == 200  # the server goes on after a 413
 
     tight = start_server(config.model_config(MODEL_NAME, str(tmp_path)), budget=PixelBudget(max_pixels=10_000))

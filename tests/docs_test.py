@@ -4,6 +4,7 @@ file or folder inside it, every `#anchor` into a Markdown file names a heading t
 
 Read from the files only (no imports of the project), so the check runs in a bare checkout.
 """
+
 import ast
 import os
 import pathlib
@@ -21,7 +22,7 @@ SKIPPED_DIRS = {"node_modules", "test-artifacts", "build", "dist", "__pycache__"
 CLI_PACKAGES = ("pneumonia", "serving", "kubeflow")
 
 FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
-CODE_SPAN = re.compile(r"(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)   # never across a blank line
+CODE_SPAN = re.compile(r"(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)  # never across a blank line
 # [text](target) and ![alt](target), with an optional "title"; the text may span lines.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*\)")
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -31,8 +32,9 @@ SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 def markdown_files(root: pathlib.Path) -> Iterator[pathlib.Path]:
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS and not d.endswith(".egg-info")
+        )
         for name in sorted(filenames):
             if name.endswith(".md"):
                 yield pathlib.Path(dirpath) / name
@@ -45,8 +47,12 @@ def prose_lines(text: str) -> List[str]:
     for line in text.split("\n"):
         opening = FENCE.match(line)
         if fence:
-            if opening and opening.group(1)[0] == fence[0] and len(opening.group(1)) >= len(fence) \
-                    and not line.strip()[len(opening.group(1)):].strip():
+            if (
+                opening
+                and opening.group(1)[0] == fence[0]
+                and len(opening.group(1)) >= len(fence)
+                and not line.strip()[len(opening.group(1)) :].strip()
+            ):
                 fence = None
             lines.append("")
         elif opening:
@@ -59,10 +65,10 @@ def prose_lines(text: str) -> List[str]:
 
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: the rendered text, lower-cased, punctuation dropped, spaces to '-'."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)   # a link shows its text
-    text = re.sub(r"<[^>]+>", "", text)                          # inline HTML shows nothing
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link shows its text
+    text = re.sub(r"<[^>]+>", "", text)  # inline HTML shows nothing
     text = text.replace("`", "").strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)                         # keeps letters, digits, '_', '-', ' '
+    text = re.sub(r"[^\w\- ]", "", text)  # keeps letters, digits, '_', '-', ' '
     return text.replace(" ", "-")
 
 
@@ -94,7 +100,7 @@ def broken_links(path: pathlib.Path, root: pathlib.Path) -> List[str]:
     """One line per relative link of `path` that does not resolve, or whose #anchor names no heading."""
     problems = []
     for line, target in links(path):
-        if SCHEME.match(target):   # http(s), mailto and other absolute URLs
+        if SCHEME.match(target):  # http(s), mailto and other absolute URLs
             continue
         file_part, _, anchor = target.partition("#")
         file_part = urllib.parse.unquote(file_part)
@@ -110,8 +116,12 @@ def broken_links(path: pathlib.Path, root: pathlib.Path) -> List[str]:
             problems.append(f"{where}: points outside the repository")
         elif not resolved.exists():
             problems.append(f"{where}: {resolved.relative_to(root)} does not exist")
-        elif anchor and resolved.suffix == ".md" and resolved.is_file() \
-                and urllib.parse.unquote(anchor) not in anchors(resolved):
+        elif (
+            anchor
+            and resolved.suffix == ".md"
+            and resolved.is_file()
+            and urllib.parse.unquote(anchor) not in anchors(resolved)
+        ):
             problems.append(f"{where}: no heading with the anchor #{anchor} in {resolved.relative_to(root)}")
     return problems
 
@@ -122,9 +132,14 @@ def subcommands(root: pathlib.Path) -> Set[str]:
     for package in CLI_PACKAGES:
         for source in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"), str(source))):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                        and node.func.attr == "add_parser" and node.args \
-                        and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_parser"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
                     names.add(node.args[0].value)
     return names
 
@@ -162,7 +177,8 @@ def test_every_subcommand_has_a_readme_row_and_a_cli_reference_heading():
 def test_the_checker_flags_a_missing_file_a_wrong_anchor_and_a_link_out_of_the_repository(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "guide.md").write_text(
-        "# Guide\n\n## `pneumonia serve` options\n\n## Object-store roots (`gs://`)\n\n## Object-store roots (`gs://`)\n")
+        "# Guide\n\n## `pneumonia serve` options\n\n## Object-store roots (`gs://`)\n\n## Object-store roots (`gs://`)\n"
+    )
     (tmp_path / "README.md").write_text(
         "# Project\n\n"
         "[fine](docs/guide.md#pneumonia-serve-options), [repeat](docs/guide.md#object-store-roots-gs-1),\n"
@@ -170,7 +186,8 @@ def test_the_checker_flags_a_missing_file_a_wrong_anchor_and_a_link_out_of_the_r
         "[gone](docs/missing.md) and [wrong](docs/guide.md#no-such-heading)\n"
         "[outside](../elsewhere/README.md), [split\nacross lines](docs/absent.md)\n"
         "`[in code](docs/ignored.md)`\n\n"
-        "```\n[in a fence](docs/ignored.md)\n# not a heading\n```\n")
+        "```\n[in a fence](docs/ignored.md)\n# not a heading\n```\n"
+    )
     problems = broken_links(tmp_path / "README.md", tmp_path)
     assert problems == [
         "README.md:5: docs/missing.md: docs/missing.md does not exist",
@@ -181,13 +198,16 @@ def test_the_checker_flags_a_missing_file_a_wrong_anchor_and_a_link_out_of_the_r
     assert "not-a-heading" not in anchors(tmp_path / "README.md")
 
 
-@pytest.mark.parametrize("heading, expected", [
-    ("`pneumonia serve` options", "pneumonia-serve-options"),
-    ("Object-store roots (`gs://`)", "object-store-roots-gs"),
-    ("The model's pixel budget", "the-models-pixel-budget"),
-    ("pneumonia run-compiled", "pneumonia-run-compiled"),
-    ("Site calibration: k labelled images of the site", "site-calibration-k-labelled-images-of-the-site"),
-    ("[Linked](x.md) `explain_images`", "linked-explain_images"),
-])
+@pytest.mark.parametrize(
+    "heading, expected",
+    [
+        ("`pneumonia serve` options", "pneumonia-serve-options"),
+        ("Object-store roots (`gs://`)", "object-store-roots-gs"),
+        ("The model's pixel budget", "the-models-pixel-budget"),
+        ("pneumonia run-compiled", "pneumonia-run-compiled"),
+        ("Site calibration: k labelled images of the site", "site-calibration-k-labelled-images-of-the-site"),
+        ("[Linked](x.md) `explain_images`", "linked-explain_images"),
+    ],
+)
 def test_slugs_follow_githubs_rule(heading, expected):
     assert slug(heading) == expected

@@ -1,4 +1,5 @@
 """TFMA configuration: metric keys match what TFMA emits; blessing applies to validation only."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """`explain_images` and the OOD guard in the exported model: the report's Grad-CAM, the guard's distances."""
+
 import glob
 
 import keras
@@ -26,21 +27,30 @@ def real_images(shared_data, pattern: str, count: int):
 def test_explain_images_matches_the_report_gradcam(architecture, shared_data, tmp_path):
     keras.utils.set_random_seed(0)
     model = models.build(architecture, SIZE, **models.REGISTRY[architecture].tiny)
-    images = real_images(shared_data, "chest_xray/test/*/*.jpeg", 10 ** 6)[::90]
+    images = real_images(shared_data, "chest_xray/test/*/*.jpeg", 10**6)[::90]
     pixels = np.stack([decode_image(image, SIZE).numpy() for image in images])
     # The median probability as threshold: both classes are predicted, so both signs of the score are explained.
     threshold = float(np.median(model.predict(pixels, verbose=0)))
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, SIZE, Threshold(threshold, "youden", 1.0, 1.0, 1), str(tmp_path / "work"),
-                      architecture, {}, guard=ood.noise_guard(model, SIZE))
+    signatures.export(
+        model,
+        export_dir,
+        SIZE,
+        Threshold(threshold, "youden", 1.0, 1.0, 1),
+        str(tmp_path / "work"),
+        architecture,
+        {},
+        guard=ood.noise_guard(model, SIZE),
+    )
     loaded = tf.saved_model.load(export_dir)
     explained = {k: v.numpy() for k, v in loaded.signatures["explain_images"](images=tf.constant(images)).items()}
     predicted = loaded.signatures["predict_images"](images=tf.constant(images))
     for key, value in predicted.items():  # everything predict_images says, explain_images says the same
         np.testing.assert_array_equal(explained[key], value.numpy(), err_msg=key)
 
-    cam, cam_plus_plus, probability = gradcam.heatmaps(model, models.REGISTRY[architecture].gradcam_layer, pixels,
-                                                       threshold)
+    cam, cam_plus_plus, probability = gradcam.heatmaps(
+        model, models.REGISTRY[architecture].gradcam_layer, pixels, threshold
+    )
     np.testing.assert_allclose(explained["probability"], probability, atol=1e-5)
     side = explain.heatmap_size(SIZE)
     for key, report_map in (("gradcam", cam), ("gradcam_plus_plus", cam_plus_plus)):
@@ -62,25 +72,34 @@ def test_ood_outputs_are_the_guard_distances_in_every_signature(shared_data, tmp
     model = models.build("cnn", SIZE, **models.REGISTRY["cnn"].tiny)
     guard = xray_guard(model, shared_data, SIZE)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, SIZE, Threshold(0.5, "youden", 1.0, 1.0, 1), str(tmp_path / "work"), "cnn",
-                      {}, guard=guard)
+    signatures.export(
+        model, export_dir, SIZE, Threshold(0.5, "youden", 1.0, 1.0, 1), str(tmp_path / "work"), "cnn", {}, guard=guard
+    )
     assert signatures.read_metadata(export_dir)["ood"]["threshold"] == pytest.approx(guard.threshold)
-    xrays = real_images(shared_data, "chest_xray/test/*/*.jpeg", 10 ** 6)[::25]
+    xrays = real_images(shared_data, "chest_xray/test/*/*.jpeg", 10**6)[::25]
     photographs = [tf.io.encode_png(data.astronaut()).numpy()]
     loaded = tf.saved_model.load(export_dir)
     for signature, key in (("predict_images", "images"), ("serving_default", "examples")):
         inputs = xrays + photographs
         if key == "examples":
-            inputs = [tf.train.Example(features=tf.train.Features(feature={"image": tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[image]))})).SerializeToString() for image in inputs]
+            inputs = [
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+                    )
+                ).SerializeToString()
+                for image in inputs
+            ]
         outputs = {k: v.numpy() for k, v in loaded.signatures[signature](**{key: tf.constant(inputs)}).items()}
         pixels = np.stack([decode_image(image, SIZE).numpy() for image in xrays + photographs])
-        _, features, _ = ood.features(explain.feature_model(model, models.FEATURE_MAP),
-                                      [(pixels, np.zeros(len(pixels)))])
-        np.testing.assert_allclose(outputs["ood_score"], ood.distances(features, guard.means, guard.precision),
-                                   rtol=1e-4)
+        _, features, _ = ood.features(
+            explain.feature_model(model, models.FEATURE_MAP), [(pixels, np.zeros(len(pixels)))]
+        )
+        np.testing.assert_allclose(
+            outputs["ood_score"], ood.distances(features, guard.means, guard.precision), rtol=1e-4
+        )
         np.testing.assert_array_equal(outputs["in_distribution"], outputs["ood_score"] <= guard.threshold)
-        assert outputs["in_distribution"][:len(xrays)].mean() >= 0.8, signature
+        assert outputs["in_distribution"][: len(xrays)].mean() >= 0.8, signature
         assert not outputs["in_distribution"][-1], f"{signature}: the astronaut passed as an X-ray"
 
 
@@ -90,8 +109,9 @@ def test_the_guard_can_be_read_back_for_a_re_export(tmp_path):
     model = models.build("cnn", SIZE, **models.REGISTRY["cnn"].tiny)
     guard = ood.noise_guard(model, SIZE)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, SIZE, Threshold(0.5, "youden", 1.0, 1.0, 1), str(tmp_path / "work"), "cnn",
-                      {}, guard=guard)
+    signatures.export(
+        model, export_dir, SIZE, Threshold(0.5, "youden", 1.0, 1.0, 1), str(tmp_path / "work"), "cnn", {}, guard=guard
+    )
     read = signatures.read_guard(export_dir)
     np.testing.assert_array_equal(read.means, guard.means)
     np.testing.assert_array_equal(read.precision, guard.precision)

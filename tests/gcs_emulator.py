@@ -13,6 +13,7 @@ google-cloud-storage (Beam's gcsio) reads STORAGE_EMULATOR_HOST and talks to the
 (The tensorflow-io-gcs-filesystem plugin, which has an emulator setting, crashes on TF 2.16.2 with
 TF_USE_MODULAR_FILESYSTEM=1: a segmentation fault on the first gs:// call.)
 """
+
 import contextlib
 import datetime
 import http.client
@@ -21,9 +22,9 @@ import json
 import os
 import socketserver
 import ssl
+import subprocess
 import sys
 import tempfile
-import subprocess
 import threading
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -45,26 +46,42 @@ def write_certificates(folder: str) -> tuple:
     now = datetime.datetime.now(datetime.timezone.utc)
 
     def certificate(subject, issuer, public_key, signing_key, extensions):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=1)))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(signing_key, hashes.SHA256())
 
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pneumonia test CA")])
-    ca = certificate(ca_name, ca_name, ca_key.public_key(), ca_key,
-                     [(x509.BasicConstraints(ca=True, path_length=None), True)])
-    server = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GOOGLE_HOSTS[0])]), ca_name,
-                         server_key.public_key(), ca_key,
-                         [(x509.SubjectAlternativeName([x509.DNSName(h) for h in GOOGLE_HOSTS]), False)])
+    ca = certificate(
+        ca_name, ca_name, ca_key.public_key(), ca_key, [(x509.BasicConstraints(ca=True, path_length=None), True)]
+    )
+    server = certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GOOGLE_HOSTS[0])]),
+        ca_name,
+        server_key.public_key(),
+        ca_key,
+        [(x509.SubjectAlternativeName([x509.DNSName(h) for h in GOOGLE_HOSTS]), False)],
+    )
     paths = tuple(os.path.join(folder, name) for name in ("ca.pem", "server.pem", "server.key"))
-    for path, content in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
-                                     server.public_bytes(serialization.Encoding.PEM),
-                                     server_key.private_bytes(serialization.Encoding.PEM,
-                                                              serialization.PrivateFormat.PKCS8,
-                                                              serialization.NoEncryption()))):
+    for path, content in zip(
+        paths,
+        (
+            ca.public_bytes(serialization.Encoding.PEM),
+            server.public_bytes(serialization.Encoding.PEM),
+            server_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        ),
+    ):
         with open(path, "wb") as f:
             f.write(content)
     return paths
@@ -155,11 +172,21 @@ def main() -> None:
     proxy = ThreadingServer(("127.0.0.1", 0), proxy_handler(emulator_port, tls))
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
-    print(json.dumps({
-        "https_proxy": proxy_url, "http_proxy": proxy_url, "no_proxy": "127.0.0.1,localhost",
-        "CURL_CA_BUNDLE": ca_bundle, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "true",
-        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{emulator_port}", "GOOGLE_CLOUD_PROJECT": "test",
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "https_proxy": proxy_url,
+                "http_proxy": proxy_url,
+                "no_proxy": "127.0.0.1,localhost",
+                "CURL_CA_BUNDLE": ca_bundle,
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+                "NO_GCE_CHECK": "true",
+                "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{emulator_port}",
+                "GOOGLE_CLOUD_PROJECT": "test",
+            }
+        ),
+        flush=True,
+    )
     sys.stdin.read()  # until the test process closes the pipe
     proxy.shutdown()
     emulator.stop()
@@ -168,8 +195,12 @@ def main() -> None:
 @contextlib.contextmanager
 def running() -> Iterator[None]:
     """This process talks to a fresh emulator (its environment set) until the block ends."""
-    emulator = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "tests.gcs_emulator"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     saved = dict(os.environ)
     try:
         os.environ.update(json.loads(emulator.stdout.readline()))
@@ -203,8 +234,11 @@ def files_under(root: str):
     """Every object under root, relative to it (what `gsutil ls -r` would list)."""
     import tensorflow as tf
 
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, _, names in tf.io.gfile.walk(root) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, names in tf.io.gfile.walk(root)
+        for name in names
+    )
 
 
 if __name__ == "__main__":

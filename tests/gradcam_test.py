@@ -1,4 +1,5 @@
 """Grad-CAM and Grad-CAM++: input-sized, finite, informative maps for every architecture and layer kind."""
+
 import glob
 
 import keras
@@ -50,11 +51,14 @@ def registry_models():
     return built
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: [(conv_model(), "features")], id="conv"),
-    pytest.param(lambda: [(token_model(), "token_grid")], id="token-grid"),
-    pytest.param(registry_models, id="registry"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: [(conv_model(), "features")], id="conv"),
+        pytest.param(lambda: [(token_model(), "token_grid")], id="token-grid"),
+        pytest.param(registry_models, id="registry"),
+    ],
+)
 def test_maps_have_input_size_and_carry_information(make, shared_data):
     keras.utils.set_random_seed(0)
     pixels = real_pixels(shared_data)
@@ -70,10 +74,11 @@ def test_maps_have_input_size_and_carry_information(make, shared_data):
 def quadrant_model() -> keras.Model:
     """Two channels see opposite quadrants; the head reads only the top-left one, as evidence for PNEUMONIA."""
     top_left = np.zeros((1, SIZE, SIZE, 1), np.float32)
-    top_left[:, :SIZE // 2, :SIZE // 2] = 1.0
+    top_left[:, : SIZE // 2, : SIZE // 2] = 1.0
     inputs = keras.Input((SIZE, SIZE, 1))
-    features = layers.Lambda(lambda x: tf.concat([x * top_left, x * top_left[:, ::-1, ::-1]], axis=-1),
-                             name="features")(inputs)
+    features = layers.Lambda(
+        lambda x: tf.concat([x * top_left, x * top_left[:, ::-1, ::-1]], axis=-1), name="features"
+    )(inputs)
     head = layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.Constant([[1.0], [0.0]]))
     return keras.Model(inputs, head(layers.GlobalAveragePooling2D()(features)))
 
@@ -84,8 +89,8 @@ QUADRANT_PIXELS = np.random.default_rng(0).uniform(0.5, 1, (2, SIZE, SIZE, 1)).a
 def test_maps_show_the_feature_channel_the_decision_uses():
     """Both maps must peak in the quadrant the head reads."""
     for maps in gradcam.heatmaps(quadrant_model(), "features", QUADRANT_PIXELS)[:2]:
-        assert maps[:, :SIZE // 2, :SIZE // 2].mean() > 0.5
-        assert maps[:, SIZE // 2 + 1:, :].max() < 1e-3 and maps[:, :, SIZE // 2 + 1:].max() < 1e-3
+        assert maps[:, : SIZE // 2, : SIZE // 2].mean() > 0.5
+        assert maps[:, SIZE // 2 + 1 :, :].max() < 1e-3 and maps[:, :, SIZE // 2 + 1 :].max() < 1e-3
 
 
 def test_bad_layer_names_say_what_is_wrong():

@@ -1,6 +1,7 @@
 """The Evaluator's 95% intervals (analytic, the default, and TFMA's bootstrap) and the site gate on their lower
 bound, run by TFMA itself on scored examples (no model needed: the examples carry the `probability` and
 `decision_score` a model would have produced)."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,11 +25,13 @@ def scored_examples(path: str, seed: int = 0) -> None:
         rows += [(split, int(label), float(p)) for label, p in zip(labels, probabilities)]
     with tf.io.TFRecordWriter(path) as writer:
         for split, label, probability in rows:
-            features = {"split": tf.train.Feature(bytes_list=tf.train.BytesList(value=[split.encode()])),
-                        "dataset": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kermany"])),
-                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                        "probability": tf.train.Feature(float_list=tf.train.FloatList(value=[probability])),
-                        "decision_score": tf.train.Feature(float_list=tf.train.FloatList(value=[probability]))}
+            features = {
+                "split": tf.train.Feature(bytes_list=tf.train.BytesList(value=[split.encode()])),
+                "dataset": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kermany"])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                "probability": tf.train.Feature(float_list=tf.train.FloatList(value=[probability])),
+                "decision_score": tf.train.Feature(float_list=tf.train.FloatList(value=[probability])),
+            }
             writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
 
 
@@ -52,8 +55,7 @@ def gated(request, tmp_path_factory):
     """One TFMA run per kind of interval, gated on the lower bounds of sensitivity and specificity on
     `calibration`."""
     tmp_path = tmp_path_factory.mktemp(request.param)
-    return evaluate(tmp_path, "gated", evaluation.SiteGate("calibration", 0.5, 0.5, on_lower_bound=True),
-                    request.param)
+    return evaluate(tmp_path, "gated", evaluation.SiteGate("calibration", 0.5, 0.5, on_lower_bound=True), request.param)
 
 
 def test_every_metric_carries_a_95_percent_interval_around_its_value(gated):
@@ -84,8 +86,10 @@ def test_the_gate_judges_the_lower_end_of_the_interval_the_tables_show(gated):
     assert judged["recall_lower_bound"] == pytest.approx(row["recall@threshold" + vocabulary.LOWER], abs=1e-6)
     assert not validation.validation_ok
     lines = run_evaluation.validation_failures(gated)
-    assert any(line.startswith("site gate: sensitivity lower 95% bound") and "--site-min-sensitivity 0.5" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("site gate: sensitivity lower 95% bound") and "--site-min-sensitivity 0.5" in line
+        for line in lines
+    ), lines
 
 
 def test_the_gate_on_point_estimates_judges_the_served_threshold_on_the_site_slice_only():
@@ -96,8 +100,11 @@ def test_the_gate_on_point_estimates_judges_the_served_threshold_on_the_site_sli
         def key(name, output):
             return tfma.metrics.MetricKey(name=name, output_name=output)
 
-        metrics = {key("auc", "probability"): 0.9, key("recall", "decision_score"): sensitivity,
-                   key("specificity", "decision_score"): specificity}
+        metrics = {
+            key("auc", "probability"): 0.9,
+            key("recall", "decision_score"): sensitivity,
+            key("specificity", "decision_score"): specificity,
+        }
         return metrics_validator.validate_metrics(((("split", split),), metrics), config)
 
     assert validate("calibration", 0.95, 0.85).validation_ok
@@ -128,8 +135,10 @@ def test_gate_settings_are_refused_before_anything_runs(tmp_path):
 def test_analytic_and_bootstrap_intervals_agree_on_the_same_slice(tmp_path):
     """On the 60-example validation slice the two kinds of interval hold each other's point estimate and have
     widths within a factor of two (the bootstrap's 20 replicates make its own width noisy)."""
-    tables = {kind: run_evaluation.slice_metrics(evaluate(tmp_path, kind, intervals=kind))["split=eval"]
-              for kind in (vocabulary.ANALYTIC, vocabulary.BOOTSTRAP)}
+    tables = {
+        kind: run_evaluation.slice_metrics(evaluate(tmp_path, kind, intervals=kind))["split=eval"]
+        for kind in (vocabulary.ANALYTIC, vocabulary.BOOTSTRAP)
+    }
     for key in ("auc", "recall@threshold", "specificity@threshold", "binary_accuracy"):
         widths = []
         for row in tables.values():

@@ -1,12 +1,13 @@
 """The k-shot calibration table: patient-grouped seeded draws, calibrated on k images, evaluated on the rest."""
+
 import os
 
 import numpy as np
 import pytest
 
-from pneumonia.runs import scoring
 from pneumonia.analysis import compare as compare_lib
 from pneumonia.analysis import kshot
+from pneumonia.runs import scoring
 from tests.compare_test import runs  # noqa: F401 (fixture)
 
 
@@ -16,8 +17,10 @@ def shifted_split(count=400, seed=0):
     labels = (np.arange(count) % 3 != 0).astype(int)  # two thirds PNEUMONIA
     probabilities = 1 / (1 + np.exp(-(2.0 * labels + 0.5 + rng.normal(0, 1, count))))
     within = [int((labels[:i] == label).sum()) for i, label in enumerate(labels)]  # index within the class
-    paths = [f"PNEUMONIA/person{n // 2}_bacteria_{i}.jpeg" if label else f"NORMAL/IM-{n // 2:04d}-{i}.jpeg"
-             for i, (label, n) in enumerate(zip(labels, within))]  # two images per patient
+    paths = [
+        f"PNEUMONIA/person{n // 2}_bacteria_{i}.jpeg" if label else f"NORMAL/IM-{n // 2:04d}-{i}.jpeg"
+        for i, (label, n) in enumerate(zip(labels, within))
+    ]  # two images per patient
     return labels, probabilities, paths
 
 
@@ -35,8 +38,11 @@ def test_draws_are_whole_patients_and_calibration_recovers_specificity():
 
 def test_external_draws_are_stratified_by_source():
     labels = np.array([0] * 40 + [1] * 20 + [0] * 10)
-    paths = [f"rsna_Normal-{i}.jpeg" for i in range(40)] + [f"ieee8023_covid-{i}.jpeg" for i in range(20)] + [
-        f"ieee8023_normal-{i}.jpeg" for i in range(10)]
+    paths = (
+        [f"rsna_Normal-{i}.jpeg" for i in range(40)]
+        + [f"ieee8023_covid-{i}.jpeg" for i in range(20)]
+        + [f"ieee8023_normal-{i}.jpeg" for i in range(10)]
+    )
     _, sources = kshot.patients_and_sources("external", labels, paths)
     assert sources[0] == "rsna" and sources[-1] == "ieee8023"
     probabilities = np.linspace(0.1, 0.9, labels.size)

@@ -1,5 +1,6 @@
 """kubeflow/Dockerfile, read statically (docker cannot run here): the Makefile's pinned install, Python 3.10,
 the project where compiled paths point, a non-root user, and no secrets."""
+
 import os
 import re
 import shlex

@@ -1,5 +1,6 @@
 """The compiled Kubeflow spec runs: `pneumonia compile`, then every task's own container command executed
 as KFP's launcher would (kubeflow/local_executor.py), twice against one pipeline root, on real X-rays."""
+
 import json
 import os
 
@@ -12,7 +13,8 @@ from kubeflow.local_executor import Container, LocalPipelineRun
 from kubeflow.parameters import IMAGE_PROJECT_DIR, TRAINER_CONFIG_PARAMETER
 from kubeflow.schedule import read_package
 from pneumonia import cli
-from serving import config as serving_config, repository
+from serving import config as serving_config
+from serving import repository
 from tests.conftest import copy_subset
 from tests.pipeline_e2e_test import tiny_config, versions
 from tests.serving_fixtures import MODEL_NAME, image_request, start_server, stub
@@ -21,12 +23,21 @@ from trainer import signatures
 pytestmark = pytest.mark.slow
 
 TINY_SUBSET = {
-    "chest_xray/train/NORMAL": 32, "chest_xray/train/PNEUMONIA": 32,
-    "chest_xray/test/NORMAL": 8, "chest_xray/test/PNEUMONIA": 8,
-    "external/NORMAL": 8, "external/PNEUMONIA": 8,
+    "chest_xray/train/NORMAL": 32,
+    "chest_xray/train/PNEUMONIA": 32,
+    "chest_xray/test/NORMAL": 8,
+    "chest_xray/test/PNEUMONIA": 8,
+    "external/NORMAL": 8,
+    "external/PNEUMONIA": 8,
 }
-DATA_TASKS = {"ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
-              "DataValidationGate"}
+DATA_TASKS = {
+    "ImportExampleGen",
+    "ImportSchemaGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "DataValidationGate",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +50,16 @@ def executed(shared_data, tmp_path_factory):
     spec_path = str(tmp / "deploy" / "pipeline.yaml")
     cli.main(["compile", "--out", spec_path, "--root", str(root), "--config", tiny_config(tmp), "--epochs", "1"])
     spec = read_package(spec_path)
-    container = Container(project_dir=image.PROJECT_DIR, image_project_dir=IMAGE_PROJECT_DIR,
-                          image_tag=image.pinned_tag())
+    container = Container(
+        project_dir=image.PROJECT_DIR, image_project_dir=IMAGE_PROJECT_DIR, image_tag=image.pinned_tag()
+    )
     first = LocalPipelineRun(spec, container).run()
-    trainer_config = json.loads(spec["root"]["inputDefinitions"]["parameters"][TRAINER_CONFIG_PARAMETER][
-        "defaultValue"])
-    second = LocalPipelineRun(spec, container, parameters={
-        TRAINER_CONFIG_PARAMETER: json.dumps(dict(trainer_config, epochs=2))}).run()
+    trainer_config = json.loads(
+        spec["root"]["inputDefinitions"]["parameters"][TRAINER_CONFIG_PARAMETER]["defaultValue"]
+    )
+    second = LocalPipelineRun(
+        spec, container, parameters={TRAINER_CONFIG_PARAMETER: json.dumps(dict(trainer_config, epochs=2))}
+    ).run()
     return spec, root, first, second
 
 
@@ -80,9 +94,16 @@ def test_a_model_was_trained_evaluated_blessed_pushed_and_served(executed, share
     latest = int(served[-1])  # the second run's model if it was blessed too
     server = start_server(serving_config.model_config(MODEL_NAME, os.path.join(root, "serving", MODEL_NAME)))
     try:
-        image_bytes = open(os.path.join(shared_data, "chest_xray", "test", "NORMAL",
-                                        sorted(os.listdir(os.path.join(shared_data, "chest_xray/test/NORMAL")))[0]),
-                           "rb").read()
+        image_bytes = open(
+            os.path.join(
+                shared_data,
+                "chest_xray",
+                "test",
+                "NORMAL",
+                sorted(os.listdir(os.path.join(shared_data, "chest_xray/test/NORMAL")))[0],
+            ),
+            "rb",
+        ).read()
         response = stub(server).Predict(image_request([image_bytes]), timeout=60)
     finally:
         server.stop(grace_seconds=1)
@@ -108,6 +129,10 @@ def test_the_second_run_evaluates_against_the_latest_blessed_model(executed):
     assert second["Evaluator"].executor_input["inputs"]["artifacts"]["baseline_model"]["artifacts"] == [baseline]
 
     def compared(execution):
-        return [m for m in tfma.load_metrics(execution.artifacts["evaluation"]["uri"])
-                if any(item.key.is_diff for item in m.metric_keys_and_values)]
+        return [
+            m
+            for m in tfma.load_metrics(execution.artifacts["evaluation"]["uri"])
+            if any(item.key.is_diff for item in m.metric_keys_and_values)
+        ]
+
     assert not compared(first["Evaluator"]) and compared(second["Evaluator"])

@@ -1,5 +1,6 @@
 """The local executor of compiled specs on small hand-written specs (Python one-liners as containers):
 placeholders, URIs, metadata passing, the cache, failures, and every refusal."""
+
 import json
 import os
 import re
@@ -29,7 +30,8 @@ text = open(os.path.join(in_uri, "text")).read()
 if text == "fail":
     sys.exit("the reader refuses this text")
 os.makedirs(os.path.dirname(executor_input["outputs"]["outputFile"]), exist_ok=True)
-json.dump(executor_input, open(os.path.join(os.path.dirname(executor_input["outputs"]["outputFile"]), "seen.json"), "w"))
+seen = os.path.join(os.path.dirname(executor_input["outputs"]["outputFile"]), "seen.json")
+json.dump(executor_input, open(seen, "w"))
 """
 TEXT_TYPE = {"schemaTitle": "system.Artifact"}
 
@@ -43,40 +45,70 @@ def make_spec():
         "pipelineInfo": {"name": "toy"},
         "schemaVersion": "2.1.0",
         "root": {
-            "inputDefinitions": {"parameters": {
-                "greeting": {"parameterType": "STRING", "defaultValue": "hi", "isOptional": True}}},
-            "dag": {"tasks": {
-                "read": {"componentRef": {"name": "reader"}, "dependentTasks": ["write"],
-                         "cachingOptions": {"enableCache": True},
-                         "inputs": {"artifacts": {"text": {"taskOutputArtifact": {
-                             "producerTask": "write", "outputArtifactKey": "text"}}}}},
-                "write": {"componentRef": {"name": "writer"}, "cachingOptions": {"enableCache": True},
-                          "inputs": {"parameters": {
-                              "greeting": {"componentInputParameter": "greeting"},
-                              "count": {"runtimeValue": {"constant": 3.0}}}}},
-            }},
+            "inputDefinitions": {
+                "parameters": {"greeting": {"parameterType": "STRING", "defaultValue": "hi", "isOptional": True}}
+            },
+            "dag": {
+                "tasks": {
+                    "read": {
+                        "componentRef": {"name": "reader"},
+                        "dependentTasks": ["write"],
+                        "cachingOptions": {"enableCache": True},
+                        "inputs": {
+                            "artifacts": {
+                                "text": {"taskOutputArtifact": {"producerTask": "write", "outputArtifactKey": "text"}}
+                            }
+                        },
+                    },
+                    "write": {
+                        "componentRef": {"name": "writer"},
+                        "cachingOptions": {"enableCache": True},
+                        "inputs": {
+                            "parameters": {
+                                "greeting": {"componentInputParameter": "greeting"},
+                                "count": {"runtimeValue": {"constant": 3.0}},
+                            }
+                        },
+                    },
+                }
+            },
         },
         "components": {
-            "writer": {"executorLabel": "writer_executor",
-                       "inputDefinitions": {"parameters": {"greeting": {"parameterType": "STRING"},
-                                                           "count": {"parameterType": "NUMBER_INTEGER"},
-                                                           "suffix": {"parameterType": "STRING",
-                                                                      "defaultValue": "!"}}},
-                       "outputDefinitions": {"artifacts": {"text": {"artifactType": TEXT_TYPE}}}},
-            "reader": {"executorLabel": "reader_executor",
-                       "inputDefinitions": {"artifacts": {"text": {"artifactType": TEXT_TYPE}}}},
+            "writer": {
+                "executorLabel": "writer_executor",
+                "inputDefinitions": {
+                    "parameters": {
+                        "greeting": {"parameterType": "STRING"},
+                        "count": {"parameterType": "NUMBER_INTEGER"},
+                        "suffix": {"parameterType": "STRING", "defaultValue": "!"},
+                    }
+                },
+                "outputDefinitions": {"artifacts": {"text": {"artifactType": TEXT_TYPE}}},
+            },
+            "reader": {
+                "executorLabel": "reader_executor",
+                "inputDefinitions": {"artifacts": {"text": {"artifactType": TEXT_TYPE}}},
+            },
         },
-        "deploymentSpec": {"executors": {
-            "writer_executor": container_spec(WRITER, "{{$}}", "{{$.inputs.parameters['greeting']}}",
-                                              "{{$.inputs.parameters['count']}}", "{{$.outputs.artifacts['text'].uri}}"),
-            "reader_executor": container_spec(READER, "{{$}}", "{{$.inputs.artifacts['text'].path}}"),
-        }},
+        "deploymentSpec": {
+            "executors": {
+                "writer_executor": container_spec(
+                    WRITER,
+                    "{{$}}",
+                    "{{$.inputs.parameters['greeting']}}",
+                    "{{$.inputs.parameters['count']}}",
+                    "{{$.outputs.artifacts['text'].uri}}",
+                ),
+                "reader_executor": container_spec(READER, "{{$}}", "{{$.inputs.artifacts['text'].path}}"),
+            }
+        },
     }
 
 
 def run(spec, root, **parameters):
-    container = Container(project_dir=os.getcwd(), image_project_dir="/opt/pneumonia", image_tag="1",
-                          python=sys.executable)
+    container = Container(
+        project_dir=os.getcwd(), image_project_dir="/opt/pneumonia", image_tag="1", python=sys.executable
+    )
     return LocalPipelineRun(spec, container, str(root), parameters).run()
 
 
@@ -88,8 +120,11 @@ def test_tasks_run_in_order_with_placeholders_uris_and_metadata(tmp_path):
     assert open(os.path.join(text["uri"], "text")).read() == "ababab"  # the number 3.0 substituted as "3"
     got = json.load(open(os.path.join(text["uri"], "executor_input.json")))
     assert got["inputs"]["parameterValues"] == {"greeting": "ab", "count": 3.0, "suffix": "!"}  # with defaults
-    assert got["outputs"]["artifacts"]["text"]["artifacts"][0] == {"name": "text", "type": TEXT_TYPE,
-                                                                   "uri": text["uri"]}
+    assert got["outputs"]["artifacts"]["text"]["artifacts"][0] == {
+        "name": "text",
+        "type": TEXT_TYPE,
+        "uri": text["uri"],
+    }
     assert got["outputs"]["outputFile"] == os.path.join(os.path.dirname(text["uri"]), "output_metadata.json")
     seen = json.load(open(os.path.join(os.path.dirname(read.executor_input["outputs"]["outputFile"]), "seen.json")))
     passed = seen["inputs"]["artifacts"]["text"]["artifacts"][0]
@@ -129,24 +164,33 @@ def executor(spec, label):
 
 
 REFUSED = {
-    "resolver executors": lambda s: executor(s, "writer_executor").update(
-        {"resolver": {"outputArtifactQueries": {}}}) or executor(s, "writer_executor").pop("container"),
-    "importer nodes": lambda s: executor(s, "writer_executor").update(
-        {"importer": {"artifactUri": {"constant": "gs://b/x"}}}) or executor(s, "writer_executor").pop("container"),
+    "resolver executors": lambda s: (
+        executor(s, "writer_executor").update({"resolver": {"outputArtifactQueries": {}}})
+        or executor(s, "writer_executor").pop("container")
+    ),
+    "importer nodes": lambda s: (
+        executor(s, "writer_executor").update({"importer": {"artifactUri": {"constant": "gs://b/x"}}})
+        or executor(s, "writer_executor").pop("container")
+    ),
     r"conditions \(triggerPolicy": lambda s: s["root"]["dag"]["tasks"]["read"].update(
-        {"triggerPolicy": {"condition": "inputs.parameter_values['x'] == 'y'"}}),
+        {"triggerPolicy": {"condition": "inputs.parameter_values['x'] == 'y'"}}
+    ),
     "loops": lambda s: s["root"]["dag"]["tasks"]["read"].update({"parameterIterator": {}}),
     "nested DAGs": lambda s: s["components"]["reader"].update({"dag": {"tasks": {}}}),
     r"runs \['sh'\], not Python": lambda s: executor(s, "reader_executor")["container"].update({"command": ["sh"]}),
     r"task read runs image 'example:2'; this checkout stands in for tag 1 only": lambda s: executor(
-        s, "reader_executor")["container"].update({"image": "example:2"}),
+        s, "reader_executor"
+    )["container"].update({"image": "example:2"}),
     r"placeholder \{\{\$.pipeline_job_name\}\}": lambda s: executor(s, "reader_executor")["container"]["args"].append(
-        "{{$.pipeline_job_name}}"),
-    "comes from .'componentInputArtifact'.": lambda s: s["root"]["dag"]["tasks"]["read"]["inputs"]["artifacts"][
-        "text"].update({"componentInputArtifact": "x"}) or s["root"]["dag"]["tasks"]["read"]["inputs"]["artifacts"][
-        "text"].pop("taskOutputArtifact"),
+        "{{$.pipeline_job_name}}"
+    ),
+    "comes from .'componentInputArtifact'.": lambda s: (
+        s["root"]["dag"]["tasks"]["read"]["inputs"]["artifacts"]["text"].update({"componentInputArtifact": "x"})
+        or s["root"]["dag"]["tasks"]["read"]["inputs"]["artifacts"]["text"].pop("taskOutputArtifact")
+    ),
     r"depend on each other in a cycle": lambda s: s["root"]["dag"]["tasks"]["write"].update(
-        {"dependentTasks": ["read"]}),
+        {"dependentTasks": ["read"]}
+    ),
 }
 
 
@@ -167,8 +211,9 @@ def test_bad_runtime_parameters_and_roots_are_refused(tmp_path):
 
 
 def test_numbers_are_substituted_as_the_launcher_formats_them():
-    texts = local_executor.substitute(["{{$.inputs.parameters['n']}}"], {"inputs": {"parameterValues": {
-        "n": 1e-7}}, "outputs": {}})
+    texts = local_executor.substitute(
+        ["{{$.inputs.parameters['n']}}"], {"inputs": {"parameterValues": {"n": 1e-7}}, "outputs": {}}
+    )
     assert texts == ["0.0000001"]  # Go's strconv.FormatFloat(v, 'f', -1, 64)
     assert local_executor._parameter_text(2.0) == "2" and local_executor._parameter_text(True) == "true"
     assert local_executor._parameter_text({"a": [1]}) == '{"a":[1]}'
@@ -182,10 +227,17 @@ def test_tfx_latest_blessed_model_resolver_is_refused():
     from pipeline.config import RunConfig
     from pipeline.pipeline import pipeline_from_config
 
-    pipeline = pipeline_from_config(RunConfig(), None, pipeline_root="/tmp/unused", module_file=None,
-                                    run_fn=runner.TRAINER_RUN_FN, served_baseline=False)
-    compiler = kubeflow_v2_dag_runner.KubeflowV2DagRunner(kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
-        default_image="example:1", use_pipeline_spec_2_1=True))
+    pipeline = pipeline_from_config(
+        RunConfig(),
+        None,
+        pipeline_root="/tmp/unused",
+        module_file=None,
+        run_fn=runner.TRAINER_RUN_FN,
+        served_baseline=False,
+    )
+    compiler = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image="example:1", use_pipeline_spec_2_1=True)
+    )
     reason = local_executor.refusal(compiler.run(pipeline, write_out=False)["pipelineSpec"])
     assert reason.startswith("task latest_blessed_model_resolver-model-")
     assert "resolver executors (TFX Resolver) are not run by open-source KFP" in reason
@@ -204,7 +256,8 @@ def test_run_compiled_command_runs_a_package_with_params(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     run_id = printed[0].split()[1].rstrip(":")
     assert printed[0].startswith("run ") and printed[0].endswith(
-        "2 tasks under " + os.path.join(str(tmp_path), "root", "toy", run_id))
+        "2 tasks under " + os.path.join(str(tmp_path), "root", "toy", run_id)
+    )
     assert [line.split()[0] for line in printed[1:]] == ["write", "read"] and "ran in" in printed[1]
     with pytest.raises(SystemExit, match="error: --param greting: unknown parameter; the package takes greeting"):
         main(["run-compiled", str(package), "--pipeline-root", str(tmp_path / "root"), "--param", "greting=x"])

@@ -1,16 +1,18 @@
 """Kubeflow compile: the YAML loads with kfp's loader, has a task per component with the pipeline's edges,
 and carries the runtime parameters, the image, the Trainer's resources and the Beam arguments asked for;
 an image tag that does not pin the working tree's code is refused."""
+
 import json
 
 import pytest
 import yaml
 from kfp import components
+
 from kubeflow import image, runner
 from kubeflow.parameters import DATA_ROOT_PARAMETER, TRAINER_CONFIG_PARAMETER
 from pipeline.config import RunConfig
-from trainer.config import TrainerConfig
 from pneumonia.cli import main
+from trainer.config import TrainerConfig
 
 IMAGE = f"registry.example/pneumonia-pipeline:{image.pinned_tag()}"
 LOCATIONS = runner.Locations.resolve(root="gs://bucket/pneumonia", data="gs://bucket/prepared")
@@ -20,8 +22,13 @@ BEAM_ARG = "--direct_num_workers=2"
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(pipeline object, YAML spec, job JSON) for one compile with non-default settings."""
-    config = RunConfig(trainer=TrainerConfig(architecture="densenet121", epochs=3), beam_args=[BEAM_ARG],
-                       trainer_cpu=4, trainer_memory_gb=16, trainer_gpus=1)
+    config = RunConfig(
+        trainer=TrainerConfig(architecture="densenet121", epochs=3),
+        beam_args=[BEAM_ARG],
+        trainer_cpu=4,
+        trainer_memory_gb=16,
+        trainer_gpus=1,
+    )
     out = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
     yaml_path, job_path = runner.compile_pipeline(config, LOCATIONS, out, IMAGE)
     with open(yaml_path) as f:
@@ -60,10 +67,12 @@ def test_the_baseline_is_the_latest_served_version_and_never_cached(compiled):
     assert all("container" in executor for executor in executors.values())
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["latest_served_model"]["inputs"]["parameters"]["model_base"]["runtimeValue"]["constant"] == (
-        LOCATIONS.serving_dir + "/pneumonia")
+        LOCATIONS.serving_dir + "/pneumonia"
+    )
     assert tasks["latest_served_model"]["cachingOptions"] == {"enableCache": False}
-    assert all(task["cachingOptions"] == {"enableCache": True} for name, task in tasks.items()
-               if name != "latest_served_model")
+    assert all(
+        task["cachingOptions"] == {"enableCache": True} for name, task in tasks.items() if name != "latest_served_model"
+    )
     assert executors["Evaluator_executor"]["container"]["args"][1] == "components.served_baseline.executor.Evaluator"
 
 
@@ -81,9 +90,11 @@ def test_runtime_parameters_have_the_defaults_asked_for(compiled):
     assert job["runtimeConfig"]["parameterValues"] == {name: p["defaultValue"] for name, p in parameters.items()}
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {
-        "componentInputParameter": DATA_ROOT_PARAMETER}
+        "componentInputParameter": DATA_ROOT_PARAMETER
+    }
     assert tasks["Trainer"]["inputs"]["parameters"]["custom_config"] == {
-        "componentInputParameter": TRAINER_CONFIG_PARAMETER}
+        "componentInputParameter": TRAINER_CONFIG_PARAMETER
+    }
 
 
 def test_every_task_runs_the_image_with_paths_inside_it(compiled):
@@ -102,17 +113,25 @@ def test_trainer_resources_only_where_asked(compiled, tmp_path):
     _, _, spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
     assert executors["Trainer_executor"]["container"]["resources"] == {
-        "cpuLimit": 4.0, "cpuRequest": 4.0, "memoryLimit": 16.0, "memoryRequest": 16.0,
-        "accelerator": {"type": "nvidia.com/gpu", "count": "1"}}
+        "cpuLimit": 4.0,
+        "cpuRequest": 4.0,
+        "memoryLimit": 16.0,
+        "memoryRequest": 16.0,
+        "accelerator": {"type": "nvidia.com/gpu", "count": "1"},
+    }
     assert "resources" not in executors["Evaluator_executor"]["container"]
-    plain = runner.pipeline_job(runner.kubeflow_pipeline(RunConfig(), LOCATIONS), IMAGE,
-                                runner.runtime_parameter_defaults(RunConfig(), LOCATIONS))
+    plain = runner.pipeline_job(
+        runner.kubeflow_pipeline(RunConfig(), LOCATIONS),
+        IMAGE,
+        runner.runtime_parameter_defaults(RunConfig(), LOCATIONS),
+    )
     assert "resources" not in plain["pipelineSpec"]["deploymentSpec"]["executors"]["Trainer_executor"]["container"]
 
 
 def test_locations_need_a_root_or_every_uri():
-    assert runner.Locations.resolve(root="gs://b/r/") == runner.Locations("gs://b/r/tfx/pneumonia", "gs://b/r/data",
-                                                                          "gs://b/r/serving")
+    assert runner.Locations.resolve(root="gs://b/r/") == runner.Locations(
+        "gs://b/r/tfx/pneumonia", "gs://b/r/data", "gs://b/r/serving"
+    )
     with pytest.raises(ValueError, match="--pipeline-root, --serving-dir"):
         runner.Locations.resolve(data="gs://b/data")
 
@@ -134,9 +153,14 @@ def test_compile_command_writes_spec_and_job(tmp_path, capsys):
         main(["compile", "--out", str(tmp_path / "pipeline.json"), "--root", "gs://bucket/p"])
 
 
-@pytest.mark.parametrize("setting, problem", [({"architecture": "resnet50"}, "unknown architecture 'resnet50'"),
-                                              ({"loss": "hinge"}, "unknown loss 'hinge'"),
-                                              ({"epochs": -1}, "epochs=-1: must be at least 0")])
+@pytest.mark.parametrize(
+    "setting, problem",
+    [
+        ({"architecture": "resnet50"}, "unknown architecture 'resnet50'"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"epochs": -1}, "epochs=-1: must be at least 0"),
+    ],
+)
 def test_compile_refuses_trainer_settings_every_run_would_fail_on(tmp_path, capsys, setting, problem):
     out = tmp_path / "pipeline.yaml"
     with pytest.raises(ValueError, match=problem):
@@ -155,10 +179,17 @@ def test_an_image_tag_that_does_not_pin_the_code_is_refused(tmp_path, capsys):
     assert tag == image.pinned_tag() and tag.startswith("0.1.0-")
     main(["compile", "--out", out, "--root", "gs://bucket/p"])  # the default image is the pinned one
     assert f"pneumonia-pipeline:{tag}" in open(out).read()
-    for unpinned in ("registry.example/pneumonia-pipeline:0.1.0", "registry.example/pneumonia-pipeline:latest",
-                     f"registry.example/pneumonia-pipeline@sha256:{'0' * 64}", "registry.example:5000/pneumonia"):
-        with pytest.raises(SystemExit, match=f"error: --image {unpinned}: its tag does not pin this working tree's "
-                                             f"code; build and push it as REGISTRY/pneumonia-pipeline:{tag}"):
+    for unpinned in (
+        "registry.example/pneumonia-pipeline:0.1.0",
+        "registry.example/pneumonia-pipeline:latest",
+        f"registry.example/pneumonia-pipeline@sha256:{'0' * 64}",
+        "registry.example:5000/pneumonia",
+    ):
+        with pytest.raises(
+            SystemExit,
+            match=f"error: --image {unpinned}: its tag does not pin this working tree's "
+            f"code; build and push it as REGISTRY/pneumonia-pipeline:{tag}",
+        ):
             main(["compile", "--out", out, "--root", "gs://bucket/p", "--image", unpinned])
 
 

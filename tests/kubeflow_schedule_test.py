@@ -1,5 +1,6 @@
 """`schedule` against a local server speaking the KFP v2beta1 REST calls kfp.Client makes; cron, parameters
 and errors are checked before any request."""
+
 import email.parser
 import http.server
 import itertools
@@ -10,8 +11,15 @@ import urllib.parse
 
 import pytest
 
-from kubeflow.schedule import (ScheduleError, ScheduleRequest, make_plan, pipeline_parameters, recurring_run_body,
-                               schedule, validate_cron)
+from kubeflow.schedule import (
+    ScheduleError,
+    ScheduleRequest,
+    make_plan,
+    pipeline_parameters,
+    recurring_run_body,
+    schedule,
+    validate_cron,
+)
 from pipeline.config import RunConfig
 from pneumonia.cli import main
 
@@ -20,10 +28,14 @@ TRAINER_DEFAULTS = RunConfig().trainer_config()
 SPEC = {
     "pipelineInfo": {"name": "pneumonia"},
     "defaultPipelineRoot": "gs://bucket/tfx/pneumonia",
-    "root": {"inputDefinitions": {"parameters": {
-        "data_root": {"parameterType": "STRING", "defaultValue": "gs://bucket/data"},
-        "trainer_config": {"parameterType": "STRING", "defaultValue": json.dumps(TRAINER_DEFAULTS)},
-    }}},
+    "root": {
+        "inputDefinitions": {
+            "parameters": {
+                "data_root": {"parameterType": "STRING", "defaultValue": "gs://bucket/data"},
+                "trainer_config": {"parameterType": "STRING", "defaultValue": json.dumps(TRAINER_DEFAULTS)},
+            }
+        }
+    },
 }
 
 
@@ -50,24 +62,35 @@ class FakeKfp(http.server.ThreadingHTTPServer):
             return 200, {"multi_user": False}
         if method == "GET" and path == f"{API}/experiments":
             wanted = json.loads(one["filter"])["predicates"][0]["stringValue"]
-            return 200, {"experiments": [{"experiment_id": i, "display_name": n}
-                                         for i, n in self.experiments.items() if n == wanted]}
+            return 200, {
+                "experiments": [
+                    {"experiment_id": i, "display_name": n} for i, n in self.experiments.items() if n == wanted
+                ]
+            }
         if method == "POST" and path == f"{API}/experiments":
             experiment_id = next(self.ids)
             self.experiments[experiment_id] = json.loads(body)["display_name"]
             return 200, {"experiment_id": experiment_id, "display_name": self.experiments[experiment_id]}
         if method == "GET" and path == f"{API}/pipelines":
             wanted = json.loads(one["filter"])["predicates"][0]["stringValue"]
-            return 200, {"pipelines": [{"pipeline_id": i, "display_name": p["display_name"]}
-                                       for i, p in self.pipelines.items() if p["display_name"] == wanted]}
+            return 200, {
+                "pipelines": [
+                    {"pipeline_id": i, "display_name": p["display_name"]}
+                    for i, p in self.pipelines.items()
+                    if p["display_name"] == wanted
+                ]
+            }
         if method == "POST" and path == f"{API}/pipelines":
             pipeline_id = next(self.ids)
             self.pipelines[pipeline_id] = {"display_name": json.loads(body)["display_name"], "versions": []}
             return 200, {"pipeline_id": pipeline_id, "display_name": self.pipelines[pipeline_id]["display_name"]}
         if method == "POST" and path == f"{API}/pipelines/upload_version":
             self.uploads.append((one, uploaded_file(body, content_type)))
-            version = {"pipeline_id": one["pipelineid"], "pipeline_version_id": next(self.ids),
-                       "display_name": one["name"]}
+            version = {
+                "pipeline_id": one["pipelineid"],
+                "pipeline_version_id": next(self.ids),
+                "display_name": one["name"],
+            }
             self.pipelines[one["pipelineid"]]["versions"].append(version)
             return 200, version
         if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
@@ -139,8 +162,14 @@ def package(tmp_path):
 
 
 def request_for(server_url, package, **overrides) -> ScheduleRequest:
-    values = dict(host=server_url, package=str(package), cron="0 0 3 * * *", experiment="pneumonia",
-                  job_name="nightly", assignments=["epochs=10", "architecture=densenet121", "data_root=gs://new/data"])
+    values = dict(
+        host=server_url,
+        package=str(package),
+        cron="0 0 3 * * *",
+        experiment="pneumonia",
+        job_name="nightly",
+        assignments=["epochs=10", "architecture=densenet121", "data_root=gs://new/data"],
+    )
     values.update(overrides)
     return ScheduleRequest(**values)
 
@@ -148,9 +177,9 @@ def request_for(server_url, package, **overrides) -> ScheduleRequest:
 def test_uploads_then_creates_the_recurring_run(kfp_server, package):
     server = kfp_server()
     plan = schedule(request_for(server.url, package), out=lambda line: None)
-    (pipeline_id, pipeline), = server.pipelines.items()
+    ((pipeline_id, pipeline),) = server.pipelines.items()
     assert pipeline["display_name"] == "pneumonia"
-    (query, uploaded), = server.uploads
+    ((query, uploaded),) = server.uploads
     assert query == {"name": plan.version_name, "pipelineid": pipeline_id} and uploaded == package.read_bytes()
     (run,) = server.recurring_runs
     assert run["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
@@ -175,7 +204,10 @@ def test_same_package_reuses_its_version_and_a_new_one_is_uploaded_as_a_version(
     (pipeline,) = server.pipelines.values()
     version_ids = [v["pipeline_version_id"] for v in pipeline["versions"]]
     assert [r["pipeline_version_reference"]["pipeline_version_id"] for r in server.recurring_runs] == [
-        version_ids[0], version_ids[0], version_ids[1]]
+        version_ids[0],
+        version_ids[0],
+        version_ids[1],
+    ]
 
 
 def test_unknown_experiment_is_an_error_before_any_upload(kfp_server, package):
@@ -205,8 +237,9 @@ def test_dry_run_prints_the_requests_and_sends_nothing(kfp_server, package):
     assert f"POST {server.url}{API}/recurringruns" in lines
     assert any(f"POST {server.url}{API}/pipelines/upload_version?name=pneumonia-" in line for line in lines)
     printed = json.loads(lines[-1])
-    assert printed == recurring_run_body(make_plan(request_for(server.url, package)), "<experiment_id>",
-                                         "<pipeline_id>", "<version_id>")
+    assert printed == recurring_run_body(
+        make_plan(request_for(server.url, package)), "<experiment_id>", "<pipeline_id>", "<version_id>"
+    )
 
 
 def test_unreachable_host_is_named(package):
@@ -219,26 +252,53 @@ def test_unreachable_host_is_named(package):
 
 def test_schedule_command(kfp_server, package, capsys):
     server = kfp_server()
-    main(["schedule", "--host", server.url, "--cron", "0 0 3 * * *", "--package", str(package), "--name", "nightly",
-          "--param", "epochs=7", "--max-concurrency", "2"])
+    main(
+        [
+            "schedule",
+            "--host",
+            server.url,
+            "--cron",
+            "0 0 3 * * *",
+            "--package",
+            str(package),
+            "--name",
+            "nightly",
+            "--param",
+            "epochs=7",
+            "--max-concurrency",
+            "2",
+        ]
+    )
     assert "recurring run id-" in capsys.readouterr().out
     (run,) = server.recurring_runs
-    assert int(run["max_concurrency"]) == 2 and json.loads(run["runtime_config"]["parameters"]["trainer_config"])[
-        "epochs"] == 7
+    assert (
+        int(run["max_concurrency"]) == 2
+        and json.loads(run["runtime_config"]["parameters"]["trainer_config"])["epochs"] == 7
+    )
     with pytest.raises(SystemExit, match="error: invalid cron expression '@often'"):
         main(["schedule", "--host", server.url, "--cron", "@often", "--package", str(package)])
 
 
-@pytest.mark.parametrize("expression", ["0 0 3 * * *", "0 0/10 * * * ?", "0 0 9 ? * MON-FRI", "*/30 * * 1,15 JAN-JUN *",
-                                        "@daily"])
+@pytest.mark.parametrize(
+    "expression", ["0 0 3 * * *", "0 0/10 * * * ?", "0 0 9 ? * MON-FRI", "*/30 * * 1,15 JAN-JUN *", "@daily"]
+)
 def test_valid_cron(expression):
     assert validate_cron(expression) == expression
 
 
-@pytest.mark.parametrize("expression, problem", [
-    ("0 3 * * *", "got 5"), ("0 60 * * * *", "'60' is outside 0-59"), ("0 0 0 0 * *", "'0' is outside 1-31"),
-    ("0 0 3 ? * *x", "cannot parse"), ("? 0 3 * * *", "'?' is only allowed"), ("0 0 5-2 * * *", "runs backwards"),
-    ("0 */0 * * * *", "step must be at least 1"), ("0 0 3 * FOO *", "'FOO' is outside 1-12")])
+@pytest.mark.parametrize(
+    "expression, problem",
+    [
+        ("0 3 * * *", "got 5"),
+        ("0 60 * * * *", "'60' is outside 0-59"),
+        ("0 0 0 0 * *", "'0' is outside 1-31"),
+        ("0 0 3 ? * *x", "cannot parse"),
+        ("? 0 3 * * *", "'?' is only allowed"),
+        ("0 0 5-2 * * *", "runs backwards"),
+        ("0 */0 * * * *", "step must be at least 1"),
+        ("0 0 3 * FOO *", "'FOO' is outside 1-12"),
+    ],
+)
 def test_invalid_cron_names_the_problem(expression, problem):
     with pytest.raises(ScheduleError, match=f"invalid cron expression.*{problem}"):
         validate_cron(expression)
@@ -254,13 +314,16 @@ def test_parameters_are_typed_like_their_defaults():
         pipeline_parameters(SPEC, ["epochs"])
 
 
-@pytest.mark.parametrize("assignment, problem", [
-    ("architecture=resnet50", "unknown architecture 'resnet50'; choose one of: cnn"),
-    ("threshold_policy=f1", "unknown threshold policy 'f1'"),
-    ("batch_size=0", "trainer setting batch_size=0: must be at least 1"),
-    ('model_config={"depth": 3}', "cnn: unknown model_config setting"),
-    ('trainer_config={"architecture": "cnn"}', "missing trainer setting"),
-])
+@pytest.mark.parametrize(
+    "assignment, problem",
+    [
+        ("architecture=resnet50", "unknown architecture 'resnet50'; choose one of: cnn"),
+        ("threshold_policy=f1", "unknown threshold policy 'f1'"),
+        ("batch_size=0", "trainer setting batch_size=0: must be at least 1"),
+        ('model_config={"depth": 3}', "cnn: unknown model_config setting"),
+        ('trainer_config={"architecture": "cnn"}', "missing trainer setting"),
+    ],
+)
 def test_trainer_settings_the_trainer_would_refuse_fail_before_any_request(kfp_server, package, assignment, problem):
     server = kfp_server()
     with pytest.raises(ScheduleError, match=f"--param trainer_config: {problem}"):

@@ -5,6 +5,7 @@
 
 Read from the source (every import statement, inside functions too), so a lazy import cannot hide a cycle.
 """
+
 import ast
 import pathlib
 import sys
@@ -42,8 +43,13 @@ def project_modules() -> Dict[str, pathlib.Path]:
 def imports(path: pathlib.Path) -> Iterator[Tuple[str, ast.stmt, bool]]:
     """(imported module, statement, whether it sits inside a function) for every absolute import."""
     tree = ast.parse(path.read_text(), str(path))
-    inside = {id(node) for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
-              for node in ast.walk(function) if node is not function}
+    inside = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(function)
+        if node is not function
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -63,16 +69,24 @@ def layer_of(module: str) -> str:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_a_layer_imports_nothing_above_it(layer):
-    offending = sorted(f"{path.relative_to(ROOT)} imports {name}"
-                       for module, path in project_modules().items() if layer_of(module) == layer
-                       for name, _, _ in imports(path) if any(under(name, banned) for banned in FORBIDDEN[layer]))
+    offending = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for module, path in project_modules().items()
+        if layer_of(module) == layer
+        for name, _, _ in imports(path)
+        if any(under(name, banned) for banned in FORBIDDEN[layer])
+    )
     assert not offending, "; ".join(offending)
 
 
 def test_nothing_imports_the_cli_but_the_cli():
-    offending = sorted(f"{path.relative_to(ROOT)} imports {name}" for module, path in project_modules().items()
-                       if not under(module, "pneumonia.cli")
-                       for name, _, _ in imports(path) if under(name, "pneumonia.cli"))
+    offending = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for module, path in project_modules().items()
+        if not under(module, "pneumonia.cli")
+        for name, _, _ in imports(path)
+        if under(name, "pneumonia.cli")
+    )
     assert not offending, "; ".join(offending)
 
 
@@ -161,7 +175,9 @@ def test_each_cli_sub_package_names_its_job_and_no_module_is_over_the_limit():
     for layer in CLI_LAYERS:
         package = ROOT / layer.replace(".", "/") / "__init__.py"
         assert ast.get_docstring(ast.parse(package.read_text())), f"{layer} has no docstring naming its job"
-    too_long = sorted(f"{path.relative_to(ROOT)} ({len(path.read_text().splitlines())} lines)"
-                      for path in (ROOT / "pneumonia").rglob("*.py")
-                      if len(path.read_text().splitlines()) > MAX_CLI_MODULE_LINES)
+    too_long = sorted(
+        f"{path.relative_to(ROOT)} ({len(path.read_text().splitlines())} lines)"
+        for path in (ROOT / "pneumonia").rglob("*.py")
+        if len(path.read_text().splitlines()) > MAX_CLI_MODULE_LINES
+    )
     assert not too_long, ", ".join(too_long)

@@ -1,4 +1,5 @@
 """Architecture registry and model builders."""
+
 import keras
 import numpy as np
 import pytest
@@ -47,14 +48,18 @@ def test_densenet_loads_a_local_weights_file_into_its_frozen_backbone(tmp_path):
     for loaded, saved in zip(backbone.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(loaded, saved)
     rgb = model.get_layer("to_imagenet")(np.full((1, 2, 2, 1), 255.0, "float32")).numpy()
-    np.testing.assert_allclose(rgb[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        rgb[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=1e-5
+    )
 
 
-@pytest.mark.parametrize("weights, message", [
-    ("/nowhere/densenet.h5", "weights file not found"),
-    ("densenet.bin", "expected 'imagenet', 'none' or a .h5/.keras"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ("/nowhere/densenet.h5", "weights file not found"),
+        ("densenet.bin", "expected 'imagenet', 'none' or a .h5/.keras"),
+    ],
+)
 def test_densenet_names_bad_weights(weights, message):
     with pytest.raises(ValueError, match=message):
         models.build("densenet121", 32, weights=weights)
@@ -154,8 +159,12 @@ def _member_file(tmp_path, architecture: str, image_size: int, seed: int) -> dic
 def test_ensemble_averages_its_members_logits(tmp_path):
     """Exactly: the shared Grad-CAM map (nearest upsampling, average pooling back) loses nothing."""
     import tensorflow as tf
-    members = [_member_file(tmp_path, "cnn", 64, 1), _member_file(tmp_path, "swin", 64, 2),
-               _member_file(tmp_path, "cnn_transformer", 32, 3)]
+
+    members = [
+        _member_file(tmp_path, "cnn", 64, 1),
+        _member_file(tmp_path, "swin", 64, 2),
+        _member_file(tmp_path, "cnn_transformer", 32, 3),
+    ]
     model = models.build("ensemble", 64, members=members)
     assert not model.trainable_weights
     pixels = np.random.default_rng(0).uniform(0, 255, size=(3, 64, 64, 1)).astype("float32")
@@ -170,15 +179,28 @@ def test_ensemble_averages_its_members_logits(tmp_path):
     expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
     np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=1e-5)
     # each member's Grad-CAM map stays on its own grid
-    grids = [models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
-             .get_layer(models.FEATURE_MAP).output.shape[1] for spec in members]
+    grids = [
+        models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
+        .get_layer(models.FEATURE_MAP)
+        .output.shape[1]
+        for spec in members
+    ]
     assert len(set(grids)) > 1 and [layer.output.shape[1] for layer in models.feature_map_layers(model)] == grids
     # and it exports and serves like any model, members of another size included
     from trainer import ood, signatures
     from trainer.threshold import Threshold
+
     export_dir = str(tmp_path / "export")
-    signatures.export(model, export_dir, 64, Threshold(0.5, "youden", 1.0, 1.0, 3), str(tmp_path / "work"), "ensemble",
-                      {"members": members}, guard=ood.noise_guard(model, 64))
+    signatures.export(
+        model,
+        export_dir,
+        64,
+        Threshold(0.5, "youden", 1.0, 1.0, 3),
+        str(tmp_path / "work"),
+        "ensemble",
+        {"members": members},
+        guard=ood.noise_guard(model, 64),
+    )
     encoded = [tf.io.encode_png(image.astype("uint8")).numpy() for image in pixels.round()]
     served = tf.saved_model.load(export_dir).signatures["predict_images"](images=tf.constant(encoded))
     np.testing.assert_allclose(served["probability"].numpy(), model.predict(pixels.round(), verbose=0)[:, 0], atol=1e-5)
@@ -188,6 +210,7 @@ def test_an_ensemble_of_one_member_twice_explains_like_the_member(tmp_path):
     """Grad-CAM sums the members' maps, each weighted by its share of the averaged logit: two copies of a member
     (each carrying half the logit's gradient) give the member's own map."""
     from components.report import gradcam
+
     spec = _member_file(tmp_path, "cnn", 64, 1)
     member = models.build("cnn", 64, **spec["model_config"])
     member.load_weights(spec["weights"])
@@ -206,9 +229,13 @@ def test_members_with_coprime_grids_explain_at_full_size_without_a_shared_grid(t
     nothing: the ensemble's Grad-CAM is the other member's, at that member's decision boundary in the ensemble.
     Scaling each member's map to peak 1 before summing would count both members alike and fail here."""
     from components.report import gradcam
+
     cnn = {"architecture": "cnn", "image_size": 224, "model_config": {"filters": [4, 8, 16], "dense_units": 4}}
-    swin = {"architecture": "swin", "image_size": 160,
-            "model_config": {**models.REGISTRY["swin"].tiny, "patch_size": 16}}
+    swin = {
+        "architecture": "swin",
+        "image_size": 160,
+        "model_config": {**models.REGISTRY["swin"].tiny, "patch_size": 16},
+    }
     for spec, seed, bias in ((cnn, 1, None), (swin, 2, 0.7)):
         keras.utils.set_random_seed(seed)
         member = models.build(spec["architecture"], spec["image_size"], **spec["model_config"])
@@ -231,12 +258,18 @@ def test_members_with_coprime_grids_explain_at_full_size_without_a_shared_grid(t
     np.testing.assert_allclose(ensemble_cam, member_cam, atol=1e-3)
 
 
-@pytest.mark.parametrize("members, message", [
-    ([{"architecture": "cnn"}], "at least 2 members"),
-    ([{"architecture": "cnn", "epochs": 3}, {"architecture": "cnn"}], "member 0: expected architecture"),
-    ([{"architecture": "cnn"}, {"architecture": "ensemble"}], "member 1: an ensemble cannot be a member"),
-    ([{"architecture": "cnn", "weights": "/nowhere.weights.h5"}, {"architecture": "cnn"}], "weights file not found"),
-])
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ([{"architecture": "cnn"}], "at least 2 members"),
+        ([{"architecture": "cnn", "epochs": 3}, {"architecture": "cnn"}], "member 0: expected architecture"),
+        ([{"architecture": "cnn"}, {"architecture": "ensemble"}], "member 1: an ensemble cannot be a member"),
+        (
+            [{"architecture": "cnn", "weights": "/nowhere.weights.h5"}, {"architecture": "cnn"}],
+            "weights file not found",
+        ),
+    ],
+)
 def test_ensemble_names_bad_members(members, message):
     with pytest.raises(ValueError, match=message):
         models.build("ensemble", 32, members=members)

@@ -4,6 +4,7 @@ write or read lands in the object store, and nothing on the local disk.
 The store is Google Cloud Storage's API served on loopback, reached by TensorFlow's own gs:// filesystem
 (tests/gcs_emulator.py); the report and `compare` are checked the same way in tests/report_executor_test.py.
 """
+
 import json
 import os
 
@@ -13,8 +14,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from components.validation_gate import executor as gate
-from pneumonia.data import audit
-from pneumonia.data import prepare
+from pneumonia.data import audit, prepare
 from pneumonia.data import sources as data_sources
 from serving import repository
 from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
@@ -54,9 +54,14 @@ def test_the_data_gate_reads_anomalies_from_the_bucket(bucket):
 
 
 def test_prepare_writes_its_shards_and_report_into_the_bucket(bucket, tmp_path):
-    names = [f"{split}/NORMAL/{split}-IM-{i:04d}-0001.jpeg" for split, n in (("train", 4), ("test", 2)) for i in range(n)]
-    names += [f"{split}/PNEUMONIA/{split}-person{i}_bacteria_{i}.jpeg" for split, n in (("train", 4), ("test", 2))
-              for i in range(n)]
+    names = [
+        f"{split}/NORMAL/{split}-IM-{i:04d}-0001.jpeg" for split, n in (("train", 4), ("test", 2)) for i in range(n)
+    ]
+    names += [
+        f"{split}/PNEUMONIA/{split}-person{i}_bacteria_{i}.jpeg"
+        for split, n in (("train", 4), ("test", 2))
+        for i in range(n)
+    ]
     source = data_sources.Source.parse(f"kermany={synthetic_xrays(str(tmp_path / 'raw'), names)}")
     out = f"{bucket}/data"
     report = prepare.prepare([source], out, eval_fraction=0.25)

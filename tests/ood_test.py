@@ -1,4 +1,5 @@
 """The OOD guard: Mahalanobis distances as defined, thresholds at the validation percentile, clear errors."""
+
 import keras
 import numpy as np
 import pytest

@@ -3,6 +3,7 @@ data gate.
 
 Runs the whole TFX pipeline with LocalDagRunner on a small real subset, a few times in sequence.
 """
+
 import glob
 import json
 import os
@@ -17,27 +18,40 @@ from ml_metadata.proto import metadata_store_pb2
 from components.threshold_calibrator import executor
 from pipeline.config import RunConfig
 from pneumonia import cli
+from pneumonia.analysis.policies import POLICIES
 from pneumonia.data import audit
 from pneumonia.runs import evaluation as run_evaluation
 from pneumonia.runs import store as run_store
-from pneumonia.analysis.policies import POLICIES
 from pneumonia.runs.runner import run_pipeline
 from tests.signatures_test import serve_both
 from trainer import models, signatures
 
 pytestmark = pytest.mark.slow
 
-COMPONENTS = ["ImportExampleGen", "StatisticsGen", "SchemaGen", "ImportSchemaGen", "ExampleValidator",
-              "DataValidationGate", "Trainer", "ThresholdCalibrator", "latest_blessed_model_resolver", "Evaluator",
-              "Pusher", "EvaluationReport"]
+COMPONENTS = [
+    "ImportExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "DataValidationGate",
+    "Trainer",
+    "ThresholdCalibrator",
+    "latest_blessed_model_resolver",
+    "Evaluator",
+    "Pusher",
+    "EvaluationReport",
+]
 DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
 
 def tiny_config(tmp_path) -> str:
     path = tmp_path / "tiny.yaml"
     # The production default intervals (analytic); tests/intervals_test.py runs the bootstrap and its gate.
-    path.write_text(f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\n"
-                    f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]"))
+    path.write_text(
+        f"image_size: 64\nepochs: 2\nbatch_size: 16\nmin_auc: 0.0\n"
+        f"model_config: {dict(models.REGISTRY['cnn'].tiny)}\n".replace("(", "[").replace(")", "]")
+    )
     return str(path)
 
 
@@ -56,16 +70,30 @@ def first_run(small_subset, tmp_path_factory):
     config = tiny_config(tmp)
     root = str(tmp / "root")
     # The site sample: 24 of the 32 external images, carved by patient (the rest stay in external).
-    cli.main(["run", "--data", os.path.join(small_subset), "--root", root, "--config", config,
-              "--calibration-from", "external", "--calibration-size", "24"])
+    cli.main(
+        [
+            "run",
+            "--data",
+            os.path.join(small_subset),
+            "--root",
+            root,
+            "--config",
+            config,
+            "--calibration-from",
+            "external",
+            "--calibration-size",
+            "24",
+        ]
+    )
     return root, config
 
 
 def test_every_component_ran_and_a_version_was_pushed(first_run, capsys):
     root, _ = first_run
     for node in COMPONENTS:
-        assert [e for e in node_executions(os.path.join(root, "metadata.sqlite"), node)
-                if e.last_known_state in DONE], f"no finished execution of {node}"
+        assert [
+            e for e in node_executions(os.path.join(root, "metadata.sqlite"), node) if e.last_known_state in DONE
+        ], f"no finished execution of {node}"
     assert len(versions(os.path.join(root, "serving"))) == 1
     assert os.path.exists(os.path.join(root, "data", audit.REPORT_NAME))  # prepared into the run root
 
@@ -74,8 +102,7 @@ def test_pushed_model_serves_real_images_through_both_signatures(first_run, shar
     root, _ = first_run
     serving = os.path.join(root, "serving", "pneumonia")
     files = sorted(glob.glob(f"{shared_data}/chest_xray/test/*/*.jpeg"))[::60]
-    serve_both(os.path.join(serving, versions(os.path.join(root, "serving"))[0]),
-               [open(f, "rb").read() for f in files])
+    serve_both(os.path.join(serving, versions(os.path.join(root, "serving"))[0]), [open(f, "rb").read() for f in files])
 
 
 def test_pushed_model_serves_the_calibrated_threshold_through_both_signatures(first_run, shared_data):
@@ -111,8 +138,11 @@ def test_second_run_is_cached_and_does_not_push_again(first_run, small_subset, c
     assert versions(os.path.join(root, "serving")) == before
     printed = capsys.readouterr().out
     assert "already the latest served version" in printed
-    compared = [m for m in tfma.load_metrics(run_store.latest_run_outputs(metadata, "pneumonia").evaluation)
-                if any(item.key.is_diff for item in m.metric_keys_and_values)]
+    compared = [
+        m
+        for m in tfma.load_metrics(run_store.latest_run_outputs(metadata, "pneumonia").evaluation)
+        if any(item.key.is_diff for item in m.metric_keys_and_values)
+    ]
     assert compared  # the Evaluator compared the cached model with the latest blessed one (the baseline)
     assert "dataset=external, split=external" in printed and "dataset=kermany, split=test" in printed
     report = next(line.split()[-1] for line in printed.splitlines() if line.startswith("report:"))
@@ -123,12 +153,26 @@ def test_a_model_failing_the_site_gate_is_not_pushed(first_run, capsys):
     """The same data and cached model, judged against bounds a tiny model does not meet on its site sample."""
     root, config = first_run
     before = versions(os.path.join(root, "serving"))
-    cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", config,
-              "--site-min-sensitivity", "1.0", "--site-min-specificity", "1.0"])
+    cli.main(
+        [
+            "run",
+            "--data",
+            os.path.join(root, "data"),
+            "--root",
+            root,
+            "--config",
+            config,
+            "--site-min-sensitivity",
+            "1.0",
+            "--site-min-specificity",
+            "1.0",
+        ]
+    )
     printed = capsys.readouterr().out
     gate_lines = [line for line in printed.splitlines() if line.startswith("not blessed: site gate: ")]
-    assert gate_lines and all("split=calibration at the served threshold is below --site-min-" in line
-                              for line in gate_lines), printed
+    assert gate_lines and all(
+        "split=calibration at the served threshold is below --site-min-" in line for line in gate_lines
+    ), printed
     assert "blessed:    False" in printed and "pushed:     no (model not blessed)" in printed
     assert versions(os.path.join(root, "serving")) == before
 
@@ -136,8 +180,9 @@ def test_a_model_failing_the_site_gate_is_not_pushed(first_run, capsys):
 def test_an_untrained_model_is_not_blessed_on_a_first_run(first_run, tmp_path):
     """Zero training epochs, a fresh root (no baseline): the validation AUC bound alone rejects it."""
     root, config_path = first_run
-    config = RunConfig.load(config_path, root=str(tmp_path / "root"), data=os.path.join(root, "data"),
-                            epochs=0, min_auc=0.8)
+    config = RunConfig.load(
+        config_path, root=str(tmp_path / "root"), data=os.path.join(root, "data"), epochs=0, min_auc=0.8
+    )
     config.splits = ["train", "eval", "test", "external"]
     run_pipeline(config)
     outputs = run_store.latest_run_outputs(config.metadata_path, config.pipeline_name)
@@ -153,8 +198,9 @@ def test_data_anomalies_and_skew_stop_the_run_before_training(first_run, tmp_pat
     data = str(tmp_path / "data")
     shutil.copytree(os.path.join(root, "data"), data)
     eval_example = next(iter_examples(os.path.join(data, "eval")))
-    bad_label, no_image, unknown_dataset = (tf.train.Example.FromString(eval_example.SerializeToString())
-                                            for _ in range(3))
+    bad_label, no_image, unknown_dataset = (
+        tf.train.Example.FromString(eval_example.SerializeToString()) for _ in range(3)
+    )
     bad_label.features.feature["label"].int64_list.value[:] = [2]
     del no_image.features.feature["image"]
     unknown_dataset.features.feature["dataset"].bytes_list.value[:] = [b"hospital_x"]
@@ -215,8 +261,10 @@ def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run
     own validation threshold, evaluated against the last blessed model and pushed (bounds opened for the test)."""
     root, _ = first_run
     swin = tmp_path / "swin.yaml"
-    swin.write_text(f"architecture: swin\nimage_size: 64\nepochs: 1\nbatch_size: 16\nmin_auc: 0.0\n"
-                    f"model_config: {dict(models.REGISTRY['swin'].tiny)}\n".replace("(", "[").replace(")", "]"))
+    swin.write_text(
+        f"architecture: swin\nimage_size: 64\nepochs: 1\nbatch_size: 16\nmin_auc: 0.0\n"
+        f"model_config: {dict(models.REGISTRY['swin'].tiny)}\n".replace("(", "[").replace(")", "]")
+    )
     cli.main(["run", "--data", os.path.join(root, "data"), "--root", root, "--config", str(swin)])
     open_bounds = tmp_path / "open.yaml"
     open_bounds.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\n")
@@ -234,7 +282,11 @@ def test_ensemble_of_two_architectures_is_trained_evaluated_and_pushed(first_run
     assert outputs.blessed is True and outputs.pushed is True
     pushed = sorted(set(versions(os.path.join(root, "serving"))) - set(before))
     assert len(pushed) == 1
-    served = serve_both(os.path.join(root, "serving", "pneumonia", pushed[0]),
-                        [example.features.feature["image"].bytes_list.value[0]
-                         for example in list(iter_examples(os.path.join(root, "data", "test")))[:4]])
+    served = serve_both(
+        os.path.join(root, "serving", "pneumonia", pushed[0]),
+        [
+            example.features.feature["image"].bytes_list.value[0]
+            for example in list(iter_examples(os.path.join(root, "data", "test")))[:4]
+        ],
+    )
     assert (served["threshold"] == metadata["value"]).all()

@@ -1,5 +1,6 @@
 """The model's pixel budget: the graph reads sizes from headers like the server and prepare do, refuses a
 decompression bomb before decoding it (INVALID_ARGUMENT naming the size), and passes real full-size X-rays."""
+
 import concurrent.futures
 import glob
 import os

@@ -1,4 +1,5 @@
 """prepare: label mapping, splits, patient-grouped carve, bad input, leakage, determinism, reuse."""
+
 import glob
 import io
 import json
@@ -11,8 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pneumonia.data import audit
-from pneumonia.data import prepare
+from pneumonia.data import audit, prepare
 from pneumonia.data import sources as data_sources
 from pneumonia.data.images import parse_patient_and_pathogen
 from tests.conftest import copy_subset
@@ -51,19 +51,23 @@ def synthetic_xrays(root: str, relpaths) -> str:
     """Distinct small grayscale JPEGs at the given paths under root (Kermany names give the patients)."""
     rng = np.random.default_rng(0)
     for relpath in relpaths:
-        write(os.path.join(root, relpath),
-              encode(Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)), "JPEG"))
+        write(
+            os.path.join(root, relpath), encode(Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)), "JPEG")
+        )
     return root
 
 
-@pytest.mark.parametrize("name, label, patient, pathogen", [
-    ("person123_bacteria_456.jpeg", 1, "person123", "bacteria"),
-    ("person45_virus_78.jpeg", 1, "person45", "virus"),
-    ("IM-0115-0001.jpeg", 0, "IM-0115", "none"),
-    ("NORMAL2-IM-0372-0001.jpeg", 0, "NORMAL2-IM-0372", "none"),
-    ("rsna_Normal-4410.jpeg", 0, None, "none"),
-    ("ieee8023_covid-19-pneumonia-7-PA.jpeg", 1, None, "unknown"),
-])
+@pytest.mark.parametrize(
+    "name, label, patient, pathogen",
+    [
+        ("person123_bacteria_456.jpeg", 1, "person123", "bacteria"),
+        ("person45_virus_78.jpeg", 1, "person45", "virus"),
+        ("IM-0115-0001.jpeg", 0, "IM-0115", "none"),
+        ("NORMAL2-IM-0372-0001.jpeg", 0, "NORMAL2-IM-0372", "none"),
+        ("rsna_Normal-4410.jpeg", 0, None, "none"),
+        ("ieee8023_covid-19-pneumonia-7-PA.jpeg", 1, None, "unknown"),
+    ],
+)
 def test_file_names_give_patient_and_pathogen(name, label, patient, pathogen):
     assert parse_patient_and_pathogen(name, label) == (patient, pathogen)
 
@@ -76,11 +80,22 @@ def test_source_needs_name_and_path():
 @pytest.fixture(scope="module")
 def prepared(shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prepared")
-    data = copy_subset(shared_data, str(tmp / "raw"), {
-        "chest_xray/train/NORMAL": 40, "chest_xray/train/PNEUMONIA": 40,
-        "chest_xray/test/NORMAL": 5, "chest_xray/test/PNEUMONIA": 5,
-        "external/NORMAL": 4, "external/PNEUMONIA": 4})
-    sources = [data_sources.Source.parse(f"kermany={data}/chest_xray"), data_sources.Source.parse(f"external={data}/external")]
+    data = copy_subset(
+        shared_data,
+        str(tmp / "raw"),
+        {
+            "chest_xray/train/NORMAL": 40,
+            "chest_xray/train/PNEUMONIA": 40,
+            "chest_xray/test/NORMAL": 5,
+            "chest_xray/test/PNEUMONIA": 5,
+            "external/NORMAL": 4,
+            "external/PNEUMONIA": 4,
+        },
+    )
+    sources = [
+        data_sources.Source.parse(f"kermany={data}/chest_xray"),
+        data_sources.Source.parse(f"external={data}/external"),
+    ]
     report = prepare.prepare(sources, str(tmp / "out"))
     return data, sources, str(tmp / "out"), report
 
@@ -94,7 +109,11 @@ def test_real_images_become_complete_examples(prepared):
             assert feature(example, "split") == split
             assert feature(example, "label") == (feature(example, "label_name") == "PNEUMONIA")
             assert feature(example, "label_name") in feature(example, "source_path")  # class folder -> label
-            assert (feature(example, "height"), feature(example, "width"), feature(example, "channels")) == (224, 224, 1)
+            assert (feature(example, "height"), feature(example, "width"), feature(example, "channels")) == (
+                224,
+                224,
+                1,
+            )
             root = os.path.join(data, "external" if split == "external" else "chest_xray")
             stored = open(os.path.join(root, feature(example, "source_path")), "rb").read()
             assert example.features.feature["image"].bytes_list.value[0] == stored  # bytes as stored
@@ -162,13 +181,16 @@ def test_every_bad_file_is_accounted_for_with_a_reason(shared_data, tmp_path):
     os.symlink(str(tmp_path), os.path.join(root, "NORMAL", "outside"))  # a folder link leaving the source
     os.symlink(real_path, os.path.join(root, "PNEUMONIA", "link.jpeg"))
 
-    report = prepare.prepare([data_sources.Source.parse(f"external={root}")], str(tmp_path / "out"), max_bad_fraction=0.2)
+    report = prepare.prepare(
+        [data_sources.Source.parse(f"external={root}")], str(tmp_path / "out"), max_bad_fraction=0.2
+    )
     reasons = {item["path"].split("/", 1)[1]: item["reason"] for item in report["quarantined"]}
     for name, (_, reason) in quarantined.items():
         assert reason in reasons[name], (name, reasons.get(name))
     assert "symbolic link" in reasons["NORMAL/outside"] and "symbolic link" in reasons["PNEUMONIA/link.jpeg"]
     assert [(d["path"], d["duplicate_of"]) for d in report["duplicates"]] == [
-        ("external/PNEUMONIA/copy.jpeg", f"external/NORMAL/{os.path.basename(real_path)}")]
+        ("external/PNEUMONIA/copy.jpeg", f"external/NORMAL/{os.path.basename(real_path)}")
+    ]
     assert report["written"] == 120 + len(accepted)
     assert report["accounted"] and report["files_seen"] == 120 + len(quarantined) + len(accepted) + 3
     examples = {feature(e, "source_path"): e for e in read_examples(str(tmp_path / "out" / "external"))}
@@ -190,9 +212,16 @@ def test_too_many_bad_files_fail_with_one_line_and_publish_nothing(shared_data, 
 
 
 def test_leaks_across_splits_are_reported_and_strict_fails(shared_data, tmp_path):
-    data = copy_subset(shared_data, str(tmp_path / "raw"), {
-        "chest_xray/train/NORMAL": 12, "chest_xray/train/PNEUMONIA": 12,
-        "chest_xray/test/NORMAL": 3, "chest_xray/test/PNEUMONIA": 3})
+    data = copy_subset(
+        shared_data,
+        str(tmp_path / "raw"),
+        {
+            "chest_xray/train/NORMAL": 12,
+            "chest_xray/train/PNEUMONIA": 12,
+            "chest_xray/test/NORMAL": 3,
+            "chest_xray/test/PNEUMONIA": 3,
+        },
+    )
     leaked = sorted(glob.glob(f"{data}/chest_xray/test/NORMAL/*"))[0]
     write(os.path.join(data, "chest_xray", "train", "NORMAL", "leaked.jpeg"), open(leaked, "rb").read())
     sources = [data_sources.Source.parse(f"kermany={data}/chest_xray")]
@@ -205,8 +234,9 @@ def test_leaks_across_splits_are_reported_and_strict_fails(shared_data, tmp_path
 
 def test_official_val_is_kept_and_shared_patients_are_reported(shared_data, tmp_path):
     raw = str(tmp_path / "raw")
-    copy_subset(shared_data, raw, {"chest_xray/train/PNEUMONIA": 2 * prepare.MIN_USABLE_VAL,
-                                   "chest_xray/test/NORMAL": 2})
+    copy_subset(
+        shared_data, raw, {"chest_xray/train/PNEUMONIA": 2 * prepare.MIN_USABLE_VAL, "chest_xray/test/NORMAL": 2}
+    )
     train = os.path.join(raw, "chest_xray", "train", "PNEUMONIA")
     names = sorted(os.listdir(train))
     val = os.path.join(raw, "chest_xray", "val", "PNEUMONIA")
@@ -219,7 +249,8 @@ def test_official_val_is_kept_and_shared_patients_are_reported(shared_data, tmp_
     assert report["counts"]["eval"]["kermany"]["PNEUMONIA"] == prepare.MIN_USABLE_VAL
     assert "official val/" in report["eval_policy"]
     shared = {f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_val} & {
-        f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_train}
+        f"kermany:{parse_patient_and_pathogen(n, 1)[0]}" for n in in_train
+    }
     assert shared and report["patients_in_train_and_eval"] == sorted(shared)
     with pytest.raises(data_sources.PrepareError, match="--strict: .* patient"):
         prepare.prepare(sources, str(tmp_path / "strict"), strict=True)
@@ -261,8 +292,12 @@ def test_every_evaluation_split_is_audited_for_patients_seen_in_train(tmp_path):
     the report lists them per evaluation split, and each record says whether its patient is in train."""
     train = [f"train/PNEUMONIA/person{i}_bacteria_{i}.jpeg" for i in range(1, 9)]
     train += [f"train/NORMAL/IM-{i:04d}-0001.jpeg" for i in range(1, 9)]
-    test = ["test/PNEUMONIA/person1_virus_100.jpeg", "test/PNEUMONIA/person1_virus_101.jpeg",
-            "test/PNEUMONIA/person99_virus_102.jpeg", "test/NORMAL/IM-0200-0001.jpeg"]
+    test = [
+        "test/PNEUMONIA/person1_virus_100.jpeg",
+        "test/PNEUMONIA/person1_virus_101.jpeg",
+        "test/PNEUMONIA/person99_virus_102.jpeg",
+        "test/NORMAL/IM-0200-0001.jpeg",
+    ]
     raw = synthetic_xrays(str(tmp_path / "raw"), train + test)
     out = str(tmp_path / "out")
     report = prepare.prepare([data_sources.Source.parse(f"kermany={raw}")], out, eval_fraction=0.25)
@@ -270,11 +305,19 @@ def test_every_evaluation_split_is_audited_for_patients_seen_in_train(tmp_path):
     assert report["patients_shared_with_train"] == {"eval": [], "test": ["kermany:person1"]}
     assert report["images_of_patients_in_train"] == {"eval": 0, "test": 2}
     assert "test: 1 patient ID(s) also in train, 2 image(s)" in audit.summary(report)
-    seen = {split: {feature(e, "source_path"): feature(e, "patient_in_train")
-                    for e in read_examples(os.path.join(out, split))} for split in ("train", "eval", "test")}
+    seen = {
+        split: {
+            feature(e, "source_path"): feature(e, "patient_in_train") for e in read_examples(os.path.join(out, split))
+        }
+        for split in ("train", "eval", "test")
+    }
     assert set(seen["train"].values()) == {1} and set(seen["eval"].values()) == {0} and carved
-    assert seen["test"] == {"test/PNEUMONIA/person1_virus_100.jpeg": 1, "test/PNEUMONIA/person1_virus_101.jpeg": 1,
-                            "test/PNEUMONIA/person99_virus_102.jpeg": 0, "test/NORMAL/IM-0200-0001.jpeg": 0}
+    assert seen["test"] == {
+        "test/PNEUMONIA/person1_virus_100.jpeg": 1,
+        "test/PNEUMONIA/person1_virus_101.jpeg": 1,
+        "test/PNEUMONIA/person99_virus_102.jpeg": 0,
+        "test/NORMAL/IM-0200-0001.jpeg": 0,
+    }
 
 
 def test_a_report_whose_files_do_not_add_up_fails(prepared):

@@ -1,5 +1,6 @@
 """What the Pusher publishes (serving/repository.py): TF Serving layout, atomic versions, no second push of the
 same model."""
+
 import os
 
 from serving import repository

@@ -1,4 +1,5 @@
 """The full-data recipes in pipeline/configs: one per architecture, valid, and reproducible from RESULTS.md."""
+
 import glob
 import os
 
@@ -17,14 +18,14 @@ LUNGS = sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "lungs", "*.y
 def test_every_architecture_has_a_recipe_named_after_it():
     """All but the ensemble, which `pneumonia ensemble` builds from trained members instead of a recipe."""
     trained = sorted(set(models.REGISTRY) - {"ensemble"})
-    assert sorted(os.path.basename(path)[:-len(".yaml")] for path in RECIPES) == trained
+    assert sorted(os.path.basename(path)[: -len(".yaml")] for path in RECIPES) == trained
 
 
 @pytest.mark.parametrize("path", RECIPES + ABLATIONS + LUNGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_recipe_loads_and_builds_its_model(path):
     config = RunConfig.load(path)
     if path in RECIPES + LUNGS:
-        assert config.trainer.architecture == os.path.basename(path)[:-len(".yaml")]
+        assert config.trainer.architecture == os.path.basename(path)[: -len(".yaml")]
     config.trainer.check()
     model = task.build_model(config.trainer)
     assert model.input_shape == (None, config.trainer.image_size, config.trainer.image_size, 1)
@@ -43,9 +44,16 @@ def test_results_document_reproduces_every_recipe():
 def test_each_ablation_row_of_issue_12_adds_one_remedy_to_the_cnn_recipe():
     """Rows differ from the previous one in exactly the remedy they name; row 3 is the recipe, row 4 adds the
     in-model view standardisation to it."""
-    rows = [os.path.join(ROOT, "pipeline", "configs", *parts) for parts in (
-        ("cnn.yaml",), ("ablations", "cnn_crop.yaml"), ("ablations", "cnn_crop_acquisition.yaml"),
-        ("lungs", "cnn.yaml"), ("ablations", "cnn_lungs_view.yaml"))]
+    rows = [
+        os.path.join(ROOT, "pipeline", "configs", *parts)
+        for parts in (
+            ("cnn.yaml",),
+            ("ablations", "cnn_crop.yaml"),
+            ("ablations", "cnn_crop_acquisition.yaml"),
+            ("lungs", "cnn.yaml"),
+            ("ablations", "cnn_lungs_view.yaml"),
+        )
+    ]
     configs = [RunConfig.load(path).trainer_config() for path in rows]
     added = [{key for key in after if after[key] != before[key]} for before, after in zip(configs, configs[1:])]
     assert added == [{"crop_min_area"}, {"acquisition_augment"}, {"ema_epochs"}, {"model_config"}]

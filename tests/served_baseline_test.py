@@ -1,5 +1,6 @@
 """The served-version baseline (Kubeflow's stand-in for TFX's latest-blessed-model Resolver): the newest
 version copied into the Model artifact, none on a first run, and the Evaluator then without a baseline."""
+
 import os
 
 from tfx.components.evaluator import executor as tfx_evaluator

@@ -1,4 +1,5 @@
 """The client library and `pneumonia predict`: results, batching, retry, deadlines, one-line errors."""
+
 import glob
 import json
 import threading
@@ -11,8 +12,16 @@ import tensorflow as tf
 from pneumonia.cli import main
 from serving import config
 from serving.client import ClientError, PredictionClient, read_image
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, png, served,  # noqa: F401
-                                    start_server, stub)
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    exported_models,
+    image_request,
+    model_base,
+    png,
+    served,  # noqa: F401
+    start_server,
+    stub,
+)
 
 
 def address(server) -> str:
@@ -29,8 +38,9 @@ def test_client_returns_one_prediction_per_image_with_the_version(served):
     expected = tf.make_ndarray(stub(served).Predict(image_request(images), timeout=10).outputs["probability"])
     assert [p.probability for p in predictions] == pytest.approx(list(expected), abs=1e-6)
     assert {p.model_version for p in predictions + pinned + labelled} == {1}
-    assert all(p.threshold == 0.5 and p.label == ("PNEUMONIA" if p.probability >= 0.5 else "NORMAL")
-               for p in predictions)
+    assert all(
+        p.threshold == 0.5 and p.label == ("PNEUMONIA" if p.probability >= 0.5 else "NORMAL") for p in predictions
+    )
     assert [s.version for s in status.model_version_status] == [1]
 
 

@@ -1,5 +1,6 @@
 """Model server config: TF Serving's version policies, config files, k8s manifests (version discovery:
 tests/serving_repository_test.py)."""
+
 import argparse
 import os
 
@@ -41,12 +42,14 @@ def test_bad_policies_are_refused():
 
 
 def test_config_file_round_trips_with_labels_and_relative_paths(tmp_path):
-    written = config.model_config("pneumonia", str(tmp_path / "models"), "specific", versions=[2, 3],
-                                  labels={"stable": 2, "canary": 3})
+    written = config.model_config(
+        "pneumonia", str(tmp_path / "models"), "specific", versions=[2, 3], labels={"stable": 2, "canary": 3}
+    )
     path = config.write(written, str(tmp_path / "models.config"))
     assert config.read(path) == written
     (tmp_path / "relative.config").write_text(
-        'model_config_list { config { name: "m" base_path: "serving/m" model_platform: "tensorflow" } }')
+        'model_config_list { config { name: "m" base_path: "serving/m" model_platform: "tensorflow" } }'
+    )
     assert only_model(config.read(str(tmp_path / "relative.config"))).base_path == str(tmp_path / "serving" / "m")
 
 
@@ -68,8 +71,13 @@ def test_bad_config_files_name_the_problem(tmp_path):
 
 
 def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config():
-    documents = [d for name in sorted(os.listdir(K8S)) if name.endswith(".yaml")
-                 for d in yaml.safe_load_all(open(os.path.join(K8S, name))) if d]
+    documents = [
+        d
+        for name in sorted(os.listdir(K8S))
+        if name.endswith(".yaml")
+        for d in yaml.safe_load_all(open(os.path.join(K8S, name)))
+        if d
+    ]
     kinds = {d["kind"]: d for d in documents}
     assert {"Deployment", "Service", "ConfigMap"} <= set(kinds)
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
@@ -91,12 +99,33 @@ def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config():
 def test_tfserving_backend_gets_the_same_settings(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers())
-    args = parser.parse_args(["serve", "--serving-dir", str(tmp_path), "--grpc-port", "9500", "--rest-port", "9501",
-                              "--max-message-bytes", "1024", "--poll-seconds", "3", "--backend", "tfserving",
-                              "--ssl-config-file", "ssl.config"])
+    args = parser.parse_args(
+        [
+            "serve",
+            "--serving-dir",
+            str(tmp_path),
+            "--grpc-port",
+            "9500",
+            "--rest-port",
+            "9501",
+            "--max-message-bytes",
+            "1024",
+            "--poll-seconds",
+            "3",
+            "--backend",
+            "tfserving",
+            "--ssl-config-file",
+            "ssl.config",
+        ]
+    )
     config_path = config.write(cli.server_config(args), str(tmp_path / "models.config"))
     assert cli.tfserving_command(args, config_path) == [
-        "tensorflow_model_server", "--port=9500", "--rest_api_port=9501", f"--model_config_file={config_path}",
-        "--file_system_poll_wait_seconds=3", "--grpc_channel_arguments=grpc.max_receive_message_length=1024",
-        f"--ssl_config_file={os.path.abspath('ssl.config')}"]
+        "tensorflow_model_server",
+        "--port=9500",
+        "--rest_api_port=9501",
+        f"--model_config_file={config_path}",
+        "--file_system_poll_wait_seconds=3",
+        "--grpc_channel_arguments=grpc.max_receive_message_length=1024",
+        f"--ssl_config_file={os.path.abspath('ssl.config')}",
+    ]
     assert only_model(config.read(config_path)).base_path == str(tmp_path / "pneumonia")

@@ -2,6 +2,7 @@
 
 Import the fixtures a test module uses by name (`from tests.serving_fixtures import served`).
 """
+
 import glob
 import os
 import shutil
@@ -44,8 +45,16 @@ def export_tiny_model(export_dir: str, work_dir: str, seed: int, fit_guard=None)
     tf.keras.utils.set_random_seed(seed)
     settings = dict(models.REGISTRY["cnn"].tiny)
     model = models.build("cnn", IMAGE_SIZE, **settings)
-    signatures.export(model, export_dir, IMAGE_SIZE, Threshold(0.5, "youden", 1.0, 1.0, 10), work_dir, "cnn",
-                      settings, guard=fit_guard(model) if fit_guard else ood.noise_guard(model, IMAGE_SIZE))
+    signatures.export(
+        model,
+        export_dir,
+        IMAGE_SIZE,
+        Threshold(0.5, "youden", 1.0, 1.0, 10),
+        work_dir,
+        "cnn",
+        settings,
+        guard=fit_guard(model) if fit_guard else ood.noise_guard(model, IMAGE_SIZE),
+    )
     return export_dir
 
 
@@ -94,8 +103,9 @@ def stub(server: ModelServer) -> prediction_service_pb2_grpc.PredictionServiceSt
     return stub_at(f"127.0.0.1:{server.grpc_port}")
 
 
-def image_request(values, signature: str = "predict_images", model: str = MODEL_NAME,
-                  key: str = "images") -> predict_pb2.PredictRequest:
+def image_request(
+    values, signature: str = "predict_images", model: str = MODEL_NAME, key: str = "images"
+) -> predict_pb2.PredictRequest:
     """A Predict request with a batch of strings (encoded images, or serialized examples with key='examples')."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model

@@ -1,4 +1,5 @@
 """gRPC contract, with the official TF Serving stubs: every RPC, version resolution, every error code."""
+
 import os
 import shutil
 import time
@@ -8,18 +9,32 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+)
 
 from serving import config
 from serving.models import State
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base,  # noqa: F401
-                                    place_version, png, served, start_server, stub)
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    exported_models,
+    image_request,
+    model_base,  # noqa: F401
+    place_version,
+    png,
+    served,
+    start_server,
+    stub,
+)
 
 
 def example(image: bytes) -> tf.train.Example:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
+    return tf.train.Example(
+        features=tf.train.Features(feature={"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})
+    )
 
 
 def pinned_request(version: int):
@@ -55,13 +70,20 @@ def test_predict_on_both_signatures_agrees_and_reports_the_version(served):
     images = [png(seed=1), png(80, 50, seed=2)]
     service = stub(served)
     by_image = service.Predict(image_request(images), timeout=10)
-    by_example = service.Predict(image_request([example(i).SerializeToString() for i in images], "serving_default",
-                                                   key="examples"),
-                                 timeout=10)
+    by_example = service.Predict(
+        image_request([example(i).SerializeToString() for i in images], "serving_default", key="examples"), timeout=10
+    )
     assert by_image.model_spec.name == MODEL_NAME and by_image.model_spec.version.value == 1
     assert by_image.model_spec.signature_name == "predict_images"
-    assert set(by_image.outputs) == {"probability", "label", "threshold", "decision_score", "ood_score",
-                                     "ood_threshold", "in_distribution"}
+    assert set(by_image.outputs) == {
+        "probability",
+        "label",
+        "threshold",
+        "decision_score",
+        "ood_score",
+        "ood_threshold",
+        "in_distribution",
+    }
     probability = tf.make_ndarray(by_image.outputs["probability"])
     assert probability.shape == (2,) and np.all((probability >= 0) & (probability <= 1))
     np.testing.assert_allclose(probability, tf.make_ndarray(by_example.outputs["probability"]), atol=1e-6)
@@ -116,9 +138,17 @@ def test_model_metadata_lists_the_signature_defs(served):
     images = signatures.signature_def["predict_images"].inputs["images"]
     assert images.dtype == tf.string.as_datatype_enum and [d.size for d in images.tensor_shape.dim] == [-1]
     assert set(signatures.signature_def["serving_default"].outputs) == {
-        "probability", "label", "threshold", "decision_score", "ood_score", "ood_threshold", "in_distribution"}
+        "probability",
+        "label",
+        "threshold",
+        "decision_score",
+        "ood_score",
+        "ood_threshold",
+        "in_distribution",
+    }
     assert set(signatures.signature_def["explain_images"].outputs) == set(
-        signatures.signature_def["predict_images"].outputs) | {"gradcam", "gradcam_plus_plus"}
+        signatures.signature_def["predict_images"].outputs
+    ) | {"gradcam", "gradcam_plus_plus"}
 
     request.metadata_field[:] = ["something_else"]
     assert rpc_error(stub(served).GetModelMetadata, request).code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -131,8 +161,12 @@ def test_not_found_for_unknown_model_version_label_and_signature(served):
     unknown_label = image_request([png()])
     unknown_label.model_spec.version_label = "canary"
     unknown_signature = image_request([png()], signature="nope")
-    for request, words in [(unknown_model, "unknown model 'other'"), (unknown_version, "version 7 is not loaded"),
-                           (unknown_label, "no version label 'canary'"), (unknown_signature, "no signature 'nope'")]:
+    for request, words in [
+        (unknown_model, "unknown model 'other'"),
+        (unknown_version, "version 7 is not loaded"),
+        (unknown_label, "no version label 'canary'"),
+        (unknown_signature, "no signature 'nope'"),
+    ]:
         error = rpc_error(service.Predict, request)
         assert error.code() == grpc.StatusCode.NOT_FOUND and words in error.details()
     status_request = get_model_status_pb2.GetModelStatusRequest()
@@ -149,9 +183,13 @@ def malformed_requests():
     wrong_shape = image_request([png()])
     wrong_shape.inputs["images"].CopyFrom(tf.make_tensor_proto([[png()]], dtype=tf.string))
     truncated_content = image_request([png()])
-    truncated_content.inputs["images"].CopyFrom(tensor_pb2.TensorProto(  # 7 bytes cannot hold float32 values
-        dtype=types_pb2.DT_FLOAT, tensor_content=b"1234567",
-        tensor_shape=truncated_content.inputs["images"].tensor_shape))
+    truncated_content.inputs["images"].CopyFrom(
+        tensor_pb2.TensorProto(  # 7 bytes cannot hold float32 values
+            dtype=types_pb2.DT_FLOAT,
+            tensor_content=b"1234567",
+            tensor_shape=truncated_content.inputs["images"].tensor_shape,
+        )
+    )
     negative_dim = image_request([png()])
     negative_dim.inputs["images"].tensor_shape.dim[0].size = -4
     no_dtype = image_request([png()])
@@ -196,8 +234,9 @@ def test_messages_over_the_cap_are_resource_exhausted(model_base):
 def test_version_labels_specific_policy_and_latest_default(model_base, exported_models):
     place_version(model_base, 2, exported_models[1])
     place_version(model_base, 3, exported_models[0])
-    model = config.model_config(MODEL_NAME, model_base, policy="specific", versions=[1, 2],
-                                labels={"stable": 1, "canary": 2})
+    model = config.model_config(
+        MODEL_NAME, model_base, policy="specific", versions=[1, 2], labels={"stable": 1, "canary": 2}
+    )
     server = start_server(model, rest_port=None)
     try:
         service = stub(server)

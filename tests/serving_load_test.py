@@ -1,4 +1,5 @@
 """Under load: a hot swap drops no request, and a flood of malformed requests leaves the server healthy."""
+
 import collections
 import random
 import threading

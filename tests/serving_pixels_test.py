@@ -1,5 +1,6 @@
 """The decoded-pixel budget: pixels read from headers (every format, tf.Examples), wait-or-refuse
 admission, and the codes clients get over gRPC and REST."""
+
 import base64
 import struct
 import threading
@@ -13,9 +14,16 @@ from PIL import Image
 
 from serving import config
 from serving.pixels import PixelBudget, PixelBudgetExhausted, declared_pixels, request_pixels
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, png,  # noqa: F401
-                                    start_server, stub)
 from tests.prepare_test import encode, png_declaring
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    exported_models,
+    image_request,
+    model_base,
+    png,  # noqa: F401
+    start_server,
+    stub,
+)
 from tests.serving_rest_test import rest
 
 
@@ -55,8 +63,9 @@ def test_declared_pixels_come_from_the_header_of_every_format():
 
 def test_request_pixels_count_raw_images_and_images_inside_examples():
     bomb = png_declaring(20_000, 20_000, png(10, 10))
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bomb]))})).SerializeToString()
+    example = tf.train.Example(
+        features=tf.train.Features(feature={"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bomb]))})
+    ).SerializeToString()
     assert request_pixels({"images": np.array([png(40, 30), bomb], dtype=object)}) == 1200 + 400_000_000
     assert request_pixels({"examples": np.array([example, b"\x00garbage"], dtype=object)}) == 400_000_000
     assert request_pixels({"scores": np.zeros(3, np.float32)}) == 0
@@ -105,8 +114,9 @@ def test_a_request_that_waits_past_its_limit_is_refused():
 
 
 def test_server_answers_resource_exhausted_over_grpc_and_413_over_rest(model_base):
-    server = start_server(config.model_config(MODEL_NAME, model_base),
-                          budget=PixelBudget(max_pixels=1_000_000, max_wait_seconds=0.3))
+    server = start_server(
+        config.model_config(MODEL_NAME, model_base), budget=PixelBudget(max_pixels=1_000_000, max_wait_seconds=0.3)
+    )
     service, big = stub(server), png(800, 800)
     body = {"signature_name": "predict_images", "instances": [{"b64": base64.b64encode(big).decode()}] * 2}
     try:

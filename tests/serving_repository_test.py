@@ -1,5 +1,6 @@
 """The served-model repository (serving/repository.py): one rule for what a version is, read alike by the
 Pusher, the served baseline and the server, so a folder without saved_model.pb is neither served nor reused."""
+
 import os
 from typing import List
 
@@ -57,4 +58,6 @@ def test_pusher_and_server_agree_a_folder_without_saved_model_is_neither_served_
 
 
 def test_the_model_artifact_layout_is_tfx_own():
-    assert repository.serving_model_dir("/root/Trainer/model/7") == path_utils.serving_model_dir("/root/Trainer/model/7")
+    assert repository.serving_model_dir("/root/Trainer/model/7") == path_utils.serving_model_dir(
+        "/root/Trainer/model/7"
+    )

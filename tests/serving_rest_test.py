@@ -1,4 +1,5 @@
 """REST API: TF Serving's paths and JSON, parity with gRPC, errors as {"error": ...} with the HTTP status."""
+
 import base64
 import http.client
 import json
@@ -8,8 +9,16 @@ import pytest
 import tensorflow as tf
 
 from serving import config
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, png, served,  # noqa: F401
-                                    start_server, stub)
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    exported_models,
+    image_request,
+    model_base,
+    png,
+    served,  # noqa: F401
+    start_server,
+    stub,
+)
 
 
 def rest(server, method: str, path: str, body=None, raw: bytes = None):
@@ -30,32 +39,55 @@ def test_predict_matches_grpc_in_both_formats(served):
     images = [png(seed=5), png(70, 90, seed=6)]
     grpc_probability = tf.make_ndarray(stub(served).Predict(image_request(images), timeout=10).outputs["probability"])
 
-    status, rows = rest(served, "POST", f"/v1/models/{MODEL_NAME}:predict",
-                        {"signature_name": "predict_images", "instances": [b64(i) for i in images]})
+    status, rows = rest(
+        served,
+        "POST",
+        f"/v1/models/{MODEL_NAME}:predict",
+        {"signature_name": "predict_images", "instances": [b64(i) for i in images]},
+    )
     assert status == 200
-    assert [set(row) for row in rows["predictions"]] == [{"probability", "label", "threshold", "decision_score",
-                                                          "ood_score", "ood_threshold", "in_distribution"}] * 2
+    assert [set(row) for row in rows["predictions"]] == [
+        {"probability", "label", "threshold", "decision_score", "ood_score", "ood_threshold", "in_distribution"}
+    ] * 2
     np.testing.assert_allclose([row["probability"] for row in rows["predictions"]], grpc_probability, atol=1e-6)
     assert rows["predictions"][0]["label"] in ("NORMAL", "PNEUMONIA")
 
-    status, columns = rest(served, "POST", f"/v1/models/{MODEL_NAME}/versions/1:predict",
-                           {"signature_name": "predict_images", "inputs": {"images": [b64(i) for i in images]}})
+    status, columns = rest(
+        served,
+        "POST",
+        f"/v1/models/{MODEL_NAME}/versions/1:predict",
+        {"signature_name": "predict_images", "inputs": {"images": [b64(i) for i in images]}},
+    )
     assert status == 200
     np.testing.assert_allclose(columns["outputs"]["probability"], grpc_probability, atol=1e-6)
 
-    status, labelled = rest(served, "POST", f"/v1/models/{MODEL_NAME}/labels/stable:predict",
-                            {"signature_name": "predict_images", "instances": [{"images": b64(images[0])}]})
+    status, labelled = rest(
+        served,
+        "POST",
+        f"/v1/models/{MODEL_NAME}/labels/stable:predict",
+        {"signature_name": "predict_images", "instances": [{"images": b64(images[0])}]},
+    )
     assert status == 200 and labelled["predictions"][0]["probability"] == pytest.approx(grpc_probability[0], abs=1e-6)
 
 
 def test_status_and_metadata(served):
-    assert rest(served, "GET", f"/v1/models/{MODEL_NAME}") == (200, {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    assert rest(served, "GET", f"/v1/models/{MODEL_NAME}") == (
+        200,
+        {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
+    )
     assert rest(served, "GET", f"/v1/models/{MODEL_NAME}/versions/1")[1]["model_version_status"][0]["version"] == "1"
     status, metadata = rest(served, "GET", f"/v1/models/{MODEL_NAME}/metadata")
     assert status == 200 and metadata["model_spec"] == {"name": MODEL_NAME, "version": "1"}
-    assert set(metadata["metadata"]["signature_def"]["signatureDef"]) == {"serving_default", "predict_images",
-                                                                          "explain_images", "classify"}
+    assert set(metadata["metadata"]["signature_def"]["signatureDef"]) == {
+        "serving_default",
+        "predict_images",
+        "explain_images",
+        "classify",
+    }
 
 
 def test_errors_carry_the_grpc_meaning_as_http_status(served):
@@ -67,8 +99,13 @@ def test_errors_carry_the_grpc_meaning_as_http_status(served):
         ("POST", f"/v1/models/{MODEL_NAME}/labels/canary:predict", image, 404, "no version label 'canary'"),
         ("POST", predict, {"signature_name": "nope", "instances": []}, 404, "no signature 'nope'"),
         ("GET", "/v2/anything", None, 404, "no such path"),
-        ("POST", predict, {"signature_name": "predict_images", "instances": [b64(b"not an image")]}, 400,
-         "Unknown image file format"),
+        (
+            "POST",
+            predict,
+            {"signature_name": "predict_images", "instances": [b64(b"not an image")]},
+            400,
+            "Unknown image file format",
+        ),
         ("POST", predict, {"signature_name": "predict_images", "instances": [1.5]}, 400, "input 'images'"),
         ("POST", predict, {"signature_name": "predict_images", "instances": [{"b64": "%%%"}]}, 400, "invalid base64"),
         ("POST", predict, {"signature_name": "predict_images"}, 400, "exactly one of 'instances'"),

@@ -6,6 +6,7 @@ budget, headers of 2 gigapixels, bodies over the message cap, and a hot swap to 
 Passes when every good request gets the right probabilities of the version that answered, every bad one
 its documented code, the server's peak RSS stays under its bound, and it is healthy afterwards.
 """
+
 import base64
 import collections
 import glob
@@ -24,14 +25,20 @@ import tensorflow as tf
 
 from serving.client import IMAGE_SIGNATURE
 from tests.prepare_test import png_declaring
-from tests.serving_fixtures import (MODEL_NAME, exported_models, image_request, model_base, place_version,  # noqa: F401
-                                    stub_at)
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    exported_models,
+    image_request,
+    model_base,
+    place_version,  # noqa: F401
+    stub_at,
+)
 from tests.serving_process_test import start
 
 SECONDS = 120
 CLIENTS = 16
 DECODE_BUDGET = 250_000_000  # two 100 MP images decode at once, a third waits
-MESSAGE_CAP = 4 * 2 ** 20
+MESSAGE_CAP = 4 * 2**20
 BYTES_PER_BUDGET_PIXEL = 7  # uint8 pixels and their float32 copy (bench/decode_budget_bench.py measures 4.2-5.4)
 INTER_OP_THREADS = 16  # as on a 16-core node: TensorFlow's 2 default threads here would cap concurrent decodes too
 BOMB_BURSTS = (20, 80)  # seconds into the soak at which six clients send an edge bomb together
@@ -99,8 +106,11 @@ class Soak:
             return self.check("good gRPC", False, f"{code.name}: {details}")
         version = response.model_spec.version.value
         self.versions[client].append(version)
-        self.check("good gRPC", self.right(version, images, tf.make_ndarray(response.outputs["probability"])),
-                   f"version {version} answered other probabilities")
+        self.check(
+            "good gRPC",
+            self.right(version, images, tf.make_ndarray(response.outputs["probability"])),
+            f"version {version} answered other probabilities",
+        )
 
     def right(self, version: int, images, probabilities) -> bool:
         expected = [self.traffic.expected[(version, image)] for image in images]
@@ -108,13 +118,20 @@ class Soak:
 
     def good_rest(self, client: int, rng: random.Random) -> None:
         image = rng.choice(self.traffic.xrays)
-        status, body = self.rest("POST", json.dumps({"signature_name": IMAGE_SIGNATURE, "instances": [
-            {"b64": base64.b64encode(image).decode()}]}).encode())
+        status, body = self.rest(
+            "POST",
+            json.dumps(
+                {"signature_name": IMAGE_SIGNATURE, "instances": [{"b64": base64.b64encode(image).decode()}]}
+            ).encode(),
+        )
         if status != 200:
             return self.check("good REST", False, f"HTTP {status}: {body}")
         probability = body["predictions"][0]["probability"]  # REST answers carry no version: either may answer
-        self.check("good REST", any(self.right(version, [image], [probability]) for version in (1, 2)),
-                   f"probability {probability} matches neither version")
+        self.check(
+            "good REST",
+            any(self.right(version, [image], [probability]) for version in (1, 2)),
+            f"probability {probability} matches neither version",
+        )
 
     def rest(self, method: str, body: bytes = b"", declared_length: int = None):
         connection = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=150)
@@ -138,32 +155,49 @@ class Soak:
         elif roll < 0.55:
             self.good_rest(client, rng)
         elif roll < 0.65:
-            junk = rng.choice([rng.randbytes(rng.randrange(1, 3000)),
-                               rng.choice(traffic.xrays)[:rng.randrange(100, 2000)]])  # random, or a cut X-ray
+            junk = rng.choice(
+                [rng.randbytes(rng.randrange(1, 3000)), rng.choice(traffic.xrays)[: rng.randrange(100, 2000)]]
+            )  # random, or a cut X-ray
             self.refused("malformed bytes", [junk], grpc.StatusCode.INVALID_ARGUMENT)
         elif roll < 0.70:
             status, body = self.rest("POST", b"{not json")
             self.check("malformed JSON", status == 400 and "not JSON" in body["error"], f"HTTP {status}: {body}")
         elif roll < 0.78:
-            self.refused("one row over the model budget", [traffic.over_edge], grpc.StatusCode.INVALID_ARGUMENT,
-                         "declared size 10000x10001 exceeds the pixel budget of 100 megapixels")
+            self.refused(
+                "one row over the model budget",
+                [traffic.over_edge],
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "declared size 10000x10001 exceeds the pixel budget of 100 megapixels",
+            )
         elif roll < 0.84:
-            self.refused("2 gigapixel header", [traffic.gigapixels], grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         "more than this server decodes at once")
+            self.refused(
+                "2 gigapixel header",
+                [traffic.gigapixels],
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "more than this server decodes at once",
+            )
         elif roll < 0.88:
-            self.refused("three edge bombs in one request", [traffic.edge_bomb] * 3,
-                         grpc.StatusCode.RESOURCE_EXHAUSTED, "more than this server decodes at once")
+            self.refused(
+                "three edge bombs in one request",
+                [traffic.edge_bomb] * 3,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "more than this server decodes at once",
+            )
         elif roll < 0.95:
-            self.refused("gRPC body over the cap", [rng.randbytes(MESSAGE_CAP + 1024)],
-                         grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.refused(
+                "gRPC body over the cap", [rng.randbytes(MESSAGE_CAP + 1024)], grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
         else:
             status, body = self.rest("POST", declared_length=MESSAGE_CAP + 1)
             self.check("REST body over the cap", status == 413, f"HTTP {status}: {body}")
 
     def edge_bomb(self, client: int) -> None:
         code, response, details = self.grpc_call([self.traffic.edge_bomb])
-        ok = code == grpc.StatusCode.OK and self.right(response.model_spec.version.value, [self.traffic.edge_bomb],
-                                                       tf.make_ndarray(response.outputs["probability"]))
+        ok = code == grpc.StatusCode.OK and self.right(
+            response.model_spec.version.value,
+            [self.traffic.edge_bomb],
+            tf.make_ndarray(response.outputs["probability"]),
+        )
         self.check("edge bomb (100 MP, decoded)", ok, f"{code.name}: {details}")
 
     def client(self, index: int) -> None:
@@ -179,9 +213,17 @@ class Soak:
 def test_soak_under_attack_with_a_hot_swap(shared_data, model_base, exported_models, monkeypatch):
     traffic = Traffic(shared_data, exported_models)
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", str(INTER_OP_THREADS))  # read by the server process
-    process, address, lines = start(model_base, "--max-decoded-pixels", str(DECODE_BUDGET),
-                                    "--max-message-bytes", str(MESSAGE_CAP), "--max-decode-wait-seconds", "150",
-                                    "--poll-seconds", "0.5")
+    process, address, lines = start(
+        model_base,
+        "--max-decoded-pixels",
+        str(DECODE_BUDGET),
+        "--max-message-bytes",
+        str(MESSAGE_CAP),
+        "--max-decode-wait-seconds",
+        "150",
+        "--poll-seconds",
+        "0.5",
+    )
     try:
         rest_port = int(re.search(r"REST on [\d.]+:(\d+)", "".join(lines)).group(1))
         start_rss = kib(status_of(process)["VmRSS"])
@@ -208,9 +250,12 @@ def test_soak_under_attack_with_a_hot_swap(shared_data, model_base, exported_mod
     bound = start_rss + BYTES_PER_BUDGET_PIXEL * DECODE_BUDGET
     assert peak_rss < bound, f"peak RSS {peak_rss / 2**30:.2f} GiB over the bound {bound / 2**30:.2f} GiB"
     assert healthy.model_spec.version.value == 2 and exit_code == 0
-    statuses = collections.Counter(json.loads(line.split("serving.requests ", 1)[1])["status"]
-                                   for line in lines if "serving.requests " in line)
+    statuses = collections.Counter(
+        json.loads(line.split("serving.requests ", 1)[1])["status"] for line in lines if "serving.requests " in line
+    )
     assert set(statuses) <= {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, statuses
     assert not any("Traceback" in line for line in lines)
-    print(f"soak: {sum(soak.counts.values())} requests {dict(soak.counts)}; RSS at start {start_rss / 2**30:.2f} GiB, "
-          f"peak {peak_rss / 2**30:.2f} GiB, bound {bound / 2**30:.2f} GiB")
+    print(
+        f"soak: {sum(soak.counts.values())} requests {dict(soak.counts)}; RSS at start {start_rss / 2**30:.2f} GiB, "
+        f"peak {peak_rss / 2**30:.2f} GiB, bound {bound / 2**30:.2f} GiB"
+    )

@@ -1,4 +1,5 @@
 """The request path's TensorProto conversions agree with TensorFlow's own, for every layout a client may send."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,10 +9,19 @@ from serving.models import ServingError
 from serving.tensors import fill_proto, to_array
 
 
-@pytest.mark.parametrize("value", [
-    np.array([b"\x89PNG", b"", b"\xff\xd8\xff"], dtype=object), np.array([[0.25, 1.0]], np.float32),
-    np.arange(6, dtype=np.int64).reshape(2, 3), np.array([True, False]), np.array(3.5, np.float64),
-    np.array([1, 2], np.uint8), np.array([0.5], np.float16), np.zeros((0, 4), np.float32)])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([b"\x89PNG", b"", b"\xff\xd8\xff"], dtype=object),
+        np.array([[0.25, 1.0]], np.float32),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.array([True, False]),
+        np.array(3.5, np.float64),
+        np.array([1, 2], np.uint8),
+        np.array([0.5], np.float16),
+        np.zeros((0, 4), np.float32),
+    ],
+)
 def test_conversions_round_trip_like_tensorflow(value):
     proto = tensor_pb2.TensorProto()
     fill_proto(value, proto)

@@ -1,5 +1,6 @@
 """TLS and mutual TLS from TF Serving's SSLConfig: plain clients, clients of another CA and clients
 without a certificate are refused; good clients (library, `pneumonia predict`, HTTPS) are answered."""
+
 import argparse
 import datetime
 import http.client
@@ -23,17 +24,24 @@ from tests.serving_fixtures import MODEL_NAME, exported_models, model_base, png,
 
 
 def _pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _certificate(subject: str, key, issuer=None, issuer_key=None, names=(), ca=False) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
     return builder.sign(issuer_key or key, hashes.SHA256())
@@ -57,16 +65,22 @@ class Authority:
         """(certificate PEM file, key PEM file) signed by this CA."""
         key = ec.generate_private_key(ec.SECP256R1())
         certificate = _certificate(subject, key, self.certificate, self.key, names)
-        return (self._write(f"{self.name}-{subject}.pem", certificate.public_bytes(serialization.Encoding.PEM)),
-                self._write(f"{self.name}-{subject}-key.pem", _pem(key)))
+        return (
+            self._write(f"{self.name}-{subject}.pem", certificate.public_bytes(serialization.Encoding.PEM)),
+            self._write(f"{self.name}-{subject}-key.pem", _pem(key)),
+        )
 
 
 def ssl_config_file(folder, authority: Authority, client_verify: bool) -> str:
     """TF Serving's SSLConfig text proto for a server certificate of `authority` valid for this machine."""
     names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert, key = authority.issue("server", names)
-    message = tls.SSLConfig(server_key=open(key).read(), server_cert=open(cert).read(),
-                            custom_ca=open(authority.cert_file).read(), client_verify=client_verify)
+    message = tls.SSLConfig(
+        server_key=open(key).read(),
+        server_cert=open(cert).read(),
+        custom_ca=open(authority.cert_file).read(),
+        client_verify=client_verify,
+    )
     path = folder / f"ssl-{client_verify}.config"
     path.write_text(text_format.MessageToString(message))
     return str(path)
@@ -129,8 +143,21 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_custom_ca(model_b
             predict(server, ca_cert=hospital.cert_file, client_cert=foreign_cert, client_key=foreign_key)
         image = tmp_path / "x.png"
         image.write_bytes(png())
-        main(["predict", str(image), "--server", f"127.0.0.1:{server.grpc_port}", "--json", "--ca-cert",
-              hospital.cert_file, "--client-cert", good_cert, "--client-key", good_key])
+        main(
+            [
+                "predict",
+                str(image),
+                "--server",
+                f"127.0.0.1:{server.grpc_port}",
+                "--json",
+                "--ca-cert",
+                hospital.cert_file,
+                "--client-cert",
+                good_cert,
+                "--client-key",
+                good_key,
+            ]
+        )
         assert json.loads(capsys.readouterr().out)["version"] == 1
         with_client = ssl.create_default_context(cafile=hospital.cert_file)
         with_client.load_cert_chain(good_cert, good_key)
@@ -163,9 +190,11 @@ def test_unusable_ssl_configs_and_client_flags_are_one_line_errors(authorities, 
     cases = {
         "server_key must hold the PEM text": f'server_key: "{folder / "hospital-server-key.pem"}"',
         "client_verify needs custom_ca": text_format.MessageToString(
-            tls.SSLConfig(server_key=good.server_key, server_cert=good.server_cert, client_verify=True)),
+            tls.SSLConfig(server_key=good.server_key, server_cert=good.server_cert, client_verify=True)
+        ),
         "cannot be used": text_format.MessageToString(  # the key of another certificate
-            tls.SSLConfig(server_key=open(other.issue("server")[1]).read(), server_cert=good.server_cert)),
+            tls.SSLConfig(server_key=open(other.issue("server")[1]).read(), server_cert=good.server_cert)
+        ),
         "is not a SSLConfig text proto": "server_keys: 1",
     }
     for message, text in cases.items():
@@ -184,8 +213,13 @@ def test_unusable_ssl_configs_and_client_flags_are_one_line_errors(authorities, 
 def test_plaintext_off_this_machine_prints_one_warning(capsys):
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers())
-    for host, warned in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True),
-                         ("10.1.2.3", True)):
+    for host, warned in (
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("::1", False),
+        ("0.0.0.0", True),
+        ("10.1.2.3", True),
+    ):
         cli.serving_security(parser.parse_args(["serve", "--host", host]))
         err = capsys.readouterr().err
         assert (err.count("\n") == 1 and err.startswith(f"warning: serving {host} in plaintext")) == warned, host

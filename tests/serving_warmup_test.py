@@ -1,5 +1,6 @@
 """Warm-up requests: written with every push (one per signature), replayed by `pneumonia serve` when it loads
 a version, through the code that answers real requests, with TF Serving's failure rules."""
+
 import os
 import shutil
 
@@ -18,8 +19,13 @@ State = get_model_status_pb2.ModelVersionStatus.State
 
 def push(model_dir: str, base: str) -> str:
     """What the Pusher executor does: an atomic version with the warm-up requests written into it."""
-    version = repository.push_atomically(model_dir, base, repository.model_fingerprint(model_dir), model_dir,
-                                         add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir))
+    version = repository.push_atomically(
+        model_dir,
+        base,
+        repository.model_fingerprint(model_dir),
+        model_dir,
+        add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir),
+    )
     return os.path.join(base, version)
 
 
@@ -32,7 +38,9 @@ def replayed(monkeypatch):
         def recorded(loaded, request):
             calls.append((loaded.version, kind, request.model_spec.signature_name))
             return handler(loaded, request)
+
         return recorded
+
     monkeypatch.setattr(server, "predict", spy("predict_log", server.predict))
     monkeypatch.setattr(server, "classify", spy("classify_log", server.classify))
     return calls
@@ -57,8 +65,10 @@ def test_a_push_ships_one_request_per_signature_and_each_answers(exported_models
     assert server.replay_warmup(loaded) == len(records) == len(loaded.signature_defs)
     assert sorted(signature for _, _, signature in replayed) == sorted(loaded.signature_defs)
     kinds = {signature: kind for _, kind, signature in replayed}
-    assert all(kinds[name] == ("classify_log" if definition.method_name.endswith("/classify") else "predict_log")
-               for name, definition in loaded.signature_defs.items())
+    assert all(
+        kinds[name] == ("classify_log" if definition.method_name.endswith("/classify") else "predict_log")
+        for name, definition in loaded.signature_defs.items()
+    )
     assert not os.path.exists(os.path.join(exported_models[0], repository.WARMUP_FILE))  # the Trainer's model untouched
 
 
@@ -68,14 +78,17 @@ def test_the_server_replays_on_load_and_a_failing_warmup_fails_the_version(expor
     served = start_server(config.model_config(MODEL_NAME, base))
     try:
         assert {(version, signature) for version, _, signature in replayed} == {
-            (int(os.path.basename(good)), logged_signature(r)) for r in warmup.read_records(good)}
+            (int(os.path.basename(good)), logged_signature(r)) for r in warmup.read_records(good)
+        }
         assert len(replayed) >= 2
         broken = push(exported_models[1], base)
         request = predict_pb2.PredictRequest()
         request.model_spec.signature_name = "predict_images"
         request.inputs["images"].CopyFrom(tf.make_tensor_proto([b"not an image"]))
-        write_records(os.path.join(broken, repository.WARMUP_FILE),
-                      [prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))])
+        write_records(
+            os.path.join(broken, repository.WARMUP_FILE),
+            [prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))],
+        )
         served.manager.poll()
         statuses = {s.version: s for s in served.manager.model(MODEL_NAME).status()}
         failed = statuses[int(os.path.basename(broken))]
@@ -106,8 +119,12 @@ def test_unreadable_or_unsupported_warmup_files_are_refused(exported_models, tmp
         warmup.read_records(str(tmp_path))
     model = str(tmp_path / "model")
     shutil.copytree(exported_models[0], model)
-    write_records(os.path.join(model, repository.WARMUP_FILE), [prediction_log_pb2.PredictionLog(
-        regress_log=prediction_log_pb2.RegressLog())])
-    with pytest.raises(warmup.WarmupError, match="warmup record 1: regress_log cannot be replayed: this server "
-                                                 "answers classify_log, predict_log only"):
+    write_records(
+        os.path.join(model, repository.WARMUP_FILE),
+        [prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog())],
+    )
+    with pytest.raises(
+        warmup.WarmupError,
+        match="warmup record 1: regress_log cannot be replayed: this server answers classify_log, predict_log only",
+    ):
         server.replay_warmup(LoadedVersion(MODEL_NAME, 1, model, PixelBudget()))

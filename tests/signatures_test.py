@@ -1,4 +1,5 @@
 """Exported SavedModel: both signatures, same probabilities, threshold inside and in assets/."""
+
 import glob
 import json
 import os
@@ -15,9 +16,14 @@ from trainer.threshold import Threshold
 
 
 def serialized_examples(images):
-    return [tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})).SerializeToString()
-        for image in images]
+    return [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+            )
+        ).SerializeToString()
+        for image in images
+    ]
 
 
 def serve_both(export_dir: str, images) -> dict:
@@ -46,8 +52,16 @@ def test_signatures_agree_on_real_images(shared_data, tmp_path):
     model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
     chosen = Threshold(0.37, "youden", 0.9, 0.8, 100)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, 64, chosen, str(tmp_path / "work"), "cnn", models.REGISTRY["cnn"].tiny,
-                      guard=ood.noise_guard(model, 64))
+    signatures.export(
+        model,
+        export_dir,
+        64,
+        chosen,
+        str(tmp_path / "work"),
+        "cnn",
+        models.REGISTRY["cnn"].tiny,
+        guard=ood.noise_guard(model, 64),
+    )
 
     outputs = serve_both(export_dir, images)
     np.testing.assert_allclose(outputs["threshold"], 0.37)
@@ -69,8 +83,16 @@ def test_export_leaves_the_optimizer_state_out(tmp_path):
     model.compile(keras.optimizers.Adam(), "binary_crossentropy", metrics=[keras.metrics.AUC()])
     model.fit(np.zeros((4, 64, 64, 1), "float32"), np.zeros(4, "float32"), verbose=0)
     export_dir = str(tmp_path / "model")
-    signatures.export(model, export_dir, 64, Threshold(0.5, "youden", 1.0, 1.0, 4), str(tmp_path / "work"), "cnn", {},
-                      guard=ood.noise_guard(model, 64))
+    signatures.export(
+        model,
+        export_dir,
+        64,
+        Threshold(0.5, "youden", 1.0, 1.0, 4),
+        str(tmp_path / "work"),
+        "cnn",
+        {},
+        guard=ood.noise_guard(model, 64),
+    )
     variables = os.path.join(export_dir, "variables")
     size = sum(os.path.getsize(os.path.join(variables, name)) for name in os.listdir(variables))
     assert size < 1.5 * 4 * model.count_params()
@@ -86,8 +108,16 @@ def test_decision_score_puts_the_tuned_threshold_at_one_half(shared_data, tmp_pa
     probabilities = brightness.predict(decode_batch(images, 64), verbose=0).reshape(-1)
     threshold = float(np.sort(probabilities)[len(probabilities) // 2])  # one example sits exactly on it
     export_dir = str(tmp_path / "model")
-    signatures.export(brightness, export_dir, 64, Threshold(threshold, "youden", 0.9, 0.8, 10),
-                      str(tmp_path / "work"), "brightness", {}, guard=ood.noise_guard(brightness, 64))
+    signatures.export(
+        brightness,
+        export_dir,
+        64,
+        Threshold(threshold, "youden", 0.9, 0.8, 10),
+        str(tmp_path / "work"),
+        "brightness",
+        {},
+        guard=ood.noise_guard(brightness, 64),
+    )
     out = tf.saved_model.load(export_dir).signatures["predict_images"](images=images)
     score, probability = out["decision_score"].numpy(), out["probability"].numpy()
     assert list((score > 0.5 + 1e-7)) == list(out["label"].numpy() == b"PNEUMONIA")
@@ -104,8 +134,16 @@ def test_classify_signature_follows_tf_servings_classification_rules(tmp_path):
 
     export_dir = str(tmp_path / "model")
     model = models.build("cnn", 64, **models.REGISTRY["cnn"].tiny)
-    signatures.export(model, export_dir, 64, Threshold(0.4, "youden", 0.9, 0.8, 10), str(tmp_path / "work"), "cnn", {},
-                      guard=ood.noise_guard(model, 64))
+    signatures.export(
+        model,
+        export_dir,
+        64,
+        Threshold(0.4, "youden", 0.9, 0.8, 10),
+        str(tmp_path / "work"),
+        "cnn",
+        {},
+        guard=ood.noise_guard(model, 64),
+    )
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString(open(os.path.join(export_dir, "saved_model.pb"), "rb").read())
     definition = saved_model.meta_graphs[0].signature_def[signatures.CLASSIFY_SIGNATURE]
@@ -119,6 +157,7 @@ def test_classify_signature_follows_tf_servings_classification_rules(tmp_path):
     tf.saved_model.experimental.read_fingerprint(export_dir)  # still consistent after the method name was set
 
     from tests.serving_fixtures import png
+
     images = [png(seed=1), png(seed=2), png(seed=3)]
     loaded = tf.saved_model.load(export_dir)
     classified = loaded.signatures[signatures.CLASSIFY_SIGNATURE](inputs=tf.constant(serialized_examples(images)))

@@ -1,5 +1,6 @@
 """ThresholdCalibrator: the threshold chosen on the calibration split, re-exported in both signatures with the
 same weights; pass-through without the split; bad samples refused; the cost policy; the bootstrap interval."""
+
 import glob
 import json
 import os
@@ -24,10 +25,12 @@ def write_split(examples_uri: str, split: str, files) -> None:
     with tf.io.TFRecordWriter(os.path.join(folder, "data.gz"), "GZIP") as writer:
         for name in files:
             label = int("PNEUMONIA" in name)
-            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[open(name, "rb").read()])),
-                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                       "dataset": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kermany"])),
-                       "source_path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()]))}
+            feature = {
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[open(name, "rb").read()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                "dataset": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kermany"])),
+                "source_path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+            }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
@@ -36,8 +39,9 @@ def trained(shared_data, tmp_path_factory):
     """A tiny exported model (threshold 0.5 from `youden` on validation) and examples with a calibration split
     of 12 NORMAL and 12 PNEUMONIA real test images."""
     tmp = tmp_path_factory.mktemp("calibrator")
-    files = {label: sorted(glob.glob(f"{shared_data}/chest_xray/test/{label}/*.jpeg")) for label in
-             ("NORMAL", "PNEUMONIA")}
+    files = {
+        label: sorted(glob.glob(f"{shared_data}/chest_xray/test/{label}/*.jpeg")) for label in ("NORMAL", "PNEUMONIA")
+    }
     examples = str(tmp / "examples")
     write_split(examples, "calibration", files["NORMAL"][:12] + files["PNEUMONIA"][:12])
     write_split(examples, "normal_only", files["NORMAL"][12:24])
@@ -46,9 +50,17 @@ def trained(shared_data, tmp_path_factory):
     settings = dict(models.REGISTRY["cnn"].tiny)
     model_uri = str(tmp / "model")
     model = models.build("cnn", IMAGE_SIZE, **settings)
-    signatures.export(model, serving_model_dir(model_uri), IMAGE_SIZE,
-                      Threshold(0.5, "youden", 0.9, 0.9, 50), str(tmp / "work"), "cnn", settings,
-                      {"train_seconds": 12.0}, guard=ood.noise_guard(model, IMAGE_SIZE))
+    signatures.export(
+        model,
+        serving_model_dir(model_uri),
+        IMAGE_SIZE,
+        Threshold(0.5, "youden", 0.9, 0.9, 50),
+        str(tmp / "work"),
+        "cnn",
+        settings,
+        {"train_seconds": 12.0},
+        guard=ood.noise_guard(model, IMAGE_SIZE),
+    )
     return examples, model_uri, files
 
 
@@ -66,12 +78,16 @@ def test_threshold_is_chosen_on_the_calibration_split_and_served_by_both_signatu
 
     exported = serving_model_dir(out)
     metadata = signatures.read_metadata(exported)
-    assert metadata["value"] == pytest.approx(expected.value) and metadata["policy"] == "youden on the calibration split"
+    assert (
+        metadata["value"] == pytest.approx(expected.value) and metadata["policy"] == "youden on the calibration split"
+    )
     assert metadata["training"] == {"train_seconds": 12.0} and metadata["architecture"] == "cnn"
     images = [open(f, "rb").read() for f in files["NORMAL"][:3] + files["PNEUMONIA"][:3]]
     outputs = serve_both(exported, images)
     np.testing.assert_allclose(outputs["threshold"], expected.value, rtol=1e-6)
-    np.testing.assert_allclose(outputs["probability"], serve_both(serving_model_dir(model_uri), images)["probability"], atol=1e-6)
+    np.testing.assert_allclose(
+        outputs["probability"], serve_both(serving_model_dir(model_uri), images)["probability"], atol=1e-6
+    )
     # decision_score puts the new threshold at 0.5
     assert list(outputs["decision_score"] > 0.5) == list(outputs["probability"] >= expected.value)
     with open(os.path.join(exported, executor.SAVED_MODEL_RECORD)) as f:
@@ -87,13 +103,17 @@ def test_without_a_calibration_split_the_model_passes_through_unchanged(trained,
     assert not record["calibrated"] and "no calibration split" in record["note"]
     assert record["new_threshold"] == record["old_threshold"] == 0.5
     assert model_fingerprint(serving_model_dir(out)) == model_fingerprint(
-        serving_model_dir(model_uri))  # same bytes: the Pusher sees the same model
+        serving_model_dir(model_uri)
+    )  # same bytes: the Pusher sees the same model
 
 
-@pytest.mark.parametrize("split, message", [
-    ("normal_only", "has NORMAL images only"),
-    ("few", "has 12 NORMAL and 9 PNEUMONIA images: at least 10 of each"),
-])
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ("normal_only", "has NORMAL images only"),
+        ("few", "has 12 NORMAL and 9 PNEUMONIA images: at least 10 of each"),
+    ],
+)
 def test_a_sample_that_cannot_set_a_threshold_fails_and_writes_no_model(trained, tmp_path, split, message):
     examples, model_uri, _ = trained
     with pytest.raises(calibration.CalibrationError, match=message):

@@ -1,4 +1,5 @@
 """Operating threshold chosen on validation."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Trainer input pipeline on real images: decoding, caching, training-only augmentation."""
+
 import glob
 import os
 from typing import List
@@ -15,8 +16,10 @@ IMAGE_SIZE = 32
 
 def real_images(shared_data: str, split: str, per_class: int, skip: int = 0) -> List[tuple]:
     """(encoded bytes, label) of the first real images of each class, NORMAL and PNEUMONIA interleaved."""
-    by_class = [sorted(glob.glob(f"{shared_data}/chest_xray/{split}/{name}/*.jpeg"))[skip:skip + per_class]
-                for name in ("NORMAL", "PNEUMONIA")]
+    by_class = [
+        sorted(glob.glob(f"{shared_data}/chest_xray/{split}/{name}/*.jpeg"))[skip : skip + per_class]
+        for name in ("NORMAL", "PNEUMONIA")
+    ]
     return [(open(path, "rb").read(), label) for pair in zip(*by_class) for label, path in enumerate(pair)]
 
 
@@ -25,10 +28,16 @@ def write_split(folder: str, images: List[tuple]) -> str:
     os.makedirs(folder, exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(folder, "data.gz"), options="GZIP") as writer:
         for image, label in images:
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-            })).SerializeToString())
+            writer.write(
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        }
+                    )
+                ).SerializeToString()
+            )
     return os.path.join(folder, "*")
 
 
@@ -85,7 +94,12 @@ def test_horizontal_flip_only_when_asked():
         return {layer.__class__.__name__ for layer in augmentation.layers}
 
     assert layer_types(inputs.augmentation(0)) == {
-        "RandomRotation", "RandomTranslation", "RandomZoom", "RandomBrightness", "RandomContrast"}
+        "RandomRotation",
+        "RandomTranslation",
+        "RandomZoom",
+        "RandomBrightness",
+        "RandomContrast",
+    }
     assert "RandomFlip" in layer_types(inputs.augmentation(0, horizontal_flip=True))
 
 
@@ -150,11 +164,14 @@ def test_acquisition_augmentation_widens_brightness_and_contrast(split):
     assert narrow.layers[3].factor != wide.layers[3].factor
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"training": False, "acquisition": True}, "training data only"),
-    ({"training": True, "crop_min_area": 0.7}, "need augment on"),
-    ({"training": True, "augment": True, "crop_min_area": 0.0}, "crop_min_area must be in"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"training": False, "acquisition": True}, "training data only"),
+        ({"training": True, "crop_min_area": 0.7}, "need augment on"),
+        ({"training": True, "augment": True, "crop_min_area": 0.0}, "crop_min_area must be in"),
+    ],
+)
 def test_bad_augmentation_settings_are_refused(split, arguments, message):
     with pytest.raises(ValueError, match=message):
         inputs.make_dataset([split[0]], IMAGE_SIZE, 4, **arguments)

@@ -1,4 +1,5 @@
 """run_fn per architecture on real images: trains, exports, serves; threshold from validation; warm start."""
+
 import glob
 import json
 import os
@@ -19,8 +20,12 @@ from trainer.preprocessing import decode_batch
 IMAGE_SIZE = 32
 # Each architecture's run also covers one training option: the options need no run of their own. The ensemble:
 # fresh tiny members, nothing to fit, its own threshold.
-VARIANTS = {"cnn": {"ood_percentile": 90.0}, "cnn_transformer": {"loss": "focal"},
-            "swin": {"horizontal_flip": True, "cache": False}, "ensemble": {}}
+VARIANTS = {
+    "cnn": {"ood_percentile": 90.0},
+    "cnn_transformer": {"loss": "focal"},
+    "swin": {"horizontal_flip": True, "cache": False},
+    "ensemble": {},
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +33,30 @@ def data(shared_data, tmp_path_factory):
     """A handful of real train images, and validation images from other patients (later in file order)."""
     root = tmp_path_factory.mktemp("records")
     validation = real_images(shared_data, "train", per_class=6, skip=8)
-    return {"train": write_split(str(root / "train"), real_images(shared_data, "train", per_class=8)),
-            "eval": write_split(str(root / "eval"), validation),
-            "validation_images": validation}
+    return {
+        "train": write_split(str(root / "train"), real_images(shared_data, "train", per_class=8)),
+        "eval": write_split(str(root / "eval"), validation),
+        "validation_images": validation,
+    }
 
 
 def config_for(architecture: str, **changes) -> dict:
-    config = {"architecture": architecture, "model_config": models.REGISTRY[architecture].tiny,
-              "image_size": IMAGE_SIZE, "epochs": 1, "batch_size": 8, "learning_rate": 1e-3,
-              "early_stopping_patience": 2, "threshold_policy": "youden", "loss": "bce", "augment": True,
-              "horizontal_flip": False, "cache": True, "weights": "none", "seed": 7}
+    config = {
+        "architecture": architecture,
+        "model_config": models.REGISTRY[architecture].tiny,
+        "image_size": IMAGE_SIZE,
+        "epochs": 1,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "early_stopping_patience": 2,
+        "threshold_policy": "youden",
+        "loss": "bce",
+        "augment": True,
+        "horizontal_flip": False,
+        "cache": True,
+        "weights": "none",
+        "seed": 7,
+    }
     return {**config, **changes}
 
 
@@ -49,8 +68,16 @@ def checked(architecture: str, **changes) -> TrainerConfig:
 def run(data, folder, config, base_model=None) -> str:
     """Runs the Trainer's run_fn as TFX would; returns the serving model folder."""
     serving_dir = os.path.join(folder, "model", "Format-Serving")
-    task.run_fn(FnArgs(train_files=[data["train"]], eval_files=[data["eval"]], serving_model_dir=serving_dir,
-                       model_run_dir=os.path.join(folder, "model_run"), custom_config=config, base_model=base_model))
+    task.run_fn(
+        FnArgs(
+            train_files=[data["train"]],
+            eval_files=[data["eval"]],
+            serving_model_dir=serving_dir,
+            model_run_dir=os.path.join(folder, "model_run"),
+            custom_config=config,
+            base_model=base_model,
+        )
+    )
     return serving_dir
 
 
@@ -61,9 +88,11 @@ def trained(data, tmp_path_factory):
 
     def export_of(architecture: str) -> str:
         if architecture not in exports:
-            exports[architecture] = run(data, str(tmp_path_factory.mktemp(architecture)),
-                                        config_for(architecture, **VARIANTS[architecture]))
+            exports[architecture] = run(
+                data, str(tmp_path_factory.mktemp(architecture)), config_for(architecture, **VARIANTS[architecture])
+            )
         return exports[architecture]
+
     return export_of
 
 
@@ -76,8 +105,9 @@ def assert_export_contract(serving_dir: str, architecture: str, validation_image
 
     metadata = signatures.read_metadata(serving_dir)
     assert (metadata["architecture"], metadata["image_size"]) == (architecture, IMAGE_SIZE)
-    on_validation = threshold.choose(np.array([label for _, label in validation_images]), probability,
-                                     metadata["policy"])
+    on_validation = threshold.choose(
+        np.array([label for _, label in validation_images]), probability, metadata["policy"]
+    )
     assert metadata["value"] == pytest.approx(on_validation.value, abs=1e-6)
     np.testing.assert_allclose(outputs["threshold"], metadata["value"], atol=1e-7)
 
@@ -85,8 +115,10 @@ def assert_export_contract(serving_dir: str, architecture: str, validation_image
     rebuilt.load_weights(task.keras_weights_path(serving_dir))
     pixels = decode_batch(tf.constant(images), IMAGE_SIZE)
     np.testing.assert_allclose(rebuilt.predict(pixels, verbose=0).reshape(-1), probability, atol=1e-5)
-    assert all(len(layer.output.shape) == 4
-               for layer in models.feature_map_layers(rebuilt, models.REGISTRY[architecture].gradcam_layer))
+    assert all(
+        len(layer.output.shape) == 4
+        for layer in models.feature_map_layers(rebuilt, models.REGISTRY[architecture].gradcam_layer)
+    )
 
 
 @pytest.mark.parametrize("architecture", sorted(VARIANTS))
@@ -132,11 +164,14 @@ def test_stages_fine_tune_only_pretrained_backbones(tmp_path):
     from_scratch.get_layer(models.BACKBONE).save_weights(weights_file)
     pretrained = models.build("densenet121", IMAGE_SIZE, weights=weights_file, **tiny)
     assert task._stages(pretrained, "densenet121", 5, 1e-3) == [
-        (3, 1e-3, None), (2, pytest.approx(1e-4), "conv5_block1_0_bn")]
+        (3, 1e-3, None),
+        (2, pytest.approx(1e-4), "conv5_block1_0_bn"),
+    ]
     assert task._stages(pretrained, "densenet121", 1, 1e-3) == [(1, 1e-3, None)]
     assert task._stages(from_scratch, "densenet121", 5, 1e-3) == [(5, 1e-3, None)]
     assert task._stages(models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny), "cnn", 5, 1e-3) == [
-        (5, 1e-3, None)]
+        (5, 1e-3, None)
+    ]
 
 
 def test_warm_start_starts_from_the_base_model_weights(trained):
@@ -146,7 +181,7 @@ def test_warm_start_starts_from_the_base_model_weights(trained):
     fresh = task.build_model(config)
     saved = models.build("cnn", IMAGE_SIZE, **models.REGISTRY["cnn"].tiny)
     saved.load_weights(task.keras_weights_path(base))
-    for warm_weight, saved_weight, fresh_weight in zip(warm.get_weights(), saved.get_weights(), fresh.get_weights()):
+    for warm_weight, saved_weight in zip(warm.get_weights(), saved.get_weights()):
         np.testing.assert_array_equal(warm_weight, saved_weight)
     assert not all(np.array_equal(w, f) for w, f in zip(warm.get_weights(), fresh.get_weights()))
 
@@ -209,8 +244,13 @@ def test_training_by_validation_loss_records_its_cost_and_choice(data, tmp_path)
     assert training["train_seconds"] > 0 and training["train_images_per_second"] > 0
 
 
-@pytest.mark.parametrize("setting, message", [({"early_stopping_metric": "f1"}, "unknown early_stopping_metric"),
-                                              ({"label_smoothing": 1.0}, "label_smoothing must be in")])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"early_stopping_metric": "f1"}, "unknown early_stopping_metric"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in"),
+    ],
+)
 def test_bad_training_settings_are_refused(data, tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         run(data, str(tmp_path), config_for("cnn", **setting))
@@ -226,8 +266,15 @@ def test_ema_momentum_has_a_horizon_in_epochs():
 def test_weight_averaging_exports_the_averaged_weights_it_validated(data, tmp_path):
     """The best epoch's validation loss was measured on the averaged weights; the exported model must be
     exactly those weights, so recomputing the loss from the export gives the recorded value."""
-    config = config_for("cnn", epochs=2, early_stopping_metric="loss", ema_epochs=1.0, augment=True,
-                        crop_min_area=0.7, acquisition_augment=True)
+    config = config_for(
+        "cnn",
+        epochs=2,
+        early_stopping_metric="loss",
+        ema_epochs=1.0,
+        augment=True,
+        crop_min_area=0.7,
+        acquisition_augment=True,
+    )
     serving_dir = run(data, str(tmp_path), config)
     training = signatures.read_metadata(serving_dir)["training"]
     steps_per_epoch = -(-training["train_examples"] // config["batch_size"])

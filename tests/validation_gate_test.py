@@ -1,4 +1,5 @@
 """The data validation gate names every anomaly and fails; clean splits pass."""
+
 import os
 
 import pytest
@@ -50,6 +51,7 @@ def test_skew_between_train_and_a_serving_split_is_named(tmp_path):
     for split, channels in [("train", 1), ("eval", 1), ("test", 3)]:
         os.makedirs(tmp_path / "stats" / f"Split-{split}")
         (tmp_path / "stats" / f"Split-{split}" / executor.STATISTICS_FILE).write_bytes(
-            channel_statistics(channels).SerializeToString())
+            channel_statistics(channels).SerializeToString()
+        )
     found = executor.describe_skew(str(tmp_path / "stats"), tfdv.load_schema_text(SCHEMA_PATH), ["eval", "test"])
     assert len(found) == 1 and found[0].startswith("split train vs test: feature 'channels': COMPARATOR_L_INFTY_HIGH")

@@ -1,5 +1,6 @@
 """The view settings (central crop, per-image intensity stretch) run inside the model: the served graph sees
 exactly what training saw, the cut border cannot move an answer, and Grad-CAM maps back onto the input."""
+
 import glob
 import io
 
@@ -39,8 +40,16 @@ def with_white_border(pixels: np.ndarray, width: int) -> np.ndarray:
 
 def export(model, tmp_path, name, view) -> str:
     export_dir = str(tmp_path / name)
-    signatures.export(model, export_dir, SIZE, Threshold(0.5, "youden", 1.0, 1.0, 4), str(tmp_path / f"{name}-work"),
-                      "cnn", {**models.REGISTRY["cnn"].tiny, **view}, guard=ood.noise_guard(model, SIZE))
+    signatures.export(
+        model,
+        export_dir,
+        SIZE,
+        Threshold(0.5, "youden", 1.0, 1.0, 4),
+        str(tmp_path / f"{name}-work"),
+        "cnn",
+        {**models.REGISTRY["cnn"].tiny, **view},
+        guard=ood.noise_guard(model, SIZE),
+    )
     return export_dir
 
 
@@ -70,15 +79,23 @@ def test_serving_applies_the_view_training_applied(shared_data, tmp_path):
     records = str(tmp_path / "split.tfrecord.gz")
     with tf.io.TFRecordWriter(records, "GZIP") as writer:
         for film in films:
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png(film)])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))})).SerializeToString())
+            writer.write(
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png(film)])),
+                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+                        }
+                    )
+                ).SerializeToString()
+            )
     pixels, _ = next(iter(inputs.make_dataset([records], SIZE, batch_size=len(films), training=False)))
     trained_view = model(pixels, training=False).numpy().reshape(-1)
 
     with_view = export(model, tmp_path, "with-view", VIEW)
-    np.testing.assert_allclose(served(with_view, "predict_images", [png(f) for f in films])["probability"],
-                               trained_view, atol=1e-6)
+    np.testing.assert_allclose(
+        served(with_view, "predict_images", [png(f) for f in films])["probability"], trained_view, atol=1e-6
+    )
 
     plain = tiny_cnn()
     plain.set_weights(model.get_weights())  # the view layer has no weights: the same network without it
@@ -86,10 +103,16 @@ def test_serving_applies_the_view_training_applied(shared_data, tmp_path):
     width = SIZE // 10  # inside the 12.5% each side the crop cuts
     original = [png(f) for f in films]
     painted = [png(with_white_border(f, width)) for f in films]
-    np.testing.assert_allclose(served(with_view, "predict_images", painted)["probability"],
-                               served(with_view, "predict_images", original)["probability"], atol=2e-3)
-    assert not np.allclose(served(without_view, "predict_images", painted)["probability"],
-                           served(without_view, "predict_images", original)["probability"], atol=2e-3)
+    np.testing.assert_allclose(
+        served(with_view, "predict_images", painted)["probability"],
+        served(with_view, "predict_images", original)["probability"],
+        atol=2e-3,
+    )
+    assert not np.allclose(
+        served(without_view, "predict_images", painted)["probability"],
+        served(without_view, "predict_images", original)["probability"],
+        atol=2e-3,
+    )
 
 
 def test_gradcam_of_a_cropping_model_is_zero_on_the_cut_border(shared_data, tmp_path):
@@ -98,26 +121,44 @@ def test_gradcam_of_a_cropping_model_is_zero_on_the_cut_border(shared_data, tmp_
     maps = served(export_dir, "explain_images", [png(f) for f in real_films(shared_data)])["gradcam"]
     side = maps.shape[1]  # the served map is the input at a quarter of its side
     offset, kept = models.crop_box(side, VIEW["central_crop"])
-    inside = maps[:, offset + 1:offset + kept - 1, offset + 1:offset + kept - 1]
+    inside = maps[:, offset + 1 : offset + kept - 1, offset + 1 : offset + kept - 1]
     border = maps.copy()
-    border[:, offset:offset + kept, offset:offset + kept] = 0.0
+    border[:, offset : offset + kept, offset : offset + kept] = 0.0
     assert np.all(border == 0.0) and inside.max() > 0.0
 
 
-@pytest.mark.parametrize("model_config, message", [
-    ({"central_crop": 0.3}, "central_crop must be in"),
-    ({"intensity": "histogram"}, "intensity must be one of"),
-])
+@pytest.mark.parametrize(
+    "model_config, message",
+    [
+        ({"central_crop": 0.3}, "central_crop must be in"),
+        ({"intensity": "histogram"}, "intensity must be one of"),
+    ],
+)
 def test_bad_view_settings_are_refused_before_training(model_config, message):
-    config = {"architecture": "cnn", "image_size": SIZE, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
-              "early_stopping_patience": 1, "threshold_policy": "youden", "loss": "bce", "augment": False,
-              "horizontal_flip": False, "cache": False, "weights": "none", "seed": 1, "model_config": model_config}
+    config = {
+        "architecture": "cnn",
+        "image_size": SIZE,
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "early_stopping_patience": 1,
+        "threshold_policy": "youden",
+        "loss": "bce",
+        "augment": False,
+        "horizontal_flip": False,
+        "cache": False,
+        "weights": "none",
+        "seed": 1,
+        "model_config": model_config,
+    }
     with pytest.raises(ValueError, match=message):
         TrainerConfig.from_dict(config)
 
 
 def test_an_ensemble_refuses_members_that_see_different_crops():
-    members = [{"architecture": "cnn", "model_config": {**models.REGISTRY["cnn"].tiny, "central_crop": crop}}
-               for crop in (0.75, 1.0)]
+    members = [
+        {"architecture": "cnn", "model_config": {**models.REGISTRY["cnn"].tiny, "central_crop": crop}}
+        for crop in (0.75, 1.0)
+    ]
     with pytest.raises(ValueError, match="members crop their input differently"):
         models.build("ensemble", SIZE, members=members)

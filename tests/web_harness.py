@@ -3,6 +3,7 @@ screenshot (no patient image in it):
 
     PYTHONPATH=. .venv/bin/python -m tests.web_harness test-artifacts/web-page.png
 """
+
 import contextlib
 import os
 import sys
@@ -18,9 +19,19 @@ from tests.serving_fixtures import MODEL_NAME, export_tiny_model, place_version,
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 # Headless in containers and CI: no sandbox (root), no GPU, nothing fetched in the background.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                  "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
-                  "--disable-extensions", "--metrics-recording-only", "--mute-audio"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+    "--metrics-recording-only",
+    "--mute-audio",
+]
 ARTIFACTS = os.environ.get("PNEUMONIA_TEST_ARTIFACTS", os.path.join(REPO, "test-artifacts"))
 
 
@@ -98,8 +109,9 @@ def regenerate_readme_screenshot(path: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         base = os.path.join(folder, "serving", MODEL_NAME)
         os.makedirs(base)
-        model = export_tiny_model(os.path.join(folder, "model"), os.path.join(folder, "work"), 1,
-                                  lambda m: xray_guard(m, data))
+        model = export_tiny_model(
+            os.path.join(folder, "model"), os.path.join(folder, "work"), 1, lambda m: xray_guard(m, data)
+        )
         place_version(base, 1, model)
         server = start_server(config.model_config(MODEL_NAME, base, labels={"stable": 1}))
         try:

@@ -3,6 +3,7 @@
 Every answer the page shows is checked against the gRPC answer for the same file. Screenshots of each
 state go to test-artifacts/web/ (git-ignored). Under CI=true a missing browser fails instead of skipping.
 """
+
 import base64
 import glob
 import http.client
@@ -13,13 +14,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fixtures import dicom_files as make
 from serving import config, dicom
 from serving.rest import DICOM_PATH
-from fixtures import dicom_files as make
-from tests.serving_fixtures import (MODEL_NAME, export_tiny_model, image_request, place_version, start_server, stub,
-                                    xray_guard)
-from tests.web_harness import (chromium, ct_like_slice, missing_browser, photograph, screenshot, text_file,
-                               wait_for_answers)
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    export_tiny_model,
+    image_request,
+    place_version,
+    start_server,
+    stub,
+    xray_guard,
+)
+from tests.web_harness import (
+    chromium,
+    ct_like_slice,
+    missing_browser,
+    photograph,
+    screenshot,
+    text_file,
+    wait_for_answers,
+)
 
 POLL_MS = 300  # the page's status poll, shortened so a pushed version shows within a second
 
@@ -40,8 +55,12 @@ def site(shared_data, tmp_path_factory):
     """A server for <base>/1 (label stable=1), keeping the two newest versions; models whose OOD guard was
     fitted on real X-rays, so X-rays pass and photographs are flagged."""
     root = tmp_path_factory.mktemp("web")
-    models = [export_tiny_model(str(root / f"model{seed}"), str(root / f"work{seed}"), seed,
-                                lambda model: xray_guard(model, shared_data)) for seed in (1, 2)]
+    models = [
+        export_tiny_model(
+            str(root / f"model{seed}"), str(root / f"work{seed}"), seed, lambda model: xray_guard(model, shared_data)
+        )
+        for seed in (1, 2)
+    ]
     base = str(root / "serving" / MODEL_NAME)
     os.makedirs(base)
     place_version(base, 1, models[0])
@@ -87,13 +106,16 @@ def card(page, index: int = 0):
 
 def heatmap_pixels_drawn(page, index: int = 0) -> int:
     """How many pixels of the card's heatmap canvas are not fully transparent."""
-    return page.evaluate("""index => {
+    return page.evaluate(
+        """index => {
         const canvas = document.querySelectorAll('.result .heatmap')[index];
         const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
         let drawn = 0;
         for (let i = 3; i < pixels.length; i += 4) drawn += pixels[i] > 0;
         return drawn;
-    }""", index)
+    }""",
+        index,
+    )
 
 
 def test_an_xray_shows_the_grpc_answer_and_a_heatmap(page, site, shared_data):
@@ -174,7 +196,8 @@ def test_a_dicom_film_gets_the_answer_of_the_modules_png_and_a_ct_is_refused(pag
     ct_card, film_card = card(page, 1), card(page, 0)  # newest first
     assert ct_card.get_attribute("data-state") == "error"
     assert ct_card.locator(".message").inner_text() == (
-        "ct.dcm was not scored: modality CT is not a radiograph (CR, DX, DR)")
+        "ct.dcm was not scored: modality CT is not a radiograph (CR, DX, DR)"
+    )
     assert film_card.get_attribute("data-state") == "done"
     shown = film_card.locator(".probability-value")
     assert float(shown.get_attribute("data-probability")) == pytest.approx(float(expected["probability"]), abs=1e-6)
@@ -186,8 +209,14 @@ def test_a_dicom_film_gets_the_answer_of_the_modules_png_and_a_ct_is_refused(pag
     screenshot(page, "dicom")
 
     # in front of tensorflow_model_server without the route: its answer to a /v1/ path it does not know
-    page.route(f"**{DICOM_PATH}", lambda route: route.fulfill(
-        status=400, content_type="application/json", body=json.dumps({"error": f"Malformed request: POST {DICOM_PATH}"})))
+    page.route(
+        f"**{DICOM_PATH}",
+        lambda route: route.fulfill(
+            status=400,
+            content_type="application/json",
+            body=json.dumps({"error": f"Malformed request: POST {DICOM_PATH}"}),
+        ),
+    )
     page.set_input_files("#file-input", str(film_path))
     wait_for_answers(page, 3)
     assert "This server does not convert DICOM" in card(page).locator(".message").inner_text()
@@ -215,8 +244,9 @@ def test_keyboard_only_at_phone_width(browser, site, shared_data):
         assert narrow.evaluate("() => document.activeElement.id") == expected
     with narrow.expect_file_chooser() as chooser:
         narrow.keyboard.press("Enter")
-    chooser.value.set_files([ct_like_slice(site["files"]),
-                             sorted(glob.glob(f"{shared_data}/chest_xray/test/NORMAL/*.jpeg"))[0]])
+    chooser.value.set_files(
+        [ct_like_slice(site["files"]), sorted(glob.glob(f"{shared_data}/chest_xray/test/NORMAL/*.jpeg"))[0]]
+    )
     wait_for_answers(narrow, 2)
     narrow.keyboard.press("Tab")  # on into the results: the newest card's heatmap method, then its slider
     narrow.keyboard.press("Tab")

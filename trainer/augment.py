@@ -6,6 +6,7 @@ attention on film edges, collimation borders and markers. These transforms vary 
 the lungs show, so that those cues stop predicting the label. Each transform is drawn with stateless ops
 from a per-image seed, so a run is repeatable and parallel decoding cannot reorder the randomness.
 """
+
 import math
 
 import tensorflow as tf
@@ -22,9 +23,15 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, min_area: float) -> t
     """A random crop covering `min_area` to all of the image, resized back: the border and any marker in it
     move or leave the frame. `image` is [H, W, C] float; the result has its shape."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-        min_object_covered=0.0, aspect_ratio_range=CROP_ASPECT_RANGE, area_range=(min_area, 1.0),
-        max_attempts=20, use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=CROP_ASPECT_RANGE,
+        area_range=(min_area, 1.0),
+        max_attempts=20,
+        use_image_if_no_bounding_boxes=True,
+    )
     crop = tf.slice(image, begin, size)
     resized = tf.image.resize(crop, tf.shape(image)[:2], method="bilinear", antialias=True)
     return tf.ensure_shape(resized, image.shape)
@@ -39,7 +46,8 @@ def _blur(image: tf.Tensor) -> tf.Tensor:
 def acquisition_jitter(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Gamma, blur or sharpen, JPEG re-encoding at a random quality and Gaussian noise, on [0, 255] pixels."""
     gamma_seed, sharpen_seed, jpeg_seed, noise_std_seed, noise_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 5))
+        tf.random.experimental.stateless_split(seed, 5)
+    )
     unit = tf.clip_by_value(image / 255.0, 0.0, 1.0)
     gamma = tf.exp(tf.random.stateless_uniform([], gamma_seed, math.log(GAMMA_RANGE[0]), math.log(GAMMA_RANGE[1])))
     unit = tf.pow(unit, gamma)

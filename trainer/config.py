@@ -8,19 +8,35 @@ custom_config (`to_dict`), the flat YAML keys of `RunConfig` (pipeline/config.py
 The CLI builds its flags from this module, so it imports no TensorFlow; the checks that need the model
 registry import it when they run.
 """
+
 import argparse
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence
 
 
-def setting(default: Any, help: str, *, flag: bool = False, required: bool = False,
-            at_least: Optional[float] = None, at_most: Optional[float] = None, positive: bool = False,
-            choices: Optional[Sequence[str]] = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: bool = False,
+    required: bool = False,
+    at_least: Optional[float] = None,
+    at_most: Optional[float] = None,
+    positive: bool = False,
+    choices: Optional[Sequence[str]] = None,
+) -> Any:
     """A TrainerConfig field. `required`: a custom_config must hold it (the settings the Trainer had from the
     start; later ones are optional, so pipelines compiled before them still run). `flag`: `pneumonia run`
     (and `compile`) take --the-name. `choices` are the flag's; the code that uses the value checks it."""
-    metadata = {"help": help, "flag": flag, "required": required, "at_least": at_least, "at_most": at_most,
-                "positive": positive, "choices": choices}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "required": required,
+        "at_least": at_least,
+        "at_most": at_most,
+        "positive": positive,
+        "choices": choices,
+    }
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -57,33 +73,51 @@ class TrainerConfig:
     image_size: int = setting(128, "square input size in pixels (default 128)", flag=True, required=True, at_least=1)
     epochs: int = setting(5, "training epochs (default 5)", flag=True, required=True, at_least=0)
     batch_size: int = setting(32, "batch size (default 32)", flag=True, required=True, at_least=1)
-    learning_rate: float = setting(1e-3, "Adam's initial learning rate, decayed along a cosine in each stage",
-                                   required=True, positive=True)
-    early_stopping_patience: int = setting(3, "epochs without a better validation value before a stage stops",
-                                           required=True, at_least=0)
-    early_stopping_metric: str = setting("auc", "what picks the best epoch on validation: auc, or loss once AUC "
-                                                "saturates")
+    learning_rate: float = setting(
+        1e-3, "Adam's initial learning rate, decayed along a cosine in each stage", required=True, positive=True
+    )
+    early_stopping_patience: int = setting(
+        3, "epochs without a better validation value before a stage stops", required=True, at_least=0
+    )
+    early_stopping_metric: str = setting(
+        "auc", "what picks the best epoch on validation: auc, or loss once AUC saturates"
+    )
     threshold_policy: str = setting(
-        "youden", "how the operating threshold is chosen on validation: youden (default), sensitivity:X (e.g. "
-                  "sensitivity:0.98), cost:R (a missed pneumonia costs R false alarms), fixed:X or median-midpoint; "
-                  "the ThresholdCalibrator applies it again on a calibration split", flag=True, required=True)
-    loss: str = setting("bce", "training loss (default bce with class weights)", flag=True, required=True,
-                        choices=("bce", "focal"))
+        "youden",
+        "how the operating threshold is chosen on validation: youden (default), sensitivity:X (e.g. "
+        "sensitivity:0.98), cost:R (a missed pneumonia costs R false alarms), fixed:X or median-midpoint; "
+        "the ThresholdCalibrator applies it again on a calibration split",
+        flag=True,
+        required=True,
+    )
+    loss: str = setting(
+        "bce", "training loss (default bce with class weights)", flag=True, required=True, choices=("bce", "focal")
+    )
     label_smoothing: float = setting(0.0, "targets pulled towards 0.5 by this much: graded, less saturated scores")
     augment: bool = setting(True, "training-only rotations, shifts, zoom, brightness, contrast", required=True)
-    horizontal_flip: bool = setting(False, "training-only mirroring; off by default: it moves the heart to the "
-                                           "wrong side", required=True)
+    horizontal_flip: bool = setting(
+        False, "training-only mirroring; off by default: it moves the heart to the wrong side", required=True
+    )
     crop_min_area: float = setting(1.0, "< 1: training-only random-resized crop down to this share of the image")
-    acquisition_augment: bool = setting(False, "training-only gamma, blur/sharpen, noise, JPEG re-encoding, wider "
-                                               "exposure")
+    acquisition_augment: bool = setting(
+        False, "training-only gamma, blur/sharpen, noise, JPEG re-encoding, wider exposure"
+    )
     ema_epochs: float = setting(0.0, "> 0: exponential moving average of the weights over about this many epochs")
     cache: bool = setting(False, "cache decoded training images in memory", required=True)
-    weights: str = setting("none", "pretrained backbone weights: imagenet (needs internet), a local .h5/.keras "
-                                   "file, or none (default)", flag=True, required=True)
+    weights: str = setting(
+        "none",
+        "pretrained backbone weights: imagenet (needs internet), a local .h5/.keras file, or none (default)",
+        flag=True,
+        required=True,
+    )
     seed: int = setting(42, "seed of the initial weights, the shuffling and the augmentation", required=True)
-    ood_percentile: float = setting(99.5, "the OOD guard's threshold: this percentile of the validation images' "
-                                          "distances, so that share of in-distribution images passes",
-                                    positive=True, at_most=100)
+    ood_percentile: float = setting(
+        99.5,
+        "the OOD guard's threshold: this percentile of the validation images' "
+        "distances, so that share of in-distribution images passes",
+        positive=True,
+        at_most=100,
+    )
 
     def __post_init__(self) -> None:
         """Types, then bounds: the checks that need no TensorFlow."""
@@ -125,8 +159,10 @@ class TrainerConfig:
         if "weights" in self.model_config:
             raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
         if self.weights != "none" and models.architecture(self.architecture).fine_tune_from is None:
-            raise ValueError(f"architecture {self.architecture!r} has no pretrained backbone: weights must be "
-                             f"'none', got {self.weights!r}")
+            raise ValueError(
+                f"architecture {self.architecture!r} has no pretrained backbone: weights must be "
+                f"'none', got {self.weights!r}"
+            )
         models.check_settings(self.architecture, self.model_config)
         threshold.parse(self.threshold_policy)
         objective.early_stopping_monitor(self.early_stopping_metric)
@@ -138,8 +174,9 @@ class TrainerConfig:
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         """A --flag per setting marked `flag`, default None: a flag not given leaves the YAML value or default."""
         for field in cls._flagged():
-            parser.add_argument("--" + field.name.replace("_", "-"), help=field.metadata["help"], default=None,
-                                **_parsing(field))
+            parser.add_argument(
+                "--" + field.name.replace("_", "-"), help=field.metadata["help"], default=None, **_parsing(field)
+            )
 
     @classmethod
     def overrides(cls, args: argparse.Namespace) -> Dict[str, Any]:

@@ -5,6 +5,7 @@ One implementation for the report (eager, on the Keras model) and the `explain_i
 sigmoid output: the score is the logit of the pneumonia probability for a PNEUMONIA prediction and its
 negative for a NORMAL one, because the probability saturates near 0 and 1 and its gradients vanish there.
 """
+
 from typing import List, Tuple
 
 import keras
@@ -29,8 +30,10 @@ def feature_model(model: keras.Model, layer_name: str) -> keras.Model:
     maps = models.feature_map_layers(model, layer_name)
     for layer in maps:
         if len(layer.output.shape) != 4:
-            raise ValueError(f"Grad-CAM layer {layer.name!r} outputs shape {tuple(layer.output.shape)}; it needs a "
-                             f"spatial feature map [N, H, W, C] (reshape token sequences to a grid first)")
+            raise ValueError(
+                f"Grad-CAM layer {layer.name!r} outputs shape {tuple(layer.output.shape)}; it needs a "
+                f"spatial feature map [N, H, W, C] (reshape token sequences to a grid first)"
+            )
     return keras.Model(model.inputs, [model.outputs[0], *(layer.output for layer in maps)])
 
 
@@ -52,7 +55,7 @@ def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor,
     cam = tf.reduce_sum(tf.reduce_mean(gradients, axis=[1, 2], keepdims=True) * features, axis=-1)
     # Grad-CAM++ (Chattopadhay et al. 2018) with the exponential-score closed form for the
     # higher-order derivatives: alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g)).
-    squared, cubed = gradients ** 2, gradients ** 3
+    squared, cubed = gradients**2, gradients**3
     activation_sum = tf.reduce_sum(features, axis=[1, 2], keepdims=True)
     denominator = 2.0 * squared + activation_sum * cubed
     alpha = squared / tf.where(tf.abs(denominator) > EPSILON, denominator, tf.ones_like(denominator))
@@ -60,8 +63,9 @@ def weighted_maps(features: tf.Tensor, gradients: tf.Tensor) -> Tuple[tf.Tensor,
     return tf.nn.relu(cam), tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
 
 
-def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
-             threshold) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, List[tf.Tensor]]:
+def heatmaps(
+    features_and_output: keras.Model, pixels: tf.Tensor, threshold
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, List[tf.Tensor]]:
     """(Grad-CAM, Grad-CAM++, probability [N], feature maps) for pixels [N, S, S, 1] from one pass of a
     `feature_model`; the maps [N, S, S] are in [0, 1] over the input (over the part of it the model sees, when
     it crops).
@@ -81,8 +85,9 @@ def heatmaps(features_and_output: keras.Model, pixels: tf.Tensor,
     size = int(pixels.shape[1])
     offset, kept = models.crop_box(size, models.view_crop(features_and_output))
     cams, cams_plus_plus = zip(*(weighted_maps(map_, gradient) for map_, gradient in zip(features, gradients)))
-    cam, cam_plus_plus = (_on_input(_scaled(tf.add_n([_resized(m, kept) for m in maps])), size, offset)
-                          for maps in (cams, cams_plus_plus))
+    cam, cam_plus_plus = (
+        _on_input(_scaled(tf.add_n([_resized(m, kept) for m in maps])), size, offset) for maps in (cams, cams_plus_plus)
+    )
     return cam, cam_plus_plus, probability, features
 
 

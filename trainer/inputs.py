@@ -1,4 +1,5 @@
 """tf.data input pipelines over the gzipped TFRecord splits written by ExampleGen."""
+
 from typing import List, Tuple
 
 import keras
@@ -25,12 +26,12 @@ def _files(file_patterns: List[str]) -> List[str]:
 
 
 def _records(file_patterns: List[str]) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP",
-                                   num_parallel_reads=tf.data.AUTOTUNE)
+    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
 
 
-def augmentation(seed: int, horizontal_flip: bool = False, intensity_factor: float = INTENSITY_FACTOR
-                 ) -> keras.Sequential:
+def augmentation(
+    seed: int, horizontal_flip: bool = False, intensity_factor: float = INTENSITY_FACTOR
+) -> keras.Sequential:
     """Training-only jitter on [0, 255] pixels: small rotations, shifts, zoom, brightness and contrast.
 
     No horizontal flip unless asked: a mirrored chest puts the heart on the wrong side.
@@ -47,9 +48,18 @@ def augmentation(seed: int, horizontal_flip: bool = False, intensity_factor: flo
     return keras.Sequential(steps, name="augmentation")
 
 
-def make_dataset(file_patterns: List[str], image_size: int, batch_size: int, training: bool,
-                 seed: int = 42, augment: bool = False, horizontal_flip: bool = False,
-                 cache: bool = False, crop_min_area: float = 1.0, acquisition: bool = False) -> tf.data.Dataset:
+def make_dataset(
+    file_patterns: List[str],
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int = 42,
+    augment: bool = False,
+    horizontal_flip: bool = False,
+    cache: bool = False,
+    crop_min_area: float = 1.0,
+    acquisition: bool = False,
+) -> tf.data.Dataset:
     """(pixels, label) batches: decoded in parallel, optionally cached in memory after decoding;
     for training shuffled every epoch and (with `augment`) jittered; in file order otherwise.
 
@@ -75,20 +85,26 @@ def make_dataset(file_patterns: List[str], image_size: int, batch_size: int, tra
         image_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, image_seeds)).map(
             lambda example, image_seed: (
-                augment_ops.per_image(example[0], image_seed, crop_min_area, acquisition), example[1]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                augment_ops.per_image(example[0], image_seed, crop_min_area, acquisition),
+                example[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     dataset = dataset.batch(batch_size)
     if augment:
         jitter = augmentation(seed, horizontal_flip, WIDE_INTENSITY_FACTOR if acquisition else INTENSITY_FACTOR)
         dataset = dataset.map(
             lambda pixels, label: (tf.clip_by_value(jitter(pixels, training=True), 0.0, 255.0), label),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def label_counts(file_patterns: List[str]) -> Tuple[int, int]:
     """(NORMAL, PNEUMONIA) example counts, reading labels only."""
     labels = _records(file_patterns).map(
-        lambda s: tf.io.parse_single_example(s, {"label": _FEATURES["label"]})["label"])
+        lambda s: tf.io.parse_single_example(s, {"label": _FEATURES["label"]})["label"]
+    )
     counts = np.bincount(np.fromiter(labels.as_numpy_iterator(), dtype=np.int64), minlength=2)
     return int(counts[0]), int(counts[1])

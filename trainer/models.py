@@ -9,6 +9,7 @@ Every model names its last spatial feature map [N, H, W, C] `feature_map` (an id
 layer Grad-CAM differentiates against; `REGISTRY[name].gradcam_layer` says so. An ensemble names each
 member's map `feature_map_<index>`.
 """
+
 import dataclasses
 import inspect
 import os
@@ -40,6 +41,7 @@ def register(name: str, tiny: Dict[str, Any], fine_tune_from: Optional[str] = No
     def decorator(build: Callable[..., keras.Model]):
         REGISTRY[name] = Architecture(build, tiny, fine_tune_from=fine_tune_from)
         return build
+
     return decorator
 
 
@@ -51,8 +53,9 @@ def architecture(name: str) -> Architecture:
 
 def check_settings(name: str, settings: Dict[str, Any]) -> None:
     """Refuses an unknown architecture, or a model_config key its builder does not take."""
-    known = [parameter for parameter in inspect.signature(architecture(name).build).parameters
-             if parameter != "image_size"]
+    known = [
+        parameter for parameter in inspect.signature(architecture(name).build).parameters if parameter != "image_size"
+    ]
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(f"{name}: unknown model_config setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -70,8 +73,9 @@ def feature_map_layers(model: keras.Model, layer_name: str = FEATURE_MAP) -> Lis
     names = {layer.name for layer in model.layers}
     if layer_name in names:
         return [model.get_layer(layer_name)]
-    members = [model.get_layer(f"{layer_name}_{index}") for index in range(len(names))
-               if f"{layer_name}_{index}" in names]
+    members = [
+        model.get_layer(f"{layer_name}_{index}") for index in range(len(names)) if f"{layer_name}_{index}" in names
+    ]
     if not members:
         raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of model {model.name!r}")
     return members
@@ -87,7 +91,7 @@ def unfreeze_top(model: keras.Model, first_layer: str) -> None:
     if first_layer not in names:
         raise ValueError(f"fine-tuning: backbone {backbone.name!r} has no layer {first_layer!r}")
     backbone.trainable = True
-    for layer in backbone.layers[:names.index(first_layer)]:
+    for layer in backbone.layers[: names.index(first_layer)]:
         layer.trainable = False
 
 
@@ -98,8 +102,10 @@ PERCENTILE_WINDOW = (0.01, 0.99)  # robust to a few saturated pixels (markers, t
 
 def check_view(central_crop: float, intensity: str) -> None:
     if not 0.5 <= central_crop <= 1.0:
-        raise ValueError(f"central_crop must be in [0.5, 1] (the kept share of each side; 1 keeps the whole "
-                         f"image), got {central_crop}")
+        raise ValueError(
+            f"central_crop must be in [0.5, 1] (the kept share of each side; 1 keeps the whole "
+            f"image), got {central_crop}"
+        )
     if intensity not in INTENSITY_MODES:
         raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
 
@@ -128,7 +134,7 @@ class ViewStandardization(layers.Layer):
         size = pixels.shape[1]
         if self.central_crop < 1.0:
             offset, kept = crop_box(size, self.central_crop)
-            pixels = pixels[:, offset:offset + kept, offset:offset + kept, :]
+            pixels = pixels[:, offset : offset + kept, offset : offset + kept, :]
             pixels = ops.image.resize(pixels, (size, size), interpolation="bilinear", antialias=True)
         if self.intensity == "percentile":
             ordered = ops.sort(ops.reshape(pixels, (-1, size * size)), axis=-1)
@@ -155,8 +161,9 @@ def view_crop(model: keras.Model) -> float:
     return crops.pop() if crops else 1.0
 
 
-def _pixels(image_size: int, central_crop: float = 1.0,
-            intensity: str = "none") -> Tuple[keras.KerasTensor, keras.KerasTensor]:
+def _pixels(
+    image_size: int, central_crop: float = 1.0, intensity: str = "none"
+) -> Tuple[keras.KerasTensor, keras.KerasTensor]:
     """(the model's input: raw decoded pixels, the standardized view every architecture reads)."""
     inputs = keras.Input(shape=(image_size, image_size, 1), name="pixels")
     if central_crop == 1.0 and intensity == "none":
@@ -186,8 +193,14 @@ def _conv_stack(pixels: keras.KerasTensor, filters: Sequence[int]) -> keras.Kera
 
 
 @register("cnn", tiny={"filters": (4, 8, 16), "dense_units": 16})
-def basic_cnn(image_size: int, filters=(32, 64, 128), dense_units: int = 128, dropout: float = 0.5,
-              central_crop: float = 1.0, intensity: str = "none") -> keras.Model:
+def basic_cnn(
+    image_size: int,
+    filters=(32, 64, 128),
+    dense_units: int = 128,
+    dropout: float = 0.5,
+    central_crop: float = 1.0,
+    intensity: str = "none",
+) -> keras.Model:
     """The seed's basic CNN: 3 x (Conv2D + ReLU, max-pool), Dense + Dropout, sigmoid."""
     inputs, view = _pixels(image_size, central_crop, intensity)
     x = layers.Flatten()(_conv_stack(view, filters))
@@ -195,6 +208,7 @@ def basic_cnn(image_size: int, filters=(32, 64, 128), dense_units: int = 128, dr
 
 
 # --- DenseNet121 ---------------------------------------------------------------------------------
+
 
 class GrayscaleToImageNet(layers.Layer):
     """Grayscale [0, 255] -> the 3-channel input an ImageNet DenseNet expects ("torch" preprocessing:
@@ -228,8 +242,15 @@ DENSENET121_BLOCKS = (6, 12, 24, 16)
 
 
 @register("densenet121", tiny={"blocks": (1, 1, 1, 1), "dense_units": 8}, fine_tune_from="conv5_block1_0_bn")
-def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCKS, dense_units: int = 128,
-                dropout: float = 0.3, central_crop: float = 1.0, intensity: str = "none") -> keras.Model:
+def densenet121(
+    image_size: int,
+    weights: str = "none",
+    blocks=DENSENET121_BLOCKS,
+    dense_units: int = 128,
+    dropout: float = 0.3,
+    central_crop: float = 1.0,
+    intensity: str = "none",
+) -> keras.Model:
     """Keras DenseNet121 with a new head.
 
     With pretrained `weights` the backbone starts frozen with BatchNorm in inference mode, for two-stage
@@ -239,12 +260,18 @@ def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCK
     """
     blocks = list(blocks)  # Keras matches the ImageNet weights on the list [6, 12, 24, 16]
     if weights == "imagenet" and blocks != list(DENSENET121_BLOCKS):
-        raise ValueError(f"densenet121: ImageNet weights exist only for blocks {DENSENET121_BLOCKS}, "
-                         f"not {tuple(blocks)}")
+        raise ValueError(
+            f"densenet121: ImageNet weights exist only for blocks {DENSENET121_BLOCKS}, not {tuple(blocks)}"
+        )
     inputs, view = _pixels(image_size, central_crop, intensity)
     # The function behind keras.applications.DenseNet121, which also takes the block counts.
-    backbone = keras_densenet.DenseNet(blocks, include_top=False, weights=_backbone_weights(weights),
-                                       input_shape=(image_size, image_size, 3), name=BACKBONE)
+    backbone = keras_densenet.DenseNet(
+        blocks,
+        include_top=False,
+        weights=_backbone_weights(weights),
+        input_shape=(image_size, image_size, 3),
+        name=BACKBONE,
+    )
     pretrained = weights != "none"
     backbone.trainable = not pretrained
     x = backbone(GrayscaleToImageNet(name="to_imagenet")(view), training=False if pretrained else None)
@@ -255,23 +282,27 @@ def densenet121(image_size: int, weights: str = "none", blocks=DENSENET121_BLOCK
 
 # --- CNN + Transformer ---------------------------------------------------------------------------
 
+
 class PositionEmbedding(layers.Layer):
     """Adds a learned embedding per token position to a [N, tokens, dim] sequence."""
 
     def build(self, input_shape):
-        self.embedding = self.add_weight(shape=tuple(input_shape[1:]), name="embedding",
-                                         initializer=keras.initializers.RandomNormal(stddev=0.02))
+        self.embedding = self.add_weight(
+            shape=tuple(input_shape[1:]), name="embedding", initializer=keras.initializers.RandomNormal(stddev=0.02)
+        )
 
     def call(self, tokens):
         return tokens + self.embedding
 
 
-def _transformer_encoder(tokens: keras.KerasTensor, num_heads: int, mlp_dim: int, dropout: float,
-                         name: str) -> keras.KerasTensor:
+def _transformer_encoder(
+    tokens: keras.KerasTensor, num_heads: int, mlp_dim: int, dropout: float, name: str
+) -> keras.KerasTensor:
     """Post-norm encoder block: self-attention and an MLP, each residual and followed by LayerNorm."""
     dim = tokens.shape[-1]
-    attention = layers.MultiHeadAttention(num_heads, key_dim=dim // num_heads, dropout=dropout,
-                                          name=f"{name}_attention")(tokens, tokens)
+    attention = layers.MultiHeadAttention(
+        num_heads, key_dim=dim // num_heads, dropout=dropout, name=f"{name}_attention"
+    )(tokens, tokens)
     x = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm1")(tokens + attention)
     mlp = layers.Dense(mlp_dim, activation="gelu", name=f"{name}_mlp1")(x)
     mlp = layers.Dense(dim, name=f"{name}_mlp2")(layers.Dropout(dropout)(mlp))
@@ -279,9 +310,17 @@ def _transformer_encoder(tokens: keras.KerasTensor, num_heads: int, mlp_dim: int
 
 
 @register("cnn_transformer", tiny={"filters": (4, 8, 16), "num_heads": 2, "mlp_dim": 16, "dense_units": 8})
-def cnn_transformer(image_size: int, filters=(32, 64, 128), num_layers: int = 1, num_heads: int = 4,
-                    mlp_dim: int = 256, dense_units: int = 64, dropout: float = 0.1, central_crop: float = 1.0,
-                    intensity: str = "none") -> keras.Model:
+def cnn_transformer(
+    image_size: int,
+    filters=(32, 64, 128),
+    num_layers: int = 1,
+    num_heads: int = 4,
+    mlp_dim: int = 256,
+    dense_units: int = 64,
+    dropout: float = 0.1,
+    central_crop: float = 1.0,
+    intensity: str = "none",
+) -> keras.Model:
     """The seed's hybrid: CNN feature map -> token sequence + learned positions -> Transformer encoder
     block(s) -> global average pooling -> Dense -> sigmoid."""
     if filters[-1] % num_heads:
@@ -297,6 +336,7 @@ def cnn_transformer(image_size: int, filters=(32, 64, 128), num_layers: int = 1,
 
 
 # --- Swin Transformer ----------------------------------------------------------------------------
+
 
 def _window_partition(x, window: int):
     """[N, H, W, C] -> [N * windows, window * window, C]."""
@@ -346,16 +386,18 @@ class SwinBlock(layers.Layer):
         self.mask = _shifted_window_mask(size, window, shift) if shift else None
 
     def build(self, input_shape):
-        self.bias_table = self.add_weight(shape=((2 * self.window - 1) ** 2, self.num_heads),
-                                          initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-                                          name="relative_position_bias_table")
+        self.bias_table = self.add_weight(
+            shape=((2 * self.window - 1) ** 2, self.num_heads),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="relative_position_bias_table",
+        )
 
     def _attention(self, windows):
         tokens, dim = windows.shape[1], windows.shape[2]
         head_dim = dim // self.num_heads
         qkv = ops.reshape(self.qkv(windows), (-1, tokens, 3, self.num_heads, head_dim))
         query, key, value = (ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3))
-        scores = ops.matmul(query * head_dim ** -0.5, ops.transpose(key, (0, 1, 3, 2)))
+        scores = ops.matmul(query * head_dim**-0.5, ops.transpose(key, (0, 1, 3, 2)))
         bias = ops.take(self.bias_table, ops.reshape(self.bias_index, (-1,)), axis=0)
         scores = scores + ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))
         if self.mask is not None:
@@ -399,9 +441,17 @@ SWIN_T = {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), 
 
 
 @register("swin", tiny={"embed_dim": 8, "depths": (2, 2), "num_heads": (1, 2), "window_size": 4})
-def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size: int = 7,
-         patch_size: int = 4, mlp_ratio: float = 4.0, central_crop: float = 1.0, intensity: str = "none"
-         ) -> keras.Model:
+def swin(
+    image_size: int,
+    embed_dim: int = 32,
+    depths=(2, 2, 2),
+    num_heads=(2, 4, 8),
+    window_size: int = 7,
+    patch_size: int = 4,
+    mlp_ratio: float = 4.0,
+    central_crop: float = 1.0,
+    intensity: str = "none",
+) -> keras.Model:
     """Swin Transformer: patch partition, stages of window / shifted-window attention blocks, patch merging
     between stages, LayerNorm, global average pooling, sigmoid.
 
@@ -413,8 +463,9 @@ def swin(image_size: int, embed_dim: int = 32, depths=(2, 2, 2), num_heads=(2, 4
         raise ValueError(f"swin: depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
     reduction = patch_size * 2 ** (len(depths) - 1)
     if image_size % reduction:
-        raise ValueError(f"swin: image_size {image_size} must be a multiple of "
-                         f"patch_size x 2^(stages - 1) = {reduction}")
+        raise ValueError(
+            f"swin: image_size {image_size} must be a multiple of patch_size x 2^(stages - 1) = {reduction}"
+        )
     inputs, view = _pixels(image_size, central_crop, intensity)
     # Centred to [-1, 1]: the per-patch norm after the embedding would otherwise cancel any brightness scaling.
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(view)
@@ -457,8 +508,9 @@ def _member(spec: Dict[str, Any], image_size: int, index: int) -> keras.Model:
     Keras weights file (a member without `weights` starts fresh: the registry's tiny test configuration)."""
     unknown = sorted(set(spec) - {"architecture", "image_size", "model_config", "weights"})
     if unknown or "architecture" not in spec:
-        raise ValueError(f"ensemble member {index}: expected architecture, image_size, model_config, weights; "
-                         f"got {sorted(spec)}")
+        raise ValueError(
+            f"ensemble member {index}: expected architecture, image_size, model_config, weights; got {sorted(spec)}"
+        )
     if spec["architecture"] == "ensemble":
         raise ValueError(f"ensemble member {index}: an ensemble cannot be a member")
     model = build(spec["architecture"], spec.get("image_size", image_size), **(spec.get("model_config") or {}))
@@ -475,11 +527,18 @@ def _logit(probability):
     return ops.log(clipped) - ops.log1p(-clipped)
 
 
-@register("ensemble", tiny={"members": [{"architecture": "cnn", "model_config": {"filters": [4, 8, 16],
-                                                                                  "dense_units": 8}},
-                                         {"architecture": "swin", "model_config": {"embed_dim": 8, "depths": [2],
-                                                                                   "num_heads": [1],
-                                                                                   "window_size": 4}}]})
+@register(
+    "ensemble",
+    tiny={
+        "members": [
+            {"architecture": "cnn", "model_config": {"filters": [4, 8, 16], "dense_units": 8}},
+            {
+                "architecture": "swin",
+                "model_config": {"embed_dim": 8, "depths": [2], "num_heads": [1], "window_size": 4},
+            },
+        ]
+    },
+)
 def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.Model:
     """The average of trained members' logits, as one model that serves, evaluates and explains like any other.
 
@@ -494,14 +553,17 @@ def ensemble(image_size: int, members: Sequence[Dict[str, Any]] = ()) -> keras.M
     parts = [_member(spec, image_size, index) for index, spec in enumerate(members)]
     crops = {view_crop(part) for part in parts}
     if len(crops) > 1:  # Grad-CAM places every member's map on one view of the input
-        raise ValueError(f"ensemble: members crop their input differently ({sorted(crops)}); "
-                         "combine members trained with the same central_crop")
+        raise ValueError(
+            f"ensemble: members crop their input differently ({sorted(crops)}); "
+            "combine members trained with the same central_crop"
+        )
     inputs, _ = _pixels(image_size)
     logits = []
     for index, (part, spec) in enumerate(zip(parts, members)):
         member_size = int(part.input.shape[1])
-        pixels = (inputs if member_size == image_size else
-                  MemberResize(member_size, name=f"member{index}_resize")(inputs))
+        pixels = (
+            inputs if member_size == image_size else MemberResize(member_size, name=f"member{index}_resize")(inputs)
+        )
         layer = part.get_layer(REGISTRY[spec["architecture"]].gradcam_layer)
         features = keras.Model(part.input, layer.output, name=f"member{index}_features")(pixels)
         features = layers.Identity(name=f"{FEATURE_MAP}_{index}")(features)

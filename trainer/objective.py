@@ -1,6 +1,7 @@
 """The training objective and its schedule: the loss and its class balance, what early stopping watches, and
 the weight average's momentum. Apart from the Trainer's module so trainer/config.py can check a setting
 against them without importing the Trainer."""
+
 from typing import Optional, Tuple
 
 import keras
@@ -12,8 +13,9 @@ def class_weights(normal: int, pneumonia: int) -> dict:
     return {0: total / (2.0 * max(normal, 1)), 1: total / (2.0 * max(pneumonia, 1))}
 
 
-def loss_and_class_weights(loss: str, normal: int, pneumonia: int,
-                           label_smoothing: float = 0.0) -> Tuple[keras.losses.Loss, Optional[dict]]:
+def loss_and_class_weights(
+    loss: str, normal: int, pneumonia: int, label_smoothing: float = 0.0
+) -> Tuple[keras.losses.Loss, Optional[dict]]:
     """Imbalance handling: `bce` with inverse-frequency class weights, or `focal` loss balanced by its alpha
     (the NORMAL share weighs PNEUMONIA), which then needs no class weights. Label smoothing pulls the targets
     towards 0.5, so scores stay graded instead of saturating at 0 and 1."""
@@ -23,8 +25,9 @@ def loss_and_class_weights(loss: str, normal: int, pneumonia: int,
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), class_weights(normal, pneumonia)
     if loss == "focal":
         alpha = normal / max(normal + pneumonia, 1)
-        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha, gamma=2.0,
-                                                    label_smoothing=label_smoothing), None
+        return keras.losses.BinaryFocalCrossentropy(
+            apply_class_balancing=True, alpha=alpha, gamma=2.0, label_smoothing=label_smoothing
+        ), None
     raise ValueError(f"unknown loss {loss!r}; use 'bce' or 'focal'")
 
 

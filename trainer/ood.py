@@ -12,6 +12,7 @@ because ReLU features have dead and collinear units that make the sample covaria
 threshold is a high percentile of the validation images' distances: that share of in-distribution images
 is flagged by construction, and nothing else is tuned.
 """
+
 import dataclasses
 from typing import Any, Dict, Iterable, Sequence, Tuple
 
@@ -30,6 +31,7 @@ DEFAULT_PERCENTILE = TrainerConfig.ood_percentile  # the Trainer's setting, also
 @dataclasses.dataclass(frozen=True)
 class OodGuard:
     """The fitted Gaussians (means [classes, D], shared precision [D, D]) and the distance threshold."""
+
     means: np.ndarray
     precision: np.ndarray
     threshold: float
@@ -39,10 +41,15 @@ class OodGuard:
 
     def summary(self) -> Dict[str, Any]:
         """What the model's metadata records (the arrays live in the SavedModel's graph)."""
-        return {"method": "mahalanobis_tied_covariance", "features": "spatial mean of the Grad-CAM feature map",
-                "dimensions": int(self.means.shape[1]), "threshold": self.threshold,
-                "validation_percentile": self.percentile, "train_images": self.train_images,
-                "validation_images": self.validation_images}
+        return {
+            "method": "mahalanobis_tied_covariance",
+            "features": "spatial mean of the Grad-CAM feature map",
+            "dimensions": int(self.means.shape[1]),
+            "threshold": self.threshold,
+            "validation_percentile": self.percentile,
+            "train_images": self.train_images,
+            "validation_images": self.validation_images,
+        }
 
 
 def pooled(feature_maps: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -85,8 +92,12 @@ def features(features_and_output: keras.Model, batches: Iterable) -> Tuple[np.nd
     return np.concatenate(probabilities), np.concatenate(pooled_maps), np.concatenate(labels).astype(int)
 
 
-def fit(train_features: np.ndarray, train_labels: np.ndarray, validation_features: np.ndarray,
-        percentile: float = DEFAULT_PERCENTILE) -> OodGuard:
+def fit(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    validation_features: np.ndarray,
+    percentile: float = DEFAULT_PERCENTILE,
+) -> OodGuard:
     """Gaussians on the training features; threshold at `percentile` of the validation distances."""
     if not 0 < percentile <= 100:
         raise ValueError(f"OOD percentile must be in (0, 100], got {percentile}")
@@ -97,9 +108,13 @@ def fit(train_features: np.ndarray, train_labels: np.ndarray, validation_feature
     return OodGuard(means, precision, threshold, percentile, len(train_features), len(validation_features))
 
 
-def fit_model(model: keras.Model, train_batches: Iterable, validation_batches: Iterable,
-              percentile: float = DEFAULT_PERCENTILE, layer_name: str = FEATURE_MAP
-              ) -> Tuple[OodGuard, np.ndarray, np.ndarray]:
+def fit_model(
+    model: keras.Model,
+    train_batches: Iterable,
+    validation_batches: Iterable,
+    percentile: float = DEFAULT_PERCENTILE,
+    layer_name: str = FEATURE_MAP,
+) -> Tuple[OodGuard, np.ndarray, np.ndarray]:
     """(guard, validation probabilities, validation labels) for a trained model with Grad-CAM layer
     `layer_name`, from one pass over each split's (pixels, labels) batches; the validation pass also serves
     the model's threshold."""

@@ -1,4 +1,5 @@
 """Image preprocessing shared by training and every serving signature (no train/serve skew)."""
+
 import tensorflow as tf
 
 from trainer.pixel_budget import check_pixel_budget

@@ -16,6 +16,7 @@ float32 [N, S/4, S/4] maps in [0, 1] for the class predicted at the threshold (t
 method name `tensorflow/serving/classify`, one input `inputs` of serialized tf.Example, outputs
 `classes` and `scores`, each [batch, 2] with columns NORMAL and PNEUMONIA.
 """
+
 import dataclasses
 import json
 import os
@@ -45,8 +46,15 @@ def _images(serialized_examples: tf.Tensor) -> tf.Tensor:
 
 
 class PneumoniaModule(tf.Module):
-    def __init__(self, model: keras.Model, image_size: int, threshold: Threshold, asset_path: str,
-                 gradcam_layer: str, guard: ood.OodGuard):
+    def __init__(
+        self,
+        model: keras.Model,
+        image_size: int,
+        threshold: Threshold,
+        asset_path: str,
+        gradcam_layer: str,
+        guard: ood.OodGuard,
+    ):
         super().__init__()
         # One pass gives the probability and the feature map(s) that both Grad-CAM and the OOD guard read.
         self.model = explain.feature_model(model, gradcam_layer)
@@ -73,13 +81,21 @@ class PneumoniaModule(tf.Module):
         label = tf.where(positive, CLASS_NAMES[1], CLASS_NAMES[0])
         above = tf.math.divide_no_nan(probability - threshold, 1.0 - threshold)
         below = tf.math.divide_no_nan(probability, threshold)
-        decision_score = tf.where(positive, 0.5 + DECISION_MARGIN + (0.5 - DECISION_MARGIN) * above,
-                                  0.5 * tf.minimum(below, 1.0 - DECISION_MARGIN))
+        decision_score = tf.where(
+            positive,
+            0.5 + DECISION_MARGIN + (0.5 - DECISION_MARGIN) * above,
+            0.5 * tf.minimum(below, 1.0 - DECISION_MARGIN),
+        )
         ood_score = ood.distances(ood.pooled(feature_maps), self.ood_means, self.ood_precision)
-        return {PROBABILITY_OUTPUT: probability, "label": label, "threshold": threshold,
-                DECISION_OUTPUT: tf.clip_by_value(decision_score, 0.0, 1.0), "ood_score": ood_score,
-                "ood_threshold": tf.fill(tf.shape(probability), self.ood_threshold),
-                "in_distribution": ood_score <= self.ood_threshold}
+        return {
+            PROBABILITY_OUTPUT: probability,
+            "label": label,
+            "threshold": threshold,
+            DECISION_OUTPUT: tf.clip_by_value(decision_score, 0.0, 1.0),
+            "ood_score": ood_score,
+            "ood_threshold": tf.fill(tf.shape(probability), self.ood_threshold),
+            "in_distribution": ood_score <= self.ood_threshold,
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
@@ -89,8 +105,10 @@ class PneumoniaModule(tf.Module):
     def classify(self, inputs):
         probability, _ = self._forward(_images(inputs))
         classes = tf.tile(tf.constant([CLASS_NAMES]), [tf.shape(probability)[0], 1])
-        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
-                tf.saved_model.CLASSIFY_OUTPUT_SCORES: tf.stack([1.0 - probability, probability], axis=1)}
+        return {
+            tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes,
+            tf.saved_model.CLASSIFY_OUTPUT_SCORES: tf.stack([1.0 - probability, probability], axis=1),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def predict_images(self, images):
@@ -100,13 +118,25 @@ class PneumoniaModule(tf.Module):
     def explain_images(self, images):
         pixels = decode_batch(images, self.image_size)
         cam, cam_plus_plus, probability, feature_maps = explain.heatmaps(self.model, pixels, self.threshold_value)
-        return {**self._answer(probability, feature_maps), "gradcam": explain.served_heatmap(cam, self.image_size),
-                "gradcam_plus_plus": explain.served_heatmap(cam_plus_plus, self.image_size)}
+        return {
+            **self._answer(probability, feature_maps),
+            "gradcam": explain.served_heatmap(cam, self.image_size),
+            "gradcam_plus_plus": explain.served_heatmap(cam_plus_plus, self.image_size),
+        }
 
 
-def export(model: keras.Model, export_dir: str, image_size: int, threshold: Threshold, work_dir: str,
-           architecture: str, model_config: Dict[str, Any], training: Optional[Dict[str, Any]] = None, *,
-           guard: ood.OodGuard) -> None:
+def export(
+    model: keras.Model,
+    export_dir: str,
+    image_size: int,
+    threshold: Threshold,
+    work_dir: str,
+    architecture: str,
+    model_config: Dict[str, Any],
+    training: Optional[Dict[str, Any]] = None,
+    *,
+    guard: ood.OodGuard,
+) -> None:
     """Writes the SavedModel with its signatures and the threshold JSON under assets/.
 
     The JSON also records what rebuilds the Keras model (`architecture`, `image_size`, `model_config`),
@@ -116,22 +146,36 @@ def export(model: keras.Model, export_dir: str, image_size: int, threshold: Thre
     tf.io.gfile.makedirs(work_dir)  # gfile: the run folder may be in a bucket (Kubeflow)
     asset_path = os.path.join(work_dir, THRESHOLD_ASSET)
     with tf.io.gfile.GFile(asset_path, "w") as f:
-        json.dump({**dataclasses.asdict(threshold), "architecture": architecture, "image_size": image_size,
-                   "model_config": model_config, "training": training or {}, "max_pixels": MAX_PIXELS,
-                   "ood": guard.summary()},
-                  f, indent=2, sort_keys=True)
+        json.dump(
+            {
+                **dataclasses.asdict(threshold),
+                "architecture": architecture,
+                "image_size": image_size,
+                "model_config": model_config,
+                "training": training or {},
+                "max_pixels": MAX_PIXELS,
+                "ood": guard.summary(),
+            },
+            f,
+            indent=2,
+            sort_keys=True,
+        )
     # The same layers and weights, without what compile() attached (optimizer slots, metric state): the
     # served model would otherwise carry the Adam moments, three times its weights.
     inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
     # Models outside the registry (tests) name their Grad-CAM layer `feature_map`, as registered ones do.
     gradcam_layer = REGISTRY[architecture].gradcam_layer if architecture in REGISTRY else FEATURE_MAP
     module = PneumoniaModule(inference_model, image_size, threshold, asset_path, gradcam_layer, guard)
-    tf.saved_model.save(module, export_dir, signatures={
-        "serving_default": module.serve_examples,
-        "predict_images": module.predict_images,
-        "explain_images": module.explain_images,
-        CLASSIFY_SIGNATURE: module.classify,
-    })
+    tf.saved_model.save(
+        module,
+        export_dir,
+        signatures={
+            "serving_default": module.serve_examples,
+            "predict_images": module.predict_images,
+            "explain_images": module.explain_images,
+            CLASSIFY_SIGNATURE: module.classify,
+        },
+    )
     _mark_classification(export_dir, CLASSIFY_SIGNATURE)
 
 
@@ -156,10 +200,17 @@ def read_guard(export_dir: str) -> ood.OodGuard:
     if summary is None:
         raise ValueError(f"{export_dir} was exported without an out-of-distribution guard: train it again")
     reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
-    means, precision = (reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
-                        for name in ("ood_means", "ood_precision"))
-    return ood.OodGuard(means, precision, summary["threshold"], summary["validation_percentile"],
-                        summary["train_images"], summary["validation_images"])
+    means, precision = (
+        reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE") for name in ("ood_means", "ood_precision")
+    )
+    return ood.OodGuard(
+        means,
+        precision,
+        summary["threshold"],
+        summary["validation_percentile"],
+        summary["train_images"],
+        summary["validation_images"],
+    )
 
 
 def read_metadata(export_dir: str) -> Dict[str, Any]:

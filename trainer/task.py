@@ -5,6 +5,7 @@ Besides the SavedModel in `serving_model_dir` (`Format-Serving/`), it writes the
 `models.build(architecture, image_size, **model_config)` + `load_weights` on that file rebuilds the Keras
 model from what `Format-Serving/assets/threshold.json` records: warm start and Grad-CAM do so.
 """
+
 import json
 import logging
 import math
@@ -37,8 +38,10 @@ def _check_base_model(base_model: str, architecture: str, image_size: int, model
     wanted = {"architecture": architecture, "image_size": image_size, "model_config": _normalised(model_config)}
     for key, value in wanted.items():
         if recorded.get(key) != value:
-            raise ValueError(f"warm start refused: the base model {base_model} has {key} {recorded.get(key)!r}, "
-                             f"this run has {value!r}; train without --warm-start or with the same {key}")
+            raise ValueError(
+                f"warm start refused: the base model {base_model} has {key} {recorded.get(key)!r}, "
+                f"this run has {value!r}; train without --warm-start or with the same {key}"
+            )
     weights_path = keras_weights_path(base_model)
     if not tf.io.gfile.exists(weights_path):  # gfile: the base model may be in a bucket (Kubeflow)
         raise ValueError(f"warm start refused: the base model has no Keras weights at {weights_path}")
@@ -60,8 +63,9 @@ def build_model(config: TrainerConfig, base_model: Optional[str] = None) -> kera
     return models.build(config.architecture, config.image_size, **model_config)
 
 
-def _stages(model: keras.Model, architecture: str, epochs: int,
-            learning_rate: float) -> List[Tuple[int, float, Optional[str]]]:
+def _stages(
+    model: keras.Model, architecture: str, epochs: int, learning_rate: float
+) -> List[Tuple[int, float, Optional[str]]]:
     """(epochs, learning rate, first layer to unfreeze or None) per training stage.
 
     A backbone that starts frozen (pretrained) first trains the new head for half the epochs (rounded up),
@@ -71,12 +75,15 @@ def _stages(model: keras.Model, architecture: str, epochs: int,
     if fine_tune_from is None or model.get_layer(models.BACKBONE).trainable or epochs < 2:
         return [(epochs, learning_rate, None)]
     head_epochs = math.ceil(epochs / 2)
-    return [(head_epochs, learning_rate, None),
-            (epochs - head_epochs, learning_rate * FINE_TUNE_LEARNING_RATE_FACTOR, fine_tune_from)]
+    return [
+        (head_epochs, learning_rate, None),
+        (epochs - head_epochs, learning_rate * FINE_TUNE_LEARNING_RATE_FACTOR, fine_tune_from),
+    ]
 
 
-def train(model: keras.Model, config: TrainerConfig, train_data, validation_data, counts: Tuple[int, int],
-          log_dir: str) -> Dict[str, Any]:
+def train(
+    model: keras.Model, config: TrainerConfig, train_data, validation_data, counts: Tuple[int, int], log_dir: str
+) -> Dict[str, Any]:
     """Adam with a cosine learning-rate decay per stage, early stopping on the validation metric
     (`early_stopping_metric`: AUC, or loss once AUC saturates); leaves the model at the weights with the best
     validation value over all stages. Returns what the run cost and chose, for the model's metadata.
@@ -92,26 +99,46 @@ def train(model: keras.Model, config: TrainerConfig, train_data, validation_data
     momentum = objective.ema_momentum(config.ema_epochs, steps_per_epoch)
     if not model.trainable_weights:  # an ensemble of trained, frozen members: only its threshold is chosen
         logging.info("%s has no trainable weights: nothing to fit", config.architecture)
-        return {"early_stopping_metric": metric_name, "best_validation_value": None, "best_epoch": 0,
-                "epochs_run": 0, "train_seconds": 0.0, "train_images_per_second": 0.0,
-                "train_examples": sum(counts), "parameters": int(model.count_params()), "ema_momentum": None}
+        return {
+            "early_stopping_metric": metric_name,
+            "best_validation_value": None,
+            "best_epoch": 0,
+            "epochs_run": 0,
+            "train_seconds": 0.0,
+            "train_images_per_second": 0.0,
+            "train_examples": sum(counts),
+            "parameters": int(model.count_params()),
+            "ema_momentum": None,
+        }
     best_value, best_weights, done, best_epoch, epochs_run = -math.inf, None, 0, 0, 0
     started = time.monotonic()
-    for epochs, learning_rate, unfreeze_from in _stages(model, config.architecture, config.epochs,
-                                                        config.learning_rate):
+    for epochs, learning_rate, unfreeze_from in _stages(
+        model, config.architecture, config.epochs, config.learning_rate
+    ):
         if unfreeze_from:
             models.unfreeze_top(model, unfreeze_from)
-        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(epochs * steps_per_epoch, 1),
-                                                          alpha=0.05)
-        optimizer = (keras.optimizers.Adam(schedule, use_ema=True, ema_momentum=momentum) if momentum
-                     else keras.optimizers.Adam(schedule))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(epochs * steps_per_epoch, 1), alpha=0.05
+        )
+        optimizer = (
+            keras.optimizers.Adam(schedule, use_ema=True, ema_momentum=momentum)
+            if momentum
+            else keras.optimizers.Adam(schedule)
+        )
         model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc")])
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
-                                                patience=config.early_stopping_patience)
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, restore_best_weights=True, patience=config.early_stopping_patience
+        )
         averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if momentum else []
-        history = model.fit(train_data, validation_data=validation_data, epochs=done + epochs, initial_epoch=done,
-                            class_weight=weights,
-                            callbacks=[*averaging, stopper, keras.callbacks.TensorBoard(log_dir=log_dir)], verbose=2)
+        history = model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=done + epochs,
+            initial_epoch=done,
+            class_weight=weights,
+            callbacks=[*averaging, stopper, keras.callbacks.TensorBoard(log_dir=log_dir)],
+            verbose=2,
+        )
         epochs_run += len(history.epoch)
         done += epochs
         stage_value = -math.inf if stopper.best is None else sign * stopper.best  # None: a stage of zero epochs
@@ -120,10 +147,17 @@ def train(model: keras.Model, config: TrainerConfig, train_data, validation_data
             best_epoch = stopper.best_epoch + 1 if stopper.best is not None else best_epoch  # 1-based, absolute
     model.set_weights(best_weights)
     seconds = time.monotonic() - started
-    return {"early_stopping_metric": metric_name, "best_validation_value": sign * best_value,
-            "best_epoch": best_epoch, "epochs_run": epochs_run, "train_seconds": round(seconds, 1),
-            "train_images_per_second": round(epochs_run * sum(counts) / seconds, 2) if seconds > 0 else 0.0,
-            "train_examples": sum(counts), "parameters": int(model.count_params()), "ema_momentum": momentum}
+    return {
+        "early_stopping_metric": metric_name,
+        "best_validation_value": sign * best_value,
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "train_seconds": round(seconds, 1),
+        "train_images_per_second": round(epochs_run * sum(counts) / seconds, 2) if seconds > 0 else 0.0,
+        "train_examples": sum(counts),
+        "parameters": int(model.count_params()),
+        "ema_momentum": momentum,
+    }
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -132,12 +166,21 @@ def run_fn(fn_args: FnArgs) -> None:
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, fn_args.base_model)
 
-    train_data = inputs.make_dataset(fn_args.train_files, config.image_size, config.batch_size, training=True,
-                                     seed=config.seed, augment=config.augment, horizontal_flip=config.horizontal_flip,
-                                     cache=config.cache, crop_min_area=config.crop_min_area,
-                                     acquisition=config.acquisition_augment)
-    validation = inputs.make_dataset(fn_args.eval_files, config.image_size, config.batch_size, training=False,
-                                     cache=config.cache)
+    train_data = inputs.make_dataset(
+        fn_args.train_files,
+        config.image_size,
+        config.batch_size,
+        training=True,
+        seed=config.seed,
+        augment=config.augment,
+        horizontal_flip=config.horizontal_flip,
+        cache=config.cache,
+        crop_min_area=config.crop_min_area,
+        acquisition=config.acquisition_augment,
+    )
+    validation = inputs.make_dataset(
+        fn_args.eval_files, config.image_size, config.batch_size, training=False, cache=config.cache
+    )
     counts = inputs.label_counts(fn_args.train_files)
     logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config.architecture, *counts)
     training = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
@@ -145,15 +188,37 @@ def run_fn(fn_args: FnArgs) -> None:
     # The OOD guard's Gaussians come from the training images without augmentation; its threshold from the
     # validation pass that also tunes the model's threshold.
     plain_train = inputs.make_dataset(fn_args.train_files, config.image_size, config.batch_size, training=False)
-    guard, probabilities, labels = ood.fit_model(model, plain_train, validation, config.ood_percentile,
-                                                 layer_name=models.architecture(config.architecture).gradcam_layer)
+    guard, probabilities, labels = ood.fit_model(
+        model,
+        plain_train,
+        validation,
+        config.ood_percentile,
+        layer_name=models.architecture(config.architecture).gradcam_layer,
+    )
     chosen = threshold.choose(labels, probabilities, config.threshold_policy)
-    logging.info("best validation %s %.4f at epoch %d; threshold %.4f (%s): validation sensitivity %.3f, "
-                 "specificity %.3f; OOD threshold %.3f", training["early_stopping_metric"],
-                 training["best_validation_value"], training["best_epoch"], chosen.value, chosen.policy,
-                 chosen.sensitivity, chosen.specificity, guard.threshold)
-    signatures.export(model, fn_args.serving_model_dir, config.image_size, chosen, fn_args.model_run_dir,
-                      config.architecture, _normalised(config.model_config), training, guard=guard)
+    logging.info(
+        "best validation %s %.4f at epoch %d; threshold %.4f (%s): validation sensitivity %.3f, "
+        "specificity %.3f; OOD threshold %.3f",
+        training["early_stopping_metric"],
+        training["best_validation_value"],
+        training["best_epoch"],
+        chosen.value,
+        chosen.policy,
+        chosen.sensitivity,
+        chosen.specificity,
+        guard.threshold,
+    )
+    signatures.export(
+        model,
+        fn_args.serving_model_dir,
+        config.image_size,
+        chosen,
+        fn_args.model_run_dir,
+        config.architecture,
+        _normalised(config.model_config),
+        training,
+        guard=guard,
+    )
     weights_path = keras_weights_path(fn_args.serving_model_dir)
     tf.io.gfile.makedirs(os.path.dirname(weights_path))
     model.save_weights(weights_path)  # Keras stages a remote path (gs://) in a local file and copies it

@@ -1,4 +1,5 @@
 """The operating threshold, chosen on the validation split only."""
+
 import dataclasses
 from typing import Optional, Tuple
 
@@ -49,8 +50,10 @@ def parse(policy: str) -> Tuple[str, Optional[float]]:
         if kind == "fixed" and not 0.0 < value < 1.0:
             raise ValueError(f"threshold policy {policy!r}: a fixed threshold must be a number in (0, 1)")
         if kind == "cost" and not 0.0 < value < float("inf"):
-            raise ValueError(f"threshold policy {policy!r}: the cost ratio of a false negative to a false "
-                             f"positive must be a positive number")
+            raise ValueError(
+                f"threshold policy {policy!r}: the cost ratio of a false negative to a false "
+                f"positive must be a positive number"
+            )
         return kind, value
     raise ValueError(f"unknown threshold policy {policy!r}; use {POLICIES}")
 
@@ -74,8 +77,9 @@ def choose(labels: np.ndarray, probabilities: np.ndarray, policy: str = "youden"
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.min(initial=1) == labels.max(initial=0):
-        return Threshold(0.5, f"{policy} (fallback 0.5: validation has one class)", float("nan"), float("nan"),
-                         int(labels.size))
+        return Threshold(
+            0.5, f"{policy} (fallback 0.5: validation has one class)", float("nan"), float("nan"), int(labels.size)
+        )
     if kind in ("fixed", "median-midpoint"):
         if kind == "fixed":
             value = number
@@ -83,8 +87,13 @@ def choose(labels: np.ndarray, probabilities: np.ndarray, policy: str = "youden"
             middle = (np.median(_logit(probabilities[labels == 0])) + np.median(_logit(probabilities[labels == 1]))) / 2
             value = float(1.0 / (1.0 + np.exp(-middle)))
         predicted = probabilities >= value
-        return Threshold(value, policy, float(predicted[labels == 1].mean()), float((~predicted[labels == 0]).mean()),
-                         int(labels.size))
+        return Threshold(
+            value,
+            policy,
+            float(predicted[labels == 1].mean()),
+            float((~predicted[labels == 0]).mean()),
+            int(labels.size),
+        )
     thresholds, sensitivity, specificity = roc_points(labels, probabilities)
     if kind == "youden":
         youden = sensitivity + specificity - 1.0
@@ -95,5 +104,6 @@ def choose(labels: np.ndarray, probabilities: np.ndarray, policy: str = "youden"
         best = int(np.flatnonzero(cost <= cost.min() + 1e-9)[-1])
     else:
         best = int(np.argmax(sensitivity >= number))  # thresholds descend: first hit is the highest
-    return Threshold(float(thresholds[best]), policy, float(sensitivity[best]), float(specificity[best]),
-                     int(labels.size))
+    return Threshold(
+        float(thresholds[best]), policy, float(sensitivity[best]), float(specificity[best]), int(labels.size)
+    )

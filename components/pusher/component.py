@@ -1,4 +1,5 @@
 """Factory for TFX's Pusher running the atomic, de-duplicating executor."""
+
 import os
 
 from tfx import v1 as tfx
@@ -14,6 +15,7 @@ def create_pusher(model: Channel, model_blessing: Channel, serving_dir: str, mod
         model=model,
         model_blessing=model_blessing,
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=os.path.join(serving_dir, model_name))),
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=os.path.join(serving_dir, model_name))
+        ),
         custom_executor_spec=executor_spec.ExecutorClassSpec(Executor),
     )

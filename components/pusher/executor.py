@@ -6,6 +6,7 @@ keeps the Pusher's interface and artifacts, but publishes the version atomically
 the rules the server reads it by), and skips the push when the newest servable version holds the same
 model bytes. Each version carries warm-up requests for every signature (components/pusher/warmup.py).
 """
+
 import os
 from typing import Any, Dict, List
 
@@ -21,8 +22,12 @@ from serving.repository import latest_fingerprint, model_fingerprint, push_atomi
 
 
 class Executor(tfx_pusher.Executor):
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         if not self.CheckBlessing(input_dict):
@@ -40,8 +45,13 @@ class Executor(tfx_pusher.Executor):
             model_push.set_string_custom_property("skipped", "already the latest served version")
             self._MarkNotPushed(model_push)
             return
-        version = push_atomically(model_dir, model_base, fingerprint, model_dir,
-                                  add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir))
+        version = push_atomically(
+            model_dir,
+            model_base,
+            fingerprint,
+            model_dir,
+            add_files=lambda version_dir: write_warmup_requests(model_dir, version_dir),
+        )
         io_utils.copy_dir(model_dir, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=os.path.join(model_base, version), pushed_version=version)
         logging.info("Model pushed as version %s in %s.", version, model_base)

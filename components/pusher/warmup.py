@@ -9,6 +9,7 @@ Classify request. A signature whose inputs cannot be built refuses the push rath
 that would warm up only partly. The image is a synthetic 224x224 grayscale JPEG, the prepared data's
 format and size (no patient image is shipped).
 """
+
 import os
 from typing import List
 
@@ -34,8 +35,11 @@ def warmup_image() -> bytes:
 
 
 def _example(image: bytes) -> tf.train.Example:
-    return tf.train.Example(features=tf.train.Features(feature={
-        EXAMPLE_IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={EXAMPLE_IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+        )
+    )
 
 
 def _request_log(name: str, definition: meta_graph_pb2.SignatureDef, image: bytes) -> prediction_log_pb2.PredictionLog:
@@ -50,8 +54,9 @@ def _request_log(name: str, definition: meta_graph_pb2.SignatureDef, image: byte
     request.model_spec.signature_name = name
     for key, info in definition.inputs.items():
         if info.dtype != tf.string.as_datatype_enum or key not in (IMAGE_INPUT, *EXAMPLE_INPUTS):
-            raise ValueError(f"signature {name!r}: no warm-up value for input {key!r} "
-                             f"({tf.dtypes.as_dtype(info.dtype).name})")
+            raise ValueError(
+                f"signature {name!r}: no warm-up value for input {key!r} ({tf.dtypes.as_dtype(info.dtype).name})"
+            )
         value = image if key == IMAGE_INPUT else _example(image).SerializeToString()
         request.inputs[key].CopyFrom(tf.make_tensor_proto([value], dtype=tf.string))
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

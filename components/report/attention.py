@@ -5,6 +5,7 @@ lungs. This metric makes that measurable: the share of a Grad-CAM map's (positiv
 outer `BORDER_BAND` of each side. The band is fixed, not fitted: 12.5% per side is 43.75% of the area, so a
 map spread evenly scores 0.4375 and a model that looks at the central lung window scores well below it.
 """
+
 import dataclasses
 import json
 from typing import Dict, List
@@ -23,7 +24,7 @@ def border_mask(height: int, width: int, band: float = BORDER_BAND) -> np.ndarra
     """True on the outer `band` of each side (rounded to whole pixels)."""
     rows, cols = round(height * band), round(width * band)
     mask = np.ones((height, width), bool)
-    mask[rows:height - rows, cols:width - cols] = False
+    mask[rows : height - rows, cols : width - cols] = False
     return mask
 
 
@@ -42,8 +43,9 @@ class OutcomeShare:
     mean: float  # NaN when no image of this outcome has a non-zero map
 
 
-def by_outcome(shares: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-               threshold: float) -> Dict[str, OutcomeShare]:
+def by_outcome(
+    shares: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> Dict[str, OutcomeShare]:
     """Mean border share per outcome (TP/TN/FP/FN at `threshold`) and how many images it averages."""
     predicted = (probabilities >= threshold).astype(int)
     result = {}
@@ -58,8 +60,13 @@ def by_outcome(shares: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
 
 def write(path: str, table: Dict[str, Dict[str, OutcomeShare]]) -> None:
     """`attention.json` beside the report: split -> outcome -> {images, mean}, for `pneumonia compare`."""
-    plain = {split: {outcome: {"images": share.images, "mean": None if np.isnan(share.mean) else share.mean}
-                     for outcome, share in outcomes.items()} for split, outcomes in table.items()}
+    plain = {
+        split: {
+            outcome: {"images": share.images, "mean": None if np.isnan(share.mean) else share.mean}
+            for outcome, share in outcomes.items()
+        }
+        for split, outcomes in table.items()
+    }
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump({"band": BORDER_BAND, "band_area": BORDER_AREA, "splits": plain}, f, indent=2)  # split order kept
 
@@ -67,8 +74,13 @@ def write(path: str, table: Dict[str, Dict[str, OutcomeShare]]) -> None:
 def read(path: str) -> Dict[str, Dict[str, OutcomeShare]]:
     with tf.io.gfile.GFile(path) as f:
         splits = json.load(f)["splits"]
-    return {split: {outcome: OutcomeShare(item["images"], float("nan") if item["mean"] is None else item["mean"])
-                    for outcome, item in outcomes.items()} for split, outcomes in splits.items()}
+    return {
+        split: {
+            outcome: OutcomeShare(item["images"], float("nan") if item["mean"] is None else item["mean"])
+            for outcome, item in outcomes.items()
+        }
+        for split, outcomes in splits.items()
+    }
 
 
 def columns() -> List[str]:

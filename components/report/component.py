@@ -4,6 +4,7 @@ The output is a `File` artifact (a folder holding `index.html` and the PNGs it e
 type that LocalDagRunner and the Kubeflow V2 compiler both know, so no custom type has to be
 importable on the cluster.
 """
+
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
@@ -28,8 +29,16 @@ def EvaluationReport(  # noqa: N802 (TFX component name)
     if model_blessing is not None and model_blessing.has_custom_property("blessed"):
         blessed = bool(model_blessing.get_int_custom_property("blessed"))
     index = executor.generate(
-        examples.uri, artifact_utils.decode_split_names(examples.split_names), model.uri, evaluation.uri,
-        report.uri, blessed,
-        executor.Settings(max_images_per_split=max_images_per_split, explained_per_group=explained_per_group,
-                          blessing_split=blessing_split))
+        examples.uri,
+        artifact_utils.decode_split_names(examples.split_names),
+        model.uri,
+        evaluation.uri,
+        report.uri,
+        blessed,
+        executor.Settings(
+            max_images_per_split=max_images_per_split,
+            explained_per_group=explained_per_group,
+            blessing_split=blessing_split,
+        ),
+    )
     report.set_string_custom_property("index", index)

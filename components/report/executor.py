@@ -5,6 +5,7 @@ through tf.io.gfile), so `pneumonia report` regenerates a run's report with the 
 component runs. Scoring and explaining live in scoring.py, the page's HTML in page.py; this module decides
 what is drawn, from which split.
 """
+
 import dataclasses
 import logging
 import os
@@ -28,6 +29,7 @@ GROUPS = (  # (file stem, title, true label, predicted label)
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What the report draws, and from how many images."""
+
     max_images_per_split: int = 200  # images scored per evaluated split for the curves and Grad-CAM
     explained_per_group: int = 2  # images per Grad-CAM panel (TP, TN, FP, FN)
     samples_per_class: int = 6
@@ -46,30 +48,72 @@ class Figures:
         self.shown.append((name, caption))
 
 
-def draw_data_and_scores(figures: Figures, samples: Dict[str, scoring.SplitSample], scores: Dict[str, plots.Scores],
-                         reported: List[str], info: dict, settings: Settings) -> None:
+def draw_data_and_scores(
+    figures: Figures,
+    samples: Dict[str, scoring.SplitSample],
+    scores: Dict[str, plots.Scores],
+    reported: List[str],
+    info: dict,
+    settings: Settings,
+) -> None:
     """The class distribution, sample images, and the curves, confusion and calibration of the scored splits."""
     threshold, first = float(info["value"]), next(iter(samples))
-    counts = {(split, dataset): (sample.counts[(dataset, 0)], sample.counts[(dataset, 1)])
-              for split, sample in samples.items() for dataset in sorted({d for d, _ in sample.counts})}
-    figures.add("class_distribution.png", "Class distribution per split and dataset (all records)",
-                plots.class_distribution, counts)
-    figures.add("samples.png", f"Sample images per class ({first} split)", plots.sample_grid,
-                scoring.sample_images(samples[first], int(info["image_size"]), settings.samples_per_class))
-    figures.add("roc_pr.png", "ROC and precision-recall curves", plots.roc_and_pr_curves,
-                {split: scores[split] for split in reported})
-    figures.add("precision_recall_threshold.png", "Precision and recall vs threshold",
-                plots.precision_recall_vs_threshold, scores, threshold)
-    figures.add("youden.png", f"Youden's J vs threshold; the tuned threshold is marked ({info.get('policy')} on "
-                f"{settings.blessing_split})", plots.youden_vs_threshold, scores, threshold)
-    figures.add("confusion.png", "Confusion matrices at 0.5 and at the tuned threshold", plots.confusion_matrices,
-                scores, threshold)
+    counts = {
+        (split, dataset): (sample.counts[(dataset, 0)], sample.counts[(dataset, 1)])
+        for split, sample in samples.items()
+        for dataset in sorted({d for d, _ in sample.counts})
+    }
+    figures.add(
+        "class_distribution.png",
+        "Class distribution per split and dataset (all records)",
+        plots.class_distribution,
+        counts,
+    )
+    figures.add(
+        "samples.png",
+        f"Sample images per class ({first} split)",
+        plots.sample_grid,
+        scoring.sample_images(samples[first], int(info["image_size"]), settings.samples_per_class),
+    )
+    figures.add(
+        "roc_pr.png",
+        "ROC and precision-recall curves",
+        plots.roc_and_pr_curves,
+        {split: scores[split] for split in reported},
+    )
+    figures.add(
+        "precision_recall_threshold.png",
+        "Precision and recall vs threshold",
+        plots.precision_recall_vs_threshold,
+        scores,
+        threshold,
+    )
+    figures.add(
+        "youden.png",
+        f"Youden's J vs threshold; the tuned threshold is marked ({info.get('policy')} on {settings.blessing_split})",
+        plots.youden_vs_threshold,
+        scores,
+        threshold,
+    )
+    figures.add(
+        "confusion.png",
+        "Confusion matrices at 0.5 and at the tuned threshold",
+        plots.confusion_matrices,
+        scores,
+        threshold,
+    )
     figures.add("calibration.png", "Calibration (reliability) per split", plots.calibration, scores)
 
 
-def explain_splits(figures: Figures, model_uri: str, info: dict, samples: Dict[str, scoring.SplitSample],
-                   scores: Dict[str, plots.Scores], reported: List[str],
-                   settings: Settings) -> Tuple[List[str], Dict[str, Dict[str, attention.OutcomeShare]]]:
+def explain_splits(
+    figures: Figures,
+    model_uri: str,
+    info: dict,
+    samples: Dict[str, scoring.SplitSample],
+    scores: Dict[str, plots.Scores],
+    reported: List[str],
+    settings: Settings,
+) -> Tuple[List[str], Dict[str, Dict[str, attention.OutcomeShare]]]:
     """Grad-CAM panels of the reported splits and the border attention of every scored one; (notes on what
     could not be drawn, the attention table), also written to attention.json."""
     threshold, image_size = float(info["value"]), int(info["image_size"])
@@ -81,23 +125,38 @@ def explain_splits(figures: Figures, model_uri: str, info: dict, samples: Dict[s
     notes = []
     for split in reported:
         for stem, title, true_label, predicted_label in GROUPS:
-            indices = scoring.select(scores[split], threshold, true_label, predicted_label,
-                                     settings.explained_per_group)
+            indices = scoring.select(
+                scores[split], threshold, true_label, predicted_label, settings.explained_per_group
+            )
             if indices.size == 0:
                 notes.append(f"{split}: nothing to show for {title} among {scores[split].labels.size} scored images")
                 continue
             explained = scoring.explain(model, layer, image_size, samples[split], scores[split], indices, threshold)
-            figures.add(f"gradcam_{split}_{stem}.png", f"{split}: {title} (layer {layer})", plots.gradcam_panels,
-                        explained, f"{split}: {title}")
+            figures.add(
+                f"gradcam_{split}_{stem}.png",
+                f"{split}: {title} (layer {layer})",
+                plots.gradcam_panels,
+                explained,
+                f"{split}: {title}",
+            )
     # Every scored split, validation too: where the model looks may choose a model, test may not.
-    table = {split: scoring.border_attention(model, layer, image_size, samples[split], split_scores, threshold)
-             for split, split_scores in scores.items()}
+    table = {
+        split: scoring.border_attention(model, layer, image_size, samples[split], split_scores, threshold)
+        for split, split_scores in scores.items()
+    }
     attention.write(os.path.join(figures.out_dir, attention.ATTENTION_FILE), table)
     return notes, table
 
 
-def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluation_uri: str, out_dir: str,
-             blessed: Optional[bool] = None, settings: Settings = Settings()) -> str:
+def generate(
+    examples_uri: str,
+    split_names: List[str],
+    model_uri: str,
+    evaluation_uri: str,
+    out_dir: str,
+    blessed: Optional[bool] = None,
+    settings: Settings = Settings(),
+) -> str:
     """Writes index.html and its PNGs into out_dir; returns the index path."""
     tf.io.gfile.makedirs(out_dir)
     info = scoring.model_info(model_uri)
@@ -106,16 +165,27 @@ def generate(examples_uri: str, split_names: List[str], model_uri: str, evaluati
     evaluated = [split for split in splits if split != vocabulary.TRAIN_SPLIT]
     serve = scoring.serving_function(model_uri)
     outputs = {split: scoring.score(serve, samples[split].serialized) for split in evaluated}
-    scores = {split: plots.Scores(np.array(samples[split].labels), outputs[split]["probability"])
-              for split in evaluated}
+    scores = {
+        split: plots.Scores(np.array(samples[split].labels), outputs[split]["probability"]) for split in evaluated
+    }
     reported = [split for split in evaluated if split != settings.blessing_split] or evaluated
     figures = Figures(out_dir)
     draw_data_and_scores(figures, samples, scores, reported, info, settings)
     notes, attention_table = explain_splits(figures, model_uri, info, samples, scores, reported, settings)
     ood_shares = {split: scoring.ood_share(outputs[split]) for split in evaluated}
-    content = page.render(info, blessed, samples, scores, ood_shares, tfma_metrics.slice_metrics(evaluation_uri),
-                          figures.shown, notes, attention_table, settings.blessing_split,
-                          settings.max_images_per_split)
+    content = page.render(
+        info,
+        blessed,
+        samples,
+        scores,
+        ood_shares,
+        tfma_metrics.slice_metrics(evaluation_uri),
+        figures.shown,
+        notes,
+        attention_table,
+        settings.blessing_split,
+        settings.max_images_per_split,
+    )
     index = os.path.join(out_dir, INDEX)
     with tf.io.gfile.GFile(index, "w") as f:
         f.write(content)

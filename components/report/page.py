@@ -3,6 +3,7 @@
 Plain strings from figures already computed (components/report/executor.py computes them), so the wording
 and layout of the page change here without touching how anything is scored.
 """
+
 import html
 from typing import Dict, List, Optional, Tuple
 
@@ -27,9 +28,14 @@ def _table(header: List[str], rows: List[str]) -> str:
 def _metric_cells(row: Dict[str, float], keys: List[str]) -> str:
     """One slice's cells: "-" where the slice cannot define the metric, its interval where it has one."""
     undefined = vocabulary.undefined_metrics(row)
-    return "".join("<td>-</td>" if key in undefined else
-                   f"<td>{html.escape(tfma_metrics.interval_cell(row, key))}</td>" if tfma_metrics.has_interval(key)
-                   else _cell(row.get(key), key) for key in keys)
+    return "".join(
+        "<td>-</td>"
+        if key in undefined
+        else f"<td>{html.escape(tfma_metrics.interval_cell(row, key))}</td>"
+        if tfma_metrics.has_interval(key)
+        else _cell(row.get(key), key)
+        for key in keys
+    )
 
 
 def slice_table(table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
@@ -60,12 +66,16 @@ def slice_table(table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
         crossed = [n for n in names if set(vocabulary.slice_parts(n)) & set(vocabulary.CROSSING_FEATURES)]
         sections.append(f"<h3>{html.escape(split)}</h3>" + rows([n for n in names if n not in crossed], within))
         if crossed:
-            sections.append(f"<details><summary>{html.escape(split)} by label and pathogen ({len(crossed)} slices)"
-                            f"</summary>{rows(crossed, within)}</details>")
+            sections.append(
+                f"<details><summary>{html.escape(split)} by label and pathogen ({len(crossed)} slices)"
+                f"</summary>{rows(crossed, within)}</details>"
+            )
     pooled = sorted(by_split.get("", []), key=lambda n: (n != vocabulary.OVERALL, n))
     if pooled:
-        sections.append(f"<details><summary>pooled over every evaluated split ({len(pooled)} slices; no one "
-                        f"split's figures)</summary>{rows(pooled, pooled_name)}</details>")
+        sections.append(
+            f"<details><summary>pooled over every evaluated split ({len(pooled)} slices; no one "
+            f"split's figures)</summary>{rows(pooled, pooled_name)}</details>"
+        )
     return "\n".join(sections)
 
 
@@ -76,30 +86,64 @@ def scored_table(scores: Dict[str, plots.Scores], ood_shares: Dict[str, Optional
     for split, split_scores in scores.items():
         ranks = split_scores.has_both_classes
         sensitivity, specificity = plots.sensitivity_and_specificity(split_scores, threshold)
-        values = [float(split_scores.labels.size), plots.roc_auc(split_scores) if ranks else None,
-                  plots.average_precision(split_scores) if ranks else None, sensitivity, specificity,
-                  plots.brier_score(split_scores), plots.expected_calibration_error(split_scores), ood_shares[split]]
-        rows.append(f"<tr><td>{html.escape(split)}</td>{_cell(values[0], vocabulary.EXAMPLE_COUNT)}"
-                    + "".join(_cell(v) for v in values[1:]) + "</tr>")
-    return _table(["split", "scored images", "AUC", "AUC-PR (AP)", "sensitivity at tuned", "specificity at tuned",
-                   "Brier", "ECE", "flagged OOD"], rows)
+        values = [
+            float(split_scores.labels.size),
+            plots.roc_auc(split_scores) if ranks else None,
+            plots.average_precision(split_scores) if ranks else None,
+            sensitivity,
+            specificity,
+            plots.brier_score(split_scores),
+            plots.expected_calibration_error(split_scores),
+            ood_shares[split],
+        ]
+        rows.append(
+            f"<tr><td>{html.escape(split)}</td>{_cell(values[0], vocabulary.EXAMPLE_COUNT)}"
+            + "".join(_cell(v) for v in values[1:])
+            + "</tr>"
+        )
+    return _table(
+        [
+            "split",
+            "scored images",
+            "AUC",
+            "AUC-PR (AP)",
+            "sensitivity at tuned",
+            "specificity at tuned",
+            "Brier",
+            "ECE",
+            "flagged OOD",
+        ],
+        rows,
+    )
 
 
-def model_card(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample],
-               table: Dict[str, Dict[str, float]], blessing_split: str) -> str:
+def model_card(
+    info: dict,
+    blessed: Optional[bool],
+    samples: Dict[str, SplitSample],
+    table: Dict[str, Dict[str, float]],
+    blessing_split: str,
+) -> str:
     training = samples.get(vocabulary.TRAIN_SPLIT)
-    trained_on = (", ".join(f"{dataset}: {training.counts[(dataset, 0)]} NORMAL / {training.counts[(dataset, 1)]} "
-                            f"PNEUMONIA" for dataset in sorted({d for d, _ in training.counts}))
-                  if training else "the examples artifact holds no train split")
-    auc_lines = "".join(f"<li>{html.escape(name)}: AUC {row[vocabulary.AUC]:.3f}</li>"
-                        for name, row in sorted(table.items())
-                        if vocabulary.is_split_slice(name) and vocabulary.AUC in row)
+    trained_on = (
+        ", ".join(
+            f"{dataset}: {training.counts[(dataset, 0)]} NORMAL / {training.counts[(dataset, 1)]} PNEUMONIA"
+            for dataset in sorted({d for d, _ in training.counts})
+        )
+        if training
+        else "the examples artifact holds no train split"
+    )
+    auc_lines = "".join(
+        f"<li>{html.escape(name)}: AUC {row[vocabulary.AUC]:.3f}</li>"
+        for name, row in sorted(table.items())
+        if vocabulary.is_split_slice(name) and vocabulary.AUC in row
+    )
     policy = info.get("policy", "?")
     # A ThresholdCalibrator's policy names where it chose ("youden on the calibration split").
     where = "" if " on " in str(policy) else " on the validation split"
     return f"""
 <h2>Model card</h2>
-<p><b>Model:</b> {html.escape(str(info.get('architecture')))} at {info.get('image_size')} px;
+<p><b>Model:</b> {html.escape(str(info.get("architecture")))} at {info.get("image_size")} px;
 blessed: {html.escape(str(blessed))}.</p>
 <p><b>Intended use:</b> decision support for reading frontal chest X-rays (NORMAL vs PNEUMONIA), to prioritise
 and double-check, always reviewed by a clinician. It is <b>not a diagnosis</b> and not a medical device.</p>
@@ -112,9 +156,9 @@ from the training data. The threshold was tuned on pediatric validation images, 
 specificity move on other populations. Probabilities are not calibrated risks (see the calibration plot).
 Grad-CAM maps are coarse (one feature-map cell spans many pixels) and show what the model used,
 not where disease is.</p>
-<p><b>Threshold:</b> {float(info['value']):.4f}, chosen by <code>{html.escape(str(policy))}</code>{where}
-({info.get('examples', '?')} images): sensitivity there
-{float(info.get('sensitivity', float('nan'))):.3f}, specificity {float(info.get('specificity', float('nan'))):.3f}.
+<p><b>Threshold:</b> {float(info["value"]):.4f}, chosen by <code>{html.escape(str(policy))}</code>{where}
+({info.get("examples", "?")} images): sensitivity there
+{float(info.get("sensitivity", float("nan"))):.3f}, specificity {float(info.get("specificity", float("nan"))):.3f}.
 Predictions at or above it are PNEUMONIA.</p>
 """
 
@@ -123,9 +167,15 @@ def attention_section(table: Dict[str, Dict[str, attention.OutcomeShare]]) -> st
     """The border-attention table: where Grad-CAM looks, per split and outcome."""
     if not table:
         return ""
-    rows = [f"<tr><td>{html.escape(split)}</td>" + "".join(
-        f"<td>{'—' if share.mean != share.mean else f'{share.mean:.3f}'} ({share.images})</td>"
-        for share in (outcomes[name] for name in attention.columns())) + "</tr>" for split, outcomes in table.items()]
+    rows = [
+        f"<tr><td>{html.escape(split)}</td>"
+        + "".join(
+            f"<td>{'—' if share.mean != share.mean else f'{share.mean:.3f}'} ({share.images})</td>"
+            for share in (outcomes[name] for name in attention.columns())
+        )
+        + "</tr>"
+        for split, outcomes in table.items()
+    ]
     return f"""<h2>Where the model looks: border attention</h2>
 <p>Share of each image's Grad-CAM mass (the predicted class at the tuned threshold) that falls in the outer
 {attention.BORDER_BAND:.1%} of each side, where film edges, collimation borders and markers lie: a band of
@@ -135,14 +185,25 @@ brackets).</p>
 {_table(["split"] + attention.columns(), rows)}"""
 
 
-def render(info: dict, blessed: Optional[bool], samples: Dict[str, SplitSample], scores: Dict[str, plots.Scores],
-           ood_shares: Dict[str, Optional[float]], table: Dict[str, Dict[str, float]],
-           figures: List[Tuple[str, str]], notes: List[str],
-           attention_table: Dict[str, Dict[str, attention.OutcomeShare]], blessing_split: str,
-           max_images_per_split: int) -> str:
+def render(
+    info: dict,
+    blessed: Optional[bool],
+    samples: Dict[str, SplitSample],
+    scores: Dict[str, plots.Scores],
+    ood_shares: Dict[str, Optional[float]],
+    table: Dict[str, Dict[str, float]],
+    figures: List[Tuple[str, str]],
+    notes: List[str],
+    attention_table: Dict[str, Dict[str, attention.OutcomeShare]],
+    blessing_split: str,
+    max_images_per_split: int,
+) -> str:
     """The whole page; `figures` are (PNG file name, caption) in page order, `notes` say what was not drawn."""
-    images = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
+    images = "".join(
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, caption in figures
+    )
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     validation_flagged = 100 - float(info.get("ood", {}).get("validation_percentile", 100))
     return f"""<!DOCTYPE html>
@@ -164,10 +225,10 @@ calibration without PNEUMONIA). The pooled slices mix every evaluated split and 
 {slice_table(table, blessing_split)}
 <h2>Scored images behind the figures</h2>
 <p>Up to {max_images_per_split} images per split, scored by the exported <code>serving_default</code>
-signature at the tuned threshold {float(info['value']):.4f}. <i>Flagged OOD</i>: the share the model's
+signature at the tuned threshold {float(info["value"]):.4f}. <i>Flagged OOD</i>: the share the model's
 out-of-distribution guard marks as unlike its training images
 (its threshold flags {validation_flagged:g}% of validation images by construction).</p>
-{scored_table(scores, ood_shares, float(info['value']))}
+{scored_table(scores, ood_shares, float(info["value"]))}
 {attention_section(attention_table)}
 <h2>Figures</h2>
 {images}

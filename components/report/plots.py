@@ -3,6 +3,7 @@
 Every curve is computed here from (labels, probabilities) per split, with the trainer's own ROC
 points, so the report and the tuned threshold agree on what "sensitivity at t" means.
 """
+
 import dataclasses
 from typing import Dict, List, Sequence, Tuple
 
@@ -22,6 +23,7 @@ DPI = 90
 @dataclasses.dataclass(frozen=True)
 class Scores:
     """Labels (0/1) and pneumonia probabilities of one split."""
+
     labels: np.ndarray
     probabilities: np.ndarray
 
@@ -33,6 +35,7 @@ class Scores:
 @dataclasses.dataclass(frozen=True)
 class Curves:
     """Operating points for 'positive when probability >= threshold', thresholds descending."""
+
     thresholds: np.ndarray
     sensitivity: np.ndarray  # recall
     specificity: np.ndarray
@@ -70,8 +73,10 @@ def confusion(scores: Scores, threshold: float) -> np.ndarray:
 
 def sensitivity_and_specificity(scores: Scores, threshold: float) -> Tuple[float, float]:
     (true_negative, false_positive), (false_negative, true_positive) = confusion(scores, threshold)
-    return (float(true_positive / max(true_positive + false_negative, 1)),
-            float(true_negative / max(true_negative + false_positive, 1)))
+    return (
+        float(true_positive / max(true_positive + false_negative, 1)),
+        float(true_negative / max(true_negative + false_positive, 1)),
+    )
 
 
 def calibration_bins(scores: Scores, bins: int = 10) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,8 +143,11 @@ def roc_and_pr_curves(scores: Dict[str, Scores], path: str) -> None:
         if not split_scores.has_both_classes:
             continue
         c = curves(split_scores)
-        roc.plot(np.r_[0.0, c.false_positive_rate], np.r_[0.0, c.sensitivity],
-                 label=f"{split} (AUC {roc_auc(split_scores):.3f})")
+        roc.plot(
+            np.r_[0.0, c.false_positive_rate],
+            np.r_[0.0, c.sensitivity],
+            label=f"{split} (AUC {roc_auc(split_scores):.3f})",
+        )
         pr.plot(c.sensitivity, c.precision, label=f"{split} (AP {average_precision(split_scores):.3f})")
     roc.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     roc.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
@@ -188,8 +196,14 @@ def confusion_matrices(scores: Dict[str, Scores], threshold: float, path: str) -
             matrix = confusion(split_scores, value)
             axis.imshow(matrix, cmap="Blues", vmin=0)
             for (true, predicted), count in np.ndenumerate(matrix):
-                axis.text(predicted, true, str(count), ha="center", va="center",
-                          color="white" if count > matrix.max() / 2 else "black")
+                axis.text(
+                    predicted,
+                    true,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    color="white" if count > matrix.max() / 2 else "black",
+                )
             axis.set_xticks([0, 1], CLASS_NAMES, fontsize=8)
             axis.set_yticks([0, 1], CLASS_NAMES, fontsize=8)
             axis.set(xlabel="predicted", title=f"{split} at {name} ({value:.3f})")
@@ -202,10 +216,20 @@ def calibration(scores: Dict[str, Scores], path: str) -> None:
     axes.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfect")
     for split, split_scores in scores.items():
         predicted, observed, _ = calibration_bins(split_scores)
-        axes.plot(predicted, observed, "o-", label=f"{split} (Brier {brier_score(split_scores):.3f}, "
-                                                  f"ECE {expected_calibration_error(split_scores):.3f})")
-    axes.set(xlabel="mean predicted probability", ylabel="observed pneumonia rate", title="Calibration",
-             xlim=(0, 1), ylim=(0, 1))
+        axes.plot(
+            predicted,
+            observed,
+            "o-",
+            label=f"{split} (Brier {brier_score(split_scores):.3f}, "
+            f"ECE {expected_calibration_error(split_scores):.3f})",
+        )
+    axes.set(
+        xlabel="mean predicted probability",
+        ylabel="observed pneumonia rate",
+        title="Calibration",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     axes.legend(fontsize=7)
     _save(figure, path)
 
@@ -213,6 +237,7 @@ def calibration(scores: Dict[str, Scores], path: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Explained:
     """One explained image: pixels [H, W], both maps [H, W] in [0, 1], and what the model said."""
+
     image: np.ndarray
     grad_cam: np.ndarray
     grad_cam_plus_plus: np.ndarray

@@ -4,6 +4,7 @@ by the rebuilt Keras model (Grad-CAM and its border attention).
 Shared by the report, the ThresholdCalibrator and the CLI's tables, so they all score through the exported
 `serving_default` signature, as TFMA and TF Serving do. Files go through tf.io.gfile: local or in a bucket.
 """
+
 import dataclasses
 import os
 from collections import Counter
@@ -26,6 +27,7 @@ _FEATURES["label"] = tf.io.FixedLenFeature([], tf.int64)
 @dataclasses.dataclass
 class SplitSample:
     """The first `max_images_per_split` records of one split, and the split's full class counts."""
+
     serialized: List[bytes] = dataclasses.field(default_factory=list)
     images: List[bytes] = dataclasses.field(default_factory=list)
     labels: List[int] = dataclasses.field(default_factory=list)
@@ -67,7 +69,9 @@ def serving_function(model_uri: str):
 
 def score(serve, serialized: List[bytes], batch_size: int = 32) -> Dict[str, np.ndarray]:
     """The numeric outputs of a `serving_function` (probability, threshold, OOD guard) for serialized tf.Examples."""
-    batches = [serve(examples=tf.constant(serialized[i:i + batch_size])) for i in range(0, len(serialized), batch_size)]
+    batches = [
+        serve(examples=tf.constant(serialized[i : i + batch_size])) for i in range(0, len(serialized), batch_size)
+    ]
     if not batches:
         return {"probability": np.zeros(0, np.float32)}
     keys = [key for key, value in batches[0].items() if value.dtype != tf.string]
@@ -115,31 +119,57 @@ def select(scores: plots.Scores, threshold: float, true_label: int, predicted_la
     return chosen[np.argsort(-confidence, kind="stable")[:count]]
 
 
-def explain(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
-            indices: np.ndarray, threshold: float) -> List[plots.Explained]:
+def explain(
+    model: keras.Model,
+    layer: str,
+    image_size: int,
+    sample: SplitSample,
+    scores: plots.Scores,
+    indices: np.ndarray,
+    threshold: float,
+) -> List[plots.Explained]:
     pixels = np.stack([decode_image(sample.images[i], image_size).numpy() for i in indices])
     cams, cams_plus_plus, probabilities = gradcam.heatmaps(model, layer, pixels, threshold)
     if not np.allclose(probabilities, scores.probabilities[indices], atol=1e-4):
-        raise ReportError("the Keras weights do not reproduce the exported model's probabilities "
-                          f"({probabilities} vs {scores.probabilities[indices]}): they belong to another model")
-    return [plots.Explained(pixels[n, :, :, 0], cams[n], cams_plus_plus[n], int(scores.labels[i]),
-                            float(scores.probabilities[i]), threshold, sample.sources[i])
-            for n, i in enumerate(indices)]
+        raise ReportError(
+            "the Keras weights do not reproduce the exported model's probabilities "
+            f"({probabilities} vs {scores.probabilities[indices]}): they belong to another model"
+        )
+    return [
+        plots.Explained(
+            pixels[n, :, :, 0],
+            cams[n],
+            cams_plus_plus[n],
+            int(scores.labels[i]),
+            float(scores.probabilities[i]),
+            threshold,
+            sample.sources[i],
+        )
+        for n, i in enumerate(indices)
+    ]
 
 
-def border_attention(model: keras.Model, layer: str, image_size: int, sample: SplitSample, scores: plots.Scores,
-                     threshold: float, batch_size: int = 32) -> Dict[str, attention.OutcomeShare]:
+def border_attention(
+    model: keras.Model,
+    layer: str,
+    image_size: int,
+    sample: SplitSample,
+    scores: plots.Scores,
+    threshold: float,
+    batch_size: int = 32,
+) -> Dict[str, attention.OutcomeShare]:
     """The Grad-CAM border share of every scored image of a split, averaged per outcome at the threshold."""
     shares = border_shares(model, layer, image_size, sample.images, threshold, batch_size)
     return attention.by_outcome(shares, scores.labels, scores.probabilities, threshold)
 
 
-def border_shares(model: keras.Model, layer: str, image_size: int, images: List[bytes], threshold: float,
-                  batch_size: int = 32) -> np.ndarray:
+def border_shares(
+    model: keras.Model, layer: str, image_size: int, images: List[bytes], threshold: float, batch_size: int = 32
+) -> np.ndarray:
     """The Grad-CAM border share of each encoded image (explaining the class predicted at `threshold`)."""
     shares = [np.empty(0)]
     for start in range(0, len(images), batch_size):
-        pixels = np.stack([decode_image(image, image_size).numpy() for image in images[start:start + batch_size]])
+        pixels = np.stack([decode_image(image, image_size).numpy() for image in images[start : start + batch_size]])
         cams, _, _ = gradcam.heatmaps(model, layer, pixels, threshold)
         shares.append(attention.border_share(cams))
     return np.concatenate(shares)

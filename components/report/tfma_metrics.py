@@ -3,6 +3,7 @@
 Here, below both, so the component needs nothing from `pneumonia/` or `pipeline/`. The names it writes into a
 row (keys, suffixes, slice names) are components/metrics_vocabulary.py's.
 """
+
 from typing import Dict, Iterable, Optional
 
 import tensorflow_model_analysis as tfma
@@ -14,12 +15,17 @@ from trainer.signatures import DECISION_OUTPUT
 # slice shows its case count instead of an interval.
 MIN_CASES_FOR_INTERVAL = 20
 # Each reported metric's denominator: the cases its interval rests on.
-INTERVAL_CASES = {vocabulary.AUC: lambda p, n: min(p, n), vocabulary.RECALL: lambda p, n: p,
-                  vocabulary.SPECIFICITY: lambda p, n: n, vocabulary.ACCURACY: lambda p, n: p + n}
+INTERVAL_CASES = {
+    vocabulary.AUC: lambda p, n: min(p, n),
+    vocabulary.RECALL: lambda p, n: p,
+    vocabulary.SPECIFICITY: lambda p, n: n,
+    vocabulary.ACCURACY: lambda p, n: p + n,
+}
 
 
 def slice_name(slice_key) -> str:
     """The vocabulary's name of a TFMA SliceKey proto."""
+
     def value(item):
         if item.HasField("bytes_value"):
             return item.bytes_value.decode()

@@ -1,4 +1,5 @@
 """LatestServedModel: the newest version in the serving directory as a Model artifact (see executor.py)."""
+
 from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Model

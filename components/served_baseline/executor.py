@@ -9,6 +9,7 @@ serving. This copies it into the output Model artifact (artifacts stay immutable
 later), or marks the artifact as holding none on a first run; the Evaluator executor below then evaluates
 without a baseline.
 """
+
 import os
 from typing import Any, Dict, List
 
@@ -39,15 +40,18 @@ def resolve_latest_served(model_base: str, model: types.Artifact) -> None:
 
 
 def holds_no_model(model: types.Artifact) -> bool:
-    return (model.has_custom_property(SERVED_VERSION_PROPERTY)
-            and not model.get_custom_property(SERVED_VERSION_PROPERTY))
+    return model.has_custom_property(SERVED_VERSION_PROPERTY) and not model.get_custom_property(SERVED_VERSION_PROPERTY)
 
 
 class Evaluator(tfx_evaluator.Executor):
     """TFX's Evaluator, given no baseline when the latest-served resolution found nothing served."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         key = standard_component_specs.BASELINE_MODEL_KEY
         baselines = [model for model in input_dict.get(key, []) if not holds_no_model(model)]
         super().Do({**input_dict, key: baselines}, output_dict, exec_properties)

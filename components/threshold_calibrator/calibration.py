@@ -3,6 +3,7 @@
 Shared by the ThresholdCalibrator component (a calibration split in the pipeline) and `pneumonia calibrate`
 (a deployed model and a folder of site images).
 """
+
 import dataclasses
 from typing import Dict, Tuple
 
@@ -25,11 +26,15 @@ def check_sample(labels: np.ndarray, where: str) -> Tuple[int, int]:
     normal, pneumonia = int((labels == 0).sum()), int((labels == 1).sum())
     if not normal or not pneumonia:
         present = "NORMAL" if normal else "PNEUMONIA" if pneumonia else "no"
-        raise CalibrationError(f"{where} has {present} images only: a threshold needs both NORMAL and PNEUMONIA "
-                               f"images (at least {MIN_PER_CLASS} of each)")
+        raise CalibrationError(
+            f"{where} has {present} images only: a threshold needs both NORMAL and PNEUMONIA "
+            f"images (at least {MIN_PER_CLASS} of each)"
+        )
     if min(normal, pneumonia) < MIN_PER_CLASS:
-        raise CalibrationError(f"{where} has {normal} NORMAL and {pneumonia} PNEUMONIA images: at least "
-                               f"{MIN_PER_CLASS} of each are needed to choose a threshold")
+        raise CalibrationError(
+            f"{where} has {normal} NORMAL and {pneumonia} PNEUMONIA images: at least "
+            f"{MIN_PER_CLASS} of each are needed to choose a threshold"
+        )
     return normal, pneumonia
 
 
@@ -38,8 +43,9 @@ def policy_of(model_policy: str) -> str:
     return model_policy.split(" ")[0]
 
 
-def bootstrap_interval(labels: np.ndarray, probabilities: np.ndarray, policy: str,
-                       samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> Tuple[float, float]:
+def bootstrap_interval(
+    labels: np.ndarray, probabilities: np.ndarray, policy: str, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> Tuple[float, float]:
     """The 95% percentile interval of the threshold `policy` chooses, over resamples of the sample drawn with
     replacement within each class (so every resample keeps the sample's class counts)."""
     rng = np.random.default_rng(seed)
@@ -82,21 +88,37 @@ class Rates:
         predicted = np.asarray(probabilities) >= value
         found, pneumonia = int(predicted[labels == 1].sum()), int((labels == 1).sum())
         cleared, normal = int((~predicted[labels == 0]).sum()), int((labels == 0).sum())
-        return cls(float(value), found / pneumonia if pneumonia else float("nan"),
-                   cleared / normal if normal else float("nan"), wilson_interval(found, pneumonia),
-                   wilson_interval(cleared, normal), pneumonia, normal)
+        return cls(
+            float(value),
+            found / pneumonia if pneumonia else float("nan"),
+            cleared / normal if normal else float("nan"),
+            wilson_interval(found, pneumonia),
+            wilson_interval(cleared, normal),
+            pneumonia,
+            normal,
+        )
 
     def describe(self) -> str:
         def one(name, value, interval, count):
             return f"{name} {value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}] of {count}"
 
-        return (f"threshold {self.threshold:.4f}: "
-                + one("sensitivity", self.sensitivity, self.sensitivity_interval, self.pneumonia) + ", "
-                + one("specificity", self.specificity, self.specificity_interval, self.normal))
+        return (
+            f"threshold {self.threshold:.4f}: "
+            + one("sensitivity", self.sensitivity, self.sensitivity_interval, self.pneumonia)
+            + ", "
+            + one("specificity", self.specificity, self.specificity_interval, self.normal)
+        )
 
 
-def calibrate(labels: np.ndarray, probabilities: np.ndarray, policy: str, old_threshold: float, where: str,
-              samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> Tuple[threshold_lib.Threshold, Dict]:
+def calibrate(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    policy: str,
+    old_threshold: float,
+    where: str,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> Tuple[threshold_lib.Threshold, Dict]:
     """The threshold `policy` chooses on the sample, and the record of the change: old and new thresholds,
     counts, the new threshold's bootstrap interval, and the sample's rates before and after."""
     normal, pneumonia = check_sample(labels, where)
@@ -104,8 +126,17 @@ def calibrate(labels: np.ndarray, probabilities: np.ndarray, policy: str, old_th
     chosen = dataclasses.replace(chosen, policy=f"{policy} on {where}")
     lower, upper = bootstrap_interval(labels, probabilities, policy, samples, seed)
     before, after = Rates.at(labels, probabilities, old_threshold), Rates.at(labels, probabilities, chosen.value)
-    record = {"calibrated": True, "where": where, "policy": policy, "old_threshold": float(old_threshold),
-              "new_threshold": chosen.value, "threshold_interval": [lower, upper], "bootstrap_samples": samples,
-              "normal": normal, "pneumonia": pneumonia,
-              "before": dataclasses.asdict(before), "after": dataclasses.asdict(after)}
+    record = {
+        "calibrated": True,
+        "where": where,
+        "policy": policy,
+        "old_threshold": float(old_threshold),
+        "new_threshold": chosen.value,
+        "threshold_interval": [lower, upper],
+        "bootstrap_samples": samples,
+        "normal": normal,
+        "pneumonia": pneumonia,
+        "before": dataclasses.asdict(before),
+        "after": dataclasses.asdict(after),
+    }
     return chosen, record

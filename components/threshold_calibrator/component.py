@@ -7,6 +7,7 @@ shift. When the examples hold a calibration split, this component applies the ru
 weights, the new threshold in both signatures. Without that split it passes the trained model through and
 says so. The Evaluator, its blessing and the Pusher act on this component's output.
 """
+
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
@@ -28,8 +29,15 @@ def ThresholdCalibrator(  # noqa: N802 (TFX component name)
 ):
     """Records on `calibrated_model`: calibrated (0/1), old and new threshold, the new threshold's bootstrap
     interval, the calibration counts, and a note when it passed the model through."""
-    record = executor.run(examples.uri, artifact_utils.decode_split_names(examples.split_names), model.uri,
-                          calibrated_model.uri, calibration_split, bootstrap_samples, seed)
+    record = executor.run(
+        examples.uri,
+        artifact_utils.decode_split_names(examples.split_names),
+        model.uri,
+        calibrated_model.uri,
+        calibration_split,
+        bootstrap_samples,
+        seed,
+    )
     calibrated_model.set_int_custom_property("calibrated", int(record["calibrated"]))
     calibrated_model.set_float_custom_property("old_threshold", record["old_threshold"])
     calibrated_model.set_float_custom_property("new_threshold", record["new_threshold"])

@@ -7,6 +7,7 @@ variables, then exported through trainer/signatures.py like the Trainer does, so
 `calibration.json` beside the model and, when the threshold moved, to the SavedModel's `assets.extra/`
 (which TF Serving ignores), so a deployed version carries it.
 """
+
 import json
 import os
 import tempfile
@@ -47,25 +48,44 @@ def probabilities(saved_model_dir: str, serialized: List[bytes]) -> np.ndarray:
 def predict_images(saved_model_dir: str, images: List[bytes], batch_size: int = 32) -> np.ndarray:
     """PNEUMONIA probabilities of encoded images through the SavedModel's `predict_images` (what a server runs)."""
     serve = tf.saved_model.load(saved_model_dir).signatures["predict_images"]
-    batches = [serve(images=tf.constant(images[i:i + batch_size]))["probability"].numpy()
-               for i in range(0, len(images), batch_size)]
+    batches = [
+        serve(images=tf.constant(images[i : i + batch_size]))["probability"].numpy()
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(batches) if batches else np.zeros(0, np.float32)
 
 
-def reexport(saved_model_dir: str, export_dir: str, chosen: Threshold, work_dir: str, record: Dict,
-             check_images: Optional[List[bytes]] = None) -> None:
+def reexport(
+    saved_model_dir: str,
+    export_dir: str,
+    chosen: Threshold,
+    work_dir: str,
+    record: Dict,
+    check_images: Optional[List[bytes]] = None,
+) -> None:
     """Writes the same weights with threshold `chosen` to export_dir, plus `record` in assets.extra/.
 
     With `check_images`, the new export must give the same probabilities as the old one on them."""
     model, info = rebuild(saved_model_dir)
-    signatures.export(model, export_dir, int(info["image_size"]), chosen, work_dir, info["architecture"],
-                      info.get("model_config", {}), info.get("training"), guard=signatures.read_guard(saved_model_dir))
+    signatures.export(
+        model,
+        export_dir,
+        int(info["image_size"]),
+        chosen,
+        work_dir,
+        info["architecture"],
+        info.get("model_config", {}),
+        info.get("training"),
+        guard=signatures.read_guard(saved_model_dir),
+    )
     write_json(os.path.join(export_dir, SAVED_MODEL_RECORD), record)
     if check_images:
         before, after = predict_images(saved_model_dir, check_images), predict_images(export_dir, check_images)
         if not np.allclose(before, after, atol=PROBABILITY_TOLERANCE):
-            raise RuntimeError(f"the re-exported model scores differently from {saved_model_dir} (largest "
-                               f"difference {np.abs(before - after).max():.2e}): its weights were not restored")
+            raise RuntimeError(
+                f"the re-exported model scores differently from {saved_model_dir} (largest "
+                f"difference {np.abs(before - after).max():.2e}): its weights were not restored"
+            )
 
 
 def write_json(path: str, value: Dict) -> None:
@@ -74,23 +94,41 @@ def write_json(path: str, value: Dict) -> None:
         f.write(json.dumps(value, indent=2, sort_keys=True))
 
 
-def run(examples_uri: str, split_names: List[str], model_uri: str, output_uri: str, split: str,
-        bootstrap_samples: int, seed: int) -> Dict:
+def run(
+    examples_uri: str,
+    split_names: List[str],
+    model_uri: str,
+    output_uri: str,
+    split: str,
+    bootstrap_samples: int,
+    seed: int,
+) -> Dict:
     """Calibrates the model at model_uri into output_uri (or copies it unchanged when the examples hold no
     `split`), and returns the record also written to output_uri/calibration.json."""
     source = serving_model_dir(model_uri)
     info = signatures.read_metadata(source)
     if split not in split_names:
         io_utils.copy_dir(model_uri, output_uri)
-        record = {"calibrated": False, "old_threshold": float(info["value"]), "new_threshold": float(info["value"]),
-                  "note": f"no {split} split in the examples ({', '.join(split_names)}): the trained model passes "
-                          f"through unchanged, at its validation threshold"}
+        record = {
+            "calibrated": False,
+            "old_threshold": float(info["value"]),
+            "new_threshold": float(info["value"]),
+            "note": f"no {split} split in the examples ({', '.join(split_names)}): the trained model passes "
+            f"through unchanged, at its validation threshold",
+        }
     else:
-        sample = scoring.read_split(examples_uri, split, cap=10 ** 9)
+        sample = scoring.read_split(examples_uri, split, cap=10**9)
         labels = np.array(sample.labels)
         scores = probabilities(source, sample.serialized)
-        chosen, record = calibration.calibrate(labels, scores, calibration.policy_of(info["policy"]),
-                                               float(info["value"]), f"the {split} split", bootstrap_samples, seed)
+        chosen, record = calibration.calibrate(
+            labels,
+            scores,
+            calibration.policy_of(info["policy"]),
+            float(info["value"]),
+            f"the {split} split",
+            bootstrap_samples,
+            seed,
+        )
         with tempfile.TemporaryDirectory() as work_dir:
             reexport(source, serving_model_dir(output_uri), chosen, work_dir, record, check_images=sample.images[:64])
         keras_weights = task.keras_weights_path(source)  # for Grad-CAM in the report

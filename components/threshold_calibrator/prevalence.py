@@ -1,5 +1,6 @@
 """A site's pneumonia prevalence from unlabelled scores (Saerens, Latinne & Decaestecker, 2002), and the threshold
 that keeps the model's decision rule under that prior: shared by site calibration and the k-shot analysis."""
+
 from typing import Tuple
 
 import numpy as np
@@ -31,8 +32,9 @@ def prior_adjusted_threshold(value: float, model_prior: float, prevalence: float
     return float(value * negative / (positive * (1 - value) + value * negative))
 
 
-def bootstrap_prevalence(probabilities: np.ndarray, model_prior: float, samples: int = 200,
-                         seed: int = 0) -> Tuple[float, float]:
+def bootstrap_prevalence(
+    probabilities: np.ndarray, model_prior: float, samples: int = 200, seed: int = 0
+) -> Tuple[float, float]:
     rng = np.random.default_rng(seed)
     estimates = [em_prevalence(rng.choice(probabilities, probabilities.size), model_prior)[0] for _ in range(samples)]
     lower, upper = np.percentile(estimates, [2.5, 97.5])

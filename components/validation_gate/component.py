@@ -3,6 +3,7 @@
 ExampleValidator only records anomalies; the Trainer is made to depend on this gate so that a
 dataset breaking the schema contract never trains or pushes a model.
 """
+
 import os
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
@@ -22,6 +23,9 @@ def DataValidationGate(  # noqa: N802 (TFX component name)
 ):
     """`skew_splits`: comma-separated splits compared with `train` by the schema's skew comparators."""
     executor.check(
-        anomalies.uri, artifact_utils.decode_split_names(anomalies.split_names),
-        statistics_uri=statistics.uri, schema_path=os.path.join(schema.uri, "schema.pbtxt"),
-        skew_splits=[s for s in skew_splits.split(",") if s])
+        anomalies.uri,
+        artifact_utils.decode_split_names(anomalies.split_names),
+        statistics_uri=statistics.uri,
+        schema_path=os.path.join(schema.uri, "schema.pbtxt"),
+        skew_splits=[s for s in skew_splits.split(",") if s],
+    )

@@ -3,6 +3,7 @@
 ExampleValidator (TFX 1.16) checks each split against the schema but compares no splits, so the skew
 comparators in the schema (e.g. `channels`) are evaluated here: `train` against each serving-like split.
 """
+
 import os
 from typing import List
 
@@ -22,8 +23,11 @@ class DataAnomaliesError(RuntimeError):
 def _describe(split: str, anomalies: anomalies_pb2.Anomalies, only_skew: bool = False) -> List[str]:
     lines = []
     for feature, info in sorted(anomalies.anomaly_info.items()):
-        reasons = [r for r in info.reason
-                   if not only_skew or anomalies_pb2.AnomalyInfo.Type.Name(r.type).startswith(SKEW_KIND_PREFIX)]
+        reasons = [
+            r
+            for r in info.reason
+            if not only_skew or anomalies_pb2.AnomalyInfo.Type.Name(r.type).startswith(SKEW_KIND_PREFIX)
+        ]
         if not reasons:
             continue
         kinds = ", ".join(anomalies_pb2.AnomalyInfo.Type.Name(r.type) for r in reasons)
@@ -43,9 +47,11 @@ def describe_anomalies(anomalies_uri: str, split_names: List[str]) -> List[str]:
     return found
 
 
-def describe_skew(statistics_uri: str, schema: schema_pb2.Schema, skew_splits: List[str],
-                  training_split: str = "train") -> List[str]:
+def describe_skew(
+    statistics_uri: str, schema: schema_pb2.Schema, skew_splits: List[str], training_split: str = "train"
+) -> List[str]:
     """One line per skew comparator of the schema that `training_split` vs a serving split trips."""
+
     def load(split):
         return tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", STATISTICS_FILE))
 
@@ -58,12 +64,18 @@ def describe_skew(statistics_uri: str, schema: schema_pb2.Schema, skew_splits: L
     return found
 
 
-def check(anomalies_uri: str, split_names: List[str], statistics_uri: str = "", schema_path: str = "",
-          skew_splits: List[str] = ()) -> None:
+def check(
+    anomalies_uri: str,
+    split_names: List[str],
+    statistics_uri: str = "",
+    schema_path: str = "",
+    skew_splits: List[str] = (),
+) -> None:
     found = describe_anomalies(anomalies_uri, split_names)
     if skew_splits:
         found += describe_skew(statistics_uri, tfdv.load_schema_text(schema_path), list(skew_splits))
     if found:
         raise DataAnomaliesError(
             f"data validation failed with {len(found)} anomal{'y' if len(found) == 1 else 'ies'} "
-            f"(details in {anomalies_uri}): " + "; ".join(found))
+            f"(details in {anomalies_uri}): " + "; ".join(found)
+        )

@@ -1,6 +1,7 @@
 """`pneumonia compare`'s tables over the latest evaluation of every architecture under a run root: how each
 model was trained, its TFMA metrics per split and source with their intervals, its border attention, and
 (on request) the threshold policies, the OOD guard and the k-shot calibration."""
+
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -14,10 +15,18 @@ from pneumonia.analysis.tables import format_number, format_rows
 from pneumonia.runs import evaluation, scoring
 from pneumonia.runs.store import Evaluated, latest_evaluations
 
-COMPARE_KEYS = (vocabulary.EXAMPLE_COUNT, vocabulary.AUC,
-                *(vocabulary.at_threshold(key) for key in (vocabulary.ACCURACY, vocabulary.RECALL,
-                                                           vocabulary.SPECIFICITY, vocabulary.F1)),
-                vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY, vocabulary.F1)
+COMPARE_KEYS = (
+    vocabulary.EXAMPLE_COUNT,
+    vocabulary.AUC,
+    *(
+        vocabulary.at_threshold(key)
+        for key in (vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY, vocabulary.F1)
+    ),
+    vocabulary.ACCURACY,
+    vocabulary.RECALL,
+    vocabulary.SPECIFICITY,
+    vocabulary.F1,
+)
 
 
 def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]:
@@ -39,22 +48,45 @@ def reported_slices(table: Dict[str, Dict[str, float]]) -> List[Tuple[str, str]]
 
 def model_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     """Header plus one row per architecture: how it was trained, what it cost, the threshold it chose."""
-    header = ["architecture", "size", "weights", "label smoothing", "best epoch by", "best val value", "parameters",
-              "best epoch / run", "train min", "train img/s", "threshold (policy)", "val sens@thr", "val spec@thr",
-              "blessed"]
+    header = [
+        "architecture",
+        "size",
+        "weights",
+        "label smoothing",
+        "best epoch by",
+        "best val value",
+        "parameters",
+        "best epoch / run",
+        "train min",
+        "train img/s",
+        "threshold (policy)",
+        "val sens@thr",
+        "val spec@thr",
+        "blessed",
+    ]
     rows = [header]
     for item in evaluated:
         training, model = item.model.get("training", {}), item.model
-        epochs = (f"{training['best_epoch']} / {training['epochs_run']}" if "epochs_run" in training else "-")
+        epochs = f"{training['best_epoch']} / {training['epochs_run']}" if "epochs_run" in training else "-"
         minutes = training.get("train_seconds")
-        rows.append([item.architecture, str(item.image_size), str(item.recipe.get("weights", "-")),
-                     str(item.recipe.get("label_smoothing", "-")), str(item.recipe.get("early_stopping_metric", "-")),
-                     format_number(training.get("best_validation_value"), 4),
-                     f"{training['parameters']:,}" if "parameters" in training else "-", epochs,
-                     format_number(minutes / 60 if minutes is not None else None, 1),
-                     format_number(training.get("train_images_per_second"), 1),
-                     f"{format_number(model.get('value'))} ({model.get('policy', '-')})",
-                     format_number(model.get("sensitivity")), format_number(model.get("specificity")), str(item.blessed)])
+        rows.append(
+            [
+                item.architecture,
+                str(item.image_size),
+                str(item.recipe.get("weights", "-")),
+                str(item.recipe.get("label_smoothing", "-")),
+                str(item.recipe.get("early_stopping_metric", "-")),
+                format_number(training.get("best_validation_value"), 4),
+                f"{training['parameters']:,}" if "parameters" in training else "-",
+                epochs,
+                format_number(minutes / 60 if minutes is not None else None, 1),
+                format_number(training.get("train_images_per_second"), 1),
+                f"{format_number(model.get('value'))} ({model.get('policy', '-')})",
+                format_number(model.get("sensitivity")),
+                format_number(model.get("specificity")),
+                str(item.blessed),
+            ]
+        )
     return rows
 
 
@@ -67,10 +99,16 @@ def compare_rows(evaluated: List[Evaluated]) -> List[List[str]]:
         for name, shown in reported_slices(table):
             row = table[name]
             undefined = vocabulary.undefined_metrics(row)  # e.g. AUC of the all-NORMAL RSNA images: TFMA says 0
-            cells = [format_number(row.get(key), 0) if key == vocabulary.EXAMPLE_COUNT else
-                     "-" if key in undefined else
-                     tfma_metrics.interval_cell(row, key) if tfma_metrics.has_interval(key) else
-                     format_number(row.get(key)) for key in COMPARE_KEYS]
+            cells = [
+                format_number(row.get(key), 0)
+                if key == vocabulary.EXAMPLE_COUNT
+                else "-"
+                if key in undefined
+                else tfma_metrics.interval_cell(row, key)
+                if tfma_metrics.has_interval(key)
+                else format_number(row.get(key))
+                for key in COMPARE_KEYS
+            ]
             rows.append([item.architecture, shown] + cells)
     return rows
 
@@ -82,8 +120,10 @@ def attention_rows(evaluated: List[Evaluated]) -> List[List[str]]:
     rows = [header]
     for item in evaluated:
         for split, outcomes in item.attention.items():
-            rows.append([item.architecture, split] + [f"{format_number(outcomes[name].mean)} ({outcomes[name].images})"
-                                                      for name in attention.columns()])
+            rows.append(
+                [item.architecture, split]
+                + [f"{format_number(outcomes[name].mean)} ({outcomes[name].images})" for name in attention.columns()]
+            )
     if len(rows) == 1:
         rows.append(["-", "no report with border attention under this root"] + ["-"] * len(attention.columns()))
     return rows
@@ -103,14 +143,22 @@ def ood_rows(evaluated: List[Evaluated]) -> List[List[str]]:
                 continue
             flagged = ~outputs["in_distribution"]
             wrong = (outputs["probability"] >= outputs["threshold"]) != (labels == 1)
-            rows.append([item.architecture, split, str(labels.size), format_number(flagged.mean()),
-                         format_number(wrong[flagged].mean() if flagged.any() else None),
-                         format_number(wrong[~flagged].mean() if (~flagged).any() else None)])
+            rows.append(
+                [
+                    item.architecture,
+                    split,
+                    str(labels.size),
+                    format_number(flagged.mean()),
+                    format_number(wrong[flagged].mean() if flagged.any() else None),
+                    format_number(wrong[~flagged].mean() if (~flagged).any() else None),
+                ]
+            )
     return rows
 
 
-def compare(metadata_path: str, markdown: bool = False, policies: bool = False, kshot: bool = False,
-            ood: bool = False) -> str:
+def compare(
+    metadata_path: str, markdown: bool = False, policies: bool = False, kshot: bool = False, ood: bool = False
+) -> str:
     """Tables over the latest evaluation of every architecture: how each model was trained (cost, threshold
     chosen on validation), its metrics per split at the tuned threshold and at 0.5, (`policies`) what
     each threshold policy would have given and (`ood`) the share of each split its OOD guard flags; `kshot`
@@ -118,14 +166,16 @@ def compare(metadata_path: str, markdown: bool = False, policies: bool = False, 
     rest. `policies`, `ood` and `kshot` score every model again."""
     evaluated = latest_evaluations(metadata_path)
     if kshot:
-        return "\n\n".join(format_rows(rows, markdown, label_columns=columns)
-                           for rows, columns in zip(kshot_rows(evaluated), (3, 2)))
-    tables = [format_rows(model_rows(evaluated), markdown, label_columns=1),
-              format_rows(compare_rows(evaluated), markdown), format_rows(attention_rows(evaluated), markdown)]
+        return "\n\n".join(
+            format_rows(rows, markdown, label_columns=columns) for rows, columns in zip(kshot_rows(evaluated), (3, 2))
+        )
+    tables = [
+        format_rows(model_rows(evaluated), markdown, label_columns=1),
+        format_rows(compare_rows(evaluated), markdown),
+        format_rows(attention_rows(evaluated), markdown),
+    ]
     if policies:
         tables.append(format_rows(policy_rows(evaluated), markdown))
     if ood:
         tables.append(format_rows(ood_rows(evaluated), markdown))
     return "\n\n".join(tables)
-
-

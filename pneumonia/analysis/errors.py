@@ -4,6 +4,7 @@ File names carry provenance the features do not: Kermany's NORMAL images come as
 the external set as `rsna_…` and `ieee8023_…`. Grouping errors by that family shows whether a model fails
 on one acquisition batch rather than at random.
 """
+
 import collections
 import os
 import re
@@ -40,8 +41,9 @@ def family_rows(labels: np.ndarray, probabilities: np.ndarray, paths: List[str],
     return rows
 
 
-def worst_rows(labels: np.ndarray, probabilities: np.ndarray, paths: List[str], value: float,
-               count: int) -> List[List[str]]:
+def worst_rows(
+    labels: np.ndarray, probabilities: np.ndarray, paths: List[str], value: float, count: int
+) -> List[List[str]]:
     """Header plus the `count` most confident mistakes at `value`."""
     wrong = np.flatnonzero((probabilities >= value) != labels.astype(bool))
     confidence = np.abs(probabilities[wrong] - value)
@@ -51,12 +53,10 @@ def worst_rows(labels: np.ndarray, probabilities: np.ndarray, paths: List[str], 
     return rows
 
 
-def errors_report(metadata_path: str, split: str, architecture: Optional[str], top: int,
-                  markdown: bool) -> str:
+def errors_report(metadata_path: str, split: str, architecture: Optional[str], top: int, markdown: bool) -> str:
     """Per architecture (its latest evaluated model): error rates by file-name family on `split` at the model's
     own threshold, then its most confident mistakes."""
-    evaluated = [item for item in latest_evaluations(metadata_path)
-                 if architecture in (None, item.architecture)]
+    evaluated = [item for item in latest_evaluations(metadata_path) if architecture in (None, item.architecture)]
     if not evaluated:
         raise RunLookupError(f"no evaluated {architecture} model in {metadata_path}")
     parts = []
@@ -64,7 +64,9 @@ def errors_report(metadata_path: str, split: str, architecture: Optional[str], t
         value = float(item.model["value"])
         labels, probabilities, paths = scoring.score_splits(item.examples_uri, [split], item.model_uri)[split]
         title = f"{item.architecture} on {split}, at its threshold {value:.3f}"
-        parts += [f"**{title}**" if markdown else title,
-                  format_rows(family_rows(labels, probabilities, paths, value), markdown),
-                  format_rows(worst_rows(labels, probabilities, paths, value, top), markdown)]
+        parts += [
+            f"**{title}**" if markdown else title,
+            format_rows(family_rows(labels, probabilities, paths, value), markdown),
+            format_rows(worst_rows(labels, probabilities, paths, value, top), markdown),
+        ]
     return "\n\n".join(parts)

@@ -1,5 +1,6 @@
 """Generated sections of a Markdown file (docs/RESULTS.md): `--into FILE [--section NAME]` rewrites only what
 lies between a section's BEGIN and END markers, so the text written around the tables stays."""
+
 from typing import Tuple
 
 GENERATED_BEGIN = "<!-- BEGIN pneumonia compare{section}: generated, do not edit -->"
@@ -24,6 +25,6 @@ def replace_generated(path: str, text: str, section: str = "") -> None:
     begin, end = document.find(begin_marker), document.find(end_marker)
     if begin < 0 or end < begin:
         raise MarkersMissing(f"{path} has no {begin_marker} ... {end_marker} section to fill")
-    document = document[:begin + len(begin_marker)] + "\n" + text + "\n" + document[end:]
+    document = document[: begin + len(begin_marker)] + "\n" + text + "\n" + document[end:]
     with open(path, "w", encoding="utf-8") as f:
         f.write(document)

@@ -6,6 +6,7 @@ what `prepare --calibration-from` and the ThresholdCalibrator would do). The thr
 model's own policy; below the calibrator's minimum of 10 images per class (k = 20 on an unbalanced split)
 the table still shows what the policy gives, which is the point of a small-k row.
 """
+
 import json
 import os
 import re
@@ -39,13 +40,24 @@ def patients_and_sources(split: str, labels: np.ndarray, paths: Sequence[str]) -
         patient, _ = parse_patient_and_pathogen(name, int(label))
         patients.append(patient or path)
         prefix, sep, _ = name.partition("_")
-        sources.append(prefix.lower() if split not in ("train", "eval", "test") and sep
-                       and re.fullmatch(r"[a-z0-9]+", prefix.lower()) else split)
+        sources.append(
+            prefix.lower()
+            if split not in ("train", "eval", "test") and sep and re.fullmatch(r"[a-z0-9]+", prefix.lower())
+            else split
+        )
     return patients, sources
 
 
-def draws(labels: np.ndarray, probabilities: np.ndarray, patients: List[str], sources: List[str], k: int,
-          policy: str, validation_threshold: float, count: int = DRAWS) -> Dict[str, np.ndarray]:
+def draws(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    patients: List[str],
+    sources: List[str],
+    k: int,
+    policy: str,
+    validation_threshold: float,
+    count: int = DRAWS,
+) -> Dict[str, np.ndarray]:
     """Per draw: the calibrated threshold and, on the images not drawn, the rates at it (`<measure>`) and at
     the validation threshold (`<measure>@val`)."""
     found: Dict[str, list] = {}
@@ -78,8 +90,9 @@ def spread(values: np.ndarray) -> str:
     return "-" if values.size == 0 else f"{values.mean():.3f} ± {values.std():.3f}"
 
 
-def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
-               splits: Sequence[str] = SPLITS) -> Tuple[List[List[str]], List[List[str]]]:
+def kshot_rows(
+    evaluated, ks: Sequence[int] = KS, count: int = DRAWS, splits: Sequence[str] = SPLITS
+) -> Tuple[List[List[str]], List[List[str]]]:
     """Two tables, each a header plus rows: per architecture, split and k, the k-shot calibration; and per
     architecture and split, what `calibrate --unlabeled --adjust-prior` does with the whole split unlabelled."""
     header = ["architecture", "split", "k", "images drawn", "threshold (val)", "calibrated threshold"]
@@ -95,15 +108,29 @@ def kshot_rows(evaluated, ks: Sequence[int] = KS, count: int = DRAWS,
             patients, sources = patients_and_sources(split, labels, paths)
             for k in ks:
                 found = draws(labels, probabilities, patients, sources, k, policy, validation_threshold, count)
-                rows.append([item.architecture, split, str(k), spread(found["drawn"]), f"{validation_threshold:.3f}",
-                             spread(found["threshold"])] + [spread(found[m]) for m in MEASURES]
-                            + [spread(found[f"{m}@val"]) for m in MEASURES])
-            prior_rows.append([item.architecture, split] + prior_adjustment(labels, probabilities, validation_threshold))
+                rows.append(
+                    [
+                        item.architecture,
+                        split,
+                        str(k),
+                        spread(found["drawn"]),
+                        f"{validation_threshold:.3f}",
+                        spread(found["threshold"]),
+                    ]
+                    + [spread(found[m]) for m in MEASURES]
+                    + [spread(found[f"{m}@val"]) for m in MEASURES]
+                )
+            prior_rows.append(
+                [item.architecture, split] + prior_adjustment(labels, probabilities, validation_threshold)
+            )
     return rows, prior_rows
 
 
-PRIOR_HEADER = (["architecture", "split", "pneumonia share", "EM estimate", "threshold (val)", "prior-adjusted"]
-                + [f"{measure} at val thr" for measure in MEASURES] + [f"{measure} adjusted" for measure in MEASURES])
+PRIOR_HEADER = (
+    ["architecture", "split", "pneumonia share", "EM estimate", "threshold (val)", "prior-adjusted"]
+    + [f"{measure} at val thr" for measure in MEASURES]
+    + [f"{measure} adjusted" for measure in MEASURES]
+)
 
 
 def prior_adjustment(labels: np.ndarray, probabilities: np.ndarray, validation_threshold: float) -> List[str]:
@@ -112,5 +139,8 @@ def prior_adjustment(labels: np.ndarray, probabilities: np.ndarray, validation_t
     prevalence, _ = em_prevalence(probabilities, TRAINING_PRIOR)
     adjusted = prior_adjusted_threshold(validation_threshold, TRAINING_PRIOR, prevalence)
     before, after = rates(labels, probabilities, validation_threshold), rates(labels, probabilities, adjusted)
-    return ([f"{labels.mean():.3f}", f"{prevalence:.3f}", f"{validation_threshold:.3f}", f"{adjusted:.3f}"]
-            + [format_number(before[m]) for m in MEASURES] + [format_number(after[m]) for m in MEASURES])
+    return (
+        [f"{labels.mean():.3f}", f"{prevalence:.3f}", f"{validation_threshold:.3f}", f"{adjusted:.3f}"]
+        + [format_number(before[m]) for m in MEASURES]
+        + [format_number(after[m]) for m in MEASURES]
+    )

@@ -5,6 +5,7 @@ A run's recipe fixes its policy before training; this table is the ablation that
 choice would have changed. It scores the exported model (its `serving_default` signature, as TFMA and TF
 Serving do) on the examples its Evaluator read.
 """
+
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -21,9 +22,11 @@ def rates(labels: np.ndarray, probabilities: np.ndarray, value: float) -> Dict[s
     """Accuracy, sensitivity and specificity of 'PNEUMONIA when probability >= value' (NaN for an absent class)."""
     predicted = probabilities >= value
     positives, negatives = labels == 1, labels == 0
-    return {"accuracy": float(np.mean(predicted == positives)),
-            "sensitivity": float(predicted[positives].mean()) if positives.any() else float("nan"),
-            "specificity": float((~predicted[negatives]).mean()) if negatives.any() else float("nan")}
+    return {
+        "accuracy": float(np.mean(predicted == positives)),
+        "sensitivity": float(predicted[positives].mean()) if positives.any() else float("nan"),
+        "specificity": float((~predicted[negatives]).mean()) if negatives.any() else float("nan"),
+    }
 
 
 def policy_rows(evaluated, splits: Tuple[str, ...] = ("test", "external")) -> List[List[str]]:
@@ -37,8 +40,13 @@ def policy_rows(evaluated, splits: Tuple[str, ...] = ("test", "external")) -> Li
         for policy in POLICIES:
             chosen = threshold.choose(*validation, policy)
             shown = f"**{policy}** (recipe)" if policy == item.model.get("policy") else policy
-            row = [item.architecture, shown, format_number(chosen.value), format_number(chosen.sensitivity),
-                   format_number(chosen.specificity)]
+            row = [
+                item.architecture,
+                shown,
+                format_number(chosen.value),
+                format_number(chosen.sensitivity),
+                format_number(chosen.specificity),
+            ]
             for split in splits:
                 figures = rates(*scored[split][:2], chosen.value)
                 row += [format_number(figures[key]) for key in ("accuracy", "sensitivity", "specificity")]

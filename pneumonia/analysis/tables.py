@@ -1,4 +1,5 @@
 """Plain-text and Markdown tables for the result commands (compare, policies, k-shot, errors)."""
+
 from typing import List, Optional
 
 
@@ -12,5 +13,9 @@ def format_rows(rows: List[List[str]], markdown: bool = False, label_columns: in
         lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i < label_columns else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i < label_columns else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    )

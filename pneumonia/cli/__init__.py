@@ -3,6 +3,7 @@
 Each command group registers its flags here without importing TensorFlow; a command's handler imports the
 layer it drives when it runs, so `pneumonia --help` and every `COMMAND --help` print at once.
 """
+
 import argparse
 import sys
 from typing import List, Optional
@@ -11,15 +12,18 @@ from kubeflow import cli as kubeflow_cli
 from pneumonia.cli import pipeline_commands, quiet, result_commands, site_commands
 from serving import cli as serving_cli
 
-DESCRIPTION = ("Prepare chest X-ray data, run the TFX pipeline (validate, train, evaluate, push), read its "
-               "results, calibrate for a site, serve the model, and run it on Kubeflow.")
+DESCRIPTION = (
+    "Prepare chest X-ray data, run the TFX pipeline (validate, train, evaluate, push), read its "
+    "results, calibrate for a site, serve the model, and run it on Kubeflow."
+)
 COMMAND_GROUPS = (pipeline_commands, result_commands, site_commands, serving_cli, kubeflow_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumonia", description=DESCRIPTION)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show TensorFlow's, CUDA's and absl's own log lines (hidden by default)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's, CUDA's and absl's own log lines (hidden by default)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_commands(commands)

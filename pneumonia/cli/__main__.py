@@ -1,4 +1,5 @@
 """`python -m pneumonia.cli`: the same as the `pneumonia` command."""
+
 import sys
 
 from pneumonia.cli import main

@@ -1,5 +1,6 @@
 """Keeps library start-up noise off a CPU machine's terminal: TensorFlow's C++ log lines (CUDA, cuDNN and
 TensorRT not found), absl's warnings and Python deprecation notices. `pneumonia --verbose` keeps them."""
+
 import logging
 import os
 import warnings

@@ -4,6 +4,7 @@
 
 tests/cli_test.py fails when the file is not what this prints.
 """
+
 import argparse
 import os
 import sys

@@ -1,4 +1,5 @@
 """What `pneumonia run` prints after a run: where everything went, and the metrics table per split."""
+
 import os
 from typing import Dict, Optional
 
@@ -11,8 +12,14 @@ from pneumonia.runs.store import RunOutputs
 def format_table(table: Dict[str, Dict[str, float]]) -> str:
     """Per split (each split is one dataset) and pooled, with the clinical metric names; `@thr` is at the
     model's tuned threshold (chosen on validation), `@0.5` at 0.5; each with its 95% interval."""
-    keys = (vocabulary.EXAMPLE_COUNT, vocabulary.AUC, vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY,
-            *(vocabulary.at_threshold(key) for key in (vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY)))
+    keys = (
+        vocabulary.EXAMPLE_COUNT,
+        vocabulary.AUC,
+        vocabulary.ACCURACY,
+        vocabulary.RECALL,
+        vocabulary.SPECIFICITY,
+        *(vocabulary.at_threshold(key) for key in (vocabulary.ACCURACY, vocabulary.RECALL, vocabulary.SPECIFICITY)),
+    )
     per_split = sorted(name for name in table if vocabulary.is_split_slice(name))
     pooled = sorted(name for name in table if set(vocabulary.slice_parts(name)) == {vocabulary.DATASET})
     labels = {name: name for name in per_split}
@@ -21,16 +28,24 @@ def format_table(table: Dict[str, Dict[str, float]]) -> str:
         labels[vocabulary.OVERALL] = vocabulary.POOLED
     rows = [["slice"] + [vocabulary.SHORT_TITLES[key] for key in keys]]
     for name, label in labels.items():
-        rows.append([label] + [format_count(table[name].get(key)) if key == vocabulary.EXAMPLE_COUNT
-                               else tfma_metrics.interval_cell(table[name], key) for key in keys])
+        rows.append(
+            [label]
+            + [
+                format_count(table[name].get(key))
+                if key == vocabulary.EXAMPLE_COUNT
+                else tfma_metrics.interval_cell(table[name], key)
+                for key in keys
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(keys) + 1)]
-    return "\n".join((row[0].ljust(widths[0] + 2) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:])))
-                     .rstrip() for row in rows)
+    return "\n".join(
+        (row[0].ljust(widths[0] + 2) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:]))).rstrip()
+        for row in rows
+    )
 
 
 def format_count(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.0f}"
-
 
 
 def run_summary(outputs: RunOutputs, config) -> str:
@@ -48,5 +63,7 @@ def run_summary(outputs: RunOutputs, config) -> str:
         lines.append(f"pushed:     {outputs.pushed_destination}")
     else:
         note = outputs.push_note or ("model not blessed" if outputs.blessed is False else "not pushed")
-        lines.append(f"pushed:     no ({note}); serving directory {os.path.join(config.serving_dir, config.model_name)}")
+        lines.append(
+            f"pushed:     no ({note}); serving directory {os.path.join(config.serving_dir, config.model_name)}"
+        )
     return "\n".join(lines)

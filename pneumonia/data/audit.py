@@ -1,5 +1,6 @@
 """The prepare report (`prepare_report.json`): what was written, quarantined or skipped and why, the leakage
 audit, and the checks that refuse a dataset before it replaces the last one."""
+
 import collections
 import json
 import os
@@ -14,8 +15,9 @@ REPORT_NAME = "prepare_report.json"
 FORMAT_VERSION = 5  # 5: calibration split and policy (4: DICOM features)
 
 
-def summarise(records: List[Record], shards: List[str], quarantined: List[dict], duplicates: List[dict],
-              listing: dict) -> dict:
+def summarise(
+    records: List[Record], shards: List[str], quarantined: List[dict], duplicates: List[dict], listing: dict
+) -> dict:
     """The report: counts per split x dataset x label, patients, every file not written and why."""
     counts: Dict[str, Dict[str, Dict[str, int]]] = {}
     patients: Dict[str, set] = collections.defaultdict(set)
@@ -43,8 +45,9 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
         "patients_in_train_and_eval": shared_patients,
         # Leakage audit of every evaluation split: patient IDs it shares with train, and those patients' images.
         "patients_shared_with_train": {split: sorted(patients[split] & patients["train"]) for split in evaluated},
-        "images_of_patients_in_train": {split: sum(r.patient_in_train for r in records if r.split == split)
-                                        for split in evaluated},
+        "images_of_patients_in_train": {
+            split: sum(r.patient_in_train for r in records if r.split == split) for split in evaluated
+        },
         "counts": counts,
         "patients": {split: len(ids) for split, ids in sorted(patients.items())},
         "formats": dict(sorted(formats.items())),
@@ -56,23 +59,30 @@ def summarise(records: List[Record], shards: List[str], quarantined: List[dict],
 
 def check_report(report: dict, max_bad_fraction: float, strict: bool) -> None:
     if not report["accounted"]:
-        raise PrepareError(f"{report['files_seen']} files seen, but {report['written']} written + "
-                           f"{len(report['quarantined'])} quarantined + {len(report['duplicates'])} duplicates do not "
-                           f"add up: files were lost or counted twice (a bug; details in {REPORT_NAME})")
+        raise PrepareError(
+            f"{report['files_seen']} files seen, but {report['written']} written + "
+            f"{len(report['quarantined'])} quarantined + {len(report['duplicates'])} duplicates do not "
+            f"add up: files were lost or counted twice (a bug; details in {REPORT_NAME})"
+        )
     bad = len(report["quarantined"])
     if report["files_seen"] and bad / report["files_seen"] > max_bad_fraction:
         reasons = collections.Counter(item["reason"].split(":")[0] for item in report["quarantined"])
         common = ", ".join(f"{reason} ({count})" for reason, count in reasons.most_common(3))
-        raise PrepareError(f"{bad} of {report['files_seen']} files quarantined, more than --max-bad-fraction "
-                           f"{max_bad_fraction:g}: {common}")
+        raise PrepareError(
+            f"{bad} of {report['files_seen']} files quarantined, more than --max-bad-fraction "
+            f"{max_bad_fraction:g}: {common}"
+        )
     if strict and report["leaks"]:
         first = report["leaks"][0]
-        raise PrepareError(f"--strict: {len(report['leaks'])} identical file(s) across splits, e.g. {first['path']} "
-                           f"= {first['duplicate_of']}")
+        raise PrepareError(
+            f"--strict: {len(report['leaks'])} identical file(s) across splits, e.g. {first['path']} "
+            f"= {first['duplicate_of']}"
+        )
     if strict and report["patients_in_train_and_eval"]:
-        raise PrepareError(f"--strict: {len(report['patients_in_train_and_eval'])} patient(s) in both train and "
-                           f"eval, e.g. {report['patients_in_train_and_eval'][0]}")
-
+        raise PrepareError(
+            f"--strict: {len(report['patients_in_train_and_eval'])} patient(s) in both train and "
+            f"eval, e.g. {report['patients_in_train_and_eval'][0]}"
+        )
 
 
 def is_prepared(folder: str) -> bool:
@@ -93,9 +103,11 @@ def prepared_splits(folder: str) -> List[str]:
 
 def summary(report: dict) -> str:
     """The one-screen summary printed after a prepare."""
-    lines = [f"files seen {report['files_seen']}: written {report['written']}, quarantined "
-             f"{len(report['quarantined'])}, duplicates skipped {len(report['duplicates'])} "
-             f"({'all accounted for' if report['accounted'] else 'NOT ALL ACCOUNTED FOR'})"]
+    lines = [
+        f"files seen {report['files_seen']}: written {report['written']}, quarantined "
+        f"{len(report['quarantined'])}, duplicates skipped {len(report['duplicates'])} "
+        f"({'all accounted for' if report['accounted'] else 'NOT ALL ACCOUNTED FOR'})"
+    ]
     if report["formats"].get("dicom"):
         lines.append(f"  written from DICOM: {report['formats']['dicom']} (as 8-bit PNG; patient IDs as keyed hashes)")
     for split, by_dataset in sorted(report["counts"].items()):
@@ -108,8 +120,10 @@ def summary(report: dict) -> str:
         lines.append(f"  identical files across splits: {len(report['leaks'])} (the evaluation copy is kept)")
     for split, shared in report["patients_shared_with_train"].items():
         if shared:
-            lines.append(f"  {split}: {len(shared)} patient ID(s) also in train, "
-                         f"{report['images_of_patients_in_train'][split]} image(s) (slice patient_in_train=1)")
+            lines.append(
+                f"  {split}: {len(shared)} patient ID(s) also in train, "
+                f"{report['images_of_patients_in_train'][split]} image(s) (slice patient_in_train=1)"
+            )
     for item in report["quarantined"][:10]:
         lines.append(f"  quarantined {item['path']}: {item['reason']}")
     if len(report["quarantined"]) > 10:

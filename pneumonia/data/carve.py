@@ -3,6 +3,7 @@
 Whole patients move, never single images, so no patient is on both sides of a split; the order is a seeded
 hash, so the same input always gives the same carve.
 """
+
 import collections
 import dataclasses
 from typing import Dict, List, Tuple
@@ -53,7 +54,7 @@ def choose_calibration_patients(images: List[Tuple[str, str, int]], size: int, s
     exact = {stratum: size * sum(patients.values()) / total for stratum, patients in strata.items()}
     targets = {stratum: int(share) for stratum, share in exact.items()}
     by_remainder = sorted(exact, key=lambda stratum: (-(exact[stratum] - targets[stratum]), stratum))
-    for stratum in by_remainder[:size - sum(targets.values())]:
+    for stratum in by_remainder[: size - sum(targets.values())]:
         targets[stratum] += 1
     chosen = set()
     for stratum in sorted(strata):
@@ -71,4 +72,3 @@ def assign_calibration(record: Record, carved_from: str, patients: List[str]) ->
     if record.split == carved_from and record.patient_id in patients:
         return dataclasses.replace(record, split=CALIBRATION_SPLIT)
     return record
-

@@ -1,4 +1,5 @@
 """What one image file is: accepted (with its geometry) or refused with a one-line reason."""
+
 import io
 import os
 import re

@@ -20,6 +20,7 @@ and the shard writing run as an Apache Beam pipeline (DirectRunner by default; `
 through, e.g. `--runner=DataflowRunner`). Output is deterministic: the same input gives byte-identical
 shards and report.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -34,8 +35,16 @@ from pipeline.config import CALIBRATION_SPLIT, absolute_uri
 from pneumonia.data import audit, carve
 from pneumonia.data.images import BadImage, inspect_image, parse_patient_and_pathogen
 from pneumonia.data.records import Record, num_shards, shard_name, to_example
-from pneumonia.data.sources import IMAGE_SUFFIXES, Candidate, PrepareError, Source, classify, recorded_path, \
-    source_fingerprint, walk
+from pneumonia.data.sources import (
+    IMAGE_SUFFIXES,
+    Candidate,
+    PrepareError,
+    Source,
+    classify,
+    recorded_path,
+    source_fingerprint,
+    walk,
+)
 from serving import dicom
 
 # The official Kaggle val/ holds 16 images: too few to select a model or a threshold on.
@@ -73,14 +82,27 @@ def inspect(candidate: Candidate, patient_salt: str, allow_lateral: bool):
             data = converted.png
             # Without a PatientID each file is its own patient, named by a hash (a file name may hold a UID).
             patient = dicom.pseudonym(str(dataset.get("PatientID") or candidate.source_path), patient_salt)
-            attributes = {"file_format": "dicom", "view_position": converted.view_position, "sex": converted.sex,
-                          "age_band": converted.age_band}
+            attributes = {
+                "file_format": "dicom",
+                "view_position": converted.view_position,
+                "sex": converted.sex,
+                "age_band": converted.age_band,
+            }
         height, width, channels = inspect_image(data)
     except (BadImage, dicom.DicomRefused) as error:
         yield beam.pvalue.TaggedOutput("quarantined", {"path": candidate.shown, "reason": str(error)})
         return
-    yield Record(candidate, candidate.split, f"{candidate.dataset}:{patient}", pathogen, height, width, channels,
-                 hashlib.sha256(data).hexdigest(), **attributes)
+    yield Record(
+        candidate,
+        candidate.split,
+        f"{candidate.dataset}:{patient}",
+        pathogen,
+        height,
+        width,
+        channels,
+        hashlib.sha256(data).hexdigest(),
+        **attributes,
+    )
 
 
 def keep_one_copy(copies: Tuple[str, Iterable[Record]]):
@@ -90,13 +112,23 @@ def keep_one_copy(copies: Tuple[str, Iterable[Record]]):
     records = sorted(records, key=lambda r: (r.split == "train", r.candidate.shown))
     yield records[0]
     for record in records[1:]:
-        yield beam.pvalue.TaggedOutput("duplicates", {
-            "path": record.candidate.shown, "duplicate_of": records[0].candidate.shown,
-            "splits": sorted({record.split, records[0].split})})
+        yield beam.pvalue.TaggedOutput(
+            "duplicates",
+            {
+                "path": record.candidate.shown,
+                "duplicate_of": records[0].candidate.shown,
+                "splits": sorted({record.split, records[0].split}),
+            },
+        )
 
 
-def write_shard(keyed: Tuple[Tuple[str, int], Iterable[Record]], out: str, seed: int, shard_counts: Dict[str, int],
-                allow_lateral: bool = False):
+def write_shard(
+    keyed: Tuple[Tuple[str, int], Iterable[Record]],
+    out: str,
+    seed: int,
+    shard_counts: Dict[str, int],
+    allow_lateral: bool = False,
+):
     """Writes one shard, its records in order_key order, re-reading (and re-converting) each image's bytes."""
     (split, shard), records = keyed
     name = shard_name(split, shard, shard_counts[split])
@@ -108,59 +140,99 @@ def write_shard(keyed: Tuple[Tuple[str, int], Iterable[Record]], out: str, seed:
     return name
 
 
-def build_pipeline(pipeline: beam.Pipeline, candidates: List[Candidate], carves_eval: Dict[str, bool], out: str,
-                   fraction: float, seed: int, listing: dict, patient_salt: str = dicom.DEFAULT_SALT,
-                   allow_lateral: bool = False, calibration_from: Optional[str] = None,
-                   calibration_size: int = 0) -> None:
-    inspected = (pipeline | "Files" >> beam.Create(candidates, reshuffle=True)
-                 | "Inspect" >> beam.FlatMap(inspect, patient_salt, allow_lateral)
-                 .with_outputs("quarantined", main="ok"))
-    unique = (inspected.ok | "BySha256" >> beam.Map(lambda r: (r.sha256, r)) | "GroupCopies" >> beam.GroupByKey()
-              | "KeepOneCopy" >> beam.FlatMap(keep_one_copy).with_outputs("duplicates", main="kept"))
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    candidates: List[Candidate],
+    carves_eval: Dict[str, bool],
+    out: str,
+    fraction: float,
+    seed: int,
+    listing: dict,
+    patient_salt: str = dicom.DEFAULT_SALT,
+    allow_lateral: bool = False,
+    calibration_from: Optional[str] = None,
+    calibration_size: int = 0,
+) -> None:
+    inspected = (
+        pipeline
+        | "Files" >> beam.Create(candidates, reshuffle=True)
+        | "Inspect" >> beam.FlatMap(inspect, patient_salt, allow_lateral).with_outputs("quarantined", main="ok")
+    )
+    unique = (
+        inspected.ok
+        | "BySha256" >> beam.Map(lambda r: (r.sha256, r))
+        | "GroupCopies" >> beam.GroupByKey()
+        | "KeepOneCopy" >> beam.FlatMap(keep_one_copy).with_outputs("duplicates", main="kept")
+    )
     eval_patients = (
         unique.kept
         | "CarvingTrain" >> beam.Filter(lambda r: r.split == "train" and carves_eval[r.candidate.dataset])
         | "PatientLabel" >> beam.Map(lambda r: (r.candidate.dataset, r.patient_id, r.candidate.label))
         | "AllTrain" >> beam.combiners.ToList()
-        | "EvalPatients" >> beam.Map(carve.choose_eval_patients, fraction, seed))
+        | "EvalPatients" >> beam.Map(carve.choose_eval_patients, fraction, seed)
+    )
     assigned = unique.kept | "AssignSplit" >> beam.Map(
-        lambda r, chosen: carve.assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients))
+        lambda r, chosen: carve.assign_split(r, set(chosen)), beam.pvalue.AsSingleton(eval_patients)
+    )
     if calibration_from:
         calibration_patients = (
             assigned
             | "CalibrationSource" >> beam.Filter(lambda r: r.split == calibration_from)
             | "PatientSourceLabel" >> beam.Map(lambda r: (r.patient_id, r.candidate.origin, r.candidate.label))
             | "AllOfSplit" >> beam.combiners.ToList()
-            | "CalibrationPatients" >> beam.Map(carve.choose_calibration_patients, calibration_size, seed))
+            | "CalibrationPatients" >> beam.Map(carve.choose_calibration_patients, calibration_size, seed)
+        )
         assigned = assigned | "AssignCalibration" >> beam.Map(
             lambda r, chosen: carve.assign_calibration(r, calibration_from, set(chosen)),
-            beam.pvalue.AsSingleton(calibration_patients))
-    train_patients = (assigned | "TrainOnly" >> beam.Filter(lambda r: r.split == "train")
-                      | "TrainPatient" >> beam.Map(lambda r: r.patient_id)
-                      | "TrainPatients" >> beam.combiners.ToSet())
-    records = assigned | "MarkPatientInTrain" >> beam.Map(carve.mark_patient_in_train,
-                                                         beam.pvalue.AsSingleton(train_patients))
-    shard_counts = (records | "SplitKey" >> beam.Map(lambda r: r.split) | "CountSplits" >> beam.combiners.Count.PerElement()
-                    | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], num_shards(kv[1]))))
+            beam.pvalue.AsSingleton(calibration_patients),
+        )
+    train_patients = (
+        assigned
+        | "TrainOnly" >> beam.Filter(lambda r: r.split == "train")
+        | "TrainPatient" >> beam.Map(lambda r: r.patient_id)
+        | "TrainPatients" >> beam.combiners.ToSet()
+    )
+    records = assigned | "MarkPatientInTrain" >> beam.Map(
+        carve.mark_patient_in_train, beam.pvalue.AsSingleton(train_patients)
+    )
+    shard_counts = (
+        records
+        | "SplitKey" >> beam.Map(lambda r: r.split)
+        | "CountSplits" >> beam.combiners.Count.PerElement()
+        | "ShardsPerSplit" >> beam.Map(lambda kv: (kv[0], num_shards(kv[1])))
+    )
     shards = (
         records
-        | "ShardKey" >> beam.Map(lambda r, counts: ((r.split, int(r.order_key(seed), 16) % counts[r.split]), r),
-                                 beam.pvalue.AsDict(shard_counts))
+        | "ShardKey"
+        >> beam.Map(
+            lambda r, counts: ((r.split, int(r.order_key(seed), 16) % counts[r.split]), r),
+            beam.pvalue.AsDict(shard_counts),
+        )
         | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.Map(write_shard, out, seed, beam.pvalue.AsDict(shard_counts), allow_lateral))
+        | "WriteShards" >> beam.Map(write_shard, out, seed, beam.pvalue.AsDict(shard_counts), allow_lateral)
+    )
 
     def write_report(_, all_records, all_shards, quarantined, duplicates):
         report = audit.summarise(all_records, all_shards, quarantined, duplicates, listing)
         with tf.io.gfile.GFile(os.path.join(out, audit.REPORT_NAME), "w") as f:
             json.dump(report, f, indent=2, sort_keys=True)
 
-    _ = (pipeline | "ReportTrigger" >> beam.Create([None])
-         | "WriteReport" >> beam.Map(write_report, beam.pvalue.AsList(records), beam.pvalue.AsList(shards),
-                                     beam.pvalue.AsList(inspected.quarantined),
-                                     beam.pvalue.AsList(unique.duplicates)))
+    _ = (
+        pipeline
+        | "ReportTrigger" >> beam.Create([None])
+        | "WriteReport"
+        >> beam.Map(
+            write_report,
+            beam.pvalue.AsList(records),
+            beam.pvalue.AsList(shards),
+            beam.pvalue.AsList(inspected.quarantined),
+            beam.pvalue.AsList(unique.duplicates),
+        )
+    )
 
 
 # ---------------------------------------------------------------- the job
+
 
 def _remove(folder: str) -> None:
     try:
@@ -192,21 +264,24 @@ def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]
         if not overwrite:
             raise PrepareError(f"{out} already holds a different prepared dataset; pass --overwrite to replace it")
     elif tf.io.gfile.isdir(out) and tf.io.gfile.listdir(out) and not overwrite:
-        raise PrepareError(f"{out} is not empty and holds no {audit.REPORT_NAME}; pass --overwrite or choose another --out")
+        raise PrepareError(
+            f"{out} is not empty and holds no {audit.REPORT_NAME}; pass --overwrite or choose another --out"
+        )
     return None
-
 
 
 def _check_calibration(sources: Sequence[Source], calibration_from: Optional[str], calibration_size: int) -> str:
     """The calibration policy in words; raises on a request that cannot give one calibration split."""
     own = [s for s in sources if s.role == CALIBRATION_SPLIT]
     if len(own) > 1 or (own and calibration_from):
-        raise PrepareError("one calibration split only: give either one calibration:NAME=PATH source or "
-                           "--calibration-from SPLIT")
+        raise PrepareError(
+            "one calibration split only: give either one calibration:NAME=PATH source or --calibration-from SPLIT"
+        )
     for source in own:
         if source.is_kaggle_layout:
-            raise PrepareError(f"calibration source {source.name}: expected NORMAL/ and PNEUMONIA/ folders, "
-                               f"not a train/ test/ layout")
+            raise PrepareError(
+                f"calibration source {source.name}: expected NORMAL/ and PNEUMONIA/ folders, not a train/ test/ layout"
+            )
     if own:
         return f"own folder {own[0].name} ({own[0].path})"
     if calibration_size and not calibration_from:
@@ -214,19 +289,31 @@ def _check_calibration(sources: Sequence[Source], calibration_from: Optional[str
     if not calibration_from:
         return "none"
     if calibration_from in ("train", "eval", CALIBRATION_SPLIT):
-        raise PrepareError(f"--calibration-from {calibration_from}: carve from test or an evaluation-only split, "
-                           f"never from the data that trains or selects the model")
+        raise PrepareError(
+            f"--calibration-from {calibration_from}: carve from test or an evaluation-only split, "
+            f"never from the data that trains or selects the model"
+        )
     if calibration_size < 2:
         raise PrepareError(f"--calibration-size {calibration_size}: give the number of images to carve (at least 2)")
-    return (f"{calibration_size} images carved from {calibration_from} by patient, stratified by source and label "
-            f"(seeded)")
+    return (
+        f"{calibration_size} images carved from {calibration_from} by patient, stratified by source and label (seeded)"
+    )
 
 
-def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, seed: int = 42,
-            overwrite: bool = False, max_bad_fraction: float = 0.01, strict: bool = False,
-            beam_args: Optional[List[str]] = None, patient_salt: Optional[str] = None,
-            allow_lateral: bool = False, calibration_from: Optional[str] = None,
-            calibration_size: int = 0) -> dict:
+def prepare(
+    sources: Sequence[Source],
+    out: str,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    overwrite: bool = False,
+    max_bad_fraction: float = 0.01,
+    strict: bool = False,
+    beam_args: Optional[List[str]] = None,
+    patient_salt: Optional[str] = None,
+    allow_lateral: bool = False,
+    calibration_from: Optional[str] = None,
+    calibration_size: int = 0,
+) -> dict:
     """Writes the TFRecords and report into `out` and returns the report (see module docstring)."""
     if not sources:
         raise PrepareError("no SOURCE given: pass NAME=PATH, e.g. kermany=/data/chest_xray")
@@ -240,19 +327,32 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
     calibration_policy = _check_calibration(sources, calibration_from, calibration_size)
     patient_salt = patient_salt or dicom.DEFAULT_SALT
     out = absolute_uri(out)
-    options = {"eval_fraction": eval_fraction, "seed": seed, "patient_salt": patient_salt,
-               "allow_lateral": allow_lateral}
+    options = {
+        "eval_fraction": eval_fraction,
+        "seed": seed,
+        "patient_salt": patient_salt,
+        "allow_lateral": allow_lateral,
+    }
     if calibration_policy != "none":
-        options.update(calibration_from=calibration_from, calibration_size=calibration_size,
-                       roles={s.name: s.role for s in sources if s.role})
+        options.update(
+            calibration_from=calibration_from,
+            calibration_size=calibration_size,
+            roles={s.name: s.role for s in sources if s.role},
+        )
     fingerprint = source_fingerprint(sources, options)
     previous = _check_output(out, fingerprint, overwrite)
     if previous is not None:
         audit.check_report(previous, max_bad_fraction, strict)
         return previous
 
-    listing = {"sources": {s.name: s.path for s in sources}, "fingerprint": fingerprint, "files_seen": 0,
-               "quarantined": [], "eval_policy": [], "calibration_policy": calibration_policy}
+    listing = {
+        "sources": {s.name: s.path for s in sources},
+        "fingerprint": fingerprint,
+        "files_seen": 0,
+        "quarantined": [],
+        "eval_policy": [],
+        "calibration_policy": calibration_policy,
+    }
     candidates: List[Candidate] = []
     carves_eval: Dict[str, bool] = {}
     for source in sources:
@@ -261,8 +361,9 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
             listing["files_seen"] += 1
             candidate, reason = classify(source, relpath, patient_salt)
             if candidate is None:
-                listing["quarantined"].append({"path": f"{source.name}/{recorded_path(relpath, patient_salt)}",
-                                               "reason": reason})
+                listing["quarantined"].append(
+                    {"path": f"{source.name}/{recorded_path(relpath, patient_salt)}", "reason": reason}
+                )
             else:
                 found.append(candidate)
         if not found:
@@ -277,25 +378,41 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
                 carves_eval[source.name] = True
                 listing["eval_policy"].append(
                     f"{source.name}: {eval_fraction:.0%} of train carved by patient, stratified by label "
-                    f"(val/ had {len(val)} files)")
+                    f"(val/ had {len(val)} files)"
+                )
         candidates.extend(found)
     listing["eval_policy"] = "; ".join(listing["eval_policy"]) or "no train/val/test source"
     if calibration_from:
         available = sum(c.split == calibration_from for c in candidates)
         if not available:
             splits = sorted({c.split for c in candidates} - {"train", "eval"})
-            raise PrepareError(f"--calibration-from {calibration_from}: no such split; splits to carve from: "
-                               f"{', '.join(splits) or 'none'}")
+            raise PrepareError(
+                f"--calibration-from {calibration_from}: no such split; splits to carve from: "
+                f"{', '.join(splits) or 'none'}"
+            )
         if calibration_size >= available:
-            raise PrepareError(f"--calibration-size {calibration_size}: split {calibration_from} has only "
-                               f"{available} files, and some must stay to report on")
+            raise PrepareError(
+                f"--calibration-size {calibration_size}: split {calibration_from} has only "
+                f"{available} files, and some must stay to report on"
+            )
 
     staging = f"{out}.staging"
     _remove(staging)
     tf.io.gfile.makedirs(staging)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
-        build_pipeline(pipeline, candidates, carves_eval, staging, eval_fraction, seed, listing, patient_salt,
-                       allow_lateral, calibration_from, calibration_size)
+        build_pipeline(
+            pipeline,
+            candidates,
+            carves_eval,
+            staging,
+            eval_fraction,
+            seed,
+            listing,
+            patient_salt,
+            allow_lateral,
+            calibration_from,
+            calibration_size,
+        )
     report = audit.read_report(staging)
     try:
         audit.check_report(report, max_bad_fraction, strict)
@@ -307,4 +424,3 @@ def prepare(sources: Sequence[Source], out: str, eval_fraction: float = 0.1, see
     _remove(out)  # only reached with --overwrite or an empty/absent folder
     _move_folder(staging, out)
     return report
-

@@ -1,4 +1,5 @@
 """One accepted image as the records store it: its tf.train.Example, and the shards it is written in."""
+
 import dataclasses
 import hashlib
 
@@ -45,25 +46,29 @@ def to_example(record: Record, image: bytes):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
     candidate = record.candidate
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": bytes_feature(image),
-        "label": int_feature(candidate.label),
-        "label_name": bytes_feature(LABEL_NAMES[candidate.label].encode()),
-        "dataset": bytes_feature(candidate.dataset.encode()),
-        "source": bytes_feature(candidate.origin.encode()),
-        "split": bytes_feature(record.split.encode()),
-        "patient_id": bytes_feature(record.patient_id.encode()),
-        "pathogen": bytes_feature(record.pathogen.encode()),
-        "source_path": bytes_feature(candidate.recorded_path.encode()),
-        "height": int_feature(record.height),
-        "width": int_feature(record.width),
-        "channels": int_feature(record.channels),
-        "patient_in_train": int_feature(int(record.patient_in_train)),
-        "sha256": bytes_feature(record.sha256.encode()),
-        "view_position": bytes_feature(record.view_position.encode()),
-        "sex": bytes_feature(record.sex.encode()),
-        "age_band": bytes_feature(record.age_band.encode()),
-    }))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": bytes_feature(image),
+                "label": int_feature(candidate.label),
+                "label_name": bytes_feature(LABEL_NAMES[candidate.label].encode()),
+                "dataset": bytes_feature(candidate.dataset.encode()),
+                "source": bytes_feature(candidate.origin.encode()),
+                "split": bytes_feature(record.split.encode()),
+                "patient_id": bytes_feature(record.patient_id.encode()),
+                "pathogen": bytes_feature(record.pathogen.encode()),
+                "source_path": bytes_feature(candidate.recorded_path.encode()),
+                "height": int_feature(record.height),
+                "width": int_feature(record.width),
+                "channels": int_feature(record.channels),
+                "patient_in_train": int_feature(int(record.patient_in_train)),
+                "sha256": bytes_feature(record.sha256.encode()),
+                "view_position": bytes_feature(record.view_position.encode()),
+                "sex": bytes_feature(record.sex.encode()),
+                "age_band": bytes_feature(record.age_band.encode()),
+            }
+        )
+    )
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -72,4 +77,3 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
 
 def num_shards(count: int) -> int:
     return max(1, -(-count // RECORDS_PER_SHARD))
-

@@ -5,6 +5,7 @@ A PATH with `train/` (and optionally `val/`, `test/`) is the Kaggle layout: its 
 only class folders (`NORMAL/`, `PNEUMONIA/`) becomes an evaluation-only split named NAME, or the site's
 calibration split with the role prefix `calibration:`. Listing reads metadata only, never image bytes.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -20,8 +21,10 @@ LABEL_NAMES = {v: k for k, v in LABELS.items()}
 KAGGLE_SPLITS = {"train": "train", "val": "eval", "test": "test"}
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 ROLES = (CALIBRATION_SPLIT,)
-KAGGLE_HINT = ("download the Kaggle dataset 'paultimothymooney/chest-xray-pneumonia', unzip it, and pass "
-               "--data PATH/chest_xray (the folder holding train/ and test/)")
+KAGGLE_HINT = (
+    "download the Kaggle dataset 'paultimothymooney/chest-xray-pneumonia', unzip it, and pass "
+    "--data PATH/chest_xray (the folder holding train/ and test/)"
+)
 
 
 class PrepareError(Exception):
@@ -43,8 +46,9 @@ class Source:
         if not re.fullmatch(r"[a-z0-9_\-]+", name):
             raise PrepareError(f"source {text!r}: NAME must be lowercase letters, digits, '_' or '-'")
         if role and role not in ROLES:
-            raise PrepareError(f"source {text!r}: unknown role {role!r}; the only role is "
-                               f"{CALIBRATION_SPLIT}:NAME=PATH")
+            raise PrepareError(
+                f"source {text!r}: unknown role {role!r}; the only role is {CALIBRATION_SPLIT}:NAME=PATH"
+            )
         return cls(name, os.path.abspath(os.path.expanduser(path)), role)
 
     @property
@@ -83,7 +87,6 @@ class Candidate:
         return self.dataset
 
 
-
 def shared_data_dir() -> Optional[str]:
     """The project's sample data: $PNEUMONIA_SHARED_DATA, else ../shared/data beside the checkout."""
     checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,10 +106,11 @@ def sources_for(data_dir: str) -> List[str]:
         if os.path.isdir(os.path.join(data_dir, "external")):
             found.append(f"external={os.path.join(data_dir, 'external')}")
         return found
-    raise PrepareError(f"{data_dir} holds neither prepared TFRecords nor train/ and test/ image folders; "
-                       f"{KAGGLE_HINT}")
+    raise PrepareError(f"{data_dir} holds neither prepared TFRecords nor train/ and test/ image folders; {KAGGLE_HINT}")
+
 
 # ---------------------------------------------------------------- listing (driver, metadata only)
+
 
 def walk(root: str) -> Iterable[str]:
     """Every file under root (sorted, symlinks not followed), as paths relative to root."""
@@ -144,8 +148,9 @@ def classify(source: Source, relpath: str, salt: str = dicom.DEFAULT_SALT) -> Tu
     if not relpath.lower().endswith(IMAGE_SUFFIXES) and not dicom.file_name_is_dicom(parts[-1]):
         return None, f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)}, or DICOM: .dcm or none)"
     split = KAGGLE_SPLITS[parts[0]] if source.is_kaggle_layout else source.split
-    return Candidate(source.name, split, LABELS[parts[-2].upper()], source.path, relpath,
-                     recorded_path(relpath, salt)), None
+    return Candidate(
+        source.name, split, LABELS[parts[-2].upper()], source.path, relpath, recorded_path(relpath, salt)
+    ), None
 
 
 def source_fingerprint(sources: Sequence[Source], options: dict) -> str:

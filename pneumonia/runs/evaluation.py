@@ -1,11 +1,11 @@
 """A run's TFMA results: the pipeline's metrics per slice, and why a model was not blessed, in one line each."""
+
 from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 
 from components import metrics_vocabulary as vocabulary
-
 from components.report import tfma_metrics
 from components.report.tfma_metrics import slice_name
 from pipeline.evaluation import GATE_NAMES
@@ -29,8 +29,10 @@ def validation_failures(evaluation_uri: str) -> List[str]:
                 continue
             metric = f"{key.name} change vs baseline" if key.is_diff else key.name
             bound = text_format.MessageToString(failure.metric_threshold, as_one_line=True)
-            failures.append(f"{slice_name(per_slice.slice_key)}: {metric} = "
-                            f"{failure.metric_value.double_value.value:.4f} fails {bound} {failure.message}".rstrip())
+            failures.append(
+                f"{slice_name(per_slice.slice_key)}: {metric} = "
+                f"{failure.metric_value.double_value.value:.4f} fails {bound} {failure.message}".rstrip()
+            )
     return failures
 
 
@@ -40,13 +42,13 @@ def site_gate_failure(slice_shown: str, failure) -> Optional[str]:
     if key.output_name != DECISION_OUTPUT or key.is_diff:
         return None
     suffix = vocabulary.LOWER_BOUND_SUFFIX
-    base = key.name[:-len(suffix)] if key.name.endswith(suffix) else key.name
+    base = key.name[: -len(suffix)] if key.name.endswith(suffix) else key.name
     if base not in GATE_NAMES:
         return None
     measure, flag = GATE_NAMES[base]
     judged = f"{measure} lower 95% bound" if base != key.name else measure
     bound = failure.metric_threshold.value_threshold.lower_bound.value
-    return (f"site gate: {judged} {failure.metric_value.double_value.value:.3f} on {slice_shown} at the served "
-            f"threshold is below {flag} {bound:g}")
-
-
+    return (
+        f"site gate: {judged} {failure.metric_value.double_value.value:.3f} on {slice_shown} at the served "
+        f"threshold is below {flag} {bound:g}"
+    )

@@ -1,5 +1,6 @@
 """Runs the pipeline locally and returns what it produced: LocalDagRunner (default) or BeamDagRunner
 (multi-processing)."""
+
 from tfx import v1 as tfx
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
@@ -16,8 +17,9 @@ def run_pipeline(config: RunConfig) -> None:
     if config.runner == "local":
         tfx.orchestration.LocalDagRunner().run(pipeline)
     elif config.runner == "beam":
-        BeamDagRunner(beam_orchestrator_args=["--direct_running_mode=multi_processing",
-                                              "--direct_num_workers=0"]).run(pipeline)
+        BeamDagRunner(beam_orchestrator_args=["--direct_running_mode=multi_processing", "--direct_num_workers=0"]).run(
+            pipeline
+        )
     else:
         raise ValueError(f"unknown runner {config.runner!r}; choose one of: {', '.join(RUNNERS)}")
 

@@ -5,6 +5,7 @@ Every reader opens the store read-only, so a running pipeline is never disturbed
 regenerates exactly that run's report), and the newest evaluation of each architecture (what `compare` and
 the ensemble read).
 """
+
 import dataclasses
 import json
 import os
@@ -41,10 +42,12 @@ def describe_calibration(props) -> str:
     """One line from a ThresholdCalibrator output's custom properties."""
     if not props["calibrated"].int_value:
         return props["note"].string_value if "note" in props else "passed through"
-    return (f"threshold {props['old_threshold'].double_value:.4f} -> {props['new_threshold'].double_value:.4f} "
-            f"(bootstrap 95% interval [{props['threshold_lower'].double_value:.4f}, "
-            f"{props['threshold_upper'].double_value:.4f}]) on {props['calibration_normal'].int_value} NORMAL / "
-            f"{props['calibration_pneumonia'].int_value} PNEUMONIA calibration images")
+    return (
+        f"threshold {props['old_threshold'].double_value:.4f} -> {props['new_threshold'].double_value:.4f} "
+        f"(bootstrap 95% interval [{props['threshold_lower'].double_value:.4f}, "
+        f"{props['threshold_upper'].double_value:.4f}]) on {props['calibration_normal'].int_value} NORMAL / "
+        f"{props['calibration_pneumonia'].int_value} PNEUMONIA calibration images"
+    )
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -81,8 +84,11 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
         if executions:
             break
     events = store.get_events_by_execution_ids([e.id for e in executions])
-    output_ids = [e.artifact_id for e in events if e.type in (metadata_store_pb2.Event.OUTPUT,
-                                                              metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    output_ids = [
+        e.artifact_id
+        for e in events
+        if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    ]
     types = {t.id: t.name for t in store.get_artifact_types()}
     for artifact in store.get_artifacts_by_id(output_ids):
         kind = types[artifact.type_id]
@@ -105,7 +111,6 @@ def latest_run_outputs(metadata_path: str, pipeline_name: str) -> RunOutputs:
     return outputs
 
 
-
 def artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metadata_store_pb2.Artifact]:
     """{input or output key: artifact} of one execution.
 
@@ -118,8 +123,11 @@ def artifacts_by_key(store, execution_id: int, event_types) -> Dict[str, metadat
 
 
 def _run_name(store, execution_id: int) -> str:
-    runs = [c for c in store.get_contexts_by_execution(execution_id)
-            if c.type_id == store.get_context_type("pipeline_run").id]
+    runs = [
+        c
+        for c in store.get_contexts_by_execution(execution_id)
+        if c.type_id == store.get_context_type("pipeline_run").id
+    ]
     return runs[0].name if runs else str(execution_id)
 
 
@@ -174,11 +182,18 @@ class Evaluated:
 
 def _report_attention(store, model: metadata_store_pb2.Artifact) -> dict:
     """The border-attention table that the newest report made from `model` wrote ({} when none did)."""
-    consumers = sorted({e.execution_id for e in store.get_events_by_artifact_ids([model.id])
-                        if e.type == metadata_store_pb2.Event.INPUT}, reverse=True)
+    consumers = sorted(
+        {
+            e.execution_id
+            for e in store.get_events_by_artifact_ids([model.id])
+            if e.type == metadata_store_pb2.Event.INPUT
+        },
+        reverse=True,
+    )
     for execution_id in consumers:
-        report = artifacts_by_key(store, execution_id, (metadata_store_pb2.Event.OUTPUT,
-                                                         metadata_store_pb2.Event.DECLARED_OUTPUT)).get("report")
+        report = artifacts_by_key(
+            store, execution_id, (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+        ).get("report")
         path = report and os.path.join(report.uri, attention.ATTENTION_FILE)
         if path and tf.io.gfile.exists(path):
             return attention.read(path)
@@ -188,8 +203,11 @@ def _report_attention(store, model: metadata_store_pb2.Artifact) -> dict:
 def _trainer_config(store, model: metadata_store_pb2.Artifact) -> dict:
     """The custom_config of the Trainer execution that produced `model` (through the ThresholdCalibrator, which
     re-exports the Trainer's model): the run's whole training recipe."""
-    producers = [e.execution_id for e in store.get_events_by_artifact_ids([model.id])
-                 if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    producers = [
+        e.execution_id
+        for e in store.get_events_by_artifact_ids([model.id])
+        if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    ]
     for execution in store.get_executions_by_id(producers):
         if "custom_config" in execution.custom_properties:
             return json.loads(execution.custom_properties["custom_config"].string_value or "{}") or {}
@@ -205,26 +223,33 @@ def latest_evaluations(metadata_path: str) -> List[Evaluated]:
         raise RunLookupError(f"no ML Metadata at {metadata_path}: run the pipeline first (pneumonia run)")
     store = open_store(metadata_path)
     nodes = [c for c in store.get_contexts_by_type("node") if c.name.endswith(f".{EVALUATOR_NODE}")]
-    executions = sorted((e for node in nodes for e in store.get_executions_by_context(node.id)
-                         if e.last_known_state in FINISHED), key=lambda e: e.id)
+    executions = sorted(
+        (e for node in nodes for e in store.get_executions_by_context(node.id) if e.last_known_state in FINISHED),
+        key=lambda e: e.id,
+    )
     latest: Dict[str, Evaluated] = {}
     models: Dict[str, metadata_store_pb2.Artifact] = {}
     for execution in executions:
         inputs = artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.INPUT,))
-        outputs = artifacts_by_key(store, execution.id, (metadata_store_pb2.Event.OUTPUT,
-                                                          metadata_store_pb2.Event.DECLARED_OUTPUT))
+        outputs = artifacts_by_key(
+            store, execution.id, (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+        )
         if "model" not in inputs or "examples" not in inputs or "evaluation" not in outputs:
             continue
         info = scoring.model_info(inputs["model"].uri)
-        latest[info["architecture"]] = Evaluated(info["architecture"], int(info["image_size"]),
-                                                 is_blessed(outputs.get("blessing")),
-                                                 outputs["evaluation"].uri, info,
-                                                 _trainer_config(store, inputs["model"]), inputs["model"].uri,
-                                                 inputs["examples"].uri)
+        latest[info["architecture"]] = Evaluated(
+            info["architecture"],
+            int(info["image_size"]),
+            is_blessed(outputs.get("blessing")),
+            outputs["evaluation"].uri,
+            info,
+            _trainer_config(store, inputs["model"]),
+            inputs["model"].uri,
+            inputs["examples"].uri,
+        )
         models[info["architecture"]] = inputs["model"]
     if not latest:
         raise RunLookupError(f"no finished {EVALUATOR_NODE} execution in {metadata_path}")
-    return [dataclasses.replace(latest[name], attention=_report_attention(store, models[name]))
-            for name in sorted(latest)]
-
-
+    return [
+        dataclasses.replace(latest[name], attention=_report_attention(store, models[name])) for name in sorted(latest)
+    ]

@@ -13,6 +13,7 @@ version number; `--label`
 points a version label in the server's model config file at it. Every check runs before anything is
 written, so a bad input leaves the serving directory and the config file as they were.
 """
+
 import dataclasses
 import glob
 import os
@@ -27,8 +28,12 @@ from scipy import stats
 from components.pusher.warmup import write_warmup_requests
 from components.threshold_calibrator import calibration
 from components.threshold_calibrator.executor import predict_images, reexport
-from components.threshold_calibrator.prevalence import TRAINING_PRIOR, bootstrap_prevalence, em_prevalence, \
-    prior_adjusted_threshold
+from components.threshold_calibrator.prevalence import (
+    TRAINING_PRIOR,
+    bootstrap_prevalence,
+    em_prevalence,
+    prior_adjusted_threshold,
+)
 from pipeline.config import BLESSING_SPLIT, RunConfig
 from pneumonia.data.images import BadImage, inspect_image
 from serving import config as serving_config
@@ -124,8 +129,9 @@ def resolve_version(model_base: str, version: Optional[int]) -> int:
     if version is None:
         return versions[-1]
     if version not in versions:
-        raise CalibrateError(f"version {version} does not exist under {model_base}; versions: "
-                             f"{', '.join(map(str, versions))}")
+        raise CalibrateError(
+            f"version {version} does not exist under {model_base}; versions: {', '.join(map(str, versions))}"
+        )
     return version
 
 
@@ -133,10 +139,13 @@ def validation_scores(saved_model_dir: str, data: str) -> np.ndarray:
     """The model's probabilities on the prepared validation split under `data` (pneumonia prepare's output)."""
     files = sorted(glob.glob(os.path.join(data, BLESSING_SPLIT, "*.tfrecord.gz")))
     if not files:
-        raise CalibrateError(f"no prepared {BLESSING_SPLIT} split under {data}: pass --reference, the folder "
-                             f"`pneumonia prepare` wrote")
-    images = [tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"].numpy()
-              for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+        raise CalibrateError(
+            f"no prepared {BLESSING_SPLIT} split under {data}: pass --reference, the folder `pneumonia prepare` wrote"
+        )
+    images = [
+        tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"].numpy()
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
     return predict_images(saved_model_dir, images)
 
 
@@ -145,8 +154,10 @@ def _check_label_target(model_config_file: Optional[str], label: Optional[str], 
     if not label:
         return None
     if not model_config_file:
-        raise CalibrateError("--label needs --model-config-file FILE: the model server's config, where version "
-                             "labels live (serve it with --model-config-file FILE --config-poll-seconds N)")
+        raise CalibrateError(
+            "--label needs --model-config-file FILE: the model server's config, where version "
+            "labels live (serve it with --model-config-file FILE --config-poll-seconds N)"
+        )
     try:
         parsed = serving_config.read(model_config_file)
     except ValueError as error:
@@ -176,8 +187,15 @@ def _push(saved_model_dir: str, model_base: str, chosen, record: Dict, check_ima
     with tempfile.TemporaryDirectory(prefix="pneumonia-calibrate-") as work:
         export_dir = os.path.join(work, "model")
         reexport(saved_model_dir, export_dir, chosen, os.path.join(work, "assets"), record, check_images)
-        return int(push_atomically(export_dir, model_base, model_fingerprint(export_dir), saved_model_dir,
-                                   add_files=lambda version_dir: write_warmup_requests(export_dir, version_dir)))
+        return int(
+            push_atomically(
+                export_dir,
+                model_base,
+                model_fingerprint(export_dir),
+                saved_model_dir,
+                add_files=lambda version_dir: write_warmup_requests(export_dir, version_dir),
+            )
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,14 +215,21 @@ def _request(options: SiteOptions) -> Request:
         metadata = signatures.read_metadata(saved_model_dir)
     except ValueError as error:
         raise CalibrateError(str(error))
-    return Request(model_base, version, saved_model_dir, metadata,
-                   _check_label_target(options.model_config_file, options.label, options.model_name))
+    return Request(
+        model_base,
+        version,
+        saved_model_dir,
+        metadata,
+        _check_label_target(options.model_config_file, options.label, options.model_name),
+    )
 
 
 def _finish(options: SiteOptions, request: Request, chosen, record: Dict, check_images: List[bytes]) -> None:
     new_version = _push(request.saved_model_dir, request.model_base, chosen, record, check_images)
-    print(f"wrote {options.model_name} version {new_version} (from version {request.version}) with threshold "
-          f"{chosen.value:.4f} in {request.model_base}")
+    print(
+        f"wrote {options.model_name} version {new_version} (from version {request.version}) with threshold "
+        f"{chosen.value:.4f} in {request.model_base}"
+    )
     if options.label:
         _write_label(options.model_config_file, request.label_config, options.model_name, options.label, new_version)
         print(f"version label {options.label} -> {new_version} in {options.model_config_file}")
@@ -223,15 +248,22 @@ def calibrate_labelled(options: SiteOptions) -> None:
     except calibration.CalibrationError as error:
         raise CalibrateError(str(error))
     scores = predict_images(request.saved_model_dir, site.images)
-    chosen, record = calibration.calibrate(site.labels, scores, policy, float(request.metadata["value"]),
-                                           f"site {options.label or os.path.basename(os.path.abspath(options.site))}",
-                                           seed=options.seed)
+    chosen, record = calibration.calibrate(
+        site.labels,
+        scores,
+        policy,
+        float(request.metadata["value"]),
+        f"site {options.label or os.path.basename(os.path.abspath(options.site))}",
+        seed=options.seed,
+    )
     record.update(source_version=request.version, site_folder=os.path.abspath(options.site))
     before, after = (calibration.Rates(**record[key]) for key in ("before", "after"))
     print(f"site {options.site}: {record['normal']} NORMAL, {record['pneumonia']} PNEUMONIA images; policy {policy}")
     print(f"  before (version {request.version}): {before.describe()}")
-    print(f"  after:  {after.describe()}; threshold bootstrap 95% interval "
-          f"[{record['threshold_interval'][0]:.4f}, {record['threshold_interval'][1]:.4f}]")
+    print(
+        f"  after:  {after.describe()}; threshold bootstrap 95% interval "
+        f"[{record['threshold_interval'][0]:.4f}, {record['threshold_interval'][1]:.4f}]"
+    )
     _finish(options, request, chosen, record, site.images[:64])
 
 
@@ -241,8 +273,10 @@ def calibrate_unlabeled(options: SiteOptions) -> None:
         raise CalibrateError(f"--model-prior {options.model_prior} must be between 0 and 1")
     site = read_site(options.unlabeled, labelled=False)
     if len(site.images) < MIN_UNLABELED:
-        raise CalibrateError(f"{options.unlabeled} holds {len(site.images)} images: at least {MIN_UNLABELED} are needed "
-                             f"to estimate a prevalence")
+        raise CalibrateError(
+            f"{options.unlabeled} holds {len(site.images)} images: at least {MIN_UNLABELED} are needed "
+            f"to estimate a prevalence"
+        )
     reference = options.reference or RunConfig().data
     validation = validation_scores(request.saved_model_dir, reference)
     scores = predict_images(request.saved_model_dir, site.images)
@@ -250,22 +284,42 @@ def calibrate_unlabeled(options: SiteOptions) -> None:
     lower, upper = bootstrap_prevalence(scores, options.model_prior, seed=options.seed)
     shift = stats.ks_2samp(scores, validation)
     old = float(request.metadata["value"])
-    print(f"site {options.unlabeled}: {len(site.images)} unlabelled images, version {request.version} "
-          f"(threshold {old:.4f})")
-    print(f"  estimated pneumonia prevalence {prevalence:.3f} (bootstrap 95% interval [{lower:.3f}, {upper:.3f}]; "
-          f"EM of Saerens et al. 2002, {iterations} iterations, model prior {options.model_prior:g})")
-    print(f"  score shift vs validation ({validation.size} images): Kolmogorov-Smirnov D = {shift.statistic:.3f}, "
-          f"p = {shift.pvalue:.3g}" + ("  (the site's scores differ from validation's)" if shift.pvalue < 0.05 else ""))
+    print(
+        f"site {options.unlabeled}: {len(site.images)} unlabelled images, version {request.version} "
+        f"(threshold {old:.4f})"
+    )
+    print(
+        f"  estimated pneumonia prevalence {prevalence:.3f} (bootstrap 95% interval [{lower:.3f}, {upper:.3f}]; "
+        f"EM of Saerens et al. 2002, {iterations} iterations, model prior {options.model_prior:g})"
+    )
+    print(
+        f"  score shift vs validation ({validation.size} images): Kolmogorov-Smirnov D = {shift.statistic:.3f}, "
+        f"p = {shift.pvalue:.3g}" + ("  (the site's scores differ from validation's)" if shift.pvalue < 0.05 else "")
+    )
     if not options.adjust_prior:
         print("  threshold unchanged: pass --adjust-prior to move it to the estimated prevalence")
         return
     value = prior_adjusted_threshold(old, options.model_prior, prevalence)
-    chosen = threshold.Threshold(value, f"prior-adjusted to {prevalence:.3f} on site {options.label or 'unlabelled'}",
-                       float("nan"), float("nan"), len(site.images))
-    record = {"calibrated": True, "where": os.path.abspath(options.unlabeled), "policy": "prior adjustment",
-              "old_threshold": old, "new_threshold": value, "prevalence": prevalence,
-              "prevalence_interval": [lower, upper], "model_prior": options.model_prior,
-              "ks_statistic": float(shift.statistic), "ks_pvalue": float(shift.pvalue),
-              "images": len(site.images), "source_version": request.version}
+    chosen = threshold.Threshold(
+        value,
+        f"prior-adjusted to {prevalence:.3f} on site {options.label or 'unlabelled'}",
+        float("nan"),
+        float("nan"),
+        len(site.images),
+    )
+    record = {
+        "calibrated": True,
+        "where": os.path.abspath(options.unlabeled),
+        "policy": "prior adjustment",
+        "old_threshold": old,
+        "new_threshold": value,
+        "prevalence": prevalence,
+        "prevalence_interval": [lower, upper],
+        "model_prior": options.model_prior,
+        "ks_statistic": float(shift.statistic),
+        "ks_pvalue": float(shift.pvalue),
+        "images": len(site.images),
+        "source_version": request.version,
+    }
     print(f"  threshold {old:.4f} -> {value:.4f} for prevalence {prevalence:.3f}")
     _finish(options, request, chosen, record, site.images[:64])
