@@ -32,7 +32,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import CALIBRATION_SPLIT, absolute_uri
-from pneumonia.data import audit, carve
+from pneumonia.data import audit, carve, output
 from pneumonia.data.images import BadImage, inspect_image, parse_patient_and_pathogen
 from pneumonia.data.records import Record, num_shards, shard_name, to_example
 from pneumonia.data.sources import (
@@ -234,42 +234,6 @@ def build_pipeline(
 # ---------------------------------------------------------------- the job
 
 
-def _remove(folder: str) -> None:
-    try:
-        tf.io.gfile.rmtree(folder)
-    except tf.errors.NotFoundError:
-        pass
-
-
-def _move_folder(source: str, target: str) -> None:
-    """Locally one atomic rename. An object store has no folders to rename: each file moves on its own, the
-    report last, so a reader (which looks for the report first) never takes half the shards for a dataset."""
-    if "://" not in source:
-        os.rename(source, target)
-        return
-    files = [os.path.join(folder, name) for folder, _, names in tf.io.gfile.walk(source) for name in names]
-    for path in sorted(files, key=lambda p: os.path.basename(p) == audit.REPORT_NAME):
-        destination = os.path.join(target, os.path.relpath(path, source))
-        tf.io.gfile.makedirs(os.path.dirname(destination))
-        tf.io.gfile.rename(path, destination, overwrite=True)
-    _remove(source)
-
-
-def _check_output(out: str, fingerprint: str, overwrite: bool) -> Optional[dict]:
-    """The existing report when `out` already holds exactly this input; raises if it holds other data."""
-    if audit.is_prepared(out):
-        previous = audit.read_report(out)
-        if previous.get("fingerprint") == fingerprint and previous.get("format") == audit.FORMAT_VERSION:
-            return previous
-        if not overwrite:
-            raise PrepareError(f"{out} already holds a different prepared dataset; pass --overwrite to replace it")
-    elif tf.io.gfile.isdir(out) and tf.io.gfile.listdir(out) and not overwrite:
-        raise PrepareError(
-            f"{out} is not empty and holds no {audit.REPORT_NAME}; pass --overwrite or choose another --out"
-        )
-    return None
-
-
 def _check_calibration(sources: Sequence[Source], calibration_from: Optional[str], calibration_size: int) -> str:
     """The calibration policy in words; raises on a request that cannot give one calibration split."""
     own = [s for s in sources if s.role == CALIBRATION_SPLIT]
@@ -340,7 +304,7 @@ def prepare(
             roles={s.name: s.role for s in sources if s.role},
         )
     fingerprint = source_fingerprint(sources, options)
-    previous = _check_output(out, fingerprint, overwrite)
+    previous = output.check_output(out, fingerprint, overwrite)
     if previous is not None:
         audit.check_report(previous, max_bad_fraction, strict)
         return previous
@@ -397,7 +361,7 @@ def prepare(
             )
 
     staging = f"{out}.staging"
-    _remove(staging)
+    output.remove(staging)
     tf.io.gfile.makedirs(staging)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
         build_pipeline(
@@ -418,9 +382,9 @@ def prepare(
         audit.check_report(report, max_bad_fraction, strict)
     except PrepareError:
         rejected = f"{out}.rejected"
-        _remove(rejected)
-        _move_folder(staging, rejected)
+        output.remove(rejected)
+        output.move_folder(staging, rejected)
         raise
-    _remove(out)  # only reached with --overwrite or an empty/absent folder
-    _move_folder(staging, out)
+    output.remove(out)  # only reached with --overwrite or an empty/absent folder
+    output.move_folder(staging, out)
     return report
