@@ -85,9 +85,9 @@ def mean_interval(total: float, total_of_squares: float, count: float, z: float 
     return max(0.0, mean - half), min(1.0, mean + half)
 
 
-class _Sums:
-    """What one slice accumulates: a score histogram per class, the confusion counts at THRESHOLD and the
-    squared errors' count, sum and sum of squares."""
+class IntervalSums:
+    """What one slice accumulates for its intervals: a score histogram per class, the confusion counts at
+    THRESHOLD, and the squared errors' count, sum and sum of squares."""
 
     def __init__(self):
         self.positives = np.zeros(HISTOGRAM_BINS, np.int64)
@@ -95,16 +95,24 @@ class _Sums:
         self.confusion = np.zeros(4, np.int64)  # true positives, false positives, true negatives, false negatives
         self.squared_errors = np.zeros(3)
 
-    def add(self, label: float, prediction: float) -> None:
-        positive = label >= 0.5
-        histogram = self.positives if positive else self.negatives
-        histogram[min(max(int(prediction * HISTOGRAM_BINS), 0), HISTOGRAM_BINS - 1)] += 1
-        called = prediction > THRESHOLD
-        self.confusion[(0 if called else 3) if positive else (1 if called else 2)] += 1
-        error = (prediction - label) ** 2
-        self.squared_errors += (1.0, error, error * error)
+    def add(self, labels: np.ndarray, predictions: np.ndarray) -> "IntervalSums":
+        """Adds examples (labels 0/1, predictions in [0, 1])."""
+        labels, predictions = np.asarray(labels, np.float64), np.asarray(predictions, np.float64)
+        positive, called = labels >= 0.5, predictions > THRESHOLD
+        bins = np.clip((predictions * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
+        self.positives += np.bincount(bins[positive], minlength=HISTOGRAM_BINS)
+        self.negatives += np.bincount(bins[~positive], minlength=HISTOGRAM_BINS)
+        self.confusion += [
+            np.sum(positive & called),
+            np.sum(~positive & called),
+            np.sum(~positive & ~called),
+            np.sum(positive & ~called),
+        ]
+        errors = (predictions - labels) ** 2
+        self.squared_errors += (errors.size, errors.sum(), (errors**2).sum())
+        return self
 
-    def merge(self, other: "_Sums") -> "_Sums":
+    def merge(self, other: "IntervalSums") -> "IntervalSums":
         self.positives += other.positives
         self.negatives += other.negatives
         self.confusion += other.confusion
@@ -136,28 +144,30 @@ class _IntervalCombiner(beam.CombineFn):
         self._keys, self._eval_config = keys, eval_config
         self._model_name, self._output_name, self._example_weighted = model_name, output_name, example_weighted
 
-    def create_accumulator(self) -> _Sums:
-        return _Sums()
+    def create_accumulator(self) -> IntervalSums:
+        return IntervalSums()
 
-    def add_input(self, sums: _Sums, element: metric_types.StandardMetricInputs) -> _Sums:
-        for label, prediction, _ in metric_util.to_label_prediction_example_weight(
-            element,
-            eval_config=self._eval_config,
-            model_name=self._model_name,
-            output_name=self._output_name,
-            example_weighted=self._example_weighted,
-        ):
-            sums.add(float(metric_util.safe_to_scalar(label)), float(metric_util.safe_to_scalar(prediction)))
-        return sums
+    def add_input(self, sums: IntervalSums, element: metric_types.StandardMetricInputs) -> IntervalSums:
+        pairs = [
+            (metric_util.safe_to_scalar(label), metric_util.safe_to_scalar(prediction))
+            for label, prediction, _ in metric_util.to_label_prediction_example_weight(
+                element,
+                eval_config=self._eval_config,
+                model_name=self._model_name,
+                output_name=self._output_name,
+                example_weighted=self._example_weighted,
+            )
+        ]
+        return sums.add(*zip(*pairs)) if pairs else sums
 
-    def merge_accumulators(self, accumulators: Iterable[_Sums]) -> _Sums:
+    def merge_accumulators(self, accumulators: Iterable[IntervalSums]) -> IntervalSums:
         accumulators = iter(accumulators)
         merged = next(accumulators)
         for sums in accumulators:
             merged.merge(sums)
         return merged
 
-    def extract_output(self, sums: _Sums) -> Dict[metric_types.MetricKey, float]:
+    def extract_output(self, sums: IntervalSums) -> Dict[metric_types.MetricKey, float]:
         intervals = sums.intervals()
         return {key: bound for metric, keys in self._keys.items() for key, bound in zip(keys, intervals[metric])}
 

@@ -68,10 +68,9 @@ def test_each_interval_covers_the_truth_about_95_percent_of_the_time(measure):
     covered = 0
     for _ in range(400):
         positives, negatives = probability(rng.normal(separation, 1, 75)), probability(rng.normal(0, 1, 75))
-        sums = interval_metrics._Sums()
-        for label, scores in ((1.0, positives), (0.0, negatives)):
-            for score in scores:
-                sums.add(label, float(score))
+        sums = interval_metrics.IntervalSums().add(
+            np.r_[np.ones(positives.size), np.zeros(negatives.size)], np.r_[positives, negatives]
+        )
         lower, upper = sums.intervals()[{"auc": "auc", "sensitivity": "recall", "brier": "brier_score"}[measure]]
         covered += lower <= truth[measure] <= upper
     assert 0.92 <= covered / 400 <= 0.98, covered / 400

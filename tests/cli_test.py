@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from pneumonia.cli import reference
+from pneumonia.cli import quiet, reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "tfx", "tensorflow_model_analysis", "apache_beam", "keras")
@@ -53,3 +53,15 @@ def test_a_command_that_loads_tensorflow_prints_its_one_line_error_and_no_log_li
     assert result.stderr.strip().splitlines() == [
         f"error: no ML Metadata at {tmp_path}/metadata.sqlite: run the pipeline first (pneumonia run)"
     ]
+
+
+def test_pipeline_steps_show_as_one_line_each_and_other_library_records_do_not(capsys):
+    from absl import logging as absl_logging
+
+    quiet.quiet_libraries()
+    absl_logging.info("Component %s is running.", "Evaluator")
+    absl_logging.info("Examples artifact does not have payload_format custom property.")
+    absl_logging.warning("a library's warning")
+    absl_logging.error("a real failure")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[-1] for line in lines] == ["Evaluator: running", "a real failure"]

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if not args.verbose:
-        quiet.silence_library_logs()
+        quiet.quiet_libraries()
     args.func(args)
 
 
