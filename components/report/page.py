@@ -216,7 +216,8 @@ img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 {model_card(info, blessed, samples, table, blessing_split)}
 <h2>Metrics per slice (TFMA)</h2>
 <p>Accuracy, precision, sensitivity, specificity and F1 are at 0.5 unless marked "at tuned". AUC, accuracy,
-sensitivity and specificity show TFMA's 95% confidence interval (Poisson bootstrap) in brackets; where the
+sensitivity and specificity show their 95% confidence interval in brackets (the run's kind: analytic by default,
+or TFMA's bootstrap); where the
 slice holds fewer than {tfma_metrics.MIN_CASES_FOR_INTERVAL} cases behind a figure, its case count is shown
 instead. One table per split: the whole split, its sources, and <code>patient_in_train</code> (1: the patient
 ID also has images in train; 0: unseen patients); the crossings with label and pathogen are collapsed below

@@ -83,7 +83,7 @@ def has_interval(key: str) -> bool:
 
 
 def interval_cell(row: Dict[str, float], key: str, digits: int = 3) -> str:
-    """`value [lower, upper]` (TFMA's 95% interval, clipped to [0, 1]); `value (n=9: too few for a CI)` when
+    """`value [lower, upper]` (the 95% interval, clipped to [0, 1]); `value (n=9: too few for a CI)` when
     the metric's denominator in this slice is under MIN_CASES_FOR_INTERVAL; `-` when undefined."""
     value = row.get(key)
     if value is None or value != value:
