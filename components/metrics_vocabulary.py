@@ -26,6 +26,8 @@ F1 = "f1_score"
 BRIER = "brier_score"
 CALIBRATION = "calibration"  # mean prediction / mean label
 CONFUSION_MATRIX = "confusion_matrix_at_thresholds"
+# The lower 95% bound of (candidate AUC - baseline AUC), paired bootstrap (pipeline/non_inferiority.py).
+AUC_DIFFERENCE_LOWER_BOUND = "auc_difference_lower_bound"
 
 # (TFMA class name, the key it emits, extra config), in the Evaluator's order. tests/evaluation_test.py checks
 # each key against the name TFMA gives the class, so no threshold or table can name a metric that isn't there.

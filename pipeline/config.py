@@ -53,6 +53,9 @@ class RunConfig:
     site_min_sensitivity: Optional[float] = None
     site_min_specificity: Optional[float] = None
     gate_on_lower_bound: bool = False  # judge the lower 95% confidence bound, not the point estimate
+    # Non-inferiority: no push unless the paired-bootstrap lower 95% bound of (new AUC - baseline AUC) on the
+    # pediatric test split is at least -margin (none by default; pipeline/non_inferiority.py)
+    non_inferiority_margin: Optional[float] = None
     # Orchestration
     runner: str = "local"
     beam_args: List[str] = dataclasses.field(default_factory=list)

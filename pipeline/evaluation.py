@@ -24,7 +24,7 @@ import tensorflow_model_analysis as tfma
 from google.protobuf import wrappers_pb2
 
 from components import metrics_vocabulary as vocabulary
-from pipeline import interval_metrics
+from pipeline import interval_metrics, non_inferiority
 from trainer.signatures import DECISION_OUTPUT, PROBABILITY_OUTPUT
 
 
@@ -117,12 +117,36 @@ def _gate(served: Dict[str, tfma.MetricConfig], site_gate: SiteGate, confidence_
         served[judged].per_slice_thresholds.append(_site_threshold(site_gate.split, value))
 
 
+# The split non-inferiority is judged on: the pediatric test split, which a site model must not forget.
+NON_INFERIORITY_SPLIT = vocabulary.TEST_SPLIT
+
+
+def non_inferiority_check(margin: float) -> tfma.MetricConfig:
+    """The candidate's paired-bootstrap lower bound of its AUC minus the baseline's, on NON_INFERIORITY_SPLIT,
+    at least -margin (a change threshold: on a first run, with no baseline, TFMA drops it)."""
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"--non-inferiority-margin {margin} must be in [0, 1)")
+    config = _metric_config("AUCDifferenceLowerBound", None, module=non_inferiority.__name__)
+    config.per_slice_thresholds.append(
+        tfma.PerSliceMetricThreshold(
+            slicing_specs=[tfma.SlicingSpec(feature_values={vocabulary.SPLIT: NON_INFERIORITY_SPLIT})],
+            threshold=tfma.MetricThreshold(
+                change_threshold=tfma.GenericChangeThreshold(
+                    direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -margin}
+                )
+            ),
+        )
+    )
+    return config
+
+
 def create_eval_config(
     min_auc: float,
     max_auc_drop: float,
     blessing_split: str,
     site_gate: Optional[SiteGate] = None,
     confidence_intervals: str = vocabulary.DEFAULT_INTERVALS,
+    non_inferiority_margin: Optional[float] = None,
 ) -> tfma.EvalConfig:
     """The metrics, slices and blessing; `site_gate` adds bounds at the served threshold (the
     `decision_score` output) on its split. `confidence_intervals`: one of INTERVAL_METHODS."""
@@ -142,6 +166,8 @@ def create_eval_config(
     if site_gate:
         _gate(served, site_gate, confidence_intervals)
     at_threshold = list(served.values())
+    if non_inferiority_margin is not None:
+        at_half.append(non_inferiority_check(non_inferiority_margin))
     if confidence_intervals == vocabulary.ANALYTIC:
         at_half.append(_analytic_intervals(vocabulary.CLASS_OF))
         at_threshold.append(_analytic_intervals(vocabulary.THRESHOLD_DEPENDENT))

@@ -50,6 +50,7 @@ def create_pipeline(
     served_baseline: bool = False,
     site_gate: Optional[SiteGate] = None,
     confidence_intervals: str = DEFAULT_INTERVALS,
+    non_inferiority_margin: Optional[float] = None,
 ) -> tfx.dsl.Pipeline:
     """TFRecords -> statistics, schema gate -> Trainer -> ThresholdCalibrator -> Evaluator (vs last blessed,
     and the optional `site_gate` on the calibration split) -> Pusher.
@@ -136,7 +137,9 @@ def create_pipeline(
         model=model,
         baseline_model=baseline.outputs["model"],
         example_splits=[split for split in splits if split != "train"],
-        eval_config=create_eval_config(min_auc, max_auc_drop, BLESSING_SPLIT, site_gate, confidence_intervals),
+        eval_config=create_eval_config(
+            min_auc, max_auc_drop, BLESSING_SPLIT, site_gate, confidence_intervals, non_inferiority_margin
+        ),
     )
     if served_baseline:
         evaluator.executor_spec = executor_spec.BeamExecutorSpec(served_baseline_executor.Evaluator)
@@ -194,6 +197,7 @@ def pipeline_from_config(
         warm_start=config.warm_start,
         site_gate=config.site_gate(),
         confidence_intervals=config.confidence_intervals,
+        non_inferiority_margin=config.non_inferiority_margin,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=config.beam_args,
     )

@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             site_min_sensitivity=args.site_min_sensitivity,
             site_min_specificity=args.site_min_specificity,
             gate_on_lower_bound=args.gate_on_lower_bound,
+            non_inferiority_margin=args.non_inferiority_margin,
             **TrainerConfig.overrides(args),
         )
         config.site_gate()  # a bad gate setting fails before anything runs
@@ -207,7 +208,15 @@ def add_commands(commands) -> None:
         "--gate-on-lower-bound",
         action="store_true",
         default=None,
-        help="judge the site gate on the lower 95%% confidence bound (TFMA bootstrap), not the point estimate",
+        help="judge the site gate on the lower 95%% confidence bound (the run's kind of interval), not the point "
+        "estimate",
+    )
+    run.add_argument(
+        "--non-inferiority-margin",
+        type=float,
+        metavar="M",
+        help="no push unless the paired-bootstrap lower 95%% bound of (new AUC - baseline AUC) on the test split "
+        "is at least -M (e.g. 0.02); a first run, with no baseline, is not judged by it",
     )
     run.add_argument("--runner", choices=["local", "beam"], help="orchestrator (default local)")
     run.add_argument(

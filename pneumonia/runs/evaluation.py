@@ -23,9 +23,11 @@ def validation_failures(evaluation_uri: str) -> List[str]:
     for per_slice in tfma.load_validation_result(evaluation_uri).metric_validations_per_slice:
         for failure in per_slice.failures:
             key = failure.metric_key
-            site_gate = site_gate_failure(slice_name(per_slice.slice_key), failure)
-            if site_gate:
-                failures.append(site_gate)
+            named = site_gate_failure(slice_name(per_slice.slice_key), failure) or non_inferiority_failure(
+                slice_name(per_slice.slice_key), failure
+            )
+            if named:
+                failures.append(named)
                 continue
             metric = f"{key.name} change vs baseline" if key.is_diff else key.name
             bound = text_format.MessageToString(failure.metric_threshold, as_one_line=True)
@@ -51,4 +53,15 @@ def site_gate_failure(slice_shown: str, failure) -> Optional[str]:
     return (
         f"site gate: {judged} {failure.metric_value.double_value.value:.3f} on {slice_shown} at the served "
         f"threshold is below {flag} {bound:g}"
+    )
+
+
+def non_inferiority_failure(slice_shown: str, failure) -> Optional[str]:
+    """One line naming a failed non-inferiority check (`--non-inferiority-margin`), or None for another."""
+    if failure.metric_key.name != vocabulary.AUC_DIFFERENCE_LOWER_BOUND or not failure.metric_key.is_diff:
+        return None
+    margin = -failure.metric_threshold.change_threshold.absolute.value
+    return (
+        f"non-inferiority: the lower 95% bound of (new AUC - baseline AUC) on {slice_shown}, paired bootstrap, is "
+        f"{failure.metric_value.double_value.value:.3f}, below -{margin:g} (--non-inferiority-margin {margin:g})"
     )
