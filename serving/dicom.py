@@ -189,14 +189,14 @@ def _apply_voi(values: np.ndarray, dataset: Dataset, counts: Callable[[], np.nda
         # the table's own output range (its bit depth is often misdeclared), read through pydicom
         table = pydicom.pixels.apply_voi(np.arange(first, first + (entries or 65536)), dataset)
         lut_output = pydicom.pixels.apply_voi(np.rint(values).astype(np.int64), dataset)  # a LUT is indexed
-        return _scale(lut_output.astype(np.float64), float(table.min()), float(table.max())), "voi lut"
+        return scale_to_8_bits(lut_output.astype(np.float64), float(table.min()), float(table.max())), "voi lut"
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
-        centre, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
+        centre, width = first_value(dataset.WindowCenter), first_value(dataset.WindowWidth)
         if width >= 1:
             function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
-            return _window(values, centre, width, function), "window"
+            return window(values, centre, width, function), "window"
     low, high = percentiles(values, counts(), PERCENTILE_WINDOW)
-    return _scale(values, low, high), "percentile"
+    return scale_to_8_bits(values, low, high), "percentile"
 
 
 def percentiles(values: np.ndarray, counts: np.ndarray, percents: Sequence[float]) -> list:
@@ -220,17 +220,17 @@ def percentiles(values: np.ndarray, counts: np.ndarray, percents: Sequence[float
     return results
 
 
-def _window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
+def window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
     """DICOM PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT and SIGMOID windows onto 0..255."""
     if function == "SIGMOID":
         return _round(255.0 / (1.0 + np.exp(-4.0 * (values - centre) / width)))
     if function == "LINEAR_EXACT":
-        return _scale(values, centre - width / 2, centre + width / 2)
+        return scale_to_8_bits(values, centre - width / 2, centre + width / 2)
     # LINEAR: the standard's half-pixel offsets, (x - (c - 0.5)) / (w - 1) + 0.5
-    return _scale(values, centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2)
+    return scale_to_8_bits(values, centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2)
 
 
-def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+def scale_to_8_bits(values: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:  # a flat image or window: all black, never a division by zero
         return np.zeros(values.shape, np.uint8)
     return _round(np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0)
@@ -261,7 +261,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _first(value) -> float:
+def first_value(value) -> float:
     return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
 
 
