@@ -25,6 +25,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MICROSECOND_BUCKETS = tuple(float(f"{10 * 1.8**i:.6g}") for i in range(33))
 PROBABILITY_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 20))
 MODEL_LABELS = ("model_name", "model_version", "signature_name")
+GRPC_INFERENCE = ("Predict", "Classify", "Regress", "MultiInference")
 LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})  # the text format's escapes
 
 REGISTRY = CollectorRegistry()
@@ -86,12 +87,15 @@ REQUEST_LOG = Counter(
 
 
 def record_request(protocol: str, method: str, model: str, seconds: float, status: str) -> None:
-    """TF Serving's RecordModelRequestCount and, for answered requests only as there, RecordRequestLatency."""
-    if not model:  # DICOM conversion: no model was asked
+    """TF Serving's RecordModelRequestCount and, for answered requests only as there, RecordRequestLatency: every
+    REST request naming a model (API: the POST's method, empty for a GET, as its http_server.cc), and the gRPC
+    inference calls (its prediction_service_impl.cc does not count GetModelMetadata, nor ModelService calls)."""
+    if not model or (protocol == "grpc" and method not in GRPC_INFERENCE):
         return
     REQUEST_COUNT.labels(model, status).inc()
     if status == "OK":
-        api = method.rpartition(" ")[2]  # REST methods are logged as "POST predict": TF Serving's API is "predict"
+        verb, _, rest_api = method.partition(" ")  # REST methods are logged as "POST predict", "GET status"
+        api = method if protocol == "grpc" else (rest_api if verb == "POST" else "")
         REQUEST_LATENCY.labels(model, api, protocol.upper()).observe(seconds * 1e6)
 
 
