@@ -43,9 +43,14 @@ def image_statistics(data: bytes) -> Dict[str, float]:
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     except Exception:  # PIL raises several types for undecodable bytes; the model refused them anyway
         return statistics
-    pixels = np.asarray(image, dtype=np.float64)
-    statistics.update(mean=float(pixels.mean()), sd=float(pixels.std()))
-    statistics.update(zip(INTENSITY_FEATURES[2:], map(float, np.percentile(pixels, PERCENTILES))))
+    counts = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
+    total, levels = counts.sum(), np.arange(256, dtype=np.float64)
+    mean = counts @ levels / total
+    statistics.update(mean=float(mean), sd=float(np.sqrt(max(counts @ levels**2 / total - mean**2, 0.0))))
+    # The inverted-CDF percentile (the smallest level holding that share of the pixels), from the histogram: a
+    # quarter of np.percentile's cost, so the request log keeps up with the server.
+    ranks = np.searchsorted(np.cumsum(counts), np.array(PERCENTILES) / 100 * total)
+    statistics.update(zip(INTENSITY_FEATURES[2:], map(float, ranks)))
     return statistics
 
 

@@ -12,8 +12,9 @@ reader taking `*.tfrecord` sees whole files only. A crash leaves the `.tmp`: the
 it after its last whole record and closes it, so a crash loses at most the record being written. After each
 close the oldest closed files under the prefix are deleted, with a log line, until they fit `max_total_bytes`.
 
-One background thread per prefix computes the statistics and writes, from a bounded queue: a request never
-waits for the disk or a decode; when the queue is full its record is dropped and counted in the metrics.
+One background thread per prefix computes the statistics and writes, from a queue bounded in records and in
+image bytes (films can be megabytes each): a request never waits for the disk or a decode; when the queue is
+full its record is dropped and counted in the metrics.
 """
 
 import dataclasses
@@ -155,12 +156,21 @@ def recover(prefix: str) -> None:
 class RequestLogWriter:
     """Writes Entries to rotating files under one filename prefix, from a background thread."""
 
-    def __init__(self, prefix: str, rotation: Rotation = DEFAULT_ROTATION, queue_size: int = 1024):
+    def __init__(
+        self,
+        prefix: str,
+        rotation: Rotation = DEFAULT_ROTATION,
+        queue_size: int = 1024,
+        max_queued_bytes: int = 256 << 20,
+    ):
         self.prefix = prefix
         self.rotation = rotation
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
         recover(prefix)
         self._queue: "queue.Queue[Optional[Entry]]" = queue.Queue(queue_size)
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._queued_lock = threading.Lock()
         self._file: Optional[tf.io.TFRecordWriter] = None
         self._path = ""
         self._opened = 0.0
@@ -171,10 +181,15 @@ class RequestLogWriter:
 
     def submit(self, entry: Entry) -> None:
         """Queues an entry; drops it (counted) when the queue is full, so a slow disk never slows a request."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            metrics.REQUEST_LOG.labels(entry.model_spec.name, "dropped").inc()
+        size = sum(map(len, entry.images))
+        with self._queued_lock:
+            try:
+                if self._queued_bytes + size > self._max_queued_bytes:
+                    raise queue.Full
+                self._queue.put_nowait(entry)
+                self._queued_bytes += size
+            except queue.Full:
+                metrics.REQUEST_LOG.labels(entry.model_spec.name, "dropped").inc()
 
     def close(self) -> None:
         """Writes what is queued, closes the open file and stops the thread."""
@@ -191,6 +206,8 @@ class RequestLogWriter:
             if entry is None:
                 self._guarded(self._close_file)
                 return
+            with self._queued_lock:
+                self._queued_bytes -= sum(map(len, entry.images))
             written = self._guarded(self._write, entry)
             metrics.REQUEST_LOG.labels(entry.model_spec.name, "written" if written else "failed").inc()
 
