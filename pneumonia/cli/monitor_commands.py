@@ -57,8 +57,10 @@ def add_commands(commands) -> None:
         default=DEFAULT_WINDOW,
         help=f"hour, day or a number N: windows of N requests (default {DEFAULT_WINDOW})",
     )
-    parser.add_argument("--since", help="first answer time to read, ISO 8601 (e.g. 2026-12-01T06:00Z)")
-    parser.add_argument("--until", help="answer time to stop before, ISO 8601")
+    parser.add_argument(
+        "--since", help="first answer time to read: ISO 8601 (2026-12-01T06:00Z) or a duration before now (24h, 7d)"
+    )
+    parser.add_argument("--until", help="answer time to stop before, as --since")
     parser.add_argument(
         "--labels",
         metavar="CSV",

@@ -10,6 +10,8 @@ import dataclasses
 import datetime
 import json
 import os
+import re
+import time
 from typing import Dict, List, Optional
 
 import pandas as pd
@@ -23,6 +25,7 @@ from pneumonia.monitoring.settings import DEFAULT_WINDOW, ECE_TOLERANCE, EXIT_AL
 from trainer import threshold
 
 MONITOR_JOB = "pneumonia-monitor"
+DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +54,15 @@ class MonitorOptions:
 
 
 def _epoch(text: Optional[str], flag: str) -> Optional[float]:
+    """An ISO 8601 time (UTC unless it says otherwise), or a duration before now: 90m, 24h, 7d."""
     if text is None:
         return None
+    if re.fullmatch(r"\d+[mhd]", text):
+        return time.time() - int(text[:-1]) * DURATION_SECONDS[text[-1]]
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise MonitorError(f"{flag} {text!r} is not an ISO 8601 time, e.g. 2026-12-01 or 2026-12-01T06:00Z")
+        raise MonitorError(f"{flag} {text!r} is neither an ISO 8601 time (2026-12-01T06:00Z) nor a duration (24h)")
     return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
@@ -120,10 +126,9 @@ def _write(folder: str, files: Dict[str, str]) -> None:
         tf.io.gfile.rename(staging, os.path.join(folder, name), overwrite=True)
 
 
-def push(url: str, model: str, version: int, last: windows.Window, floor: Optional[float]) -> None:
-    """The last window's figures as gauges to a Prometheus Pushgateway, for the alerting rules (serving/k8s/)."""
-    registry = CollectorRegistry()
-    values = {
+def gauges(last: windows.Window, floor: Optional[float]) -> Dict[str, Optional[float]]:
+    """The last window's figures the alerting rules read (serving/k8s/monitoring/), by gauge name."""
+    return {
         "window_images": last.images,
         "window_end_timestamp_seconds": last.end,
         "ood_share": last.ood_share,
@@ -138,7 +143,12 @@ def push(url: str, model: str, version: int, last: windows.Window, floor: Option
         "sensitivity_floor": floor,
         "alerts": len(last.alerts),
     }
-    for name, value in values.items():
+
+
+def push(url: str, model: str, version: int, last: windows.Window, floor: Optional[float]) -> None:
+    """The last window's gauges, as :pneumonia:monitor:<name>, to a Prometheus Pushgateway."""
+    registry = CollectorRegistry()
+    for name, value in gauges(last, floor).items():
         if value is not None:
             gauge = Gauge(f":pneumonia:monitor:{name}", name, ("model_name", "model_version"), registry=registry)
             gauge.labels(model, str(version)).set(value)

@@ -99,7 +99,7 @@ def figures(windows: List[Window], reference: Reference, probabilities: List[np.
             )
         axes.plot([_nan(w.score and w.score.js_distance) for w in windows], "k^--", label="score (JS distance)")
         axes.set(ylabel="divergence from validation", ylim=(0, 1.02))
-        axes.legend(fontsize=6, ncol=4)
+        axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         _names(axes, windows)
 
     return "".join(

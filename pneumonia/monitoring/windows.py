@@ -78,8 +78,9 @@ def measure(
     image_drift: ImageDrift,
     labels: Optional[pd.Series],
     seed: int = 0,
+    estimate: bool = True,
 ) -> Window:
-    """One window's figures; drift tests and estimates only from MIN_IMAGES images on."""
+    """One window's figures; drift tests and (unless `estimate` is off) estimates only from MIN_IMAGES images on."""
     window = Window(
         name,
         int(group.time.min()),
@@ -100,6 +101,8 @@ def measure(
     calibrated = calibration.apply(probability)
     window.score = score_drift(probability, reference.probability)
     window.features = image_drift.check(group[list(image_stats.FEATURES)].astype(float))
+    if not estimate:
+        return window
     window.prevalence = estimates.prevalence(calibrated, calibration.prior, seed)
     window.estimated = estimates.expected_performance(calibrated, positive)
     return window
