@@ -13,7 +13,9 @@ prepare and predict), scored through the served model over gRPC, and answered wi
 | 0xC001 Error: cannot understand | the model server answered with an error other than unavailable |
 
 Every instance gives one JSON line in the log, answered or not: the SOP Instance UID only as a keyed hash,
-then probability, class, threshold, the OOD outputs when the model has them, model version and latency.
+then probability, class, threshold, the OOD outputs when the model has them, model version and latency. With
+--request-log PREFIX, each scored film is also logged as the server's request logs record a request
+(serving/request_log.py: statistics, never the film, the hashed UID as its id), for `pneumonia monitor`.
 
 With --sc-dir the film is scored through `explain_images` instead of `predict_images` (the same outputs plus
 Grad-CAM, for a backward pass more) and written as a Secondary Capture with the heatmap over it. A capture
