@@ -7,6 +7,7 @@ which differ between the sets for real (RSNA films use the whole grey range: int
 Kermany's 57, 99th percentile about 253 against 206; measured in pneumonia/monitoring/drift_schema.pbtxt).
 """
 
+import base64
 import csv
 import glob
 import json
@@ -105,8 +106,6 @@ def replay(shared_data, tmp_path_factory):
 
 
 def _b64(path: str) -> str:
-    import base64  # noqa: PLC0415 (only the REST half of the replay needs it)
-
     return base64.b64encode(open(path, "rb").read()).decode("ascii")
 
 
