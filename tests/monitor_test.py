@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import model_pb2
@@ -22,6 +23,7 @@ from pneumonia.data import sources
 from pneumonia.data.images import inspect_image
 from pneumonia.monitoring import estimates, reference
 from serving import image_stats, request_log
+from tests.gcs_emulator import bucket, files_under, gcs  # noqa: F401 (fixtures)
 
 HOUR = 3600
 START = 1_800_000_000 // HOUR * HOUR  # on the hour
@@ -108,6 +110,23 @@ def test_hourly_windows_like_the_reference_raise_nothing_and_exit_0(setup, capsy
     assert len(lines) == 2 and all("60 images" in line for line in lines), printed
     assert (tmp_path / "out" / "alerts.jsonl").read_text() == ""
     assert sorted(os.listdir(tmp_path / "out")) == ["alerts.jsonl", "report.html", "windows.jsonl"]
+
+
+def test_logs_labels_reference_and_outputs_in_a_bucket(setup, bucket):
+    tmp_path, prefix, known = setup
+    for path in request_log.log_files(prefix):
+        tf.io.gfile.copy(path, f"{bucket}/logs/{os.path.basename(path)}")
+    tf.io.gfile.copy(str(tmp_path / "reference.json"), f"{bucket}/reference.json")
+    tf.io.gfile.copy(write_labels(tmp_path / "labels.csv", known), f"{bucket}/labels.csv")
+    arguments = ["monitor", "--logs", f"{bucket}/logs/requests", "--reference", f"{bucket}/reference.json"]
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(arguments + ["--labels", f"{bucket}/labels.csv", "--window", "hour", "--out", f"{bucket}/out"])
+    assert exit_code.value.code == 0
+    assert [name for name in files_under(bucket) if name.startswith("out/")] == [
+        "out/alerts.jsonl",
+        "out/report.html",
+        "out/windows.jsonl",
+    ]
 
 
 def test_cbpe_matches_the_labels_when_the_probabilities_are_calibrated():
