@@ -104,6 +104,8 @@ def load_reference(options: MonitorOptions, version: int) -> reference.Reference
         return reference.compute(options.serving_dir, options.model_name, version, options.reference)
     except ValueError as error:  # not a model exported by this trainer
         raise MonitorError(str(error))
+    except tf.errors.OpError as error:  # an unreadable validation split or SavedModel
+        raise MonitorError(f"cannot compute the reference from {options.reference}: {error.message.splitlines()[0]}")
 
 
 def sensitivity_floor(options: MonitorOptions, policy: str) -> Optional[float]:
