@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pneumonia*", "pipeline*", "components*", "trainer*", "serving*", "kubeflow*"]),
-    package_data={"pipeline": ["schema/*.pbtxt"], "serving": ["web/*"]},
+    package_data={"pipeline": ["schema/*.pbtxt"], "pneumonia": ["monitoring/*.pbtxt"], "serving": ["web/*"]},
     install_requires=[
         "tfx>=1.16,<1.17",
         "tensorflow>=2.16,<2.17",
@@ -28,6 +28,7 @@ setup(
         "Pillow>=9",
         "PyYAML>=6",
         "matplotlib>=3.7",
+        "prometheus_client>=0.20",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["pneumonia=pneumonia.cli:main"]},

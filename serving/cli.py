@@ -59,6 +59,11 @@ def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
         f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}",
         f"--grpc_channel_arguments=grpc.max_receive_message_length={args.max_message_bytes}",
         *([f"--ssl_config_file={os.path.abspath(args.ssl_config_file)}"] if args.ssl_config_file else []),
+        *(
+            [f"--monitoring_config_file={os.path.abspath(args.monitoring_config_file)}"]
+            if args.monitoring_config_file
+            else []
+        ),
     ]
 
 
@@ -81,13 +86,48 @@ def serving_security(args: argparse.Namespace):
     return ssl_config, budget
 
 
+def log_rotation(args: argparse.Namespace):
+    """The request logs' rotation from the --request-log-* flags."""
+    from serving import request_log  # keeps TensorFlow out of CLI start-up
+
+    try:
+        return request_log.Rotation(
+            int(args.request_log_file_mb * 2**20), args.request_log_file_seconds, int(args.request_log_total_mb * 2**20)
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+
+
+def metrics_path(args: argparse.Namespace):
+    """Where --monitoring-config-file has the REST port serve Prometheus metrics; None without one."""
+    from serving import config  # keeps TensorFlow out of CLI start-up
+
+    if not args.monitoring_config_file:
+        return None
+    try:
+        path = config.read_monitoring(args.monitoring_config_file)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    if path and not args.rest_port:
+        raise SystemExit("error: --monitoring-config-file serves the metrics on the REST port: set --rest-port")
+    return path
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from serving import config  # keeps TensorFlow out of CLI start-up
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     models = server_config(args)
     ssl_config, budget = serving_security(args)
+    path = metrics_path(args)
     if args.backend == "tfserving":
+        logged = [model.name for model in models.model_config_list.config if model.HasField("logging_config")]
+        if logged:
+            raise SystemExit(
+                f"error: {TF_SERVING_BINARY} writes no request logs in open source (it has no log collector), so "
+                f"the logging_config of {', '.join(logged)} would fail its load: serve with --backend python, or "
+                "log from the DICOM node (docs/serving/operations.md#request-logs)"
+            )
         if shutil.which(TF_SERVING_BINARY) is None:
             raise SystemExit(
                 f"error: --backend tfserving needs {TF_SERVING_BINARY} on PATH; it is not "
@@ -119,6 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             web_page=not args.no_ui,
             config_file=args.model_config_file,
             config_poll_seconds=args.config_poll_seconds,
+            metrics_path=path,
+            log_rotation=log_rotation(args),
         ).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
@@ -131,6 +173,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
     if server.rest_port and not args.no_ui:
         rest += f" (web page: {scheme}://{args.host}:{server.rest_port}/)"
+    if path:
+        rest += f", metrics at {scheme}://{args.host}:{server.rest_port}{path}"
     grpc_name = "gRPC+TLS" if ssl_config else "gRPC"
     print(
         f"serving {grpc_name} on {args.host}:{server.grpc_port}{rest}; SIGTERM or Ctrl-C stops it gracefully",
@@ -210,6 +254,8 @@ def cmd_dicom_node(args: argparse.Namespace) -> None:
         timeout_seconds=args.timeout,
         sr_dir=args.sr_dir and os.path.abspath(args.sr_dir),
         sc_dir=args.sc_dir and os.path.abspath(args.sc_dir),
+        request_log_prefix=args.request_log and os.path.abspath(args.request_log),
+        log_rotation=log_rotation(args),
         ca_cert=args.ca_cert,
         client_cert=args.client_cert,
         client_key=args.client_key,
@@ -236,6 +282,26 @@ def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-cert", help="PEM file of the CA that signed the server's certificate (turns on TLS)")
     parser.add_argument("--client-cert", help="PEM client certificate, for a server with client_verify (mutual TLS)")
     parser.add_argument("--client-key", help="PEM private key of --client-cert")
+
+
+def add_request_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """How request log files rotate and how much disk they may take (serving/request_log.py)."""
+    parser.add_argument(
+        "--request-log-file-mb", type=float, default=64.0, help="close a request log file at this size (default 64)"
+    )
+    parser.add_argument(
+        "--request-log-file-seconds",
+        type=float,
+        default=3600.0,
+        help="close a request log file this long after it was opened (default 3600)",
+    )
+    parser.add_argument(
+        "--request-log-total-mb",
+        type=float,
+        default=1024.0,
+        help="closed request log files under one prefix may hold this much; the oldest are deleted beyond it "
+        "(default 1024)",
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -311,6 +377,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
         "gRPC then serves only TLS (mutual TLS with client_verify) and REST only HTTPS",
     )
+    serve.add_argument(
+        "--monitoring-config-file",
+        help="TF Serving MonitoringConfig text proto: with prometheus_config { enable: true }, the REST port serves "
+        "Prometheus metrics at its path (default /monitoring/prometheus/metrics)",
+    )
+    add_request_log_arguments(serve)
     serve.add_argument(
         "--no-ui", action="store_true", help="do not serve the web page at / on the REST port (the REST API stays)"
     )
@@ -391,5 +463,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="also write a DICOM Secondary Capture of each scored film with its Grad-CAM "
         "heatmap and the result burned in (scores through explain_images, slower)",
     )
+    node.add_argument(
+        "--request-log",
+        metavar="PREFIX",
+        help="also log each scored film as a PredictionLog (image statistics, no image, the hashed SOP Instance "
+        "UID as its id) to TFRecord files under this filename prefix, as `pneumonia serve`'s logging_config does",
+    )
+    add_request_log_arguments(node)
     add_tls_client_arguments(node)
     node.set_defaults(func=cmd_dicom_node)

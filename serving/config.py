@@ -9,9 +9,14 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
+from tensorflow_serving.config import logging_config_pb2, model_server_config_pb2
+
+from serving import metrics
+from serving.tf_serving_protos import MonitoringConfig
 
 POLICIES = ("latest", "all", "specific")
+# The request log collectors serving/request_log.py implements: type -> whether the image bytes are logged.
+COLLECTOR_TYPES = {"": False, "tfrecord": False, "tfrecord_with_images": True}
 
 
 def model_config(
@@ -67,8 +72,39 @@ def read(path: str) -> model_server_config_pb2.ModelServerConfig:
     for model in models:
         if not model.name or not model.base_path:
             raise ValueError(f"model config {path}: every model needs a name and a base_path")
+        if model.HasField("logging_config"):
+            check_logging(model.logging_config, model.name)
         model.base_path = os.path.join(os.path.dirname(os.path.abspath(path)), model.base_path)
     return config
+
+
+def check_logging(logging_config: logging_config_pb2.LoggingConfig, model_name: str) -> None:
+    """ValueError (one line) when a model's logging_config is one this collector cannot honour."""
+    collector = logging_config.log_collector_config
+    where = f"model {model_name!r} logging_config"
+    if collector.type not in COLLECTOR_TYPES:
+        raise ValueError(
+            f"{where}: no log collector of type {collector.type!r}; types: {', '.join(sorted(COLLECTOR_TYPES)[1:])}"
+        )
+    prefix = collector.filename_prefix
+    if not prefix or prefix.endswith("/") or "://" in prefix:
+        raise ValueError(
+            f"{where}: filename_prefix {prefix!r} must be a local path ending in a name, e.g. "
+            "/var/log/pneumonia/requests (ship closed files to a bucket from there: docs/serving/operations.md)"
+        )
+    if not 0.0 <= logging_config.sampling_config.sampling_rate <= 1.0:
+        raise ValueError(f"{where}: sampling_rate {logging_config.sampling_config.sampling_rate} is not in [0, 1]")
+
+
+def read_monitoring(path: str) -> Optional[str]:
+    """The path a --monitoring_config_file serves Prometheus metrics at (TF Serving's default when it names
+    none), or None when its prometheus_config is not enabled."""
+    prometheus = read_text_proto(path, MonitoringConfig(), "monitoring config").prometheus_config
+    if not prometheus.enable:
+        return None
+    if prometheus.path and not prometheus.path.startswith("/"):
+        raise ValueError(f"monitoring config {path}: prometheus_config path {prometheus.path!r} must start with /")
+    return prometheus.path or metrics.DEFAULT_PATH
 
 
 def write(config: model_server_config_pb2.ModelServerConfig, path: str) -> str:

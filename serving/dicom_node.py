@@ -13,7 +13,9 @@ prepare and predict), scored through the served model over gRPC, and answered wi
 | 0xC001 Error: cannot understand | the model server answered with an error other than unavailable |
 
 Every instance gives one JSON line in the log, answered or not: the SOP Instance UID only as a keyed hash,
-then probability, class, threshold, the OOD outputs when the model has them, model version and latency.
+then probability, class, threshold, the OOD outputs when the model has them, model version and latency. With
+--request-log PREFIX, each scored film is also logged as the server's request logs record a request
+(serving/request_log.py: statistics, never the film, the hashed UID as its id), for `pneumonia monitor`.
 
 With --sc-dir the film is scored through `explain_images` instead of `predict_images` (the same outputs plus
 Grad-CAM, for a backward pass more) and written as a Secondary Capture with the heatmap over it. A capture
@@ -53,9 +55,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
+from tensorflow_serving.apis import model_pb2
 
-from serving import capture, dicom
-from serving.client import ClientError, Prediction, PredictionClient
+from serving import capture, dicom, request_log
+from serving.client import EXPLAIN_SIGNATURE, IMAGE_SIGNATURE, ClientError, Prediction, PredictionClient
 
 LOG = logging.getLogger("serving.dicom_node")
 RADIOGRAPH_SOP_CLASSES = (
@@ -90,6 +93,8 @@ class NodeConfig:
     ca_cert: Optional[str] = None  # TLS to the model server, as `pneumonia predict`
     client_cert: Optional[str] = None
     client_key: Optional[str] = None
+    request_log_prefix: Optional[str] = None  # filename prefix of the PredictionLog files of the scored films
+    log_rotation: request_log.Rotation = request_log.DEFAULT_ROTATION
 
 
 class Outcome(Exception):
@@ -124,6 +129,11 @@ class DicomNode:
             client_key=config.client_key,
         )
         self._log_lock = threading.Lock()
+        self._request_log = (
+            request_log.RequestLogWriter(config.request_log_prefix, config.log_rotation)
+            if config.request_log_prefix
+            else None
+        )
         self._server = None
         self.ae = AE(ae_title=config.ae_title)
         # Every storage SOP class and syntax is accepted, so a misrouted CT gets a status and a log line
@@ -145,6 +155,8 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
         self._client.close()
+        if self._request_log:
+            self._request_log.close()
 
     def serve_until_signalled(self) -> None:
         stopping = threading.Event()
@@ -171,6 +183,8 @@ class DicomNode:
                 entry["sr"] = self._save(report, self.config.sr_dir)
             if self.config.sc_dir:
                 self._write_capture(scored, entry)
+            if self._request_log:
+                self._request_log.submit(self._log_entry(scored, entry["sop_instance"]))
             status = _status(SUCCESS)
         except Outcome as outcome:
             entry.update(
@@ -255,6 +269,27 @@ class DicomNode:
                 os.remove(staging)  # no half file left behind (a full disk, a stop mid-write)
             raise
         return name
+
+    def _log_entry(self, scored: Scored, sop_instance: str) -> request_log.Entry:
+        """The scored film as the server's request log records a request: its statistics, never the film, and the
+        hashed SOP Instance UID as its id."""
+        prediction = scored.prediction
+        spec = model_pb2.ModelSpec(
+            name=self.config.model_name, signature_name=EXPLAIN_SIGNATURE if self.config.sc_dir else IMAGE_SIGNATURE
+        )
+        spec.version.value = prediction.model_version
+        outputs = {
+            "probability": np.array([prediction.probability], np.float32),
+            "label": np.array([prediction.label.encode()], dtype=object),
+            "threshold": np.array([prediction.threshold], np.float32),
+        }
+        if prediction.in_distribution is not None:
+            outputs.update(
+                in_distribution=np.array([prediction.in_distribution]),
+                ood_score=np.array([prediction.ood_score], np.float32),
+                ood_threshold=np.array([prediction.ood_threshold], np.float32),
+            )
+        return request_log.Entry(spec, "DICOM", [sop_instance], [scored.png], outputs)
 
     def _append(self, entry: dict) -> None:
         line = json.dumps(entry, sort_keys=True)

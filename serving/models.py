@@ -24,6 +24,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as model_config
+from serving import metrics
 from serving.pixels import PixelBudget, PixelBudgetExhausted, request_pixels
 from serving.repository import SAVED_MODEL_FILE, servable_versions
 
@@ -110,7 +111,9 @@ class LoadedVersion:
             )
         tensors = {key: _checked_tensor(key, value, definition.inputs[key]) for key, value in inputs.items()}
         try:
-            with self.budget.reserve(request_pixels(inputs), wait_seconds):
+            with self.budget.reserve(
+                request_pixels(inputs), wait_seconds, (self.model_name, str(self.version), signature_name)
+            ):
                 outputs = self._functions[signature_name](**tensors)
                 wanted = output_filter or list(outputs)
                 return {key: outputs[key].numpy() for key in wanted}
@@ -334,7 +337,8 @@ class ModelManager:
 def log_request(
     protocol: str, method: str, model: str, version: Optional[int], started: float, code: grpc.StatusCode
 ) -> None:
-    """One structured (JSON) log line per request."""
+    """One structured (JSON) log line per request, and the request in the server's metrics."""
+    metrics.record_request(protocol, method, model, time.monotonic() - started, code.name)
     request_log.info(
         json.dumps(
             {

@@ -24,10 +24,13 @@ import contextlib
 import itertools
 import struct
 import threading
-from typing import Iterator, Mapping, Optional, Tuple
+import time
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from google.protobuf.message import DecodeError
+
+from serving import metrics
 
 DEFAULT_MAX_DECODED_PIXELS = 400_000_000  # about 2 GB of decode buffers (grayscale uint8 + float32)
 DEFAULT_MAX_WAIT_SECONDS = 30.0
@@ -121,33 +124,40 @@ def declared_pixels(data: bytes) -> int:
     return width * height * (_gif_frames(data) if data[:3] == b"GIF" and width else 1)
 
 
-def _example_pixels(serialized: bytes) -> int:
+def _example_images(serialized: bytes) -> List[bytes]:
     if serialized[:1] != b"\x0a":  # a tf.Example's only field, `features`, is field 1, length-delimited
-        return 0
+        return []
     from tensorflow.core.example import example_pb2  # here, so that `pneumonia --help` needs no TensorFlow
 
     try:
         example = example_pb2.Example.FromString(serialized)
     except (DecodeError, ValueError):
-        return 0
-    return sum(
-        declared_pixels(value) for feature in example.features.feature.values() for value in feature.bytes_list.value
-    )
+        return []
+    return [
+        value
+        for feature in example.features.feature.values()
+        for value in feature.bytes_list.value
+        if declared_pixels(value)
+    ]
 
 
-def request_pixels(inputs: Mapping[str, np.ndarray]) -> int:
-    """Declared pixels of every image in a request's string inputs: raw encoded images, or images
-    inside serialized tf.Examples."""
-    total = 0
+def request_images(inputs: Mapping[str, np.ndarray]) -> List[bytes]:
+    """Every encoded image in a request's string inputs, in order: raw encoded images, or images inside
+    serialized tf.Examples."""
+    images = []
     for value in inputs.values():
         value = np.asarray(value)
         if value.dtype.kind not in "OS":
             continue
         for item in value.reshape(-1):
             if isinstance(item, bytes):
-                pixels = declared_pixels(item)
-                total += pixels if pixels else _example_pixels(item)
-    return total
+                images.extend([item] if declared_pixels(item) else _example_images(item))
+    return images
+
+
+def request_pixels(inputs: Mapping[str, np.ndarray]) -> int:
+    """Declared pixels of every image in a request's string inputs."""
+    return sum(declared_pixels(image) for image in request_images(inputs))
 
 
 class PixelBudgetExhausted(Exception):
@@ -175,17 +185,22 @@ class PixelBudget:
         return len(self._queue)
 
     @contextlib.contextmanager
-    def reserve(self, pixels: int, wait_seconds: Optional[float] = None) -> Iterator[None]:
-        """Holds `pixels` of the budget for the duration of the block, waiting for them if need be."""
+    def reserve(
+        self, pixels: int, wait_seconds: Optional[float] = None, labels: Sequence[str] = ("", "", "")
+    ) -> Iterator[None]:
+        """Holds `pixels` of the budget for the duration of the block, waiting for them if need be; the wait and
+        any refusal are recorded in the server's metrics under `labels` (model name, version, signature)."""
         if pixels <= 0:
             yield
             return
         if pixels > self.max_pixels:
+            metrics.decode_refused(labels, "too_large")
             raise PixelBudgetExhausted(
                 f"the request's images declare {megapixels(pixels)} of pixels, more than this server decodes "
                 f"at once ({megapixels(self.max_pixels)}); send fewer or smaller images per request"
             )
         wait = self.max_wait_seconds if wait_seconds is None else min(wait_seconds, self.max_wait_seconds)
+        started = time.monotonic()
         with self._changed:
             ticket = next(self._tickets)
             self._queue.append(ticket)
@@ -197,10 +212,12 @@ class PixelBudget:
                 self.in_flight += pixels
             self._changed.notify_all()  # the next in line may fit now, or may now be first
         if not admitted:
+            metrics.decode_refused(labels, "timeout")
             raise PixelBudgetExhausted(
                 f"the server is decoding its budget of {megapixels(self.max_pixels)} already; this request "
                 f"({megapixels(pixels)}) waited {wait:g} s for room; retry later"
             )
+        metrics.decode_waited(labels, time.monotonic() - started)
         try:
             yield
         finally:

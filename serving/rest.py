@@ -35,7 +35,9 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
+from serving import metrics
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request, not_found
+from serving.observer import REQUEST_ID_HEADER, Observer
 from serving.pixels import PixelBudget, PixelBudgetExhausted
 
 HTTP_STATUS = {
@@ -164,6 +166,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     manager: ModelManager
     max_body_bytes: int
     web_dir: Optional[str]  # the page's static files; None: no page
+    observer: Observer
+    metrics_path: Optional[str]  # where the Prometheus metrics are served; None: not served
     protocol_version = "HTTP/1.1"
     timeout = 30  # seconds a connection may stay silent (a stalled TLS handshake, slowloris, idle keep-alive)
 
@@ -172,7 +176,9 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         page_file = self._page_file()
-        if page_file:
+        if self.metrics_path and self.path.split("?", 1)[0] == self.metrics_path:
+            self._send(metrics.page(), metrics.CONTENT_TYPE)
+        elif page_file:
             self._send_page_file(page_file)
         else:
             self._respond("GET")
@@ -183,6 +189,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             return None
         name = self.path.split("?", 1)[0].lstrip("/") or "index.html"
         return os.path.join(self.web_dir, name) if name in os.listdir(self.web_dir) else None
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send_page_file(self, path: str) -> None:
         with open(path, "rb") as f:
@@ -269,7 +282,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             loaded = self.manager.resolve(name, version, label)
             signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
             inputs, row_format = predict_inputs(body, loaded, signature_name)
-            return predict_response(loaded.run(signature_name, inputs), row_format), loaded.version
+            outputs = loaded.run(signature_name, inputs)
+            self.observer.predicted(
+                loaded, signature_name, inputs, outputs, "REST", self.headers.get(REQUEST_ID_HEADER)
+            )
+            return predict_response(outputs, row_format), loaded.version
         if suffix == "/metadata":
             loaded = self.manager.resolve(name, version, label)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -327,11 +344,20 @@ class RestServer:
         workers: int,
         ssl_context: Optional[ssl.SSLContext] = None,
         web_dir: Optional[str] = WEB_DIR,
+        *,
+        observer: Observer,
+        metrics_path: Optional[str] = None,
     ):
         handler = type(
             "BoundRestHandler",
             (RestHandler,),
-            {"manager": manager, "max_body_bytes": max_body_bytes, "web_dir": web_dir},
+            {
+                "manager": manager,
+                "max_body_bytes": max_body_bytes,
+                "web_dir": web_dir,
+                "observer": observer,
+                "metrics_path": metrics_path,
+            },
         )
         self._http = _PooledHTTPServer((host, port), handler, workers)
         if ssl_context:

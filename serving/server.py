@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import tensors, tls, warmup
+from serving import metrics, observer, request_log, tensors, tls, warmup
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 from serving.pixels import PixelBudget
 from serving.rest import WEB_DIR, RestServer
@@ -103,12 +103,14 @@ def classify(
 
 def replay_warmup(loaded: LoadedVersion) -> int:
     """TF Serving's warm-up: the version's recorded requests, each through the code that answers its kind."""
-    return warmup.replay(loaded, {"predict_log": predict, "classify_log": classify})
+    with metrics.warmup_timer(loaded.path):
+        return warmup.replay(loaded, {"predict_log": predict, "classify_log": classify})
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, seen: observer.Observer):
         self.manager = manager
+        self.observer = seen
 
     def _resolve(self, spec: model_pb2.ModelSpec, call: _Call) -> LoadedVersion:
         loaded = self.manager.resolve(*model_spec_target(spec))
@@ -117,7 +119,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request: predict_pb2.PredictRequest, context):
         with handled("Predict", request.model_spec.name, context) as call:
-            return predict(self._resolve(request.model_spec, call), request, context.time_remaining())
+            loaded = self._resolve(request.model_spec, call)
+            response = predict(loaded, request, context.time_remaining())
+            self.observer.predicted_grpc(loaded, request, response, context)
+            return response
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
         with handled("Classify", request.model_spec.name, context) as call:
@@ -234,7 +239,8 @@ class ModelServer:
     ModelManager; ports 0 pick free ports.
 
     `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
-    see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
+    see serving.tls) gRPC serves only over TLS and REST only over HTTPS. `metrics_path`: REST also serves the
+    Prometheus metrics there (serving/metrics.py); `log_rotation`: how request logs rotate (serving/request_log.py).
     """
 
     def __init__(
@@ -252,6 +258,8 @@ class ModelServer:
         web_page: bool = True,
         config_file: Optional[str] = None,
         config_poll_seconds: float = 0.0,
+        metrics_path: Optional[str] = None,
+        log_rotation: request_log.Rotation = request_log.DEFAULT_ROTATION,
     ):
         """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
         self.manager = ModelManager(
@@ -263,6 +271,7 @@ class ModelServer:
             config_poll_seconds=config_poll_seconds,
         )
         self.host = host
+        self.observer = observer.Observer(self.manager, log_rotation)
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             options=[
@@ -271,7 +280,9 @@ class ModelServer:
             ],
             maximum_concurrent_rpcs=workers + max_queued,
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager, self.observer), self._grpc
+        )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
         address = f"{host}:{grpc_port}"
         self.grpc_port = (
@@ -291,6 +302,8 @@ class ModelServer:
                 workers,
                 tls.rest_ssl_context(ssl_config) if ssl_config else None,
                 WEB_DIR if web_page else None,
+                observer=self.observer,
+                metrics_path=metrics_path,
             )
         self.rest_port = self.rest.port if self.rest else None
 
@@ -308,6 +321,7 @@ class ModelServer:
             self.rest.stop()
         done.wait()
         self.manager.stop()
+        self.observer.close()
 
     def serve_until_signalled(self, grace_seconds: float = 10.0) -> None:
         """Blocks until SIGTERM or SIGINT, then shuts down gracefully."""

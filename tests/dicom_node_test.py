@@ -15,6 +15,7 @@ import numpy as np
 import portpicker
 import pydicom
 import pytest
+import tensorflow as tf
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -26,9 +27,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE
+from tensorflow_serving.apis import prediction_log_pb2
 
 from fixtures import dicom_files as make
-from serving import config, dicom
+from serving import config, dicom, request_log
 from serving.client import ClientError, PredictionClient
 from serving.dicom_node import DicomNode, NodeConfig
 from tests.serving_fixtures import MODEL_NAME, exported_models, model_base, served, start_server  # noqa: F401
@@ -331,3 +333,26 @@ def test_wrong_ae_title_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as error:
         main(["dicom-node", "--ae-title", "A" * 17])
     assert str(error.value.code) == f"error: --ae-title {'A' * 17!r} must be 1 to 16 characters"
+
+
+def test_scored_films_go_to_the_request_log_with_hashed_uids_only(served, films, tmp_path):
+    prefix = str(tmp_path / "logs" / "requests")
+    node = start_node(tmp_path, f"127.0.0.1:{served.grpc_port}", request_log_prefix=prefix)
+    sent = [make.xray_dicom(films[0]), make.xray_dicom(films[1], ViewPosition="LL")]
+    try:
+        assert send(node.port, sent) == [0x0000, 0xC000]  # a refused film is not a scored one: not logged
+    finally:
+        node.stop()
+    (path,) = request_log.log_files(prefix)
+    raw = open(path, "rb").read()
+    assert not [value for value in make.identifying_values(sent[0]) if value.encode() in raw]
+    (log,) = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    assert log.log_metadata.request_origin == "DICOM" and log.log_metadata.model_spec.name == MODEL_NAME
+    statistics = tf.train.Example.FromString(log.predict_log.request.inputs["image_statistics"].string_val[0])
+    pseudonym = dicom.pseudonym(str(sent[0].SOPInstanceUID), "s")
+    assert statistics.features.feature["request_id"].bytes_list.value == [pseudonym.encode()]
+    assert list(log.predict_log.request.inputs) == ["image_statistics"]  # never the film
+    line = log_lines(node)[0]
+    assert line["sop_instance"] == pseudonym and log.log_metadata.model_spec.version.value == line["model_version"]
+    probability = tf.make_ndarray(log.predict_log.response.outputs["probability"])
+    assert probability.tolist() == pytest.approx([line["probability"]])

@@ -45,14 +45,16 @@ def probabilities(saved_model_dir: str, serialized: List[bytes]) -> np.ndarray:
     return scoring.predict(serve, serialized)
 
 
-def predict_images(saved_model_dir: str, images: List[bytes], batch_size: int = 32) -> np.ndarray:
-    """PNEUMONIA probabilities of encoded images through the SavedModel's `predict_images` (what a server runs)."""
+def predict_outputs(saved_model_dir: str, images: List[bytes], batch_size: int = 32) -> Dict[str, np.ndarray]:
+    """Every output of the SavedModel's `predict_images` (what a server runs) on encoded images, by name."""
     serve = tf.saved_model.load(saved_model_dir).signatures["predict_images"]
-    batches = [
-        serve(images=tf.constant(images[i : i + batch_size]))["probability"].numpy()
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(batches) if batches else np.zeros(0, np.float32)
+    batches = [serve(images=tf.constant(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return {key: np.concatenate([batch[key].numpy() for batch in batches]) for key in (batches[0] if batches else [])}
+
+
+def predict_images(saved_model_dir: str, images: List[bytes], batch_size: int = 32) -> np.ndarray:
+    """PNEUMONIA probabilities of encoded images through the SavedModel's `predict_images`."""
+    return predict_outputs(saved_model_dir, images, batch_size).get("probability", np.zeros(0, np.float32))
 
 
 def reexport(

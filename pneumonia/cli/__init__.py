@@ -9,14 +9,14 @@ import sys
 from typing import List, Optional
 
 from kubeflow import cli as kubeflow_cli
-from pneumonia.cli import pipeline_commands, quiet, result_commands, site_commands
+from pneumonia.cli import monitor_commands, pipeline_commands, quiet, result_commands, site_commands
 from serving import cli as serving_cli
 
 DESCRIPTION = (
     "Prepare chest X-ray data, run the TFX pipeline (validate, train, evaluate, push), read its "
-    "results, calibrate for a site, serve the model, and run it on Kubeflow."
+    "results, calibrate for a site, serve and monitor the model, and run it on Kubeflow."
 )
-COMMAND_GROUPS = (pipeline_commands, result_commands, site_commands, serving_cli, kubeflow_cli)
+COMMAND_GROUPS = (pipeline_commands, result_commands, site_commands, serving_cli, monitor_commands, kubeflow_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,10 @@
 
 import dataclasses
 import hashlib
+import os
+from typing import List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from pneumonia.data.sources import LABEL_NAMES, Candidate
@@ -77,3 +80,16 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
 
 def num_shards(count: int) -> int:
     return max(1, -(-count // RECORDS_PER_SHARD))
+
+
+def read_split(data: str, split: str) -> Tuple[List[bytes], Optional[np.ndarray]]:
+    """The encoded images of a prepared split (local or in a bucket) and their labels, None when the records carry
+    none; ([], None) when the split has no shards."""
+    files = sorted(tf.io.gfile.glob(os.path.join(data, split, "*.tfrecord.gz")))
+    features = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64, -1)}
+    images, labels = [], []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(record, features)
+        images.append(parsed["image"].numpy())
+        labels.append(int(parsed["label"]))
+    return images, (np.array(labels) if labels and min(labels) >= 0 else None)

@@ -15,13 +15,11 @@ written, so a bad input leaves the serving directory and the config file as they
 """
 
 import dataclasses
-import glob
 import os
 import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf import text_format
 from scipy import stats
 
@@ -36,6 +34,7 @@ from components.threshold_calibrator.prevalence import (
 )
 from pipeline.config import BLESSING_SPLIT, RunConfig
 from pneumonia.data.images import BadImage, inspect_image
+from pneumonia.data.records import read_split
 from serving import config as serving_config
 from serving.repository import model_fingerprint, push_atomically, servable_versions
 from trainer import signatures, threshold
@@ -137,15 +136,11 @@ def resolve_version(model_base: str, version: Optional[int]) -> int:
 
 def validation_scores(saved_model_dir: str, data: str) -> np.ndarray:
     """The model's probabilities on the prepared validation split under `data` (pneumonia prepare's output)."""
-    files = sorted(glob.glob(os.path.join(data, BLESSING_SPLIT, "*.tfrecord.gz")))
-    if not files:
+    images, _ = read_split(data, BLESSING_SPLIT)
+    if not images:
         raise CalibrateError(
             f"no prepared {BLESSING_SPLIT} split under {data}: pass --reference, the folder `pneumonia prepare` wrote"
         )
-    images = [
-        tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"].numpy()
-        for record in tf.data.TFRecordDataset(files, compression_type="GZIP")
-    ]
     return predict_images(saved_model_dir, images)
 
 
