@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import tensors, tls, warmup
+from serving.batching import Batcher, BatchingOptions
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 from serving.pixels import PixelBudget
 from serving.rest import WEB_DIR, RestServer
@@ -234,7 +235,8 @@ class ModelServer:
     ModelManager; ports 0 pick free ports.
 
     `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
-    see serving.tls) gRPC serves only over TLS and REST only over HTTPS.
+    see serving.tls) gRPC serves only over TLS and REST only over HTTPS; with `batching`, concurrent
+    Predict and Classify requests of both protocols are merged (serving/batching.py; `self.batcher`).
     """
 
     def __init__(
@@ -252,8 +254,10 @@ class ModelServer:
         web_page: bool = True,
         config_file: Optional[str] = None,
         config_poll_seconds: float = 0.0,
+        batching: Optional[BatchingOptions] = None,
     ):
         """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
+        self.batcher = Batcher(batching) if batching else None
         self.manager = ModelManager(
             server_config,
             poll_seconds,
@@ -261,6 +265,7 @@ class ModelServer:
             warm_up=replay_warmup,
             config_file=config_file,
             config_poll_seconds=config_poll_seconds,
+            batcher=self.batcher,
         )
         self.host = host
         self._grpc = grpc.server(
@@ -302,12 +307,15 @@ class ModelServer:
         return self
 
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stops taking requests, lets in-flight ones finish (up to the grace period), stops polling."""
+        """Stops taking requests, lets in-flight ones finish (up to the grace period), stops polling, then
+        ends the batch threads (after the poller: a version it is loading warms up through them)."""
         done = self._grpc.stop(grace_seconds)
         if self.rest:
             self.rest.stop()
         done.wait()
         self.manager.stop()
+        if self.batcher:
+            self.batcher.stop()
 
     def serve_until_signalled(self, grace_seconds: float = 10.0) -> None:
         """Blocks until SIGTERM or SIGINT, then shuts down gracefully."""
