@@ -17,8 +17,8 @@ shared_batch_scheduler.h): the same parameters, defaults, refusals, messages and
   request has waited `batch_timeout_micros` (0: as soon as a thread is free, so batches grow only while every
   thread is busy).
 - The merged batch is padded up to the smallest of `allowed_batch_sizes` that holds it, with copies of the
-  first example of its last request (batching_session.cc); the padding rows are dropped from the answers,
-  and each request gets its own rows back.
+  first example of its last (non-empty) request (batching_session.cc); the padding rows are dropped from the
+  answers, and each request gets its own rows back.
 
 Where it differs:
 
@@ -74,8 +74,8 @@ class BatchingOptions:
     thread_pool_name: str = "model_server_batch_threads"  # server.cc's name when no file is given
 
     def padded_size(self, examples: int) -> int:
-        """The smallest allowed batch size that holds `examples` (itself when no sizes are set)."""
-        return next((size for size in self.allowed_batch_sizes if size >= examples), examples)
+        """The smallest allowed batch size that holds `examples` (itself when no sizes are set, or none)."""
+        return next((size for size in self.allowed_batch_sizes if size >= examples), examples) if examples else 0
 
 
 def read_parameters(path: str) -> BatchingOptions:
@@ -303,12 +303,12 @@ class Batcher:
         padded = self.options.padded_size(examples)
         with self._changed:
             self.history[BatchShape(len(tasks), examples, padded)] += 1
-        first_of_last = tasks[-1].inputs
+        last = next((task.inputs for task in reversed(tasks) if task.size), tasks[-1].inputs)  # one with a row
         merged = {
             name: np.concatenate(
-                [task.inputs[name] for task in tasks] + [np.repeat(first_of_last[name][:1], padded - examples, 0)]
+                [task.inputs[name] for task in tasks] + [np.repeat(last[name][:1], padded - examples, 0)]
             )
-            for name in first_of_last
+            for name in last
         }
         outputs = run(merged)
         for value in outputs.values():

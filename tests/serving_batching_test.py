@@ -167,6 +167,9 @@ def test_padding_repeats_the_first_example_of_the_last_request_and_is_dropped_fr
         assert list(first.result(10)["echo"]) == [b"a"] and list(second.result(10)["echo"]) == [b"b1", b"b2"]
         assert list(second.result()["row"]) == [1, 2]
         assert seen == [[b"a", b"b1", b"b2", b"b1"]] and batcher.history == {BatchShape(2, 3, 4): 1}
+        last, empty = batcher.submit(V1, "sig", echo(seen), rows(b"c")), batcher.submit(V1, "sig", echo(seen), rows())
+        assert list(last.result(10)["echo"]) == [b"c"] and list(empty.result(10)["echo"]) == []
+        assert seen[1] == [b"c", b"c"]  # padded from the last request that has an example
     finally:
         batcher.stop()
 
