@@ -9,6 +9,7 @@ import sys
 import tempfile
 from typing import Dict, List
 
+from serving import batching
 from serving.pixels import DEFAULT_MAX_DECODED_PIXELS, DEFAULT_MAX_WAIT_SECONDS
 
 DEFAULT_SERVING_DIR = os.path.join(os.path.expanduser("~"), "pneumonia-runs", "serving")  # `pneumonia run`'s default
@@ -64,7 +65,32 @@ def tfserving_command(args: argparse.Namespace, config_path: str) -> List[str]:
             if args.monitoring_config_file
             else []
         ),
+        *(["--enable_batching=true"] if args.enable_batching else []),
+        *(
+            [f"--batching_parameters_file={os.path.abspath(args.batching_parameters_file)}"]
+            if args.batching_parameters_file
+            else []
+        ),
     ]
+
+
+def batching_options(args: argparse.Namespace):
+    """The BatchingOptions of --enable-batching (TF Serving's defaults, or --batching-parameters-file), None
+    without it; a file the official server would refuse stops the command here with one line."""
+    if args.batching_parameters_file and not args.enable_batching:
+        raise SystemExit(
+            "error: --batching-parameters-file is set without --enable-batching (TF Serving refuses it too)"
+        )
+    if not args.enable_batching:
+        return None
+    try:
+        return (
+            batching.read_parameters(args.batching_parameters_file)
+            if args.batching_parameters_file
+            else batching.BatchingOptions()
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
 
 
 def serving_security(args: argparse.Namespace):
@@ -120,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     models = server_config(args)
     ssl_config, budget = serving_security(args)
     path = metrics_path(args)
+    batching_parameters = batching_options(args)
     if args.backend == "tfserving":
         logged = [model.name for model in models.model_config_list.config if model.HasField("logging_config")]
         if logged:
@@ -161,6 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             config_poll_seconds=args.config_poll_seconds,
             metrics_path=path,
             log_rotation=log_rotation(args),
+            batching=batching_parameters,
         ).start()
     except OSError as error:
         raise SystemExit(f"error: {error}")
@@ -169,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             f"model {model.name!r} from {model.config.base_path}: versions "
             f"{[status.version for status in model.status() if status.state == State.AVAILABLE] or 'none yet'}"
         )
+    if batching_parameters:
+        print(f"batching: {batching_parameters}")
     scheme = "https" if ssl_config else "http"
     rest = f", {'HTTPS' if ssl_config else 'REST'} on {args.host}:{server.rest_port}" if server.rest_port else ""
     if server.rest_port and not args.no_ui:
@@ -383,6 +413,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "Prometheus metrics at its path (default /monitoring/prometheus/metrics)",
     )
     add_request_log_arguments(serve)
+    serve.add_argument(
+        "--enable-batching",
+        action="store_true",
+        help="merge concurrent Predict/Classify requests to the same model version and signature into one "
+        "model call, as TF Serving's --enable_batching (defaults: max_batch_size 1000, batch_timeout_micros 0, "
+        "max_enqueued_batches 10, num_batch_threads one per CPU)",
+    )
+    serve.add_argument(
+        "--batching-parameters-file",
+        metavar="FILE",
+        help="with --enable-batching: TF Serving's BatchingParameters text proto (max_batch_size, "
+        "batch_timeout_micros, max_enqueued_batches, num_batch_threads, allowed_batch_sizes), the file the "
+        "official server reads; a file it would refuse is refused before serving",
+    )
     serve.add_argument(
         "--no-ui", action="store_true", help="do not serve the web page at / on the REST port (the REST API stays)"
     )

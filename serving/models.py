@@ -8,6 +8,7 @@ reference to the version they resolved, so an unload never cuts an in-flight req
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as model_config
 from serving import metrics
+from serving.batching import Batcher
+from serving.errors import ServingError, invalid, not_found
 from serving.pixels import PixelBudget, PixelBudgetExhausted, request_pixels
 from serving.repository import SAVED_MODEL_FILE, servable_versions
 
@@ -32,23 +35,6 @@ DEFAULT_SIGNATURE = "serving_default"
 State = get_model_status_pb2.ModelVersionStatus.State
 request_log = logging.getLogger("serving.requests")
 log = logging.getLogger("serving.models")
-
-
-class ServingError(Exception):
-    """A request failure with the gRPC status code TF Serving would answer (REST maps it to HTTP)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def not_found(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.NOT_FOUND, message)
 
 
 def tf_error_line(error: tf.errors.OpError) -> str:
@@ -62,13 +48,19 @@ def tf_error_line(error: tf.errors.OpError) -> str:
 
 
 class LoadedVersion:
-    """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks)."""
+    """One loaded SavedModel version: its signature functions and SignatureDefs (for metadata and checks).
 
-    def __init__(self, model_name: str, version: int, path: str, budget: PixelBudget):
+    With a `batcher`, its requests are merged with concurrent ones to the same signature (serving/batching.py).
+    """
+
+    def __init__(
+        self, model_name: str, version: int, path: str, budget: PixelBudget, batcher: Optional[Batcher] = None
+    ):
         self.model_name = model_name
         self.version = version
         self.path = path
         self.budget = budget
+        self.batcher = batcher
         graph = saved_model_pb2.SavedModel()
         with open(os.path.join(path, SAVED_MODEL_FILE), "rb") as f:
             graph.ParseFromString(f.read())
@@ -97,7 +89,10 @@ class LoadedVersion:
         wait_seconds: Optional[float] = None,
     ) -> Dict[str, np.ndarray]:
         """Checks inputs against the SignatureDef (names, dtype, shape), waits (up to `wait_seconds`) for
-        room in the decoded-pixel budget, runs it, returns numpy outputs."""
+        room in the decoded-pixel budget, runs it (in a batch, with a batcher), returns numpy outputs.
+
+        The pixels stay reserved until the answer comes back: a request waiting for its batch counts as
+        decoding, so a batch never decodes more than the budget."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         definition = self.signature(signature_name)
         expected = set(definition.inputs)
@@ -109,21 +104,36 @@ class LoadedVersion:
                 f"output_filter names {sorted(unknown_outputs)}, not outputs of signature "
                 f"{signature_name!r} ({sorted(definition.outputs)})"
             )
-        tensors = {key: _checked_tensor(key, value, definition.inputs[key]) for key, value in inputs.items()}
+        arrays = {key: _checked_array(key, value, definition.inputs[key]) for key, value in inputs.items()}
         try:
             with self.budget.reserve(
                 request_pixels(inputs), wait_seconds, (self.model_name, str(self.version), signature_name)
             ):
-                outputs = self._functions[signature_name](**tensors)
-                wanted = output_filter or list(outputs)
-                return {key: outputs[key].numpy() for key in wanted}
+                if self.batcher is None:
+                    outputs = self._call(signature_name, arrays)
+                else:
+                    call = functools.partial(self._call, signature_name)
+                    outputs = self.batcher.submit(self, signature_name, call, arrays).result()
         except PixelBudgetExhausted as error:
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except tf.errors.InvalidArgumentError as error:
             raise invalid(f"input rejected by the model (e.g. undecodable image bytes): {tf_error_line(error)}")
+        return {key: outputs[key] for key in output_filter or list(outputs)}
+
+    def _call(self, signature_name: str, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The signature function on checked numpy inputs (one request's, or a merged batch's)."""
+        definition = self.signature_defs[signature_name].inputs
+        tensors = {key: tf.constant(value, tf.dtypes.as_dtype(definition[key].dtype)) for key, value in arrays.items()}
+        return {key: value.numpy() for key, value in self._functions[signature_name](**tensors).items()}
+
+    def close(self) -> None:
+        """Called on unload: this version's queued batches run now rather than at their timeout, as TF Serving
+        closes an unloading servable's batch queues. Requests holding the version still finish."""
+        if self.batcher is not None:
+            self.batcher.close(self)
 
 
-def _checked_tensor(key: str, value: np.ndarray, info: meta_graph_pb2.TensorInfo) -> tf.Tensor:
+def _checked_array(key: str, value: np.ndarray, info: meta_graph_pb2.TensorInfo) -> np.ndarray:
     dtype = tf.dtypes.as_dtype(info.dtype)
     value = np.asarray(value)
     given = tf.string if value.dtype.kind in "OSU" else tf.dtypes.as_dtype(value.dtype)
@@ -134,7 +144,7 @@ def _checked_tensor(key: str, value: np.ndarray, info: meta_graph_pb2.TensorInfo
         if len(shape) != value.ndim or any(want not in (-1, got) for want, got in zip(shape, value.shape)):
             readable = [None if size == -1 else size for size in shape]
             raise invalid(f"input {key!r} must have shape {readable}, got {list(value.shape)}")
-    return tf.constant(value, dtype=dtype)
+    return value
 
 
 @dataclasses.dataclass
@@ -150,10 +160,15 @@ class ServedModel:
     """One model name: its base path, version policy and labels (from a ModelConfig), loaded versions."""
 
     def __init__(
-        self, config: model_server_config_pb2.ModelConfig, budget: PixelBudget, warm_up: Optional[WarmUp] = None
+        self,
+        config: model_server_config_pb2.ModelConfig,
+        budget: PixelBudget,
+        warm_up: Optional[WarmUp] = None,
+        batcher: Optional[Batcher] = None,
     ):
         self.config = config
         self.budget = budget
+        self.batcher = batcher
         self.name = config.name
         self._warm_up = warm_up
         self._loaded: Dict[int, LoadedVersion] = {}  # replaced as a whole, never mutated: readers need no lock
@@ -170,7 +185,9 @@ class ServedModel:
                     self._load(version)
             keep = {v for v in wanted if v in self._loaded} or set(sorted(self._loaded)[-1:])
             for version in sorted(set(self._loaded) - keep):
+                unloading = self._loaded[version]
                 self._loaded = {v: loaded for v, loaded in self._loaded.items() if v != version}
+                unloading.close()
                 self._status[version] = VersionStatus(State.END)
                 log.info("model %s version %d unloaded", self.name, version)
 
@@ -179,7 +196,7 @@ class ServedModel:
         self._status[version] = VersionStatus(State.LOADING)
         started = time.monotonic()
         try:
-            loaded = LoadedVersion(self.name, version, path, self.budget)
+            loaded = LoadedVersion(self.name, version, path, self.budget, self.batcher)
             replayed = self._warm_up(loaded) if self._warm_up else 0
         except Exception as error:  # any unloadable folder is reported, never served, never fatal
             message = (
@@ -237,7 +254,8 @@ class ServedModel:
 
 
 class ModelManager:
-    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget.
+    """All served models, polled in the background every `poll_seconds`, sharing one decoded-pixel budget
+    and, with batching on, one batcher (its threads serve every model, as TF Serving's shared scheduler does).
 
     With `config_file` (and `config_poll_seconds` > 0), the model config file is read again when it changes,
     as TF Serving's --model_config_file_poll_wait_seconds does: version labels and policies follow it (e.g.
@@ -252,11 +270,14 @@ class ModelManager:
         warm_up: Optional[WarmUp] = None,
         config_file: Optional[str] = None,
         config_poll_seconds: float = 0.0,
+        batcher: Optional[Batcher] = None,
     ):
         self.budget = budget or PixelBudget()
         self.warm_up = warm_up
+        self.batcher = batcher
         self.models = {
-            model.name: ServedModel(model, self.budget, warm_up) for model in server_config.model_config_list.config
+            model.name: ServedModel(model, self.budget, warm_up, batcher)
+            for model in server_config.model_config_list.config
         }
         self.poll_seconds = poll_seconds
         self.config_file = config_file if config_poll_seconds > 0 else None
@@ -298,7 +319,7 @@ class ModelManager:
         models = {}
         for model_config_proto in server_config.model_config_list.config:
             served = self.models.get(model_config_proto.name) or ServedModel(
-                model_config_proto, self.budget, self.warm_up
+                model_config_proto, self.budget, self.warm_up, self.batcher
             )
             served.config = model_config_proto  # one reference swap: readers see the old or the new config
             models[model_config_proto.name] = served

@@ -44,9 +44,11 @@ HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,  # the batch queue full
 }
 log = logging.getLogger("serving.rest")
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")

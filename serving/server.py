@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import metrics, observer, request_log, tensors, tls, warmup
+from serving.batching import Batcher, BatchingOptions
 from serving.models import DEFAULT_SIGNATURE, LoadedVersion, ModelManager, ServingError, invalid, log_request
 from serving.pixels import PixelBudget
 from serving.rest import WEB_DIR, RestServer
@@ -239,8 +240,10 @@ class ModelServer:
     ModelManager; ports 0 pick free ports.
 
     `budget` bounds the decoded pixels in flight across both protocols; with `ssl_config` (an SSLConfig,
-    see serving.tls) gRPC serves only over TLS and REST only over HTTPS. `metrics_path`: REST also serves the
-    Prometheus metrics there (serving/metrics.py); `log_rotation`: how request logs rotate (serving/request_log.py).
+    see serving.tls) gRPC serves only over TLS and REST only over HTTPS; with `batching`, concurrent
+    Predict and Classify requests of both protocols are merged (serving/batching.py; `self.batcher`).
+    `metrics_path`: REST also serves the Prometheus metrics there (serving/metrics.py); `log_rotation`: how
+    request logs rotate (serving/request_log.py).
     """
 
     def __init__(
@@ -260,8 +263,10 @@ class ModelServer:
         config_poll_seconds: float = 0.0,
         metrics_path: Optional[str] = None,
         log_rotation: request_log.Rotation = request_log.DEFAULT_ROTATION,
+        batching: Optional[BatchingOptions] = None,
     ):
         """`config_file` and `config_poll_seconds` > 0: re-read the model config file when it changes."""
+        self.batcher = Batcher(batching) if batching else None
         self.manager = ModelManager(
             server_config,
             poll_seconds,
@@ -269,6 +274,7 @@ class ModelServer:
             warm_up=replay_warmup,
             config_file=config_file,
             config_poll_seconds=config_poll_seconds,
+            batcher=self.batcher,
         )
         self.host = host
         self.observer = observer.Observer(self.manager, log_rotation)
@@ -315,12 +321,15 @@ class ModelServer:
         return self
 
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stops taking requests, lets in-flight ones finish (up to the grace period), stops polling."""
+        """Stops taking requests, lets in-flight ones finish (up to the grace period), stops polling, then
+        ends the batch threads (after the poller: a version it is loading warms up through them)."""
         done = self._grpc.stop(grace_seconds)
         if self.rest:
             self.rest.stop()
         done.wait()
         self.manager.stop()
+        if self.batcher:
+            self.batcher.stop()
         self.observer.close()
 
     def serve_until_signalled(self, grace_seconds: float = 10.0) -> None:

@@ -24,6 +24,8 @@ _FILES = {
                 ("max_enqueued_batches", 3, _FIELD.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Int64Value"),
                 ("num_batch_threads", 4, _FIELD.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Int64Value"),
                 ("thread_pool_name", 5, _FIELD.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.StringValue"),
+                ("enable_large_batch_splitting", 8, _FIELD.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.BoolValue"),
+                ("max_execution_batch_size", 9, _FIELD.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Int64Value"),
                 ("allowed_batch_sizes", 6, _FIELD.TYPE_INT64, _REPEATED, ""),
                 ("pad_variable_length_inputs", 7, _FIELD.TYPE_BOOL, _OPTIONAL, ""),
             ],

@@ -9,7 +9,7 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import cli, config
+from serving import batching, cli, config
 
 K8S = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "k8s")
 
@@ -70,7 +70,7 @@ def test_bad_config_files_name_the_problem(tmp_path):
         config.read(str(nameless))
 
 
-def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config():
+def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config_and_batching_parameters(tmp_path):
     documents = [
         d
         for name in sorted(os.listdir(K8S))
@@ -93,7 +93,11 @@ def test_k8s_manifests_pin_tf_serving_and_carry_a_valid_model_config():
     models = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(files["models.config"], models)
     assert only_model(models).model_version_policy.WhichOneof("policy_choice") is not None
-    assert "num_batch_threads" in files["batching.config"] and "batch_timeout_micros" in files["batching.config"]
+    batching_file = tmp_path / "batching.config"  # the file `pneumonia serve --batching-parameters-file` reads too
+    batching_file.write_text(files["batching.config"])
+    parameters = batching.read_parameters(str(batching_file))
+    assert parameters.num_batch_threads <= int(container["resources"]["requests"]["cpu"])
+    assert parameters.max_batch_size == 32 and parameters.batch_timeout_micros == 0
 
 
 def test_tfserving_backend_gets_the_same_settings(tmp_path):

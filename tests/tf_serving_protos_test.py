@@ -15,10 +15,13 @@ def test_batching_parameters_parse_as_tf_serving_writes_them():
         allowed_batch_sizes: 8
         allowed_batch_sizes: 32
         pad_variable_length_inputs: true
+        enable_large_batch_splitting { value: false }
+        max_execution_batch_size { value: 32 }
     """
     parameters = text_format.Parse(text, tf_serving_protos.BatchingParameters())
     assert parameters.max_batch_size.value == 32 and parameters.batch_timeout_micros.value == 2000
     assert list(parameters.allowed_batch_sizes) == [8, 32] and parameters.pad_variable_length_inputs
+    assert parameters.HasField("enable_large_batch_splitting") and parameters.max_execution_batch_size.value == 32
     assert not parameters.HasField("thread_pool_name")  # each parameter optional, as in TF Serving
     assert parameters.DESCRIPTOR.full_name == "tensorflow.serving.BatchingParameters"
 
