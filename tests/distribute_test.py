@@ -70,6 +70,7 @@ def worker_main() -> None:
         json.dump({"export_exists_on_return": os.path.isdir(serving_dir)}, f)
 
 
+@pytest.mark.scale
 def test_two_workers_train_as_one_replica_run_of_the_same_global_batch(data, tmp_path):
     folder = str(tmp_path / "multi")
     config = settings(distribution="multi_worker", batch_size=PER_REPLICA_BATCH)

@@ -26,6 +26,7 @@ def tree(folder: str) -> dict:
     return found
 
 
+@pytest.mark.scale
 @pytest.mark.xfail(strict=True, raises=AttributeError, reason="Beam 2.74 DaskRunner hands a step a dict")
 def test_the_dask_runner_writes_what_the_direct_runner_writes(shared_data, tmp_path):
     data = copy_subset(
