@@ -1,5 +1,6 @@
 # make run: create .venv if missing, install the pinned stack + this project, run the pipeline.
-# make test: the same install (with Debian's chromium for the browser tests), the linter, then the whole test suite.
+# make test: the same install (with Debian's chromium for the browser tests), the linter, then the test suite
+# less the tests marked scale; make test-scale runs those (several processes each: multi-worker training, Dask).
 SHELL := /bin/bash
 VENV ?= .venv
 ROOT ?= $(HOME)/pneumonia-runs
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed
 # Debian's chromium, which the web page's browser tests drive headless through Playwright.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run lint test clean-venv
+.PHONY: install run lint test test-scale clean-venv
 
 install: $(STAMP) $(CHROMIUM)
 
@@ -43,7 +44,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint $(STAMP) $(CHROMIUM)
-	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -m 'not scale' $(PYTEST_ARGS)
+
+test-scale: $(STAMP)
+	$(VENV)/bin/python -m pytest tests -m scale $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

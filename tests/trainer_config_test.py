@@ -21,7 +21,16 @@ from trainer.config import TrainerConfig, setting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER_DIR = os.path.dirname(trainer_module_file())
-RUN_FLAGS = ["--architecture", "--batch-size", "--epochs", "--image-size", "--loss", "--threshold-policy", "--weights"]
+RUN_FLAGS = [
+    "--architecture",
+    "--batch-size",
+    "--distribution",
+    "--epochs",
+    "--image-size",
+    "--loss",
+    "--threshold-policy",
+    "--weights",
+]
 REQUIRED = [
     "architecture",
     "augment",

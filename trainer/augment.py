@@ -16,7 +16,9 @@ GAMMA_RANGE = (0.7, 1.5)  # drawn log-uniformly: as often darker as lighter
 SHARPEN_RANGE = (-1.0, 1.0)  # -1: a 3x3 Gaussian blur; +1: unsharp masking by the same kernel
 JPEG_QUALITY_RANGE = (30, 95)
 NOISE_STD_MAX = 0.03  # of the full intensity range: from clean to a noisy portable detector
-_BLUR_KERNEL = tf.constant([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+# A list, not a tensor: a tensor made at import starts TensorFlow, and MultiWorkerMirroredStrategy (created in
+# run_fn, after TFX imports this module) must configure it first.
+_BLUR_KERNEL = [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]]
 
 
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, min_area: float) -> tf.Tensor:
@@ -38,7 +40,7 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, min_area: float) -> t
 
 
 def _blur(image: tf.Tensor) -> tf.Tensor:
-    kernel = tf.reshape(_BLUR_KERNEL, [3, 3, 1, 1])
+    kernel = tf.reshape(tf.constant(_BLUR_KERNEL, tf.float32), [3, 3, 1, 1])
     padded = tf.pad(image[tf.newaxis], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
     return tf.nn.depthwise_conv2d(padded, tf.tile(kernel, [1, 1, image.shape[-1], 1]), [1, 1, 1, 1], "VALID")[0]
 

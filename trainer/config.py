@@ -118,6 +118,17 @@ class TrainerConfig:
         positive=True,
         at_most=100,
     )
+    distribution: str = setting(
+        "none",
+        "where the Trainer trains: none (one device), mirrored (the GPUs of one node) or multi_worker (the "
+        "workers in TF_CONFIG, as a TFJob or Vertex AI sets it); batch_size is per replica, the learning rate "
+        "scales linearly with the replicas",
+        flag=True,
+        choices=("none", "mirrored", "multi_worker"),
+    )
+    worker_timeout_seconds: float = setting(
+        300.0, "multi_worker: how long each worker waits for the others in TF_CONFIG to answer", positive=True
+    )
 
     def __post_init__(self) -> None:
         """Types, then bounds: the checks that need no TensorFlow."""
@@ -153,8 +164,8 @@ class TrainerConfig:
     def check(self) -> None:
         """Refuses values the Trainer would fail on, asking the code that uses them: the model registry (the
         architecture, its model_config, pretrained weights), the threshold policy parser, and the loss, early
-        stopping, augmentation and weight averaging of the Trainer."""
-        from trainer import augment, models, objective, threshold  # keeps TensorFlow out of CLI start-up
+        stopping, augmentation, weight averaging and distribution of the Trainer."""
+        from trainer import augment, distribute, models, objective, threshold  # keeps TensorFlow out of CLI start-up
 
         if "weights" in self.model_config:
             raise ValueError("model_config must not set 'weights'; use the weights setting (--weights)")
@@ -169,6 +180,7 @@ class TrainerConfig:
         objective.loss_and_class_weights(self.loss, 1, 1, self.label_smoothing)
         augment.check_settings(self.crop_min_area)
         objective.ema_momentum(self.ema_epochs, 1)
+        distribute.check(self.distribution, self.architecture)
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:

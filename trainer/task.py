@@ -6,6 +6,7 @@ Besides the SavedModel in `serving_model_dir` (`Format-Serving/`), it writes the
 model from what `Format-Serving/assets/threshold.json` records: warm start and Grad-CAM do so.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ import keras
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import inputs, models, objective, ood, signatures, threshold
+from trainer import distribute, inputs, models, objective, ood, signatures, threshold
 from trainer.config import TrainerConfig
 
 FINE_TUNE_LEARNING_RATE_FACTOR = 0.1  # stage two of a pretrained backbone trains at a tenth of the rate
@@ -161,30 +162,62 @@ def train(
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights."""
-    config = TrainerConfig.from_dict(fn_args.custom_config)  # a bad setting fails now, not after training
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config, fn_args.base_model)
+    """TFX Trainer entry point: train on `train`, select on `eval`, export the SavedModel and Keras weights.
 
-    train_data = inputs.make_dataset(
-        fn_args.train_files,
-        config.image_size,
-        config.batch_size,
-        training=True,
-        seed=config.seed,
-        augment=config.augment,
-        horizontal_flip=config.horizontal_flip,
-        cache=config.cache,
-        crop_min_area=config.crop_min_area,
-        acquisition=config.acquisition_augment,
+    Under a distribution (trainer/distribute.py) the model trains on the global batch at the scaled learning
+    rate; then the chief alone chooses the threshold, fits the OOD guard and exports, while the other workers
+    wait for it."""
+    # The strategy first: MultiWorkerMirroredStrategy must configure TensorFlow before anything (such as the
+    # registry checks of from_dict) starts it. An unknown distribution plans as none, then from_dict refuses it.
+    where = distribute.plan(
+        fn_args.custom_config.get("distribution", TrainerConfig.distribution),
+        fn_args.custom_config.get("worker_timeout_seconds", TrainerConfig.worker_timeout_seconds),
     )
-    validation = inputs.make_dataset(
-        fn_args.eval_files, config.image_size, config.batch_size, training=False, cache=config.cache
+    requested = TrainerConfig.from_dict(fn_args.custom_config)  # a bad setting fails now, not after training
+    keras.utils.set_random_seed(requested.seed)
+    config = dataclasses.replace(
+        requested,
+        batch_size=where.global_batch(requested.batch_size),
+        learning_rate=where.learning_rate(requested.learning_rate),
     )
-    counts = inputs.label_counts(fn_args.train_files)
-    logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config.architecture, *counts)
-    training = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
+    with where.strategy.scope():
+        model = build_model(config, fn_args.base_model)
+        train_data = distribute.shard_by_data(
+            inputs.make_dataset(
+                fn_args.train_files,
+                config.image_size,
+                config.batch_size,
+                training=True,
+                seed=config.seed,
+                augment=config.augment,
+                horizontal_flip=config.horizontal_flip,
+                cache=config.cache,
+                crop_min_area=config.crop_min_area,
+                acquisition=config.acquisition_augment,
+            )
+        )
+        validation = distribute.shard_by_data(
+            inputs.make_dataset(
+                fn_args.eval_files, config.image_size, config.batch_size, training=False, cache=config.cache
+            )
+        )
+        counts = inputs.label_counts(fn_args.train_files)
+        logging.info("training %s on %d NORMAL / %d PNEUMONIA images", config.architecture, *counts)
+        training = train(model, config, train_data, validation, counts, fn_args.model_run_dir)
+    training.update(where.summary(requested.distribution, requested.batch_size, requested.learning_rate))
+    if not where.is_chief:
+        distribute.barrier(where)  # returns once the chief has exported
+        return
+    if where.workers > 1:  # predictions on one worker's copy: no collective, so no peer has to join them
+        trained, model = model, models.build(config.architecture, config.image_size, **config.model_config)
+        model.set_weights(trained.get_weights())
+    export(model, config, training, fn_args, validation)
+    distribute.barrier(where)
 
+
+def export(model: keras.Model, config: TrainerConfig, training: Dict[str, Any], fn_args: FnArgs, validation) -> None:
+    """Chooses the threshold and fits the OOD guard on `validation`, then writes the SavedModel and Keras
+    weights."""
     # The OOD guard's Gaussians come from the training images without augmentation; its threshold from the
     # validation pass that also tunes the model's threshold.
     plain_train = inputs.make_dataset(fn_args.train_files, config.image_size, config.batch_size, training=False)

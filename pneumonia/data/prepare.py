@@ -32,7 +32,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import CALIBRATION_SPLIT, absolute_uri
-from pneumonia.data import audit, carve, output
+from pneumonia.data import audit, carve, output, runners
 from pneumonia.data.images import BadImage, inspect_image, parse_patient_and_pathogen
 from pneumonia.data.records import Record, num_shards, shard_name, to_example
 from pneumonia.data.sources import (
@@ -363,6 +363,7 @@ def prepare(
     staging = f"{out}.staging"
     output.remove(staging)
     tf.io.gfile.makedirs(staging)
+    runners.check(beam_args or DEFAULT_BEAM_ARGS)
     with beam.Pipeline(options=PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)) as pipeline:
         build_pipeline(
             pipeline,
