@@ -180,8 +180,8 @@ def main() -> None:
     coverage, ok = coverage_rows(scored, args.size, args.draws, args.seed)
     text = "\n\n".join(
         [
-            f"Model: {item.architecture} ({item.image_size} px) under `{args.root}`; {args.draws} samples of "
-            f"{args.size} films per split, drawn with replacement (seed {args.seed}).",
+            f"Model: {item.architecture} ({item.image_size} px) under `{generated.shown_path(args.root)}`; "
+            f"{args.draws} samples of {args.size} films per split, drawn with replacement (seed {args.seed}).",
             format_rows(coverage, markdown=bool(args.into)),
             f"Every row within tolerance (coverages within {TOLERANCE}, analytic coverage in "
             f"[{COVERAGE_RANGE[0]}, {COVERAGE_RANGE[1]}]): {'yes' if ok else 'no'}.",

@@ -32,7 +32,7 @@ import pandas as pd
 import tensorflow as tf
 
 from pipeline.config import RunConfig
-from pneumonia.analysis.generated import replace_generated
+from pneumonia.analysis.generated import replace_generated, shown_path
 from pneumonia.data.sources import LABELS, shared_data_dir
 from pneumonia.monitoring import drift, reference, windows
 from pneumonia.monitoring.logs import read_logs
@@ -166,8 +166,10 @@ def measure(args: argparse.Namespace, shared: str, work: str) -> List[str]:
     calibration = reference.calibration(ref)
     image_drift = drift.ImageDrift(ref.statistics)
     limits = Limits()
-    described = "the tests' tiny untrained CNN" if args.tiny else f"{model} version {version} under {args.root}"
-    source = "every 20th Kermany train film" if args.tiny else f"the validation split of {data}"
+    described = (
+        "the tests' tiny untrained CNN" if args.tiny else f"{model} version {version} under {shown_path(args.root)}"
+    )
+    source = "every 20th Kermany train film" if args.tiny else f"the validation split of {shown_path(data)}"
     return [
         f"Model: {described}; reference: {ref.probability.size} images, {source}; {reference_note(calibration)}.",
         "",

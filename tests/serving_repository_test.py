@@ -58,6 +58,6 @@ def test_pusher_and_server_agree_a_folder_without_saved_model_is_neither_served_
 
 
 def test_the_model_artifact_layout_is_tfx_own():
-    assert repository.serving_model_dir("/root/Trainer/model/7") == path_utils.serving_model_dir(
-        "/root/Trainer/model/7"
+    assert repository.serving_model_dir("gs://bucket/tfx/Trainer/model/7") == path_utils.serving_model_dir(
+        "gs://bucket/tfx/Trainer/model/7"
     )

@@ -1,10 +1,16 @@
 """Generated sections of a Markdown file (docs/RESULTS.md): `--into FILE [--section NAME]` rewrites only what
 lies between a section's BEGIN and END markers, so the text written around the tables stays."""
 
+import os
 from typing import Tuple
 
 GENERATED_BEGIN = "<!-- BEGIN pneumonia compare{section}: generated, do not edit -->"
 GENERATED_END = "<!-- END pneumonia compare{section} -->"
+
+
+def shown_path(path: str) -> str:
+    """`path` with this machine's home folder as `~`: generated text names no one machine's folders."""
+    return str(path).replace(os.path.expanduser("~"), "~")
 
 
 class MarkersMissing(ValueError):

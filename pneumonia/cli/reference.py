@@ -6,10 +6,10 @@ tests/cli_test.py fails when the file is not what this prints.
 """
 
 import argparse
-import os
 import sys
 from typing import List
 
+from pneumonia.analysis import generated
 from pneumonia.cli import build_parser
 
 WIDTH = 100  # fixed, so the text does not depend on the terminal that generates it
@@ -27,7 +27,7 @@ def _fixed_width(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _help(parser: argparse.ArgumentParser) -> str:
     """The parser's help, with this machine's home folder shown as `~`."""
-    return _fixed_width(parser).format_help().replace(os.path.expanduser("~"), "~").rstrip()
+    return generated.shown_path(_fixed_width(parser).format_help()).rstrip()
 
 
 def reference() -> str:
