@@ -2,7 +2,10 @@
 
 TFX's Evaluator pools every example split into one set, so each split is its own slice (the `split`
 feature) and every other slice is also crossed with `split`. The blessing thresholds apply to the
-validation slice only: test and external splits are reported, never used to decide.
+validation slice only: test and external splits are reported, never used to choose anything. The one
+exception is opt-in and chooses nothing either: `--non-inferiority-margin` vetoes a push whose AUC on the
+pediatric test split is credibly worse than the baseline's (a guard against forgetting, asked for by site
+training); it tunes no threshold, epoch or recipe.
 
 Metrics at 0.5 are computed on the model's `probability`; the threshold-dependent ones are computed
 again on its `decision_score`, which puts the model's tuned threshold at 0.5, so TFMA also reports them
